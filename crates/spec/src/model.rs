@@ -1,0 +1,659 @@
+//! The rendered stack: every field typed, every default explicit, every `${values.*}` substituted.
+//!
+//! This is what a release stores and what the plan core diffs. Its serde form *is* a valid stack
+//! file for one environment (see `render`), so `validate → render → validate` holds and a release
+//! can be read by a person. Units serialise as the canonical strings a user would write (`1s`,
+//! `250m`, `128Mi`, `25%`), so the rendered file reads like the source.
+//!
+//! `${region}` is deliberately left in place: a stack is rendered once per environment and then
+//! instantiated once per region wave with [`Stack::for_region`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A fully rendered stack for one environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stack {
+    /// `[a-z][a-z0-9-]*`
+    pub stack: String,
+    /// How many releases are kept per environment.
+    pub history: u32,
+    /// Exactly one environment: the one this stack was rendered for.
+    pub environments: BTreeMap<String, Environment>,
+    /// Services by name.
+    pub services: BTreeMap<String, Service>,
+}
+
+/// An environment's rollout waves and policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Regions in rollout order; each is one wave.
+    pub regions: Vec<String>,
+    /// A second person approves a plan before it applies.
+    #[serde(default)]
+    pub approval: bool,
+    /// The largest loss of healthy capacity a plan may cause without `--confirm STACK`.
+    pub max_capacity_drop: Percent,
+}
+
+/// One kind of workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Process driver: a command run on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// Docker driver: an image reference with a tag or a digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// For `image:` services, overrides the image's command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    /// Names only; values live in the secret store and never appear in a spec or plan.
+    pub secrets: Vec<String>,
+    /// Named ports; `0` means the agent picks a free port.
+    pub ports: BTreeMap<String, u16>,
+    /// Replicas per region.
+    pub replicas: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+    pub rollout: Rollout,
+    pub depends_on: Vec<String>,
+    pub stop_grace: Duration,
+    pub volumes: Vec<Volume>,
+    pub resources: Resources,
+    pub placement: Placement,
+    pub restart: RestartPolicy,
+}
+
+impl Service {
+    /// Which driver runs this service.
+    pub fn driver(&self) -> DriverKind {
+        if self.image.is_some() {
+            DriverKind::Docker
+        } else {
+            DriverKind::Process
+        }
+    }
+}
+
+/// The two drivers an agent may offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverKind {
+    Process,
+    Docker,
+}
+
+/// `process:` — a command on the node. `berth` as `command[0]` means the agent's own binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    pub command: Vec<String>,
+}
+
+/// A health check: exactly one of `http`, `tcp`, `exec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// HTTP GET of this path must answer 2xx/3xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// A TCP connect must succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<bool>,
+    /// This command must exit 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// A declared port name (for http and tcp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes before an instance counts as healthy.
+    pub healthy: u32,
+    /// Consecutive failures before an instance counts as unhealthy.
+    pub unhealthy: u32,
+}
+
+/// How the router reaches this service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub host: String,
+    pub path: String,
+    /// A declared port name.
+    pub port: String,
+}
+
+/// How a new release replaces the old one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    pub strategy: Strategy,
+    pub max_surge: Amount,
+    pub max_unavailable: Amount,
+    /// Past this without progress, the rollout fails and rolls back.
+    pub progress_deadline: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    Rolling,
+    BlueGreen,
+    Canary,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// `/abs/host:/abs/container[:ro]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub host: String,
+    pub container: String,
+    pub read_only: bool,
+}
+
+/// CPU and memory a single instance reserves on its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub cpu: Cpu,
+    pub memory: Memory,
+}
+
+/// Where instances may go and how they spread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Label keys whose values should hold even counts.
+    pub spread: Vec<String>,
+    /// Each must hold on a node for an instance to go there. `${region}` may appear.
+    pub constraints: Vec<Constraint>,
+}
+
+/// `label == value`, `label != value` or `label in [a, b]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Constraint {
+    pub label: String,
+    pub op: ConstraintOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConstraintOp {
+    Eq(String),
+    Ne(String),
+    In(Vec<String>),
+}
+
+impl Constraint {
+    /// Whether a node with these labels satisfies the constraint. A missing label never equals.
+    pub fn holds(&self, labels: &BTreeMap<String, String>) -> bool {
+        let value = labels.get(&self.label);
+        match &self.op {
+            ConstraintOp::Eq(v) => value == Some(v),
+            ConstraintOp::Ne(v) => value != Some(v),
+            ConstraintOp::In(vs) => value.is_some_and(|x| vs.contains(x)),
+        }
+    }
+
+    /// The same constraint with `${region}` replaced.
+    pub fn for_region(&self, region: &str) -> Constraint {
+        let sub = |s: &String| s.replace("${region}", region);
+        Constraint {
+            label: sub(&self.label),
+            op: match &self.op {
+                ConstraintOp::Eq(v) => ConstraintOp::Eq(sub(v)),
+                ConstraintOp::Ne(v) => ConstraintOp::Ne(sub(v)),
+                ConstraintOp::In(vs) => ConstraintOp::In(vs.iter().map(sub).collect()),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.op {
+            ConstraintOp::Eq(v) => write!(f, "{} == {}", self.label, v),
+            ConstraintOp::Ne(v) => write!(f, "{} != {}", self.label, v),
+            ConstraintOp::In(vs) => write!(f, "{} in [{}]", self.label, vs.join(", ")),
+        }
+    }
+}
+
+impl FromStr for Constraint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let word = |w: &str| -> Result<String, String> {
+            let w = w.trim();
+            if w.is_empty() || w.chars().any(|c| c.is_whitespace() || "[],=!".contains(c)) {
+                Err(format!("`{w}` is not a label or value"))
+            } else {
+                Ok(w.to_string())
+            }
+        };
+        let bad = || {
+            format!("cannot parse constraint `{s}`: expected `label == value`, `label != value` or `label in [a, b]`")
+        };
+        if let Some((l, r)) = s.split_once("==") {
+            return Ok(Constraint {
+                label: word(l).map_err(|_| bad())?,
+                op: ConstraintOp::Eq(word(r).map_err(|_| bad())?),
+            });
+        }
+        if let Some((l, r)) = s.split_once("!=") {
+            return Ok(Constraint {
+                label: word(l).map_err(|_| bad())?,
+                op: ConstraintOp::Ne(word(r).map_err(|_| bad())?),
+            });
+        }
+        if let Some((l, r)) = s.split_once(" in ") {
+            let r = r.trim();
+            let inner = r
+                .strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .ok_or_else(bad)?;
+            let values: Result<Vec<String>, String> = inner.split(',').map(word).collect();
+            let values = values.map_err(|_| bad())?;
+            return Ok(Constraint {
+                label: word(l).map_err(|_| bad())?,
+                op: ConstraintOp::In(values),
+            });
+        }
+        Err(bad())
+    }
+}
+
+/// A span of time with millisecond resolution: `200ms`, `1s`, `5m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration {
+    pub millis: u64,
+}
+
+impl Duration {
+    pub fn from_millis(millis: u64) -> Self {
+        Duration { millis }
+    }
+    pub fn as_std(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.millis)
+    }
+}
+
+impl fmt::Display for Duration {
+    /// The largest unit that represents the value exactly.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.millis;
+        if ms != 0 && ms % 3_600_000 == 0 {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms != 0 && ms % 60_000 == 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl FromStr for Duration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{s}` is not a duration: expected a number with a unit, like 200ms, 1s, 5m or 1h"
+            )
+        };
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (n, unit) = s.split_at(split);
+        let n: u64 = n.parse().map_err(|_| bad())?;
+        let factor = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(factor)
+            .map(Duration::from_millis)
+            .ok_or_else(|| format!("duration `{s}` is too large"))
+    }
+}
+
+/// CPU in millicores: `250m` or `2` (cores) or `0.5`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Cpu {
+    pub millis: u64,
+}
+
+impl fmt::Display for Cpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.millis % 1000 == 0 {
+            write!(f, "{}", self.millis / 1000)
+        } else {
+            write!(f, "{}m", self.millis)
+        }
+    }
+}
+
+impl FromStr for Cpu {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{s}` is not a CPU amount: expected millicores like 250m, or cores like 2 or 0.5"
+            )
+        };
+        if let Some(m) = s.strip_suffix('m') {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            return m.parse().map(|millis| Cpu { millis }).map_err(|_| bad());
+        }
+        let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+        if whole.is_empty()
+            || !whole.bytes().all(|b| b.is_ascii_digit())
+            || frac.len() > 3
+            || !frac.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(bad());
+        }
+        let whole: u64 = whole.parse().map_err(|_| bad())?;
+        let frac_ms: u64 = if frac.is_empty() {
+            0
+        } else {
+            format!("{frac:0<3}").parse().map_err(|_| bad())?
+        };
+        whole
+            .checked_mul(1000)
+            .and_then(|w| w.checked_add(frac_ms))
+            .map(|millis| Cpu { millis })
+            .ok_or_else(bad)
+    }
+}
+
+/// Memory in bytes: `128Mi`, `1Gi`, `512Ki`, or plain bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Memory {
+    pub bytes: u64,
+}
+
+const KI: u64 = 1024;
+
+impl fmt::Display for Memory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.bytes;
+        for (unit, size) in [
+            ("Ti", KI.pow(4)),
+            ("Gi", KI.pow(3)),
+            ("Mi", KI.pow(2)),
+            ("Ki", KI),
+        ] {
+            if b != 0 && b % size == 0 {
+                return write!(f, "{}{unit}", b / size);
+            }
+        }
+        write!(f, "{b}")
+    }
+}
+
+impl FromStr for Memory {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{s}` is not a memory amount: expected a number with Ki, Mi, Gi or Ti, like 128Mi"
+            )
+        };
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (n, unit) = s.split_at(split);
+        if n.is_empty() {
+            return Err(bad());
+        }
+        let n: u64 = n.parse().map_err(|_| bad())?;
+        let factor = match unit {
+            "" => 1,
+            "Ki" => KI,
+            "Mi" => KI.pow(2),
+            "Gi" => KI.pow(3),
+            "Ti" => KI.pow(4),
+            _ => return Err(bad()),
+        };
+        n.checked_mul(factor)
+            .map(|bytes| Memory { bytes })
+            .ok_or_else(bad)
+    }
+}
+
+/// A percentage from 0 to 100: `25%`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Percent(pub u32);
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+impl FromStr for Percent {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a percentage: expected 0% to 100%");
+        let n = s.strip_suffix('%').ok_or_else(bad)?;
+        let n: u32 = n.parse().map_err(|_| bad())?;
+        if n > 100 {
+            return Err(bad());
+        }
+        Ok(Percent(n))
+    }
+}
+
+/// A count of instances or a percentage of the desired count (`max_surge: 1`, `max_surge: 25%`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Amount {
+    Count(u32),
+    Percent(Percent),
+}
+
+impl Amount {
+    /// Resolves against a desired count. Surge rounds up and unavailability rounds down, as
+    /// Kubernetes does, so a percentage never blocks progress on its own.
+    pub fn resolve(self, desired: u32, round_up: bool) -> u32 {
+        match self {
+            Amount::Count(n) => n,
+            Amount::Percent(Percent(p)) => {
+                let x = u64::from(desired) * u64::from(p);
+                let r = if round_up { x.div_ceil(100) } else { x / 100 };
+                u32::try_from(r).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    pub fn is_zero(self) -> bool {
+        matches!(self, Amount::Count(0) | Amount::Percent(Percent(0)))
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Amount::Count(n) => write!(f, "{n}"),
+            Amount::Percent(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+impl fmt::Display for Volume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.container)?;
+        if self.read_only {
+            write!(f, ":ro")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Volume {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("volume `{s}` {why}: expected /abs/host:/abs/container[:ro]");
+        let parts: Vec<&str> = s.split(':').collect();
+        let (host, container, read_only) = match parts.as_slice() {
+            [h, c] => (*h, *c, false),
+            [h, c, "ro"] => (*h, *c, true),
+            [_, _, m] => return Err(bad(&format!("has an unknown mode `{m}`"))),
+            _ => return Err(bad("is malformed")),
+        };
+        for p in [host, container] {
+            if !p.starts_with('/') {
+                return Err(bad(&format!("has a relative path `{p}`")));
+            }
+            if p.split('/').any(|seg| seg == "..") {
+                return Err(bad(&format!("has `..` in `{p}`")));
+            }
+        }
+        Ok(Volume {
+            host: host.to_string(),
+            container: container.to_string(),
+            read_only,
+        })
+    }
+}
+
+/// Serialises a type as its `Display` string and parses it back with `FromStr`.
+macro_rules! string_serde {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+string_serde!(Duration, Cpu, Memory, Percent, Volume, Constraint);
+
+impl Serialize for Amount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Amount::Count(n) => s.serialize_u32(*n),
+            Amount::Percent(p) => s.collect_str(p),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u32),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Amount::Count(n)),
+            Raw::S(s) => s
+                .parse()
+                .map(Amount::Percent)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Stack {
+    /// The single environment this stack was rendered for.
+    pub fn environment(&self) -> Option<(&String, &Environment)> {
+        self.environments.iter().next()
+    }
+
+    /// The regions of the rendered environment, in rollout order.
+    pub fn regions(&self) -> &[String] {
+        self.environment()
+            .map(|(_, e)| e.regions.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// A service as it runs in one region: `${region}` substituted in its constraints and env.
+    pub fn service_for_region(&self, name: &str, region: &str) -> Option<Service> {
+        let mut svc = self.services.get(name)?.clone();
+        for c in &mut svc.placement.constraints {
+            *c = c.for_region(region);
+        }
+        for v in svc.env.values_mut() {
+            *v = v.replace("${region}", region);
+        }
+        Some(svc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_round_trip_through_their_canonical_strings() {
+        for s in ["200ms", "1s", "5m", "2h", "1500ms", "0s"] {
+            assert_eq!(s.parse::<Duration>().unwrap().to_string(), s);
+        }
+        assert_eq!("60s".parse::<Duration>().unwrap().to_string(), "1m");
+        for s in ["250m", "2", "1500m"] {
+            assert_eq!(s.parse::<Cpu>().unwrap().to_string(), s);
+        }
+        assert_eq!("0.5".parse::<Cpu>().unwrap().millis, 500);
+        for s in ["128Mi", "1Gi", "100"] {
+            assert_eq!(s.parse::<Memory>().unwrap().to_string(), s);
+        }
+        assert!("1s5".parse::<Duration>().is_err());
+        assert!("abc".parse::<Cpu>().is_err());
+        assert!("12MB".parse::<Memory>().is_err());
+        assert!("101%".parse::<Percent>().is_err());
+    }
+
+    #[test]
+    fn constraints_parse_and_hold() {
+        let c: Constraint = "region == ${region}".parse().unwrap();
+        let labels = BTreeMap::from([("region".to_string(), "eu".to_string())]);
+        assert!(c.for_region("eu").holds(&labels));
+        assert!(!c.for_region("us").holds(&labels));
+        let c: Constraint = "zone in [a, b]".parse().unwrap();
+        assert_eq!(c.to_string(), "zone in [a, b]");
+        assert!("zone ~ a".parse::<Constraint>().is_err());
+        assert!("== a".parse::<Constraint>().is_err());
+    }
+
+    #[test]
+    fn volumes_reject_relative_paths_and_dotdot() {
+        assert!("/a:/b:ro".parse::<Volume>().unwrap().read_only);
+        assert!("a:/b".parse::<Volume>().is_err());
+        assert!("/a/../etc:/b".parse::<Volume>().is_err());
+        assert!("/a:/b:rw".parse::<Volume>().is_err());
+    }
+
+    #[test]
+    fn amounts_round_as_kubernetes_does() {
+        let p = Amount::Percent(Percent(25));
+        assert_eq!(p.resolve(10, true), 3);
+        assert_eq!(p.resolve(10, false), 2);
+        assert_eq!(Amount::Count(1).resolve(10, true), 1);
+    }
+}
