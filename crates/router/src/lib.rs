@@ -1,1 +1,162 @@
-//! berth-router
+//! berth-router: the HTTP/1.1 reverse proxy that runs in every agent (and alone at the edge).
+//!
+//! It is berth's answer to "etcd + confd rewriting HAProxy + a reload": the shell hands the
+//! router a complete [`RouteTable`] whenever the registry's endpoints change, and the very next
+//! request — on any connection, new or kept alive — is routed by the new table. No reload, no
+//! restart, no lock on the request path.
+//!
+//! # Map
+//! - [`table`] — the input: [`RouteTable`] → [`RouteEntry`] → [`Endpoint`], plain serde data.
+//! - [`RouterHandle`] — the live state: the compiled table (swapped atomically with
+//!   `arc-swap`) and the request counters. Cheap to clone; the shell keeps one to
+//!   [`update`](RouterHandle::update) or [`follow`](RouterHandle::follow) a `watch` channel, and
+//!   reads [`stats`](RouterHandle::stats) from it.
+//! - [`serve`] — the accept loop: takes a bound listener, a handle and a shutdown future.
+//! - `compiled` (private) — host → routes sorted longest prefix first; round-robin counters.
+//! - `proxy` (private) — one request: route, rewrite headers, forward with a pooled keep-alive
+//!   client, stream both bodies.
+//! - [`stats`] — per-service counters by status class.
+//!
+//! # Vocabulary
+//! - **route** — a (host, path prefix) pair naming a **service**.
+//! - **endpoint** — a healthy instance's address; a route round-robins over its endpoints.
+//! - **table** — every route at one moment; replaced whole, never patched.
+//! - **compiled table** — a table normalised and indexed for lookup; immutable once built.
+//! - **upstream / backend** — the endpoint a request is forwarded to; **downstream** — the client.
+//! - **hop-by-hop header** — a header about one connection (`Connection`, `Keep-Alive`, `TE`,
+//!   `Transfer-Encoding`, `Upgrade`, …), removed in both directions.
+//!
+//! # Answers the router makes itself
+//! | when | status | body |
+//! | --- | --- | --- |
+//! | no route for the host and path | 404 | `no route for HOST/PATH` |
+//! | the route has no endpoints | 503 | `no healthy instance of SERVICE` |
+//! | the endpoint refuses or times out the connection | 502 | `upstream SERVICE unreachable` |
+//! | the endpoint fails after connecting, before answering | 502 | `upstream SERVICE failed` |
+//!
+//! Bodies are `text/plain`, one line. Retries, HTTP/2, TLS, weights, draining and limits are
+//! left to later versions; the seams for them are `Route::pick` (weights, draining), the
+//! `ProxyError` split between connect and exchange failures (what is safe to retry) and
+//! [`serve`]'s per-connection builder (h2, TLS acceptor).
+
+#![warn(missing_docs)]
+
+mod compiled;
+mod proxy;
+mod server;
+pub mod stats;
+pub mod table;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+pub use server::serve;
+pub use stats::{RouterStats, StatusClasses};
+pub use table::{Endpoint, RouteEntry, RouteTable};
+
+use compiled::CompiledTable;
+use stats::Counters;
+
+/// The router's live state: what [`serve`] routes by and what the shell updates and reads.
+///
+/// Clones share the same state, so one clone goes to [`serve`] and another stays with the code
+/// that watches the registry. The request path only does an `arc-swap` load; updates compile a
+/// new table off the request path and publish it with one atomic store.
+#[derive(Clone, Default)]
+pub struct RouterHandle {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// The table requests are routed by.
+    table: ArcSwap<CompiledTable>,
+    /// Counters per service name, outliving the tables that mention the service. The mutex is
+    /// taken only by updates and snapshots (it also serialises concurrent updates), never by
+    /// the request path.
+    services: Mutex<HashMap<String, Arc<Counters>>>,
+    /// Counters for requests that matched no route.
+    unrouted: Counters,
+}
+
+impl std::fmt::Debug for RouterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterHandle")
+            .field("routes", &self.shared.table.load().source.routes.len())
+            .finish()
+    }
+}
+
+impl RouterHandle {
+    /// A router with an empty table: every request gets 404 until the first update.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A router that starts with `table`, so it routes from its first request.
+    pub fn with_table(table: impl Into<Arc<RouteTable>>) -> Self {
+        let handle = Self::new();
+        handle.update(table);
+        handle
+    }
+
+    /// Replaces the routing table; requests that arrive after this returns use the new one.
+    ///
+    /// Requests already being forwarded finish against the endpoint they were sent to. Round-
+    /// robin positions carry over for routes whose host and prefix are unchanged, and counters
+    /// are kept per service name. Never fails: hosts and prefixes are normalised, and a second
+    /// entry with the same host and prefix is ignored (with a warning) rather than rejected, so
+    /// a router always has a usable table.
+    pub fn update(&self, table: impl Into<Arc<RouteTable>>) {
+        let table = table.into();
+        let mut services = self
+            .shared
+            .services
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let previous = self.shared.table.load();
+        let compiled = CompiledTable::compile(table, &previous, |service| {
+            services.entry(service.to_owned()).or_default().clone()
+        });
+        self.shared.table.store(Arc::new(compiled));
+    }
+
+    /// Applies every table sent on `tables`, starting with the current one, until the sender
+    /// is dropped; then returns and the router keeps serving the last table (static stability).
+    ///
+    /// This is how the shell wires the router to the registry: spawn it next to [`serve`].
+    pub async fn follow(&self, mut tables: watch::Receiver<Arc<RouteTable>>) {
+        loop {
+            let table = tables.borrow_and_update().clone();
+            self.update(table);
+            if tables.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The table currently routed by, as it was handed in.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.shared.table.load().source.clone()
+    }
+
+    /// A snapshot of the request counters: per service and status class, plus unrouted
+    /// requests. Feeds the autoscaler and canary analysis (and later `/metrics`).
+    pub fn stats(&self) -> RouterStats {
+        let services = self
+            .shared
+            .services
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        RouterStats {
+            services: services
+                .iter()
+                .map(|(name, counters)| (name.clone(), counters.snapshot()))
+                .collect(),
+            unrouted: self.shared.unrouted.snapshot(),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Request counters: per service and HTTP status class, plain atomics.
+//!
+//! The hot path only increments an `AtomicU64` it reaches through the matched route, so counting
+//! costs no lock and no map lookup. Snapshots ([`RouterStats`]) are what the autoscaler, canary
+//! analysis and the later Prometheus endpoint read.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+/// Request counts by status class (1xx … 5xx) for one service.
+///
+/// Classes rather than exact codes keep the counter set fixed-size and lock-free; they are what
+/// RED metrics and canary analysis compare (error rate = `server_error / total`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusClasses {
+    /// Responses with a 1xx status.
+    pub informational: u64,
+    /// Responses with a 2xx status.
+    pub success: u64,
+    /// Responses with a 3xx status.
+    pub redirection: u64,
+    /// Responses with a 4xx status.
+    pub client_error: u64,
+    /// Responses with a 5xx status, including the router's own 502 and 503.
+    pub server_error: u64,
+}
+
+impl StatusClasses {
+    /// All responses counted, whatever their class.
+    pub fn total(&self) -> u64 {
+        self.informational + self.success + self.redirection + self.client_error + self.server_error
+    }
+}
+
+/// A snapshot of the router's counters since it started.
+///
+/// Counters only grow (they survive table updates, keyed by service name), so rates are
+/// computed by the reader from two snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterStats {
+    /// Responses per service name, for every service that has appeared in a table.
+    pub services: BTreeMap<String, StatusClasses>,
+    /// Responses to requests that matched no route (the 404s): counted apart so a scan of
+    /// random hosts does not show up as a service's client errors.
+    pub unrouted: StatusClasses,
+}
+
+/// The live counters behind one [`StatusClasses`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    classes: [AtomicU64; 5],
+}
+
+impl Counters {
+    /// Counts one response with this status.
+    pub(crate) fn record(&self, status: StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.classes[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads the counters (each one atomically; the set is not a consistent cut, which is fine
+    /// for rates).
+    pub(crate) fn snapshot(&self) -> StatusClasses {
+        let get = |i: usize| self.classes[i].load(Ordering::Relaxed);
+        StatusClasses {
+            informational: get(0),
+            success: get(1),
+            redirection: get(2),
+            client_error: get(3),
+            server_error: get(4),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_class() {
+        let c = Counters::default();
+        for code in [101, 200, 204, 301, 404, 499, 500, 502, 503] {
+            c.record(StatusCode::from_u16(code).expect("valid code"));
+        }
+        let s = c.snapshot();
+        assert_eq!(
+            s,
+            StatusClasses {
+                informational: 1,
+                success: 2,
+                redirection: 1,
+                client_error: 2,
+                server_error: 3
+            }
+        );
+        assert_eq!(s.total(), 9);
+    }
+}
