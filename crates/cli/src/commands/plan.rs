@@ -1,10 +1,52 @@
-//! `berth plan`: the diff between the live (or `--against`) release and the proposed one.
+//! `berth plan`: the diff between the live (or `--against FILE`) release and the proposed one,
+//! with its blast radius and a plan id.
+
+use anyhow::Context;
+
+use super::render::Output;
+use super::source;
+use crate::exit::{Silent, FAILURE};
 
 /// Arguments of `berth plan`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The stack file.
+    #[arg(short = 'f', long = "file")]
+    pub file: String,
+    /// The environment to plan for.
+    #[arg(long)]
+    pub env: String,
+    /// Override a rendered field: `service.path=value`, e.g. `web.env.VERSION=2`.
+    #[arg(long = "set", value_name = "SVC.PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Plan offline against another stack file instead of the live release.
+    #[arg(long, value_name = "OLD_FILE")]
+    pub against: Option<String>,
+    /// `text` or `json`.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+/// Renders one file for the plan, printing its diagnostics when it is invalid.
+fn render(path: &str, env: &str, set: &[String]) -> anyhow::Result<berth_spec::Stack> {
+    let bytes = source::read(path)?;
+    berth_spec::render(&bytes, env, set).map_err(|d| {
+        source::print_diagnostics(path, &d);
+        Silent(FAILURE).into()
+    })
+}
 
 /// Prints the plan.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("berth plan is not wired yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let Some(against) = &args.against else {
+        anyhow::bail!("planning against the live release needs a server: pass --against OLD_FILE to plan offline");
+    };
+    let target = render(&args.file, &args.env, &args.set)?;
+    let base = render(against, &args.env, &[])?;
+    let plan = berth_plan::Plan::new(Some(&base), &target).context("cannot compute the plan")?;
+    match args.output {
+        Output::Text => print!("{plan}"),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&plan).context("cannot print the plan as JSON")?),
+    }
+    Ok(())
 }
