@@ -299,11 +299,11 @@ impl fmt::Display for Duration {
     /// The largest unit that represents the value exactly.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.millis;
-        if ms != 0 && ms % 3_600_000 == 0 {
+        if ms != 0 && ms.is_multiple_of(3_600_000) {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms != 0 && ms % 60_000 == 0 {
+        } else if ms != 0 && ms.is_multiple_of(60_000) {
             write!(f, "{}m", ms / 60_000)
-        } else if ms % 1000 == 0 {
+        } else if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -343,7 +343,7 @@ pub struct Cpu {
 
 impl fmt::Display for Cpu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.millis % 1000 == 0 {
+        if self.millis.is_multiple_of(1000) {
             write!(f, "{}", self.millis / 1000)
         } else {
             write!(f, "{}m", self.millis)
@@ -404,7 +404,7 @@ impl fmt::Display for Memory {
             ("Mi", KI.pow(2)),
             ("Ki", KI),
         ] {
-            if b != 0 && b % size == 0 {
+            if b != 0 && b.is_multiple_of(size) {
                 return write!(f, "{}{unit}", b / size);
             }
         }
