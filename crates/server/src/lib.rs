@@ -1,1 +1,131 @@
-//! berth-server
+//! # berth-server — the control plane
+//!
+//! A shell around the pure cores: it keeps state in a [`berth_store::Store`], answers the `/v1`
+//! JSON API, and runs the controllers that turn releases into instances on nodes.
+//!
+//! ## Layout
+//! - [`auth`]      — admin, join and node tokens (files on disk, hashes in memory).
+//! - [`keys`]      — the store's key layout.
+//! - [`state`]     — the records kept in the store and a snapshot of them.
+//! - [`http`]      — the API handlers, one module per area.
+//! - [`rollouts`]  — the rollout controller: releases → instances, through `berth-rollout`.
+//! - [`table`]     — the routing table and draining: which instances routers may use.
+//! - [`clock`]     — time as an injected value, so controllers can be driven in tests.
+//!
+//! ## Flow
+//! `deploy` stores release N and a rollout record. The controller, woken by every store change
+//! and by a tick, reads a snapshot, asks `berth-rollout` what to do for each service and region,
+//! and writes instance records. Agents long-poll their node's instances and report statuses in
+//! heartbeats; routers long-poll the routing table, which tells the server what they have applied.
+
+pub mod auth;
+pub mod clock;
+mod error;
+pub mod http;
+pub mod keys;
+pub mod rollouts;
+pub mod state;
+pub mod table;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use berth_store::Store;
+use tokio::sync::{watch, Notify};
+
+pub use clock::Clock;
+pub use error::ApiError;
+
+/// How a server is started: where its files are and which store it uses.
+pub struct ServerConfig {
+    /// Holds `admin.token`, `join.token` and (for the embedded store) `state.redb`.
+    pub data_dir: PathBuf,
+    pub store: Arc<dyn Store>,
+    pub clock: Clock,
+}
+
+/// What every handler and controller shares.
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub admin: auth::TokenHash,
+    pub join: auth::TokenHash,
+    pub clock: Clock,
+    /// The store's latest revision, so long-polls wake on any change.
+    pub revision: watch::Sender<i64>,
+    /// Wakes the controller early (a deploy, a heartbeat with news).
+    pub kick: Notify,
+    /// Node name → last heartbeat (ms). In memory: liveness is not worth an fsync per second.
+    pub heartbeats: Mutex<HashMap<String, u64>>,
+    /// What each router has applied: router id → (table version, when, instances in it).
+    pub router_acks: Mutex<HashMap<String, table::RouterAck>>,
+    /// Node tokens already checked against the store: token hash hex → node name.
+    pub node_tokens: Mutex<HashMap<String, String>>,
+    /// The instances in each recently served routing table, by version, so an acknowledgement
+    /// of version V says which instances that router still routes to.
+    pub tables: Mutex<table::RecentTables>,
+}
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Token(#[from] auth::TokenError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] berth_store::StoreError),
+    #[error("the API server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+impl Shared {
+    /// Loads (or creates) the tokens and prepares the shared state.
+    pub async fn new(config: ServerConfig) -> Result<Arc<Shared>, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let admin = auth::load_or_create(&config.data_dir, "admin.token")?;
+        let join = auth::load_or_create(&config.data_dir, "join.token")?;
+        let rev = config.store.revision().await?;
+        Ok(Arc::new(Shared {
+            store: config.store,
+            admin: auth::TokenHash::of(&admin),
+            join: auth::TokenHash::of(&join),
+            clock: config.clock,
+            revision: watch::channel(rev).0,
+            kick: Notify::new(),
+            heartbeats: Mutex::new(HashMap::new()),
+            router_acks: Mutex::new(HashMap::new()),
+            node_tokens: Mutex::new(HashMap::new()),
+            tables: Mutex::new(table::RecentTables::default()),
+        }))
+    }
+}
+
+/// Runs the API on `listener` and the controllers until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let shared = Shared::new(config).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let watcher = tokio::spawn(table::follow_revisions(shared.clone(), stop_rx.clone()));
+    let controller = tokio::spawn(rollouts::run_controller(shared.clone(), stop_rx.clone()));
+    let app = http::router(shared.clone());
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await
+        .map_err(StartError::Serve);
+    let _ = watcher.await;
+    let _ = controller.await;
+    result
+}

@@ -1,0 +1,298 @@
+//! Agents and routers: registration, heartbeats, and the two long-polls (a node's desired
+//! instances, the routing table).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query};
+use axum::Json;
+use berth_api::control::{
+    DesiredInstances, Heartbeat, NodeState, NodeView, RegisterRequest, RegisterResponse,
+    RoutingTable,
+};
+use berth_store::{Op, Txn};
+use serde::Deserialize;
+
+use super::{body, AppState, Caller};
+use crate::error::ApiError;
+use crate::state::{encode, Desired, NodeRecord, Snapshot};
+use crate::{auth, keys, table, Shared};
+
+/// Longest a long-poll waits before answering with what it has.
+const MAX_WAIT: Duration = Duration::from_secs(25);
+
+/// Registers (or re-registers) a node; answers its node credential.
+pub async fn register(
+    State(shared): AppState,
+    caller: Caller,
+    req: Result<Json<RegisterRequest>, JsonRejection>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    if !matches!(caller, Caller::Joining | Caller::Admin) {
+        return Err(ApiError::unauthorized());
+    }
+    let req = body(req)?;
+    if req.name.is_empty()
+        || !req
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err(ApiError::invalid(
+            format!(
+                "name: `{}` is not a node name: use lower-case letters, digits, `-` and `.`",
+                req.name
+            ),
+            vec![],
+        ));
+    }
+    let token = format!("{}.{}", req.name, auth::generate());
+    let previous = shared.store.get(&keys::node(&req.name)).await?;
+    let mut record = NodeRecord {
+        registration: req.clone(),
+        registered_ms: shared.clock.now_ms(),
+        draining: false,
+    };
+    if let Some(kv) = previous {
+        if let Ok(old) = serde_json::from_slice::<NodeRecord>(&kv.value) {
+            record.draining = old.draining;
+        }
+    }
+    shared
+        .store
+        .txn(Txn {
+            compares: vec![],
+            success: vec![
+                Op::put(keys::node(&req.name), encode(&record)),
+                Op::put(
+                    keys::node_token(&req.name),
+                    auth::TokenHash::of(&token).to_hex().into_bytes(),
+                ),
+            ],
+            failure: vec![],
+        })
+        .await?;
+    mark_alive(&shared, &req.name);
+    shared.kick.notify_one();
+    Ok(Json(RegisterResponse { node_token: token }))
+}
+
+fn mark_alive(shared: &Shared, node: &str) {
+    if let Ok(mut h) = shared.heartbeats.lock() {
+        h.insert(node.to_string(), shared.clock.now_ms());
+    }
+}
+
+use axum::extract::State;
+
+/// Records that the node is alive and stores the instance statuses that changed.
+pub async fn heartbeat(
+    State(shared): AppState,
+    caller: Caller,
+    Path(name): Path<String>,
+    req: Result<Json<Heartbeat>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_node(&name)?;
+    let req = body(req)?;
+    mark_alive(&shared, &name);
+    let snapshot = Snapshot::load(shared.store.as_ref()).await?;
+    let reported: HashSet<&str> = req.statuses.iter().map(|s| s.id.as_str()).collect();
+    let mut changed = false;
+    for status in &req.statuses {
+        let Some(rec) = snapshot.instances.get(&status.id) else {
+            continue;
+        };
+        if rec.value.spec.node != name {
+            continue;
+        }
+        if rec.value.desired == Desired::Stop && status.state.is_terminal() {
+            changed |= shared
+                .store
+                .txn(delete_if_unchanged(&status.id, rec.mod_revision))
+                .await?
+                .succeeded;
+            continue;
+        }
+        if rec.value.status.as_ref() != Some(status) {
+            let mut updated = rec.value.clone();
+            updated.status = Some(status.clone());
+            changed |= shared
+                .store
+                .cas(
+                    &keys::instance(&status.id),
+                    rec.mod_revision,
+                    encode(&updated),
+                )
+                .await?
+                .is_some();
+        }
+    }
+    // An instance the server wants stopped that the agent no longer runs is gone.
+    for (id, rec) in &snapshot.instances {
+        if rec.value.spec.node == name
+            && rec.value.desired == Desired::Stop
+            && !reported.contains(id.as_str())
+        {
+            changed |= shared
+                .store
+                .txn(delete_if_unchanged(id, rec.mod_revision))
+                .await?
+                .succeeded;
+        }
+    }
+    if changed {
+        shared.kick.notify_one();
+    }
+    Ok(Json(serde_json::json!({ "ok": true })))
+}
+
+fn delete_if_unchanged(id: &str, mod_revision: i64) -> Txn {
+    Txn {
+        compares: vec![berth_store::Compare::mod_revision(
+            keys::instance(id),
+            mod_revision,
+        )],
+        success: vec![Op::delete(keys::instance(id))],
+        failure: vec![],
+    }
+}
+
+/// `?version=V&wait=SECONDS`: answer once what the caller should hold differs from `V`.
+#[derive(Debug, Deserialize)]
+pub struct PollQuery {
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    wait: Option<u64>,
+    /// A router's stable id, so the server knows which table it applied.
+    #[serde(default)]
+    router: Option<String>,
+}
+
+/// Long-polls until `compute` yields a version other than `known`, or the wait runs out.
+async fn long_poll<T, F, Fut>(
+    shared: &Shared,
+    known: Option<&str>,
+    wait: Option<u64>,
+    compute: F,
+) -> Result<T, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(String, T), ApiError>> + Send,
+{
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(wait.unwrap_or(0)).min(MAX_WAIT);
+    let mut revisions = shared.revision.subscribe();
+    loop {
+        revisions.borrow_and_update();
+        let (version, value) = compute().await?;
+        if known != Some(version.as_str()) || tokio::time::Instant::now() >= deadline {
+            return Ok(value);
+        }
+        if tokio::time::timeout_at(deadline, revisions.changed())
+            .await
+            .is_err()
+        {
+            let (_, value) = compute().await?;
+            return Ok(value);
+        }
+    }
+}
+
+/// The instances the node must run, long-polled by its agent.
+pub async fn desired(
+    State(shared): AppState,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<PollQuery>,
+) -> Result<Json<DesiredInstances>, ApiError> {
+    caller.require_node(&name)?;
+    mark_alive(&shared, &name);
+    let result = long_poll(&shared, q.version.as_deref(), q.wait, || {
+        let shared = shared.clone();
+        let name = name.clone();
+        async move {
+            let snapshot = Snapshot::load(shared.store.as_ref()).await?;
+            let instances: Vec<_> = snapshot
+                .instances
+                .values()
+                .filter(|r| r.value.spec.node == name && r.value.desired != Desired::Stop)
+                .map(|r| r.value.spec.clone())
+                .collect();
+            let version = table::content_version(&instances);
+            Ok((version.clone(), DesiredInstances { version, instances }))
+        }
+    })
+    .await?;
+    Ok(Json(result))
+}
+
+/// The routing table, long-polled by routers. The `version` a router sends is the table it has
+/// applied: that acknowledgement is what lets draining stop an instance without dropping requests.
+pub async fn routes(
+    State(shared): AppState,
+    caller: Caller,
+    Query(q): Query<PollQuery>,
+) -> Result<Json<RoutingTable>, ApiError> {
+    caller.require_member()?;
+    if let (Some(router), Some(version)) = (&q.router, &q.version) {
+        table::record_ack(&shared, router, version);
+    }
+    let result = long_poll(&shared, q.version.as_deref(), q.wait, || {
+        let shared = shared.clone();
+        async move {
+            let snapshot = Snapshot::load(shared.store.as_ref()).await?;
+            let routing = table::build(&shared, &snapshot).await?;
+            Ok((routing.version.clone(), routing))
+        }
+    })
+    .await?;
+    if let (Some(router), Some(version)) = (&q.router, &q.version) {
+        table::record_ack(&shared, router, version);
+    }
+    Ok(Json(result))
+}
+
+/// `berth nodes`.
+pub async fn list(
+    State(shared): AppState,
+    caller: Caller,
+) -> Result<Json<Vec<NodeView>>, ApiError> {
+    caller.require_admin()?;
+    let snapshot = Snapshot::load(shared.store.as_ref()).await?;
+    let now = shared.clock.now_ms();
+    let beats = shared
+        .heartbeats
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_default();
+    let views = snapshot
+        .nodes
+        .values()
+        .map(|n| {
+            let reg = &n.value.registration;
+            let last = beats.get(&reg.name).map(|t| now.saturating_sub(*t));
+            let state = if n.value.draining {
+                NodeState::Draining
+            } else if table::node_is_up(&shared, &reg.name, now) {
+                NodeState::Ready
+            } else {
+                NodeState::Down
+            };
+            NodeView {
+                name: reg.name.clone(),
+                labels: reg.labels.clone(),
+                resources: reg.resources,
+                drivers: reg.drivers.clone(),
+                state,
+                instances: snapshot
+                    .instances
+                    .values()
+                    .filter(|i| i.value.spec.node == reg.name)
+                    .count(),
+                last_seen_ms_ago: last,
+            }
+        })
+        .collect();
+    Ok(Json(views))
+}

@@ -1,0 +1,300 @@
+//! Plans, deploys, history and rollbacks. A deploy is: render, plan against what the stack is
+//! meant to run now, check policy, then store release N and its rollout in one transaction.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+use berth_api::control::{
+    DeployRequest, DeployResponse, PlanView, Release, ReleaseStatus, RollbackRequest,
+};
+use berth_plan::Plan;
+use berth_spec::Stack;
+use berth_store::{Compare, Op, Txn};
+
+use super::{body, AppState, Caller};
+use crate::error::ApiError;
+use crate::rollouts::RolloutRecord;
+use crate::state::{self, decode, encode, Versioned};
+use crate::{keys, Shared};
+
+/// What the stack is meant to run now in `env`, and the record's revision for compare-and-swap.
+async fn current(
+    shared: &Shared,
+    stack: &str,
+    env: &str,
+) -> Result<(Option<Versioned<Release>>, i64), ApiError> {
+    let key = keys::rollout(stack, env);
+    let Some(kv) = shared.store.get(&key).await? else {
+        return Ok((None, 0));
+    };
+    let record: RolloutRecord = decode(&key, &kv.value)?;
+    Ok((
+        state::release(shared.store.as_ref(), stack, env, record.to).await?,
+        kv.mod_revision,
+    ))
+}
+
+fn render(req: &DeployRequest) -> Result<Stack, ApiError> {
+    berth_spec::render(req.source.as_bytes(), &req.env, &req.set).map_err(|d| {
+        ApiError::invalid(
+            format!(
+                "{}: the stack file is not valid ({} error(s)); nothing was stored",
+                req.file,
+                d.0.len()
+            ),
+            d.0.iter()
+                .map(|x| x.display_in(&req.file).to_string())
+                .collect(),
+        )
+    })
+}
+
+fn view(plan: &Plan) -> PlanView {
+    PlanView {
+        id: plan.id.clone(),
+        text: plan.to_string(),
+        detail: serde_json::to_value(plan).unwrap_or_default(),
+    }
+}
+
+fn plan_of(base: Option<&Release>, target: &Stack) -> Result<Plan, ApiError> {
+    Plan::new(base.map(|r| &r.spec), target).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot compute the plan: {e}"),
+        )
+    })
+}
+
+/// `POST /v1/plan`: the plan against the live release; stores nothing.
+pub async fn plan(
+    State(shared): AppState,
+    caller: Caller,
+    req: Result<Json<DeployRequest>, JsonRejection>,
+) -> Result<Json<DeployResponse>, ApiError> {
+    caller.require_admin()?;
+    let req = body(req)?;
+    let target = render(&req)?;
+    let (base, _) = current(&shared, &target.stack, &req.env).await?;
+    let plan = plan_of(base.as_ref().map(|b| &b.value), &target)?;
+    Ok(Json(DeployResponse {
+        stack: target.stack.clone(),
+        env: req.env,
+        release: None,
+        plan: view(&plan),
+    }))
+}
+
+/// `POST /v1/deploy`: plan, check policy, store the release and start its rollout.
+pub async fn deploy(
+    State(shared): AppState,
+    caller: Caller,
+    req: Result<Json<DeployRequest>, JsonRejection>,
+) -> Result<Json<DeployResponse>, ApiError> {
+    caller.require_admin()?;
+    let req = body(req)?;
+    let target = render(&req)?;
+    let response = start_release(
+        &shared,
+        &req.env,
+        target,
+        Start {
+            who: "admin",
+            confirm: req.confirm.as_deref(),
+            plan_id: req.plan_id.as_deref(),
+            rollback_of: None,
+            dry_run: req.dry_run,
+        },
+    )
+    .await?;
+    Ok(Json(response))
+}
+
+/// How a release is being started.
+struct Start<'a> {
+    who: &'a str,
+    confirm: Option<&'a str>,
+    plan_id: Option<&'a str>,
+    rollback_of: Option<u64>,
+    dry_run: bool,
+}
+
+async fn start_release(
+    shared: &Shared,
+    env: &str,
+    target: Stack,
+    how: Start<'_>,
+) -> Result<DeployResponse, ApiError> {
+    let stack = target.stack.clone();
+    let (base, rollout_rev) = current(shared, &stack, env).await?;
+    let plan = plan_of(base.as_ref().map(|b| &b.value), &target)?;
+    let respond = |release| DeployResponse {
+        stack: stack.clone(),
+        env: env.to_string(),
+        release,
+        plan: view(&plan),
+    };
+    if let Some(id) = how.plan_id {
+        if id != plan.id {
+            return Err(ApiError::conflict(format!("the live state moved since plan {id} (the plan is now {}): run `berth plan` again and review it", plan.id)));
+        }
+    }
+    if plan.is_empty() || how.dry_run {
+        return Ok(respond(None));
+    }
+    if plan.exceeds_capacity_drop && how.confirm != Some(stack.as_str()) {
+        let worst = plan.blast_radius.worst_service.clone().unwrap_or_default();
+        return Err(ApiError::refused(format!(
+            "this plan loses {}% of {worst}'s healthy capacity, more than {env}'s max_capacity_drop of {}: review it, then deploy again with --confirm {stack}",
+            plan.blast_radius.worst_capacity_lost_percent, plan.max_capacity_drop
+        )));
+    }
+    if plan.approval {
+        return Err(ApiError::refused(format!("environment {env} requires a second person's approval, which this server does not support yet: remove `approval: true` from {env} to deploy without it")));
+    }
+    let existing = state::releases(shared.store.as_ref(), &stack, env).await?;
+    let number = existing.last().map(|r| r.value.number + 1).unwrap_or(1);
+    let now = shared.clock.now_ms();
+    let summary = summarize(&plan, how.rollback_of);
+    let release = Release {
+        number,
+        stack: stack.clone(),
+        env: env.to_string(),
+        created_ms: now,
+        who: how.who.to_string(),
+        status: ReleaseStatus::RollingOut,
+        summary,
+        plan_id: plan.id.clone(),
+        rollback_of: how.rollback_of,
+        reason: None,
+        spec: target.clone(),
+    };
+    let from = base.as_ref().map(|b| b.value.number);
+    let record = RolloutRecord::new(&stack, env, from, number, now);
+    let mut ops = vec![
+        Op::put(keys::release(&stack, env, number), encode(&release)),
+        Op::put(keys::rollout(&stack, env), encode(&record)),
+    ];
+    // Keep `history` releases, never the one being replaced.
+    let keep = target.history.max(1) as usize;
+    let total = existing.len() + 1;
+    if total > keep {
+        for old in existing.iter().take(total - keep) {
+            if Some(old.value.number) != from {
+                ops.push(Op::delete(keys::release(&stack, env, old.value.number)));
+            }
+        }
+    }
+    // A release still rolling out is replaced before it finished.
+    for old in &existing {
+        if old.value.status == ReleaseStatus::RollingOut {
+            let mut superseded = old.value.clone();
+            superseded.status = ReleaseStatus::Superseded;
+            superseded.reason = Some(format!(
+                "replaced by release {number} before its rollout finished"
+            ));
+            if !ops.iter().any(|op| matches!(op, Op::Delete { key } if *key == keys::release(&stack, env, old.value.number))) {
+                ops.push(Op::put(keys::release(&stack, env, old.value.number), encode(&superseded)));
+            }
+        }
+    }
+    let resp = shared
+        .store
+        .txn(Txn {
+            compares: vec![
+                Compare::mod_revision(keys::rollout(&stack, env), rollout_rev),
+                Compare::absent(keys::release(&stack, env, number)),
+            ],
+            success: ops,
+            failure: vec![],
+        })
+        .await?;
+    if !resp.succeeded {
+        return Err(ApiError::conflict(
+            "another deploy of this stack landed at the same time: plan again and retry",
+        ));
+    }
+    shared.kick.notify_one();
+    Ok(respond(Some(number)))
+}
+
+/// One line for `berth history`.
+fn summarize(plan: &Plan, rollback_of: Option<u64>) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = rollback_of {
+        parts.push(format!("rollback to {n}"));
+    }
+    for s in &plan.services {
+        let what = match s.kind {
+            berth_plan::ChangeKind::Added => format!("+{}", s.name),
+            berth_plan::ChangeKind::Removed => format!("-{}", s.name),
+            berth_plan::ChangeKind::Changed => {
+                let fields: Vec<&str> = s.fields.iter().map(|f| f.path.as_str()).take(3).collect();
+                format!("~{} ({})", s.name, fields.join(", "))
+            }
+        };
+        parts.push(what);
+    }
+    if parts.is_empty() {
+        "no changes".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// `GET /v1/stacks/{stack}/{env}/releases`: every retained release, newest first, without specs.
+pub async fn history(
+    State(shared): AppState,
+    caller: Caller,
+    Path((stack, env)): Path<(String, String)>,
+) -> Result<Json<Vec<Release>>, ApiError> {
+    caller.require_admin()?;
+    let mut releases: Vec<Release> = state::releases(shared.store.as_ref(), &stack, &env)
+        .await?
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    if releases.is_empty() {
+        return Err(ApiError::not_found(format!("stack {stack} has no release in environment {env}: deploy it first, or check `berth status`")));
+    }
+    releases.reverse();
+    Ok(Json(releases))
+}
+
+/// `POST /v1/stacks/{stack}/{env}/rollback`: a new release with an older one's content
+/// (by default the latest that was live before the current one).
+pub async fn rollback(
+    State(shared): AppState,
+    caller: Caller,
+    Path((stack, env)): Path<(String, String)>,
+    req: Result<Json<RollbackRequest>, JsonRejection>,
+) -> Result<Json<DeployResponse>, ApiError> {
+    caller.require_admin()?;
+    let req = body(req)?;
+    let releases = state::releases(shared.store.as_ref(), &stack, &env).await?;
+    let (current, _) = current(&shared, &stack, &env).await?;
+    let current_number = current.as_ref().map(|c| c.value.number);
+    let target = match req.release {
+        Some(n) => releases.iter().find(|r| r.value.number == n).ok_or_else(|| ApiError::not_found(format!("release {n} of {stack} in {env} is not retained: see `berth history {stack} --env {env}`")))?,
+        None => releases
+            .iter()
+            .rev()
+            .find(|r| Some(r.value.number) != current_number && r.value.status == ReleaseStatus::Superseded && r.value.spec != current.as_ref().map(|c| c.value.spec.clone()).unwrap_or_else(|| r.value.spec.clone()))
+            .ok_or_else(|| ApiError::not_found(format!("{stack} in {env} has no earlier successful release to roll back to")))?,
+    };
+    let number = target.value.number;
+    let response = start_release(
+        &shared,
+        &env,
+        target.value.spec.clone(),
+        Start {
+            who: "admin",
+            confirm: Some(&stack),
+            plan_id: None,
+            rollback_of: Some(number),
+            dry_run: false,
+        },
+    )
+    .await?;
+    Ok(Json(response))
+}

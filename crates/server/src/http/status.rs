@@ -1,0 +1,239 @@
+//! `berth status` and `berth events`.
+
+use std::convert::Infallible;
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::Json;
+use berth_api::control::{Event, InstanceView, ServiceView, StackView, StatusView};
+use berth_api::InstanceState;
+use berth_store::EventKind;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+
+use super::{AppState, Caller};
+use crate::error::ApiError;
+use crate::state::{Desired, Snapshot};
+use crate::{keys, state};
+
+/// `?stack=NAME`
+#[derive(Debug, Deserialize)]
+pub struct StatusQuery {
+    #[serde(default)]
+    stack: Option<String>,
+}
+
+/// `GET /v1/status`: every stack (or one) with its services and instances.
+pub async fn status(
+    State(shared): AppState,
+    caller: Caller,
+    Query(q): Query<StatusQuery>,
+) -> Result<Json<StatusView>, ApiError> {
+    caller.require_admin()?;
+    let snapshot = Snapshot::load(shared.store.as_ref()).await?;
+    let mut stacks = Vec::new();
+    for ((stack, env), rollout) in &snapshot.rollouts {
+        if q.stack.as_ref().is_some_and(|s| s != stack) {
+            continue;
+        }
+        let release = state::release(shared.store.as_ref(), stack, env, rollout.value.to).await?;
+        let mut services = Vec::new();
+        let names: Vec<String> = release
+            .as_ref()
+            .map(|r| r.value.spec.services.keys().cloned().collect())
+            .unwrap_or_default();
+        let regions = release
+            .as_ref()
+            .map(|r| r.value.spec.regions().len())
+            .unwrap_or(1) as u32;
+        for name in names {
+            let desired = release
+                .as_ref()
+                .and_then(|r| r.value.spec.services.get(&name))
+                .map(|s| s.replicas * regions)
+                .unwrap_or(0);
+            let instances: Vec<InstanceView> = snapshot
+                .instances
+                .values()
+                .map(|r| &r.value)
+                .filter(|r| r.spec.stack == *stack && r.env == *env && r.spec.service == name)
+                .map(|r| InstanceView {
+                    id: r.spec.id.clone(),
+                    node: r.spec.node.clone(),
+                    release: r.spec.release,
+                    state: r.state(),
+                    desired: r.desired.as_str().to_string(),
+                    addr: r
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.ports.values().next())
+                        .and_then(|p| {
+                            snapshot
+                                .nodes
+                                .get(&r.spec.node)
+                                .map(|n| format!("{}:{p}", n.value.registration.address))
+                        }),
+                    message: r.status.as_ref().and_then(|s| s.message.clone()),
+                })
+                .collect();
+            let healthy = snapshot
+                .instances
+                .values()
+                .filter(|r| {
+                    r.value.spec.stack == *stack
+                        && r.value.env == *env
+                        && r.value.spec.service == name
+                        && r.value.desired == Desired::Run
+                        && r.value.state() == InstanceState::Healthy
+                })
+                .count() as u32;
+            services.push(ServiceView {
+                name,
+                desired,
+                healthy,
+                instances,
+            });
+        }
+        if q.stack.is_some() || !services.is_empty() || rollout.value.to > 0 {
+            stacks.push(StackView {
+                stack: stack.clone(),
+                env: env.clone(),
+                live_release: Some(rollout.value.to),
+                rollout: rollout.value.describe(),
+                services,
+            });
+        }
+    }
+    if let Some(s) = &q.stack {
+        if stacks.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "no stack named {s} is deployed: see `berth status` for the list"
+            )));
+        }
+    }
+    Ok(Json(StatusView { stacks }))
+}
+
+/// `?follow=true&since=REV`
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    follow: bool,
+    #[serde(default)]
+    since: Option<i64>,
+}
+
+/// How many past changes `berth events` shows without `--since`.
+const RECENT: i64 = 100;
+
+/// `GET /v1/events`: every state change as server-sent events; without `follow`, the recent
+/// history and then the end of the stream.
+pub async fn events(
+    State(shared): AppState,
+    caller: Caller,
+    Query(q): Query<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    caller.require_admin()?;
+    let now = shared.store.revision().await?;
+    let wanted = q.since.unwrap_or(now - RECENT + 1).max(1);
+    let stream = match shared.store.watch("/", wanted).await {
+        Ok(s) => s,
+        // Older history is compacted: start from what is kept.
+        Err(berth_store::StoreError::Compacted {
+            compact_revision, ..
+        }) => shared.store.watch("/", compact_revision + 1).await?,
+        Err(e) => return Err(e.into()),
+    };
+    let follow = q.follow;
+    let events = stream
+        .take_while(move |item| {
+            let keep = match item {
+                Ok(e) => follow || e.revision <= now,
+                Err(_) => false,
+            };
+            std::future::ready(keep)
+        })
+        .filter_map(|item| std::future::ready(item.ok()))
+        .map(|e| {
+            let event = Event {
+                revision: e.revision,
+                kind: match e.kind {
+                    EventKind::Put => "put".to_string(),
+                    EventKind::Delete => "delete".to_string(),
+                },
+                subject: keys::subject(&e.kv.key).to_string(),
+                summary: summarize(&e),
+                key: e.kv.key,
+            };
+            Ok(SseEvent::default().data(serde_json::to_string(&event).unwrap_or_default()))
+        });
+    // Without follow, end once history up to `now` is sent, even if nothing newer arrives.
+    let events: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
+        if follow || wanted > now {
+            if follow {
+                Box::pin(events)
+            } else {
+                Box::pin(futures::stream::empty())
+            }
+        } else {
+            Box::pin(events.take((now - wanted + 1) as usize))
+        };
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// One line about a change, for people.
+fn summarize(e: &berth_store::WatchEvent) -> String {
+    let key = &e.kv.key;
+    if matches!(e.kind, EventKind::Delete) {
+        return format!(
+            "{} {} removed",
+            keys::subject(key),
+            key.rsplit('/').next().unwrap_or(key)
+        );
+    }
+    let value: serde_json::Value = serde_json::from_slice(&e.kv.value).unwrap_or_default();
+    match keys::subject(key) {
+        "instance" => {
+            let id = value
+                .pointer("/spec/id")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?");
+            let state = value
+                .pointer("/status/state")
+                .and_then(|v| v.as_str())
+                .unwrap_or("pending");
+            let desired = value
+                .pointer("/desired")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?");
+            format!("instance {id}: {state} (wanted: {desired})")
+        }
+        "release" => {
+            let n = value
+                .pointer("/number")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0);
+            let status = value
+                .pointer("/status")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?");
+            format!("release {n}: {status}")
+        }
+        "rollout" => {
+            let to = value.pointer("/to").and_then(|v| v.as_u64()).unwrap_or(0);
+            let phase = value
+                .pointer("/phase/phase")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?");
+            format!("rollout to {to}: {phase}")
+        }
+        "node" => format!(
+            "node {} registered",
+            value
+                .pointer("/registration/name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+        ),
+        other => format!("{other} {key} changed"),
+    }
+}

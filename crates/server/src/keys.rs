@@ -1,0 +1,64 @@
+//! The store's key layout, in one place so that every reader and writer agrees.
+//!
+//! ```text
+//! /nodes/NAME                      NodeRecord (registration; liveness is kept in memory)
+//! /node-tokens/NAME                hex SHA-256 of the node's credential
+//! /releases/STACK/ENV/NNNNNNNNNN   Release (immutable but for its status)
+//! /rollouts/STACK/ENV              RolloutRecord: the current or last rollout
+//! /instances/ID                    InstanceRecord: spec, what the server wants, what the agent saw
+//! ```
+//! Release numbers are zero-padded so that a prefix range returns them in order.
+
+/// Prefix of every node record.
+pub const NODES: &str = "/nodes/";
+/// Prefix of every instance record.
+pub const INSTANCES: &str = "/instances/";
+/// Prefix of every rollout record.
+pub const ROLLOUTS: &str = "/rollouts/";
+/// Prefix of every release.
+pub const RELEASES: &str = "/releases/";
+
+/// A node's record.
+pub fn node(name: &str) -> String {
+    format!("{NODES}{name}")
+}
+
+/// A node credential's hash.
+pub fn node_token(name: &str) -> String {
+    format!("/node-tokens/{name}")
+}
+
+/// One instance.
+pub fn instance(id: &str) -> String {
+    format!("{INSTANCES}{id}")
+}
+
+/// The rollout of a stack in one environment.
+pub fn rollout(stack: &str, env: &str) -> String {
+    format!("{ROLLOUTS}{stack}/{env}")
+}
+
+/// Every release of a stack in one environment.
+pub fn releases(stack: &str, env: &str) -> String {
+    format!("{RELEASES}{stack}/{env}/")
+}
+
+/// One release.
+pub fn release(stack: &str, env: &str, number: u64) -> String {
+    format!("{RELEASES}{stack}/{env}/{number:010}")
+}
+
+/// What kind of thing a key names, for the event stream.
+pub fn subject(key: &str) -> &'static str {
+    if key.starts_with(NODES) {
+        "node"
+    } else if key.starts_with(INSTANCES) {
+        "instance"
+    } else if key.starts_with(ROLLOUTS) {
+        "rollout"
+    } else if key.starts_with(RELEASES) {
+        "release"
+    } else {
+        "other"
+    }
+}

@@ -1,0 +1,729 @@
+//! The rollout controller: turns the target release of each stack and environment into
+//! instance records, one region wave at a time, services in dependency order, through the pure
+//! `berth-rollout` state machine.
+//!
+//! It reconciles: every pass reads a snapshot, decides from it alone, and writes its decisions
+//! and its new state in one compare-and-swap transaction. A crash between passes loses nothing
+//! and a repeated pass is harmless, so a restarted server simply resumes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_api::control::{Release, ReleaseStatus};
+use berth_api::{InstanceSpec, InstanceState};
+use berth_rollout::{ObservedState, Phase as StepPhase, RolloutState};
+use berth_spec::model::{Service, Stack};
+use berth_store::{Compare, Op, Txn};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::state::{encode, Desired, InstanceRecord, Snapshot, StateError, Versioned};
+use crate::{keys, table, Shared};
+
+/// How often the controller looks even when nothing woke it (deadlines, node liveness).
+const TICK: Duration = Duration::from_millis(100);
+/// Longest an instance waits in `drain` for routers to let go before it is stopped anyway.
+pub const DRAIN_DEADLINE_MS: u64 = 5_000;
+
+/// Where a stack's rollout is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase")]
+pub enum Phase {
+    /// Waves are being rolled out.
+    Progressing,
+    /// The target release runs everywhere; the controller keeps its counts.
+    Succeeded,
+    /// A first deploy failed and there was nothing to roll back to.
+    Failed { reason: String },
+}
+
+/// The persisted rollout of one stack in one environment (`/rollouts/STACK/ENV`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    pub stack: String,
+    pub env: String,
+    /// The release being replaced (`None` on a first deploy).
+    pub from: Option<u64>,
+    /// The release being rolled out: what the stack is meant to run.
+    pub to: u64,
+    pub started_ms: u64,
+    /// Index of the current region wave.
+    pub wave: usize,
+    /// The state machine of each service that started in the current wave.
+    pub services: BTreeMap<String, RolloutState>,
+    /// Services finished in the current wave.
+    pub done: BTreeSet<String>,
+    pub phase: Phase,
+    /// Set when this rollout is the automatic rollback of a failed one, with why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_reason: Option<String>,
+}
+
+impl RolloutRecord {
+    /// A new rollout from `from` to `to`.
+    pub fn new(stack: &str, env: &str, from: Option<u64>, to: u64, now_ms: u64) -> Self {
+        RolloutRecord {
+            stack: stack.to_string(),
+            env: env.to_string(),
+            from,
+            to,
+            started_ms: now_ms,
+            wave: 0,
+            services: BTreeMap::new(),
+            done: BTreeSet::new(),
+            phase: Phase::Progressing,
+            rollback_reason: None,
+        }
+    }
+
+    /// How `berth status` describes it.
+    pub fn describe(&self) -> String {
+        match (&self.phase, &self.rollback_reason) {
+            (Phase::Progressing, Some(why)) => format!("rolling back to {} ({why})", self.to),
+            (Phase::Progressing, None) => match self.from {
+                Some(from) => format!("rolling out {from} → {}", self.to),
+                None => format!("rolling out {}", self.to),
+            },
+            (Phase::Succeeded, Some(why)) => format!("rolled back to {} ({why})", self.to),
+            (Phase::Succeeded, None) => "live".to_string(),
+            (Phase::Failed { reason }, _) => format!("failed: {reason}"),
+        }
+    }
+}
+
+/// Runs passes until `stop`: on every kick (a deploy, a heartbeat with news) and every tick.
+pub async fn run_controller(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = reconcile_once(&shared).await {
+            tracing::warn!(error = %e, "controller pass failed; retrying");
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = shared.kick.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+/// One pass over every stack, then the drain pipeline.
+pub async fn reconcile_once(shared: &Shared) -> Result<(), StateError> {
+    let snapshot = Snapshot::load(shared.store.as_ref()).await?;
+    let now = shared.clock.now_ms();
+    for rollout in snapshot.rollouts.values() {
+        let Some(release) = crate::state::release(
+            shared.store.as_ref(),
+            &rollout.value.stack,
+            &rollout.value.env,
+            rollout.value.to,
+        )
+        .await?
+        else {
+            tracing::warn!(stack = %rollout.value.stack, env = %rollout.value.env, release = rollout.value.to, "the target release is gone from the store");
+            continue;
+        };
+        let mut pass = Pass {
+            shared,
+            snapshot: &snapshot,
+            now,
+            ops: vec![],
+            compares: vec![],
+            created: 0,
+        };
+        let next = pass.reconcile(&rollout.value, &release.value.spec);
+        let mut ops = std::mem::take(&mut pass.ops);
+        let mut compares = std::mem::take(&mut pass.compares);
+        let outcome = next.map(|(record, outcome)| (record, outcome));
+        if let Some((record, outcome)) = outcome {
+            if record != rollout.value || !ops.is_empty() {
+                compares.push(Compare::mod_revision(
+                    keys::rollout(&record.stack, &record.env),
+                    rollout.mod_revision,
+                ));
+                ops.push(Op::put(
+                    keys::rollout(&record.stack, &record.env),
+                    encode(&record),
+                ));
+                release_ops(shared, &record, &outcome, &mut ops).await?;
+            }
+        }
+        if !ops.is_empty() {
+            let resp = shared
+                .store
+                .txn(Txn {
+                    compares,
+                    success: ops,
+                    failure: vec![],
+                })
+                .await?;
+            if !resp.succeeded {
+                tracing::debug!(
+                    "controller write raced with another change; next pass decides again"
+                );
+            }
+        }
+    }
+    drain(shared, &snapshot, now).await
+}
+
+/// What a pass concluded about the rollout as a whole.
+enum Outcome {
+    Nothing,
+    /// The last wave finished: the target is live.
+    Live,
+    /// The target failed; the record now rolls back (or has failed for good).
+    Failed {
+        failed_release: u64,
+        reason: String,
+    },
+}
+
+/// Release status changes that go with a rollout's outcome.
+async fn release_ops(
+    shared: &Shared,
+    record: &RolloutRecord,
+    outcome: &Outcome,
+    ops: &mut Vec<Op>,
+) -> Result<(), StateError> {
+    let store = shared.store.as_ref();
+    let set = |mut r: Versioned<Release>,
+               status: ReleaseStatus,
+               reason: Option<String>,
+               ops: &mut Vec<Op>| {
+        r.value.status = status;
+        if reason.is_some() {
+            r.value.reason = reason;
+        }
+        ops.push(Op::put(
+            keys::release(&r.value.stack, &r.value.env, r.value.number),
+            encode(&r.value),
+        ));
+    };
+    match outcome {
+        Outcome::Nothing => {}
+        Outcome::Live => {
+            if let Some(r) =
+                crate::state::release(store, &record.stack, &record.env, record.to).await?
+            {
+                if r.value.status != ReleaseStatus::Live {
+                    set(r, ReleaseStatus::Live, None, ops);
+                }
+            }
+            // Every other release that was live or rolling out is now superseded.
+            for r in crate::state::releases(store, &record.stack, &record.env).await? {
+                if r.value.number != record.to
+                    && matches!(
+                        r.value.status,
+                        ReleaseStatus::Live | ReleaseStatus::RollingOut
+                    )
+                {
+                    set(r, ReleaseStatus::Superseded, None, ops);
+                }
+            }
+        }
+        Outcome::Failed {
+            failed_release,
+            reason,
+        } => {
+            if let Some(r) =
+                crate::state::release(store, &record.stack, &record.env, *failed_release).await?
+            {
+                set(r, ReleaseStatus::Failed, Some(reason.clone()), ops);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The decisions of one pass over one rollout, collected as store operations.
+struct Pass<'a> {
+    shared: &'a Shared,
+    snapshot: &'a Snapshot,
+    now: u64,
+    ops: Vec<Op>,
+    compares: Vec<Compare>,
+    created: usize,
+}
+
+impl<'a> Pass<'a> {
+    /// Decides the next state of `record`; `None` when there is nothing to change.
+    fn reconcile(
+        &mut self,
+        record: &RolloutRecord,
+        target: &Stack,
+    ) -> Option<(RolloutRecord, Outcome)> {
+        match record.phase {
+            Phase::Progressing => Some(self.progress(record.clone(), target)),
+            Phase::Succeeded => {
+                for region in target.regions() {
+                    self.keep_counts(record, target, region);
+                }
+                self.stop_unknown(record, target, None);
+                None
+            }
+            Phase::Failed { .. } => {
+                self.stop_all(record);
+                None
+            }
+        }
+    }
+
+    /// Moves a progressing rollout forward within its current wave.
+    fn progress(&mut self, mut record: RolloutRecord, target: &Stack) -> (RolloutRecord, Outcome) {
+        let regions = target.regions().to_vec();
+        let Some(region) = regions.get(record.wave).cloned() else {
+            record.phase = Phase::Succeeded;
+            return (record, Outcome::Live);
+        };
+        self.stop_unknown(&record, target, Some(&region));
+        for name in dependency_order(target) {
+            if record.done.contains(&name) {
+                continue;
+            }
+            let Some(service) = target.service_for_region(&name, &region) else {
+                continue;
+            };
+            if !service.depends_on.iter().all(|d| record.done.contains(d)) {
+                continue; // waits until its dependencies are healthy in this wave
+            }
+            let state = match record.services.get(&name) {
+                Some(s) => s.clone(),
+                None => match RolloutState::for_service(record.from, record.to, &service, self.now)
+                {
+                    Ok(s) => s,
+                    Err(e) => return self.fail(record, format!("service {name}: {e}")),
+                },
+            };
+            let instances = self.instances(&record, &name, &region);
+            let observed = observe(&instances, &service, record.to);
+            let (next, decision) = berth_rollout::step(&state, &observed, self.now);
+            let live_new = observed
+                .iter()
+                .filter(|o| o.release == record.to && o.state.is_live())
+                .count() as u32;
+            for _ in live_new..decision.new_target {
+                self.create(&record, &name, &region, &service);
+            }
+            for id in &decision.stop {
+                let snapshot: &'a Snapshot = self.snapshot;
+                if let Some(rec) = snapshot.instances.get(id) {
+                    self.set_desired(rec, Desired::Drain);
+                }
+            }
+            match &next.phase {
+                StepPhase::Succeeded => {
+                    record.done.insert(name.clone());
+                }
+                StepPhase::Failed { reason } => {
+                    let reason = format!("service {name} in {region}: {reason}");
+                    return self.fail(record, reason);
+                }
+                StepPhase::Progressing => {}
+            }
+            record.services.insert(name, next);
+        }
+        if record.done.len() == target.services.len() {
+            record.wave += 1;
+            record.services.clear();
+            record.done.clear();
+            if record.wave >= regions.len() {
+                record.phase = Phase::Succeeded;
+                return (record, Outcome::Live);
+            }
+        }
+        (record, Outcome::Nothing)
+    }
+
+    /// The target failed: roll back to the previous release, or give up on a first deploy.
+    fn fail(&mut self, record: RolloutRecord, reason: String) -> (RolloutRecord, Outcome) {
+        // Undo whatever this pass decided for the failed target.
+        self.ops.clear();
+        self.compares.clear();
+        let failed_release = record.to;
+        let next = match record.from {
+            Some(previous) if previous != record.to => {
+                let mut back = RolloutRecord::new(
+                    &record.stack,
+                    &record.env,
+                    Some(record.to),
+                    previous,
+                    self.now,
+                );
+                back.rollback_reason = Some(format!("release {failed_release} failed: {reason}"));
+                back
+            }
+            _ => {
+                let mut failed = record.clone();
+                failed.phase = Phase::Failed {
+                    reason: reason.clone(),
+                };
+                failed
+            }
+        };
+        tracing::warn!(stack = %record.stack, env = %record.env, release = failed_release, %reason, "rollout failed");
+        (
+            next,
+            Outcome::Failed {
+                failed_release,
+                reason,
+            },
+        )
+    }
+
+    /// Instances of one service of this stack in one region that are not being stopped.
+    fn instances(
+        &self,
+        record: &RolloutRecord,
+        service: &str,
+        region: &str,
+    ) -> Vec<&'a Versioned<InstanceRecord>> {
+        let snapshot: &'a Snapshot = self.snapshot;
+        snapshot
+            .instances
+            .values()
+            .filter(|r| {
+                let v = &r.value;
+                v.spec.stack == record.stack
+                    && v.env == record.env
+                    && v.region == region
+                    && v.spec.service == service
+                    && v.desired != Desired::Stop
+            })
+            .collect()
+    }
+
+    /// After success: replace instances the agent gave up on, and hold the replica count.
+    fn keep_counts(&mut self, record: &RolloutRecord, target: &Stack, region: &str) {
+        for name in target.services.keys() {
+            let Some(service) = target.service_for_region(name, region) else {
+                continue;
+            };
+            let instances = self.instances(record, name, region);
+            let mut live: Vec<&'a Versioned<InstanceRecord>> = Vec::new();
+            for inst in instances {
+                let v = &inst.value;
+                if v.desired != Desired::Run {
+                    continue;
+                }
+                if v.spec.spec != service
+                    || v.state() == InstanceState::Failed
+                    || !self.node_usable(&v.spec.node)
+                {
+                    self.set_desired(inst, Desired::Drain);
+                } else {
+                    live.push(inst);
+                }
+            }
+            let want = service.replicas as usize;
+            for _ in live.len()..want {
+                self.create(record, name, region, &service);
+            }
+            if live.len() > want {
+                live.sort_by_key(|r| {
+                    (
+                        r.value.state() == InstanceState::Healthy,
+                        std::cmp::Reverse(r.value.spec.id.clone()),
+                    )
+                });
+                for extra in &live[..live.len() - want] {
+                    self.set_desired(extra, Desired::Drain);
+                }
+            }
+        }
+    }
+
+    /// Stops instances of services the target no longer has (in one region, or all).
+    fn stop_unknown(&mut self, record: &RolloutRecord, target: &Stack, region: Option<&str>) {
+        let regions: BTreeSet<&str> = target.regions().iter().map(String::as_str).collect();
+        let snapshot: &'a Snapshot = self.snapshot;
+        let doomed: Vec<&'a Versioned<InstanceRecord>> = snapshot
+            .instances
+            .values()
+            .filter(|r| {
+                r.value.spec.stack == record.stack
+                    && r.value.env == record.env
+                    && r.value.desired == Desired::Run
+            })
+            .filter(|r| region.is_none_or(|g| g == r.value.region))
+            .filter(|r| {
+                !target.services.contains_key(&r.value.spec.service)
+                    || !regions.contains(r.value.region.as_str())
+            })
+            .collect();
+        for r in doomed {
+            self.set_desired(r, Desired::Drain);
+        }
+    }
+
+    fn stop_all(&mut self, record: &RolloutRecord) {
+        let snapshot: &'a Snapshot = self.snapshot;
+        let doomed: Vec<&'a Versioned<InstanceRecord>> = snapshot
+            .instances
+            .values()
+            .filter(|r| {
+                r.value.spec.stack == record.stack
+                    && r.value.env == record.env
+                    && r.value.desired == Desired::Run
+            })
+            .collect();
+        for r in doomed {
+            self.set_desired(r, Desired::Drain);
+        }
+    }
+
+    fn set_desired(&mut self, rec: &Versioned<InstanceRecord>, desired: Desired) {
+        if rec.value.desired == desired || self.ops.iter().any(|op| matches!(op, Op::Put { key, .. } if *key == keys::instance(&rec.value.spec.id))) {
+            return;
+        }
+        let mut next = rec.value.clone();
+        next.desired = desired;
+        next.desired_since_ms = Some(self.now);
+        self.compares.push(Compare::mod_revision(
+            keys::instance(&rec.value.spec.id),
+            rec.mod_revision,
+        ));
+        self.ops
+            .push(Op::put(keys::instance(&rec.value.spec.id), encode(&next)));
+    }
+
+    fn node_usable(&self, node: &str) -> bool {
+        self.snapshot
+            .nodes
+            .get(node)
+            .is_some_and(|n| !n.value.draining)
+            && table::node_is_up(self.shared, node, self.now)
+    }
+
+    /// Places a new instance of `service` and records it. Without a feasible node nothing is
+    /// created; the rollout then waits and, past its progress deadline, fails with the reason.
+    fn create(&mut self, record: &RolloutRecord, name: &str, region: &str, service: &Service) {
+        let Some(node) = self.place(record, name, region, service) else {
+            tracing::debug!(stack = %record.stack, service = %name, %region, "no feasible node for a new instance");
+            return;
+        };
+        let mut suffix = [0u8; 4];
+        rand::rngs::OsRng.fill_bytes(&mut suffix);
+        let id = format!(
+            "{}-{}-{}-{}",
+            record.stack,
+            name,
+            record.to,
+            hex::encode(suffix)
+        );
+        let rec = InstanceRecord {
+            spec: InstanceSpec {
+                id: id.clone(),
+                stack: record.stack.clone(),
+                service: name.to_string(),
+                release: record.to,
+                node,
+                spec: service.clone(),
+            },
+            env: record.env.clone(),
+            region: region.to_string(),
+            desired: Desired::Run,
+            created_ms: self.now,
+            desired_since_ms: None,
+            status: None,
+        };
+        self.created += 1;
+        self.compares.push(Compare::absent(keys::instance(&id)));
+        self.ops.push(Op::put(keys::instance(&id), encode(&rec)));
+    }
+
+    /// A simple placement until the scheduler lands: a usable node with the driver, in the
+    /// region (a node without a `region` label takes any), meeting the constraints, with the
+    /// fewest instances of this service, then the fewest overall.
+    fn place(
+        &self,
+        record: &RolloutRecord,
+        name: &str,
+        region: &str,
+        service: &Service,
+    ) -> Option<String> {
+        let mut best: Option<((usize, usize, String), String)> = None;
+        for (node_name, node) in &self.snapshot.nodes {
+            let reg = &node.value.registration;
+            if !self.node_usable(node_name) || !reg.drivers.contains(&service.driver()) {
+                continue;
+            }
+            if reg.labels.get("region").is_some_and(|r| r != region) {
+                continue;
+            }
+            if !service
+                .placement
+                .constraints
+                .iter()
+                .all(|c| c.holds(&reg.labels))
+            {
+                continue;
+            }
+            let placed_here =
+                |r: &InstanceRecord| r.spec.node == *node_name && r.desired != Desired::Stop;
+            let mut same = self
+                .snapshot
+                .instances
+                .values()
+                .filter(|r| {
+                    placed_here(&r.value)
+                        && r.value.spec.stack == record.stack
+                        && r.value.spec.service == name
+                })
+                .count();
+            let mut total = self
+                .snapshot
+                .instances
+                .values()
+                .filter(|r| placed_here(&r.value))
+                .count();
+            // Count what this pass already placed.
+            same += self.pending_on(node_name, Some(name));
+            total += self.pending_on(node_name, None);
+            let score = (same, total, node_name.clone());
+            if best.as_ref().is_none_or(|(s, _)| score < *s) {
+                best = Some((score, node_name.clone()));
+            }
+        }
+        best.map(|(_, n)| n)
+    }
+
+    fn pending_on(&self, node: &str, service: Option<&str>) -> usize {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put { key, value } if key.starts_with(keys::INSTANCES) => {
+                    serde_json::from_slice::<InstanceRecord>(value).ok()
+                }
+                _ => None,
+            })
+            .filter(|r| {
+                r.created_ms == self.now
+                    && r.status.is_none()
+                    && r.spec.node == node
+                    && service.is_none_or(|s| s == r.spec.service)
+            })
+            .count()
+    }
+}
+
+/// The state machine's view of a service's instances. An instance whose spec equals the
+/// target's counts as the target release (it carries over unchanged, and after a rollback the
+/// old release's instances are exactly what is wanted).
+fn observe(
+    instances: &[&Versioned<InstanceRecord>],
+    target: &Service,
+    to: u64,
+) -> Vec<berth_rollout::Observed> {
+    instances
+        .iter()
+        .map(|r| {
+            let v = &r.value;
+            let matches = v.desired == Desired::Run && v.spec.spec == *target;
+            let state = if v.desired == Desired::Drain {
+                ObservedState::Draining
+            } else {
+                match v.state() {
+                    InstanceState::Pending => ObservedState::Pending,
+                    InstanceState::Starting => ObservedState::Starting,
+                    InstanceState::Healthy => ObservedState::Healthy,
+                    InstanceState::Unhealthy => ObservedState::Unhealthy,
+                    InstanceState::Draining => ObservedState::Draining,
+                    InstanceState::Stopped => ObservedState::Stopped,
+                    InstanceState::Failed => ObservedState::Failed,
+                }
+            };
+            berth_rollout::Observed {
+                instance: v.spec.id.clone(),
+                // Anything that does not match is old, even if it carries the target's number.
+                release: if matches {
+                    to
+                } else if v.spec.release == to {
+                    0
+                } else {
+                    v.spec.release
+                },
+                state,
+                restarts: v.status.as_ref().map(|s| s.restarts).unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
+/// Services in an order where each comes after what it depends on (the validator refused
+/// cycles; anything left over is appended so nothing is forgotten).
+pub fn dependency_order(stack: &Stack) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut placed: BTreeSet<&str> = BTreeSet::new();
+    loop {
+        let mut progressed = false;
+        for (name, svc) in &stack.services {
+            if !placed.contains(name.as_str())
+                && svc
+                    .depends_on
+                    .iter()
+                    .all(|d| placed.contains(d.as_str()) || !stack.services.contains_key(d))
+            {
+                placed.insert(name);
+                order.push(name.clone());
+                progressed = true;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    for name in stack.services.keys() {
+        if !placed.contains(name.as_str()) {
+            order.push(name.clone());
+        }
+    }
+    order
+}
+
+/// Moves drained instances to `stop` once the routers let go (or the deadline passes), and
+/// forgets stopped instances on nodes that are gone.
+async fn drain(shared: &Shared, snapshot: &Snapshot, now: u64) -> Result<(), StateError> {
+    for rec in snapshot.instances.values() {
+        let v = &rec.value;
+        let since = v.desired_since_ms.unwrap_or(v.created_ms);
+        let next = match v.desired {
+            Desired::Drain
+                if table::released_by_routers(shared, &v.spec.id, now)
+                    || now.saturating_sub(since) > DRAIN_DEADLINE_MS =>
+            {
+                Some(Desired::Stop)
+            }
+            _ => None,
+        };
+        if let Some(desired) = next {
+            let mut updated = v.clone();
+            updated.desired = desired;
+            updated.desired_since_ms = Some(now);
+            shared
+                .store
+                .cas(
+                    &keys::instance(&v.spec.id),
+                    rec.mod_revision,
+                    encode(&updated),
+                )
+                .await?;
+        } else if v.desired == Desired::Stop
+            && !table::node_is_up(shared, &v.spec.node, now)
+            && now.saturating_sub(since) > 60_000
+        {
+            // Its node is gone; nobody will confirm the stop.
+            shared
+                .store
+                .txn(Txn {
+                    compares: vec![Compare::mod_revision(
+                        keys::instance(&v.spec.id),
+                        rec.mod_revision,
+                    )],
+                    success: vec![Op::delete(keys::instance(&v.spec.id))],
+                    failure: vec![],
+                })
+                .await?;
+        }
+    }
+    Ok(())
+}

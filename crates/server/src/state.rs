@@ -1,0 +1,186 @@
+//! The records the server keeps in the store, and a consistent snapshot of them.
+//!
+//! Controllers read a [`Snapshot`], call a pure core, and write back with compare-and-swap on
+//! the `mod_revision`s they read, so a concurrent change makes the write fail instead of being
+//! lost, and the next pass decides again.
+
+use std::collections::BTreeMap;
+
+use berth_api::control::{RegisterRequest, Release};
+use berth_api::{InstanceSpec, InstanceState, InstanceStatus};
+use berth_store::{Store, StoreError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::keys;
+
+/// A registered node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub registration: RegisterRequest,
+    pub registered_ms: u64,
+    /// Set by `berth drain`; a draining node takes no new instances.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// What the server wants of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Desired {
+    /// Keep it running; route to it when healthy.
+    Run,
+    /// Take it out of the routers, then stop it once they have let go (or a deadline passed).
+    Drain,
+    /// Stop it; the record is deleted once the agent confirms.
+    Stop,
+}
+
+impl Desired {
+    /// The word `berth status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Run => "run",
+            Desired::Drain => "drain",
+            Desired::Stop => "stop",
+        }
+    }
+}
+
+/// One instance: its immutable spec, the server's wish, and the agent's last observation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub spec: InstanceSpec,
+    pub env: String,
+    pub region: String,
+    pub desired: Desired,
+    pub created_ms: u64,
+    /// When `desired` became `Drain` or `Stop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_since_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<InstanceStatus>,
+}
+
+impl InstanceRecord {
+    /// The observed state, `pending` until the agent reports.
+    pub fn state(&self) -> InstanceState {
+        self.status
+            .as_ref()
+            .map(|s| s.state)
+            .unwrap_or(InstanceState::Pending)
+    }
+}
+
+/// A value read from the store together with the revision to compare against when writing it back.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub mod_revision: i64,
+}
+
+/// Everything the controllers look at, read at one store revision.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub nodes: BTreeMap<String, Versioned<NodeRecord>>,
+    pub instances: BTreeMap<String, Versioned<InstanceRecord>>,
+    pub rollouts: BTreeMap<(String, String), Versioned<crate::rollouts::RolloutRecord>>,
+}
+
+/// A store problem or a record that cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("record {key} in the store is not valid: {source}; it was written by an incompatible berth version")]
+    Decode {
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Decodes a JSON record, naming the key when it is corrupt.
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {
+    serde_json::from_slice(bytes).map_err(|source| StateError::Decode {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// Encodes a record as JSON. Our records always serialise (string keys, no NaN).
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+async fn read_prefix<T: DeserializeOwned>(
+    store: &dyn Store,
+    prefix: &str,
+) -> Result<(i64, Vec<(String, Versioned<T>)>), StateError> {
+    let resp = store.range(prefix).await?;
+    let mut out = Vec::with_capacity(resp.kvs.len());
+    for kv in resp.kvs {
+        let value = decode(&kv.key, &kv.value)?;
+        out.push((
+            kv.key,
+            Versioned {
+                value,
+                mod_revision: kv.mod_revision,
+            },
+        ));
+    }
+    Ok((resp.revision, out))
+}
+
+impl Snapshot {
+    /// Reads nodes, instances and rollouts. Each prefix is one consistent read; the revision is
+    /// the oldest of the three, so a watch from it misses nothing.
+    pub async fn load(store: &dyn Store) -> Result<Snapshot, StateError> {
+        let (r1, nodes) = read_prefix::<NodeRecord>(store, keys::NODES).await?;
+        let (r2, instances) = read_prefix::<InstanceRecord>(store, keys::INSTANCES).await?;
+        let (r3, rollouts) =
+            read_prefix::<crate::rollouts::RolloutRecord>(store, keys::ROLLOUTS).await?;
+        Ok(Snapshot {
+            revision: r1.min(r2).min(r3),
+            nodes: nodes
+                .into_iter()
+                .map(|(_, v)| (v.value.registration.name.clone(), v))
+                .collect(),
+            instances: instances
+                .into_iter()
+                .map(|(_, v)| (v.value.spec.id.clone(), v))
+                .collect(),
+            rollouts: rollouts
+                .into_iter()
+                .map(|(_, v)| ((v.value.stack.clone(), v.value.env.clone()), v))
+                .collect(),
+        })
+    }
+}
+
+/// Every release of a stack in one environment, oldest first.
+pub async fn releases(
+    store: &dyn Store,
+    stack: &str,
+    env: &str,
+) -> Result<Vec<Versioned<Release>>, StateError> {
+    let (_, v) = read_prefix::<Release>(store, &keys::releases(stack, env)).await?;
+    Ok(v.into_iter().map(|(_, r)| r).collect())
+}
+
+/// One release, if it is still retained.
+pub async fn release(
+    store: &dyn Store,
+    stack: &str,
+    env: &str,
+    number: u64,
+) -> Result<Option<Versioned<Release>>, StateError> {
+    let key = keys::release(stack, env, number);
+    match store.get(&key).await? {
+        Some(kv) => Ok(Some(Versioned {
+            value: decode(&key, &kv.value)?,
+            mod_revision: kv.mod_revision,
+        })),
+        None => Ok(None),
+    }
+}
