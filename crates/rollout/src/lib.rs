@@ -1,1 +1,52 @@
-//! berth-rollout
+//! # berth-rollout — rollout state machines
+//!
+//! Pure: no I/O, no threads, no clock. A rollout is a persisted state plus a function
+//! `step(state, observed instances, now_ms) → (state, decision)`. The server's rollout controller
+//! (the shell) calls it for one service in one region whenever something changes — an instance
+//! changes state, a timer fires ([`RolloutState::next_deadline_ms`]), the server restarts —
+//! stores the new state and carries out the decision. Reconciliation, not scripts: decisions are
+//! desired counts and sets, so a repeated or replayed call cannot start or stop anything twice.
+//!
+//! ## Map
+//! - [`observe`] — what a machine sees: [`Observed`] instances and their [`ObservedState`].
+//! - [`rolling`] — the rolling rollout: [`RolloutState`], [`step`], [`Decision`], [`Phase`],
+//!   [`rollback_of`]. The rules are listed in the module's documentation.
+//! - [`sim`] — a deterministic world that applies decisions, for tests and replays.
+//!
+//! Blue/green, canary and region waves will live beside `rolling` and reuse [`observe`].
+//!
+//! ## Vocabulary
+//! - *release* — an immutable numbered snapshot; a rollout goes from `from_release` (none on a
+//!   first deploy) to `to_release` (the same one for a pure scaling).
+//! - *new* / *old* instance — one running `to_release` / any other release.
+//! - *live* — Pending, Starting, Healthy or Unhealthy: occupies a slot. Failed and Stopped are
+//!   dead; Draining is leaving.
+//! - *healthy capacity* — live instances that are Healthy; nothing else serves.
+//! - *floor* — `desired − max_unavailable`: our stops never take healthy capacity below it.
+//! - *ceiling* — `desired + max_surge`: live old not being stopped plus new never exceed it.
+//! - *progress* — more new instances healthy than ever before in this rollout.
+//!
+//! ## Phases
+//! ```text
+//!                         each step: start new up to new_target,
+//!                         drain + stop old while healthy ≥ floor
+//!                              ┌──────┐
+//!                              ▼      │
+//!   RolloutState::new ──► Progressing ┘ ── all desired new healthy, ──► Succeeded
+//!                          │       ▲       no old, nothing draining
+//!   a new instance Failed  │       │
+//!   or crash-looping, or   │       │  rollback_of(failed): a new rollout,
+//!   no progress within     ▼       │  from to_release back to from_release
+//!   progress_deadline     Failed ──┘
+//! ```
+//! Terminal phases are sticky. Draining before stopping is the shell's job: every instance in
+//! [`Decision::stop`] is first removed from the routers (marked Draining), then stopped.
+
+#![warn(missing_docs)]
+
+pub mod observe;
+pub mod rolling;
+pub mod sim;
+
+pub use observe::{Observed, ObservedState};
+pub use rolling::{rollback_of, step, Decision, Phase, RolloutError, RolloutState, MAX_RESTARTS};
