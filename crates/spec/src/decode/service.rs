@@ -1,0 +1,813 @@
+//! One service: every field typed, defaults made explicit, and the checks that involve more than
+//! one field of the same service (driver, ports named by health and route, rollout progress).
+//!
+//! Decoding never stops at the first problem: a bad field is reported and replaced by its
+//! default so the rest of the service is still checked. The caller discards the result if any
+//! problem was found.
+
+use std::collections::BTreeMap;
+
+use super::fields::{Ctx, Fields, IntSpec, Region};
+use super::names::{did_you_mean, NameKind};
+use super::scalar::{quote, Class};
+use crate::diag::Pos;
+use crate::model::{
+    Amount, Constraint, Cpu, Duration, Health, Memory, Percent, Placement, Process, Resources,
+    RestartPolicy, Rollout, Route, Service, Strategy, Volume,
+};
+use crate::yaml::Node;
+
+/// The fields a service may have.
+pub const SERVICE_FIELDS: &[&str] = &[
+    "process",
+    "image",
+    "command",
+    "env",
+    "secrets",
+    "ports",
+    "replicas",
+    "health",
+    "route",
+    "rollout",
+    "depends_on",
+    "stop_grace",
+    "volumes",
+    "resources",
+    "placement",
+    "restart",
+];
+const HEALTH_FIELDS: &[&str] = &[
+    "http",
+    "tcp",
+    "exec",
+    "port",
+    "interval",
+    "timeout",
+    "healthy",
+    "unhealthy",
+];
+const ROUTE_FIELDS: &[&str] = &["host", "path", "port"];
+const ROLLOUT_FIELDS: &[&str] = &[
+    "strategy",
+    "max_surge",
+    "max_unavailable",
+    "progress_deadline",
+];
+const RESOURCES_FIELDS: &[&str] = &["cpu", "memory"];
+const PLACEMENT_FIELDS: &[&str] = &["spread", "constraints"];
+const PROCESS_FIELDS: &[&str] = &["command"];
+
+const COUNT: IntSpec = IntSpec {
+    what: "a non-negative integer",
+    lo: 0,
+    hi: u32::MAX as i128,
+    say_max: true,
+};
+const THRESHOLD: IntSpec = IntSpec {
+    what: "an integer from 1 to 1000",
+    lo: 1,
+    hi: 1000,
+    say_max: false,
+};
+const PORT: IntSpec = IntSpec {
+    what: "a port number from 0 to 65535",
+    lo: 0,
+    hi: 65535,
+    say_max: false,
+};
+
+/// Defaults, as the stack file documents them.
+pub mod defaults {
+    use crate::model::{Cpu, Duration, Memory};
+    pub const REPLICAS: u32 = 1;
+    pub const STOP_GRACE: Duration = Duration { millis: 10_000 };
+    pub const HEALTH_INTERVAL: Duration = Duration { millis: 1_000 };
+    pub const HEALTH_TIMEOUT: Duration = Duration { millis: 1_000 };
+    pub const HEALTHY: u32 = 1;
+    pub const UNHEALTHY: u32 = 3;
+    pub const PROGRESS_DEADLINE: Duration = Duration { millis: 60_000 };
+    pub const CPU: Cpu = Cpu { millis: 100 };
+    pub const MEMORY: Memory = Memory {
+        bytes: 64 * 1024 * 1024,
+    };
+}
+
+/// A decoded service and what the cross-service checks need.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub service: Service,
+    /// `depends_on` entries with their positions.
+    pub deps: Vec<(String, Pos)>,
+    /// The route's host and path, and where the host is written.
+    pub route_at: Option<Pos>,
+}
+
+fn default_service() -> Service {
+    Service {
+        process: None,
+        image: None,
+        command: None,
+        env: BTreeMap::new(),
+        secrets: Vec::new(),
+        ports: BTreeMap::new(),
+        replicas: defaults::REPLICAS,
+        health: None,
+        route: None,
+        rollout: Rollout {
+            strategy: Strategy::Rolling,
+            max_surge: Amount::Count(1),
+            max_unavailable: Amount::Count(0),
+            progress_deadline: defaults::PROGRESS_DEADLINE,
+        },
+        depends_on: Vec::new(),
+        stop_grace: defaults::STOP_GRACE,
+        volumes: Vec::new(),
+        resources: Resources {
+            cpu: defaults::CPU,
+            memory: defaults::MEMORY,
+        },
+        placement: Placement {
+            spread: Vec::new(),
+            constraints: Vec::new(),
+        },
+        restart: RestartPolicy::Always,
+    }
+}
+
+/// Decodes service `name` (whose key is at `key_pos`) with `ctx`'s values in scope.
+pub fn service(ctx: &mut Ctx, name: &str, key_pos: Pos, node: &Node) -> Decoded {
+    let path = format!("services.{name}");
+    let mut out = Decoded {
+        service: default_service(),
+        deps: Vec::new(),
+        route_at: None,
+    };
+    let Some(f) = ctx.fields(node, &path, "a mapping of service fields", SERVICE_FIELDS) else {
+        return out;
+    };
+    let svc = &mut out.service;
+
+    driver(ctx, &f, &path, key_pos, svc);
+    if let Some(n) = f.get("env") {
+        svc.env = env(ctx, n, &format!("{path}.env"));
+    }
+    if let Some(n) = f.get("secrets") {
+        let p = format!("{path}.secrets");
+        if let Some(list) = ctx.names(n, &p, "a list of secret names", NameKind::Secret) {
+            for (i, (s, pos)) in list.iter().enumerate() {
+                if svc.env.contains_key(s) {
+                    ctx.error(
+                        *pos,
+                        format!(
+                            "{p}[{i}]: `{s}` is also set in env; a variable comes from one place"
+                        ),
+                    );
+                }
+            }
+            svc.secrets = list.into_iter().map(|(s, _)| s).collect();
+        }
+    }
+    if let Some(n) = f.get("ports") {
+        svc.ports = ports(ctx, n, &format!("{path}.ports"));
+    }
+    // Port names, even those whose number was wrong, so health/route checks do not cascade.
+    let port_names: Vec<String> = f
+        .get("ports")
+        .and_then(|n| match &n.kind {
+            crate::yaml::NodeKind::Map(pairs) => Some(
+                pairs
+                    .iter()
+                    .filter_map(|(k, _)| match &k.kind {
+                        crate::yaml::NodeKind::Scalar { value, .. } => Some(value.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default();
+    if let Some(n) = f.get("replicas") {
+        if let Some(r) = ctx.int(n, &format!("{path}.replicas"), COUNT) {
+            svc.replicas = u32::try_from(r).unwrap_or(defaults::REPLICAS);
+        }
+    }
+    if let (Some(n), Some(kp)) = (f.get("health"), f.key_pos("health")) {
+        svc.health = health(ctx, n, &format!("{path}.health"), kp, &port_names);
+    }
+    if let (Some(n), Some(kp)) = (f.get("route"), f.key_pos("route")) {
+        let (route, at) = route(ctx, n, &format!("{path}.route"), kp, &port_names);
+        svc.route = route;
+        out.route_at = at;
+    }
+    if let Some(n) = f.get("rollout") {
+        svc.rollout = rollout(ctx, n, &format!("{path}.rollout"));
+    }
+    if let Some(n) = f.get("depends_on") {
+        let p = format!("{path}.depends_on");
+        if let Some(list) = ctx.strings(n, &p, "a list of service names", Region::Deny) {
+            out.deps = list;
+        }
+        svc.depends_on = out.deps.iter().map(|(d, _)| d.clone()).collect();
+    }
+    if let Some(n) = f.get("stop_grace") {
+        if let Some(d) = ctx.unit::<Duration>(n, &format!("{path}.stop_grace"), "a duration") {
+            svc.stop_grace = d;
+        }
+    }
+    if let Some(n) = f.get("volumes") {
+        let p = format!("{path}.volumes");
+        if svc.process.is_some() && svc.image.is_none() {
+            ctx.error(
+                n.pos,
+                format!("{p}: volumes are only for image services; a process runs on the node's own filesystem"),
+            );
+        } else if let Some(list) =
+            ctx.strings(n, &p, "a list of /host:/container[:ro]", Region::Deny)
+        {
+            for (i, (v, pos)) in list.iter().enumerate() {
+                match v.parse::<Volume>() {
+                    Ok(vol) => svc.volumes.push(vol),
+                    Err(e) => ctx.error(*pos, format!("{p}[{i}]: {e}")),
+                }
+            }
+        }
+    }
+    if let Some(n) = f.get("resources") {
+        svc.resources = resources(ctx, n, &format!("{path}.resources"));
+    }
+    if let Some(n) = f.get("placement") {
+        svc.placement = placement(ctx, n, &format!("{path}.placement"));
+    }
+    if let Some(n) = f.get("restart") {
+        let p = format!("{path}.restart");
+        svc.restart = one_of(
+            ctx,
+            n,
+            &p,
+            &[
+                ("always", RestartPolicy::Always),
+                ("on-failure", RestartPolicy::OnFailure),
+                ("never", RestartPolicy::Never),
+            ],
+        )
+        .unwrap_or(RestartPolicy::Always);
+    }
+    out
+}
+
+/// `process:` or `image:` (exactly one), and `command:` for images.
+fn driver(ctx: &mut Ctx, f: &Fields, path: &str, key_pos: Pos, svc: &mut Service) {
+    let process = f.get("process");
+    let image = f.get("image");
+    match (process, image) {
+        (Some(_), Some(i)) => ctx.error(
+            i.pos,
+            format!("{path}.image: a service has exactly one driver, and `process` is already set"),
+        ),
+        (None, None) => ctx.error(
+            key_pos,
+            format!("{path}: missing a driver; expected `process: {{command: [...]}}` or `image: NAME:TAG`"),
+        ),
+        _ => {}
+    }
+    if let Some(n) = process {
+        let p = format!("{path}.process");
+        let mut command = Vec::new();
+        if let Some(pf) = ctx.fields(n, &p, "a mapping with `command`", PROCESS_FIELDS) {
+            match pf.get("command") {
+                Some(c) => command = command_list(ctx, c, &format!("{p}.command")),
+                None => ctx.error(
+                    f.key_pos("process").unwrap_or(n.pos),
+                    format!("{p}: missing `command`; expected a list like [berth, whoami]"),
+                ),
+            }
+        }
+        svc.process = Some(Process { command });
+    }
+    if let Some(n) = image {
+        let p = format!("{path}.image");
+        if let Some(s) = ctx.string(n, &p, Region::Deny) {
+            match super::image::check(&s) {
+                Ok(()) => svc.image = Some(s),
+                Err(e) => ctx.error(n.pos, format!("{p}: {e}")),
+            }
+        }
+    }
+    if let Some(n) = f.get("command") {
+        let p = format!("{path}.command");
+        if process.is_some() && image.is_none() {
+            ctx.error(
+                f.key_pos("command").unwrap_or(n.pos),
+                format!("{p}: only image services take `command`; a process service sets `process.command`"),
+            );
+        } else {
+            svc.command = Some(command_list(ctx, n, &p));
+        }
+    }
+}
+
+fn command_list(ctx: &mut Ctx, node: &Node, path: &str) -> Vec<String> {
+    let Some(list) = ctx.strings(node, path, "a list of arguments", Region::Deny) else {
+        return Vec::new();
+    };
+    if list.is_empty() && matches!(node.kind, crate::yaml::NodeKind::Seq(_)) {
+        ctx.error(
+            node.pos,
+            format!("{path}: expected at least the program to run"),
+        );
+    }
+    list.into_iter().map(|(s, _)| s).collect()
+}
+
+/// `env:` — names to strings. Numbers and bools are accepted and kept as written
+/// (`VERSION: 1.10` is "1.10"), since every environment variable is text anyway.
+fn env(ctx: &mut Ctx, node: &Node, path: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(entries) = ctx.entries(node, path, "a mapping of variable names to strings") else {
+        return out;
+    };
+    for (k, pos, v) in entries {
+        let p = format!("{path}.{k}");
+        if !NameKind::EnvVar.accepts(k) {
+            ctx.error(
+                pos,
+                format!(
+                    "{p}: expected a variable name matching {}",
+                    NameKind::EnvVar.rule()
+                ),
+            );
+            continue;
+        }
+        if k == "PORT" || k.starts_with("PORT_") || k.starts_with("BERTH_") {
+            ctx.error(
+                pos,
+                format!(
+                    "{p}: `{k}` is set by berth for every instance (PORT, PORT_<NAME>, BERTH_*)"
+                ),
+            );
+            continue;
+        }
+        if let Some(s) = ctx.string(v, &p, Region::Allow) {
+            out.insert(k.to_string(), s);
+        }
+    }
+    out
+}
+
+/// `ports:` — names to numbers; `0` lets the agent pick. Two names may not share a fixed number.
+fn ports(ctx: &mut Ctx, node: &Node, path: &str) -> BTreeMap<String, u16> {
+    let mut out: BTreeMap<String, u16> = BTreeMap::new();
+    let Some(entries) = ctx.entries(node, path, "a mapping of port names to numbers") else {
+        return out;
+    };
+    for (k, pos, v) in entries {
+        let p = format!("{path}.{k}");
+        if !NameKind::Port.accepts(k) {
+            ctx.error(
+                pos,
+                format!(
+                    "{p}: expected a port name matching {}",
+                    NameKind::Port.rule()
+                ),
+            );
+            continue;
+        }
+        let Some(n) = ctx.int(v, &p, PORT).and_then(|n| u16::try_from(n).ok()) else {
+            continue;
+        };
+        if n != 0 {
+            if let Some((other, _)) = out.iter().find(|(_, o)| **o == n) {
+                ctx.error(v.pos, format!("{p}: port {n} is already used by `{other}`"));
+                continue;
+            }
+        }
+        out.insert(k.to_string(), n);
+    }
+    out
+}
+
+/// Resolves a `port:` reference, or the default when the service has exactly one port.
+fn port_ref(
+    ctx: &mut Ctx,
+    given: Option<&Node>,
+    path: &str,
+    missing_at: Pos,
+    what: &str,
+    ports: &[String],
+) -> Option<String> {
+    if let Some(n) = given {
+        let p = format!("{path}.port");
+        let s = ctx.string(n, &p, Region::Deny)?;
+        if ports.contains(&s) {
+            return Some(s);
+        }
+        let declared = if ports.is_empty() {
+            "the service declares no `ports`".to_string()
+        } else {
+            format!("expected one of the service's ports ({})", ports.join(", "))
+        };
+        ctx.error(
+            n.pos,
+            format!(
+                "{p}: `{s}` is not a declared port; {declared}{}",
+                did_you_mean(&s, ports.iter().map(String::as_str))
+            ),
+        );
+        return None;
+    }
+    match ports {
+        [only] => Some(only.clone()),
+        [] => {
+            ctx.error(
+                missing_at,
+                format!("{path}: {what} needs a port, and the service declares no `ports`"),
+            );
+            None
+        }
+        several => {
+            ctx.error(
+                missing_at,
+                format!(
+                    "{path}: missing `port`; {what} must name one of the service's ports ({})",
+                    several.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `health:` — exactly one of http/tcp/exec, and the port it probes.
+fn health(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    key_pos: Pos,
+    ports: &[String],
+) -> Option<Health> {
+    let f = ctx.fields(
+        node,
+        path,
+        "a mapping with `http`, `tcp` or `exec`",
+        HEALTH_FIELDS,
+    )?;
+    let mut h = Health {
+        http: None,
+        tcp: None,
+        exec: None,
+        port: None,
+        interval: defaults::HEALTH_INTERVAL,
+        timeout: defaults::HEALTH_TIMEOUT,
+        healthy: defaults::HEALTHY,
+        unhealthy: defaults::UNHEALTHY,
+    };
+    let kinds: Vec<&str> = ["http", "tcp", "exec"]
+        .into_iter()
+        .filter(|k| f.get(k).is_some())
+        .collect();
+    match kinds.as_slice() {
+        [] => ctx.error(
+            key_pos,
+            format!("{path}: missing a check; expected exactly one of `http: /path`, `tcp: true` or `exec: [cmd]`"),
+        ),
+        [_] => {}
+        [first, rest @ ..] => {
+            for k in rest {
+                if let Some(n) = f.get(k) {
+                    ctx.error(
+                        n.pos,
+                        format!("{path}.{k}: a health check has exactly one of `http`, `tcp`, `exec`, and `{first}` is already set"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(n) = f.get("http") {
+        let p = format!("{path}.http");
+        if let Some(s) = ctx.string(n, &p, Region::Deny) {
+            if s.starts_with('/') {
+                h.http = Some(s);
+            } else {
+                ctx.error(
+                    n.pos,
+                    format!("{p}: expected a path starting with `/`, got {}", quote(&s)),
+                );
+            }
+        }
+    }
+    if let Some(n) = f.get("tcp") {
+        let p = format!("{path}.tcp");
+        match ctx.bool(n, &p) {
+            Some(true) => h.tcp = Some(true),
+            Some(false) => ctx.error(
+                n.pos,
+                format!("{p}: expected `true` (a TCP connect check), got false; remove `health` to disable checks"),
+            ),
+            None => {}
+        }
+    }
+    if let Some(n) = f.get("exec") {
+        h.exec = Some(command_list(ctx, n, &format!("{path}.exec")));
+    }
+    let probe = f
+        .get("http")
+        .map(|n| ("an http check", n))
+        .or(f.get("tcp").map(|n| ("a tcp check", n)));
+    match (probe, f.get("port")) {
+        (Some((what, check)), given) => {
+            h.port = port_ref(ctx, given, path, check.pos, what, ports);
+        }
+        (None, Some(n)) if f.get("exec").is_some() => ctx.error(
+            n.pos,
+            format!("{path}.port: an exec check runs a command and probes no port; remove `port`"),
+        ),
+        _ => {}
+    }
+    if let Some(n) = f.get("interval") {
+        h.interval = positive_duration(ctx, n, &format!("{path}.interval")).unwrap_or(h.interval);
+    }
+    if let Some(n) = f.get("timeout") {
+        h.timeout = positive_duration(ctx, n, &format!("{path}.timeout")).unwrap_or(h.timeout);
+    }
+    if let Some(n) = f.get("healthy") {
+        h.healthy = ctx
+            .int(n, &format!("{path}.healthy"), THRESHOLD)
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(h.healthy);
+    }
+    if let Some(n) = f.get("unhealthy") {
+        h.unhealthy = ctx
+            .int(n, &format!("{path}.unhealthy"), THRESHOLD)
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(h.unhealthy);
+    }
+    Some(h)
+}
+
+fn positive_duration(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Duration> {
+    let d = ctx.unit::<Duration>(node, path, "a duration")?;
+    if d.millis == 0 {
+        ctx.error(
+            node.pos,
+            format!("{path}: expected a duration above 0, like 1s"),
+        );
+        return None;
+    }
+    Some(d)
+}
+
+/// `route:` — host, path (default `/`), and an explicit port: exposing a port to the router is
+/// never implicit.
+fn route(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    key_pos: Pos,
+    ports: &[String],
+) -> (Option<Route>, Option<Pos>) {
+    let Some(f) = ctx.fields(
+        node,
+        path,
+        "a mapping with `host`, `path` and `port`",
+        ROUTE_FIELDS,
+    ) else {
+        return (None, None);
+    };
+    let mut host = String::new();
+    let mut at = None;
+    match f.get("host") {
+        Some(n) => {
+            let p = format!("{path}.host");
+            if let Some(h) = ctx.string(n, &p, Region::Deny) {
+                if valid_host(&h) {
+                    host = h;
+                    at = Some(n.pos);
+                } else {
+                    ctx.error(
+                        n.pos,
+                        format!(
+                            "{p}: expected a host name like shop.example.com, got {}",
+                            quote(&h)
+                        ),
+                    );
+                }
+            }
+        }
+        None => ctx.error(
+            key_pos,
+            format!("{path}: missing `host`; expected the host name the router serves"),
+        ),
+    }
+    let mut route_path = "/".to_string();
+    if let Some(n) = f.get("path") {
+        let p = format!("{path}.path");
+        if let Some(s) = ctx.string(n, &p, Region::Deny) {
+            if s.starts_with('/') && !s.contains(char::is_whitespace) {
+                route_path = s;
+            } else {
+                ctx.error(
+                    n.pos,
+                    format!("{p}: expected a path starting with `/`, got {}", quote(&s)),
+                );
+            }
+        }
+    }
+    let port = match f.get("port") {
+        Some(_) => port_ref(ctx, f.get("port"), path, key_pos, "a route", ports),
+        None if ports.is_empty() => {
+            ctx.error(
+                key_pos,
+                format!("{path}: a route needs a port, and the service declares no `ports`"),
+            );
+            None
+        }
+        None => {
+            ctx.error(
+                key_pos,
+                format!(
+                    "{path}: missing `port`; a route must name one of the service's ports ({})",
+                    ports.join(", ")
+                ),
+            );
+            None
+        }
+    };
+    let route = Route {
+        host,
+        path: route_path,
+        port: port.unwrap_or_default(),
+    };
+    (Some(route), at)
+}
+
+fn valid_host(h: &str) -> bool {
+    h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// `rollout:` — strategy and pace. A rolling rollout that may neither add nor remove an
+/// instance can never progress, so both limits at zero is refused.
+fn rollout(ctx: &mut Ctx, node: &Node, path: &str) -> Rollout {
+    let mut r = default_service().rollout;
+    let Some(f) = ctx.fields(node, path, "a mapping of rollout settings", ROLLOUT_FIELDS) else {
+        return r;
+    };
+    if let Some(n) = f.get("strategy") {
+        r.strategy = one_of(
+            ctx,
+            n,
+            &format!("{path}.strategy"),
+            &[
+                ("rolling", Strategy::Rolling),
+                ("blue_green", Strategy::BlueGreen),
+                ("canary", Strategy::Canary),
+            ],
+        )
+        .unwrap_or(Strategy::Rolling);
+    }
+    let surge = f
+        .get("max_surge")
+        .map(|n| (n, amount(ctx, n, &format!("{path}.max_surge"))));
+    let unavailable = f
+        .get("max_unavailable")
+        .map(|n| (n, amount(ctx, n, &format!("{path}.max_unavailable"))));
+    if let Some((_, Some(a))) = surge {
+        r.max_surge = a;
+    }
+    if let Some((_, Some(a))) = unavailable {
+        r.max_unavailable = a;
+    }
+    let surge_ok = surge.is_none_or(|(_, a)| a.is_some());
+    let unavailable_ok = unavailable.is_none_or(|(_, a)| a.is_some());
+    if r.strategy == Strategy::Rolling
+        && surge_ok
+        && unavailable_ok
+        && r.max_surge.is_zero()
+        && r.max_unavailable.is_zero()
+    {
+        let (field, n) = match (surge, unavailable) {
+            (Some((n, _)), _) => ("max_surge", n),
+            (None, Some((n, _))) => ("max_unavailable", n),
+            (None, None) => ("max_surge", node),
+        };
+        ctx.error(
+            n.pos,
+            format!("{path}.{field}: a rolling rollout needs max_surge or max_unavailable above 0, or it can never progress"),
+        );
+    }
+    if let Some(n) = f.get("progress_deadline") {
+        r.progress_deadline = positive_duration(ctx, n, &format!("{path}.progress_deadline"))
+            .unwrap_or(r.progress_deadline);
+    }
+    r
+}
+
+/// A count (`1`) or a percentage of the desired replicas (`25%`).
+fn amount(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Amount> {
+    const WHAT: &str = "a count like 1 or a percentage like 25%";
+    let s = ctx.scalar(node, path, WHAT, Region::Deny)?;
+    if s.class() == Class::Int
+        || (!s.plain && s.text.bytes().all(|b| b.is_ascii_digit()) && !s.text.is_empty())
+    {
+        if let Ok(n) = s.text.parse::<u32>() {
+            return Some(Amount::Count(n));
+        }
+    } else if let Ok(p) = s.text.parse::<Percent>() {
+        return Some(Amount::Percent(p));
+    }
+    ctx.error(s.pos, format!("{path}: expected {WHAT}, got {}", s.got()));
+    None
+}
+
+fn resources(ctx: &mut Ctx, node: &Node, path: &str) -> Resources {
+    let mut r = Resources {
+        cpu: defaults::CPU,
+        memory: defaults::MEMORY,
+    };
+    let Some(f) = ctx.fields(
+        node,
+        path,
+        "a mapping with `cpu` and `memory`",
+        RESOURCES_FIELDS,
+    ) else {
+        return r;
+    };
+    if let Some(n) = f.get("cpu") {
+        let p = format!("{path}.cpu");
+        match ctx.unit::<Cpu>(n, &p, "a CPU amount like 250m or 2") {
+            Some(c) if c.millis == 0 => ctx.error(n.pos, format!("{p}: expected more than 0 CPU")),
+            Some(c) => r.cpu = c,
+            None => {}
+        }
+    }
+    if let Some(n) = f.get("memory") {
+        let p = format!("{path}.memory");
+        match ctx.unit::<Memory>(n, &p, "a memory amount like 128Mi") {
+            Some(m) if m.bytes == 0 => ctx.error(n.pos, format!("{p}: expected more than 0 bytes")),
+            Some(m) => r.memory = m,
+            None => {}
+        }
+    }
+    r
+}
+
+fn placement(ctx: &mut Ctx, node: &Node, path: &str) -> Placement {
+    let mut pl = Placement {
+        spread: Vec::new(),
+        constraints: Vec::new(),
+    };
+    let Some(f) = ctx.fields(
+        node,
+        path,
+        "a mapping with `spread` and `constraints`",
+        PLACEMENT_FIELDS,
+    ) else {
+        return pl;
+    };
+    if let Some(n) = f.get("spread") {
+        let p = format!("{path}.spread");
+        if let Some(list) = ctx.names(n, &p, "a list of node label keys", NameKind::Label) {
+            pl.spread = list.into_iter().map(|(s, _)| s).collect();
+        }
+    }
+    if let Some(n) = f.get("constraints") {
+        let p = format!("{path}.constraints");
+        if let Some(list) = ctx.strings(
+            n,
+            &p,
+            "a list of constraints like \"zone == a\"",
+            Region::Allow,
+        ) {
+            for (i, (c, pos)) in list.iter().enumerate() {
+                match c.parse::<Constraint>() {
+                    Ok(c) => pl.constraints.push(c),
+                    Err(e) => ctx.error(*pos, format!("{p}[{i}]: {e}")),
+                }
+            }
+        }
+    }
+    pl
+}
+
+/// One of a fixed set of words, with a suggestion for a near miss.
+fn one_of<T: Copy>(ctx: &mut Ctx, node: &Node, path: &str, options: &[(&str, T)]) -> Option<T> {
+    let words: Vec<&str> = options.iter().map(|(w, _)| *w).collect();
+    let what = format!("one of {}", words.join(", "));
+    let s = ctx.scalar(node, path, &what, Region::Deny)?;
+    if let Some((_, v)) = options.iter().find(|(w, _)| *w == s.text) {
+        return Some(*v);
+    }
+    let hint = did_you_mean(&s.text, words.iter().copied());
+    ctx.error(
+        s.pos,
+        format!("{path}: expected {what}, got {}{hint}", s.got()),
+    );
+    None
+}
