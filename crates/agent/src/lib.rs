@@ -1,1 +1,44 @@
-//! berth-agent
+//! berth's node agent, as a library: the process driver, health checks, instance logs,
+//! adoption of running instances, and the supervisor that reconciles them with the desired set.
+//! The agent shell (talking to the server over HTTP) drives it; this crate never talks to the
+//! server.
+//!
+//! # Map
+//! - [`supervisor`] — [`Supervisor`]: given the desired [`InstanceSpec`](berth_api::InstanceSpec)s,
+//!   starts, stops, restarts (with back-off) and health-checks instances, and publishes their
+//!   [`InstanceStatus`](berth_api::InstanceStatus)es.
+//! - [`process`] — [`ProcessDriver`]: starts a `process:` service detached from the agent, stops
+//!   it (`SIGTERM`, then `SIGKILL` after `stop_grace`), adopts those a previous agent started;
+//!   the instance environment and free ports.
+//! - [`health`] — [`HealthTracker`](health::HealthTracker) (pure thresholds) and
+//!   [`Probe`](health::Probe) (http, tcp, exec).
+//! - [`logs`] — per-instance log files, copy-truncate rotation, [`tail`](logs::tail) for
+//!   `berth logs [-f]`.
+//! - [`record`] — `instance.json`, atomic writes, `/proc/<pid>/stat` identity.
+//!
+//! # On disk
+//! ```text
+//! DATA_DIR/instances/<id>/instance.json    spec, pid, start time, ports, restarts (atomic writes)
+//! DATA_DIR/instances/<id>/output.log       stdout + stderr, O_APPEND; .1, .2 after rotation
+//! ```
+//! An instance's directory is also its working directory.
+//!
+//! # Vocabulary
+//! - **instance** — one running copy of a service; its id is unique and never reused.
+//! - **adopt** — take over supervision of a workload a previous agent started, recognised by
+//!   pid *and* start time; an adopted workload is never restarted for being adopted.
+//! - **detach** — stop supervising without stopping anything (agent exit): static stability.
+//! - **stop grace** — the time between `SIGTERM` and `SIGKILL` when an instance is stopped.
+//! - **back-off** — the growing delay between restarts of a crashing instance (500 ms doubling,
+//!   capped at 10 s by default).
+
+pub mod error;
+pub mod health;
+pub mod logs;
+pub mod process;
+pub mod record;
+pub mod supervisor;
+
+pub use error::{Error, Result};
+pub use process::{Adopted, Exit, ProcessDriver, Running};
+pub use supervisor::{Supervisor, SupervisorConfig};

@@ -1,0 +1,649 @@
+//! The supervisor: reconciles the instances that run on this node with the desired set.
+//!
+//! One tokio task owns the set; each instance gets its own task that starts it, watches it
+//! (exit, health, log size), restarts it per its policy and stops it when asked. Statuses are
+//! published as one map in a [`watch`] channel, so a slow reader only ever sees the latest state.
+//!
+//! # Static stability
+//! Nothing here stops an instance for lack of news. Shutting the supervisor down (its shutdown
+//! future resolving, [`Supervisor::detach`], or dropping the [`Supervisor`]) ends the tasks and
+//! leaves every workload running; the next supervisor on the same data directory adopts them.
+//! Only a desired set that no longer holds an instance stops it. So the agent shell must call
+//! [`Supervisor::set_desired`] only with a set it actually received from the server — never an
+//! empty one because the server is unreachable.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_api::{InstanceSpec, InstanceState, InstanceStatus};
+use berth_spec::model::RestartPolicy;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::error::Result;
+use crate::health::{HealthCheck, Transition};
+use crate::logs::LogConfig;
+use crate::process::{self, adopt_record, Exit, ProcessDriver, Running};
+use crate::record::{Finished, InstanceRecord};
+
+/// Every instance's latest status, by instance id.
+pub type Statuses = BTreeMap<String, InstanceStatus>;
+
+/// How a [`Supervisor`] runs. [`SupervisorConfig::new`] gives production defaults.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// `DATA_DIR`: instances live under `DATA_DIR/instances/<id>/`.
+    pub data_dir: PathBuf,
+    /// The binary `berth` in a command means; `None` for [`std::env::current_exe`].
+    pub self_exe: Option<PathBuf>,
+    /// Log rotation limits.
+    pub logs: LogConfig,
+    /// The first restart delay; each further consecutive restart doubles it.
+    pub backoff_base: Duration,
+    /// The cap on the restart delay, so a crash-looping instance is retried at least this often.
+    pub backoff_max: Duration,
+    /// A run at least this long resets the delay to `backoff_base`: the instance was working.
+    pub backoff_reset: Duration,
+    /// How often log files are checked for rotation.
+    pub rotate_every: Duration,
+    /// Wall-clock milliseconds for `since_ms` (injectable so tests can pin it).
+    pub clock: fn() -> u64,
+}
+
+impl SupervisorConfig {
+    /// Defaults: back-off 500 ms doubling to 10 s, reset after a 60 s run, logs 10 MiB × 3
+    /// checked every 5 s, the system clock.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        SupervisorConfig {
+            data_dir: data_dir.into(),
+            self_exe: None,
+            logs: LogConfig::default(),
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(10),
+            backoff_reset: Duration::from_secs(60),
+            rotate_every: Duration::from_secs(5),
+            clock: process::now_ms,
+        }
+    }
+}
+
+/// The restart delay before consecutive restart number `attempt` (0-based): `base × 2^attempt`,
+/// capped at `max`.
+pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(2u32.saturating_pow(attempt)).min(max)
+}
+
+/// A handle on the running supervisor task. Dropping it detaches (instances keep running).
+#[derive(Debug)]
+pub struct Supervisor {
+    desired: watch::Sender<Option<Vec<InstanceSpec>>>,
+    statuses: watch::Receiver<Statuses>,
+    driver: Arc<ProcessDriver>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Supervisor {
+    /// Starts supervising: reads every instance record under the data directory, adopts the
+    /// instances still running (same pid and start time), restarts per policy those that died
+    /// while no agent ran, and remembers those that had finished. Until the first
+    /// [`set_desired`](Self::set_desired) nothing is stopped. Runs until `shutdown` resolves or
+    /// the handle is dropped. Must be called inside a tokio runtime.
+    pub async fn start(
+        config: SupervisorConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Supervisor> {
+        let mut driver = ProcessDriver::new(&config.data_dir).with_log_config(config.logs);
+        if let Some(exe) = &config.self_exe {
+            driver = driver.with_self_exe(exe);
+        }
+        let driver = Arc::new(driver);
+        let records = driver.records()?;
+        let (desired_tx, desired_rx) = watch::channel(None);
+        let (status_tx, status_rx) = watch::channel(Statuses::new());
+        let mut main = Main {
+            driver: driver.clone(),
+            config: Arc::new(config),
+            statuses: Arc::new(status_tx),
+            tasks: HashMap::new(),
+            desired: None,
+            done: mpsc::unbounded_channel(),
+        };
+        for record in records {
+            let initial = if let Some(f) = &record.finished {
+                Initial::Finished(f.clone())
+            } else if let Some(running) = adopt_record(&record) {
+                tracing::info!(id = %record.spec.id, pid = running.pid(), "adopted instance");
+                Initial::Adopted(running)
+            } else {
+                Initial::Died
+            };
+            main.spawn(record.spec, Some(record.ports), record.restarts, initial);
+        }
+        let task = tokio::spawn(main.run(desired_rx, shutdown));
+        Ok(Supervisor {
+            desired: desired_tx,
+            statuses: status_rx,
+            driver,
+            task: Some(task),
+        })
+    }
+
+    /// Replaces the desired set: instances not running yet are started, running ones not in the
+    /// set are stopped (`SIGTERM`, then `SIGKILL` after their `stop_grace`), the others are left
+    /// alone. An instance's spec never changes (a new release has new ids), so a changed spec
+    /// for a known id is ignored. Repeating a set is harmless.
+    pub fn set_desired(&self, desired: Vec<InstanceSpec>) {
+        self.desired.send_replace(Some(desired));
+    }
+
+    /// A receiver of every instance's status. An instance stopped because it left the desired
+    /// set shows `stopped` until the next `set_desired`, then disappears.
+    pub fn statuses(&self) -> watch::Receiver<Statuses> {
+        self.statuses.clone()
+    }
+
+    /// The driver, e.g. for [`ProcessDriver::log_path`] when serving `berth logs`.
+    pub fn driver(&self) -> &Arc<ProcessDriver> {
+        &self.driver
+    }
+
+    /// Stops supervising and waits until every task ended, leaving all instances running —
+    /// what an agent does when it exits. (A stop already in progress is finished first.)
+    pub async fn detach(mut self) {
+        let task = self.task.take();
+        drop(self);
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// How an instance task begins.
+enum Initial {
+    /// Desired and not started: resolve ports and start.
+    Fresh,
+    /// Found running by a new agent.
+    Adopted(Running),
+    /// Its record says it ran, but it is gone and no one saw it exit.
+    Died,
+    /// It had exited and was not to be restarted.
+    Finished(Finished),
+}
+
+enum Command {
+    Stop,
+}
+
+struct Task {
+    commands: mpsc::Sender<Command>,
+    stopping: bool,
+    _join: JoinHandle<()>,
+}
+
+struct Main {
+    driver: Arc<ProcessDriver>,
+    config: Arc<SupervisorConfig>,
+    statuses: Arc<watch::Sender<Statuses>>,
+    tasks: HashMap<String, Task>,
+    desired: Option<BTreeMap<String, InstanceSpec>>,
+    done: (
+        mpsc::UnboundedSender<String>,
+        mpsc::UnboundedReceiver<String>,
+    ),
+}
+
+impl Main {
+    fn spawn(
+        &mut self,
+        spec: InstanceSpec,
+        ports: Option<BTreeMap<String, u16>>,
+        restarts: u32,
+        initial: Initial,
+    ) {
+        let (tx, rx) = mpsc::channel(4);
+        let id = spec.id.clone();
+        let instance = Instance {
+            driver: self.driver.clone(),
+            config: self.config.clone(),
+            statuses: self.statuses.clone(),
+            spec,
+            ports,
+            restarts,
+            failures: 0,
+            pid: None,
+            commands: rx,
+        };
+        let done = self.done.0.clone();
+        let task_id = id.clone();
+        let join = tokio::spawn(async move {
+            instance.run(initial).await;
+            let _ = done.send(task_id);
+        });
+        self.tasks.insert(
+            id,
+            Task {
+                commands: tx,
+                stopping: false,
+                _join: join,
+            },
+        );
+    }
+
+    async fn run(
+        mut self,
+        mut desired_rx: watch::Receiver<Option<Vec<InstanceSpec>>>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                changed = desired_rx.changed() => {
+                    if changed.is_err() {
+                        break; // the Supervisor handle is gone: detach
+                    }
+                    let list = desired_rx.borrow_and_update().clone();
+                    if let Some(list) = list {
+                        self.reconcile(list);
+                    }
+                }
+                Some(id) = self.done.1.recv() => {
+                    self.tasks.remove(&id);
+                    if let Some(spec) = self.desired.as_ref().and_then(|d| d.get(&id)).cloned() {
+                        // Desired again while it was being stopped: start it afresh.
+                        self.spawn(spec, None, 0, Initial::Fresh);
+                    }
+                }
+            }
+        }
+        // Detach: closing every command channel makes each instance task return without
+        // touching its process. Wait for them so `detach()` means "nothing runs any more".
+        let joins: Vec<JoinHandle<()>> = self.tasks.drain().map(|(_, t)| t._join).collect();
+        for join in joins {
+            let _ = join.await;
+        }
+    }
+
+    fn reconcile(&mut self, list: Vec<InstanceSpec>) {
+        let desired: BTreeMap<String, InstanceSpec> =
+            list.into_iter().map(|s| (s.id.clone(), s)).collect();
+        for (id, spec) in &desired {
+            if !self.tasks.contains_key(id) {
+                self.spawn(spec.clone(), None, 0, Initial::Fresh);
+            }
+        }
+        for (id, task) in &mut self.tasks {
+            if !desired.contains_key(id) && !task.stopping {
+                // Capacity 4 and at most one Stop is ever sent, so this cannot be full.
+                let _ = task.commands.try_send(Command::Stop);
+                task.stopping = true;
+            }
+        }
+        let tasks = &self.tasks;
+        self.statuses.send_if_modified(|map| {
+            let before = map.len();
+            map.retain(|id, _| tasks.contains_key(id) || desired.contains_key(id));
+            map.len() != before
+        });
+        self.desired = Some(desired);
+    }
+}
+
+/// What an instance task does next.
+enum Phase {
+    Start,
+    Run {
+        running: Running,
+        adopted: bool,
+    },
+    Exited {
+        ok: bool,
+        reason: String,
+        ran: Duration,
+    },
+    Idle,
+}
+
+struct Instance {
+    driver: Arc<ProcessDriver>,
+    config: Arc<SupervisorConfig>,
+    statuses: Arc<watch::Sender<Statuses>>,
+    spec: InstanceSpec,
+    /// Resolved once, then kept for the instance's life.
+    ports: Option<BTreeMap<String, u16>>,
+    restarts: u32,
+    /// Consecutive short runs, for the back-off.
+    failures: u32,
+    pid: Option<u32>,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Instance {
+    async fn run(mut self, initial: Initial) {
+        let mut phase = match initial {
+            Initial::Fresh => Phase::Start,
+            Initial::Adopted(running) => Phase::Run {
+                running,
+                adopted: true,
+            },
+            Initial::Died => Phase::Exited {
+                ok: false,
+                reason: Exit::Unknown.to_string(),
+                ran: Duration::ZERO,
+            },
+            Initial::Finished(f) => {
+                let state = if f.failed {
+                    InstanceState::Failed
+                } else {
+                    InstanceState::Stopped
+                };
+                self.publish(state, Some(f.message));
+                Phase::Idle
+            }
+        };
+        loop {
+            let next = match phase {
+                Phase::Start => Some(self.start()),
+                Phase::Run { running, adopted } => self.supervise(running, adopted).await,
+                Phase::Exited { ok, reason, ran } => self.exited(ok, reason, ran).await,
+                Phase::Idle => self.idle().await,
+            };
+            match next {
+                Some(p) => phase = p,
+                None => return,
+            }
+        }
+    }
+
+    fn start(&mut self) -> Phase {
+        let ports = match &self.ports {
+            Some(p) => p.clone(),
+            None => match process::resolve_ports(&self.spec.id, &self.spec.spec.ports) {
+                Ok(p) => {
+                    self.ports = Some(p.clone());
+                    p
+                }
+                Err(e) => return self.start_failed(e),
+            },
+        };
+        match self.driver.start(&self.spec, ports, self.restarts) {
+            Ok(running) => Phase::Run {
+                running,
+                adopted: false,
+            },
+            Err(e) => self.start_failed(e),
+        }
+    }
+
+    fn start_failed(&mut self, e: crate::Error) -> Phase {
+        tracing::warn!(id = %self.spec.id, error = %e, "cannot start instance");
+        if e.is_permanent() {
+            self.pid = None;
+            self.publish(InstanceState::Failed, Some(e.to_string()));
+            Phase::Idle
+        } else {
+            Phase::Exited {
+                ok: false,
+                reason: e.to_string(),
+                ran: Duration::ZERO,
+            }
+        }
+    }
+
+    /// Watches a running instance until it exits (→ `Exited`), is stopped, or the task is
+    /// detached (→ `None`).
+    async fn supervise(&mut self, mut running: Running, adopted: bool) -> Option<Phase> {
+        let started = Instant::now();
+        self.pid = Some(running.pid());
+        let ports = self.ports.clone().unwrap_or_default();
+        let mut check = match HealthCheck::for_instance(&self.driver, &self.spec, &ports) {
+            Ok(Some(mut c)) => {
+                if adopted {
+                    c.tracker = c.tracker.with_verdict(Some(true));
+                }
+                let first = if adopted { Duration::ZERO } else { c.interval };
+                self.publish(
+                    if adopted {
+                        InstanceState::Healthy
+                    } else {
+                        InstanceState::Starting
+                    },
+                    None,
+                );
+                Some((c, first))
+            }
+            Ok(None) => {
+                self.publish(InstanceState::Healthy, None);
+                None
+            }
+            Err(e) => {
+                // A check that cannot run never passes: say why instead of claiming health.
+                self.publish(InstanceState::Unhealthy, Some(e.to_string()));
+                None
+            }
+        };
+        let mut probe_tick = check.as_ref().map(|(c, first)| {
+            let mut t = tokio::time::interval_at(Instant::now() + *first, c.interval);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
+        let mut rotate_tick = tokio::time::interval(self.config.rotate_every);
+        rotate_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                exit = running.wait() => {
+                    self.rotate_logs();
+                    tracing::info!(id = %self.spec.id, %exit, "instance exited");
+                    return Some(Phase::Exited {
+                        ok: exit.success(),
+                        reason: exit.to_string(),
+                        ran: started.elapsed(),
+                    });
+                }
+                _ = tick(&mut probe_tick) => {
+                    if let Some((c, _)) = check.as_mut() {
+                        let (result, transition) = c.check().await;
+                        match (transition, result) {
+                            (Some(Transition::BecameHealthy), _) => {
+                                self.publish(InstanceState::Healthy, None)
+                            }
+                            (Some(Transition::BecameUnhealthy), Err(why)) => {
+                                self.publish(InstanceState::Unhealthy, Some(why))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ = rotate_tick.tick() => self.rotate_logs(),
+                command = self.commands.recv() => {
+                    return match command {
+                        Some(Command::Stop) => {
+                            self.stop(&mut running).await;
+                            None
+                        }
+                        None => None, // detached: the workload keeps running
+                    };
+                }
+            }
+        }
+    }
+
+    async fn stop(&mut self, running: &mut Running) {
+        let grace = self.spec.spec.stop_grace.as_std();
+        self.publish(
+            InstanceState::Draining,
+            Some(format!("stopping: SIGTERM, SIGKILL after {grace:?}")),
+        );
+        match self.driver.stop(running, grace).await {
+            Ok(exit) => {
+                self.pid = None;
+                self.forget();
+                self.publish(InstanceState::Stopped, Some(format!("stopped: {exit}")));
+            }
+            Err(e) => {
+                tracing::error!(id = %self.spec.id, error = %e, "cannot stop instance");
+                self.publish(InstanceState::Failed, Some(e.to_string()));
+            }
+        }
+    }
+
+    /// Applies the restart policy after an exit (or a failed start).
+    async fn exited(&mut self, ok: bool, reason: String, ran: Duration) -> Option<Phase> {
+        self.pid = None;
+        let restart = match self.spec.spec.restart {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !ok,
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            self.finish(!ok, &reason);
+            let state = if ok {
+                InstanceState::Stopped
+            } else {
+                InstanceState::Failed
+            };
+            self.publish(state, Some(reason));
+            return Some(Phase::Idle);
+        }
+        if ran >= self.config.backoff_reset {
+            self.failures = 0;
+        }
+        let delay = backoff(
+            self.config.backoff_base,
+            self.config.backoff_max,
+            self.failures,
+        );
+        self.failures = self.failures.saturating_add(1);
+        self.publish(
+            InstanceState::Pending,
+            Some(format!("{reason}; restarting in {delay:?}")),
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {
+                self.restarts = self.restarts.saturating_add(1);
+                Some(Phase::Start)
+            }
+            command = self.commands.recv() => {
+                if let Some(Command::Stop) = command {
+                    self.forget();
+                    self.publish(InstanceState::Stopped, Some(format!("stopped while waiting to restart: {reason}")));
+                }
+                None
+            }
+        }
+    }
+
+    /// Nothing runs; wait to be removed.
+    async fn idle(&mut self) -> Option<Phase> {
+        if let Some(Command::Stop) = self.commands.recv().await {
+            self.forget();
+            let message = self.current().and_then(|s| s.message);
+            self.publish(InstanceState::Stopped, message);
+        }
+        None
+    }
+
+    /// Persists that the instance finished, so a restarted agent does not start it again.
+    fn finish(&self, failed: bool, reason: &str) {
+        let finished = Finished {
+            failed,
+            message: reason.to_string(),
+        };
+        let record = match self
+            .driver
+            .record_path(&self.spec.id)
+            .and_then(|p| InstanceRecord::read(&p))
+        {
+            Ok(mut r) => {
+                r.finished = Some(finished);
+                r
+            }
+            Err(_) => InstanceRecord {
+                spec: self.spec.clone(),
+                pid: 0,
+                start_time: 0,
+                ports: self.ports.clone().unwrap_or_default(),
+                restarts: self.restarts,
+                started_at_ms: 0,
+                finished: Some(finished),
+            },
+        };
+        if let Err(e) = self.driver.save_record(&record) {
+            tracing::warn!(id = %self.spec.id, error = %e, "cannot record that the instance finished");
+        }
+    }
+
+    fn forget(&self) {
+        if let Err(e) = self.driver.forget(&self.spec.id) {
+            tracing::warn!(id = %self.spec.id, error = %e, "cannot remove instance record");
+        }
+    }
+
+    fn rotate_logs(&self) {
+        if let Err(e) = self.driver.rotate_logs(&self.spec.id) {
+            tracing::warn!(id = %self.spec.id, error = %e, "cannot rotate instance log");
+        }
+    }
+
+    fn current(&self) -> Option<InstanceStatus> {
+        self.statuses.borrow().get(&self.spec.id).cloned()
+    }
+
+    /// Publishes this instance's status if anything in it changed; `since_ms` moves only when
+    /// the state does.
+    fn publish(&self, state: InstanceState, message: Option<String>) {
+        let now = (self.config.clock)();
+        let status = InstanceStatus {
+            id: self.spec.id.clone(),
+            state,
+            pid: self.pid,
+            ports: self.ports.clone().unwrap_or_default(),
+            restarts: self.restarts,
+            message,
+            since_ms: now,
+        };
+        self.statuses.send_if_modified(|map| {
+            let mut status = status;
+            if let Some(old) = map.get(&status.id) {
+                if old.state == status.state {
+                    status.since_ms = old.since_ms;
+                }
+                if *old == status {
+                    return false;
+                }
+            }
+            map.insert(status.id.clone(), status);
+            true
+        });
+    }
+}
+
+/// Ticks an optional interval; never resolves for `None`.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let base = Duration::from_millis(500);
+        let max = Duration::from_secs(10);
+        let delays: Vec<u64> = (0..7)
+            .map(|n| backoff(base, max, n).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 10000, 10000]);
+        assert_eq!(backoff(base, max, u32::MAX), max);
+    }
+}
