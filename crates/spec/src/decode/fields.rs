@@ -67,6 +67,15 @@ fn prefix(path: &str) -> String {
     }
 }
 
+/// One string of a list, with where it is written and its index in the list (items that were
+/// refused are skipped, so the index is not the position in the returned vector).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub text: String,
+    pub pos: Pos,
+    pub index: usize,
+}
+
 /// The bounds and wording of an integer field.
 #[derive(Debug, Clone, Copy)]
 pub struct IntSpec {
@@ -347,19 +356,23 @@ impl<'v> Ctx<'v> {
         }
     }
 
-    /// A list of strings with their positions; bad items are reported and skipped.
+    /// A list of strings; bad items are reported and skipped.
     pub fn strings(
         &mut self,
         node: &Node,
         path: &str,
         what: &str,
         region: Region,
-    ) -> Option<Vec<(String, Pos)>> {
+    ) -> Option<Vec<Item>> {
         let items = self.list(node, path, what)?;
         let mut out = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            if let Some(s) = self.string(item, &format!("{path}[{i}]"), region) {
-                out.push((s, item.pos));
+        for (index, item) in items.iter().enumerate() {
+            if let Some(text) = self.string(item, &format!("{path}[{index}]"), region) {
+                out.push(Item {
+                    text,
+                    pos: item.pos,
+                    index,
+                });
             }
         }
         Some(out)
@@ -372,19 +385,23 @@ impl<'v> Ctx<'v> {
         path: &str,
         what: &str,
         kind: NameKind,
-    ) -> Option<Vec<(String, Pos)>> {
+    ) -> Option<Vec<Item>> {
         let items = self.list(node, path, what)?;
-        let mut out: Vec<(String, Pos)> = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let p = format!("{path}[{i}]");
-            let Some(s) = self.name(item, &p, kind) else {
+        let mut out: Vec<Item> = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let p = format!("{path}[{index}]");
+            let Some(text) = self.name(item, &p, kind) else {
                 continue;
             };
-            if out.iter().any(|(o, _)| *o == s) {
-                self.error(item.pos, format!("{p}: `{s}` is listed twice"));
+            if out.iter().any(|o| o.text == text) {
+                self.error(item.pos, format!("{p}: `{text}` is listed twice"));
                 continue;
             }
-            out.push((s, item.pos));
+            out.push(Item {
+                text,
+                pos: item.pos,
+                index,
+            });
         }
         Some(out)
     }

@@ -10,9 +10,9 @@ pub fn check(reference: &str) -> Result<(), String> {
         None => (reference, None),
     };
     if let Some(d) = digest {
-        let hex = d
-            .strip_prefix("sha256:")
-            .ok_or_else(|| format!("digest `{d}` must be `sha256:` followed by 64 hex digits"))?;
+        let hex = d.strip_prefix("sha256:").ok_or_else(|| {
+            format!("digest `{d}` must be `sha256:` followed by 64 lower-case hex digits")
+        })?;
         if hex.len() != 64
             || !hex
                 .bytes()

@@ -304,7 +304,7 @@ fn decode_environments(ctx: &mut Ctx, node: &Node, values: &Values) -> Vec<Sourc
                         if regions.is_empty() && matches!(n.kind, crate::yaml::NodeKind::Seq(_)) {
                             ctx.error(n.pos, format!("{p}: expected at least one region"));
                         }
-                        env.env.regions = regions.into_iter().map(|(r, _)| r).collect();
+                        env.env.regions = regions.into_iter().map(|it| it.text).collect();
                     }
                 }
                 None => ctx.error(

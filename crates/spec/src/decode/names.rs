@@ -90,7 +90,8 @@ pub fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// The closest candidate within an edit distance of 2 (ties go to the earliest candidate).
+/// The closest candidate within an edit distance of 2 (ties go to the earliest candidate). The
+/// distance must also be smaller than the word's length, so `db` does not suggest `web`.
 pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     // Long inputs cannot be within distance 2 of a short name; skip the quadratic work.
     let mut best: Option<(usize, &str)> = None;
@@ -99,7 +100,7 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
             continue;
         }
         let d = levenshtein(word, c);
-        if d <= 2 && best.is_none_or(|(bd, _)| d < bd) {
+        if d <= 2 && d < word.chars().count() && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }
     }
@@ -133,6 +134,8 @@ mod tests {
         assert_eq!(closest("replica", fields), Some("replicas"));
         assert_eq!(closest("rout", fields), Some("route"));
         assert_eq!(closest("banana", fields), None);
+        assert_eq!(closest("db", ["web", "api"]), None);
+        assert_eq!(closest("ap", ["api"]), Some("api"));
         assert_eq!(did_you_mean("restrat", fields), ", did you mean `restart`?");
     }
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use super::fields::{Ctx, Fields, IntSpec, Region};
+use super::fields::{Ctx, Fields, IntSpec, Item, Region};
 use super::names::{did_you_mean, NameKind};
 use super::scalar::{quote, Class};
 use crate::diag::Pos;
@@ -97,7 +97,7 @@ pub mod defaults {
 pub struct Decoded {
     pub service: Service,
     /// `depends_on` entries with their positions.
-    pub deps: Vec<(String, Pos)>,
+    pub deps: Vec<Item>,
     /// The route's host and path, and where the host is written.
     pub route_at: Option<Pos>,
 }
@@ -154,17 +154,18 @@ pub fn service(ctx: &mut Ctx, name: &str, key_pos: Pos, node: &Node) -> Decoded 
     if let Some(n) = f.get("secrets") {
         let p = format!("{path}.secrets");
         if let Some(list) = ctx.names(n, &p, "a list of secret names", NameKind::Secret) {
-            for (i, (s, pos)) in list.iter().enumerate() {
-                if svc.env.contains_key(s) {
+            for it in &list {
+                if svc.env.contains_key(&it.text) {
                     ctx.error(
-                        *pos,
+                        it.pos,
                         format!(
-                            "{p}[{i}]: `{s}` is also set in env; a variable comes from one place"
+                            "{p}[{}]: `{}` is also set in env; a variable comes from one place",
+                            it.index, it.text
                         ),
                     );
                 }
             }
-            svc.secrets = list.into_iter().map(|(s, _)| s).collect();
+            svc.secrets = list.into_iter().map(|it| it.text).collect();
         }
     }
     if let Some(n) = f.get("ports") {
@@ -207,7 +208,7 @@ pub fn service(ctx: &mut Ctx, name: &str, key_pos: Pos, node: &Node) -> Decoded 
         if let Some(list) = ctx.strings(n, &p, "a list of service names", Region::Deny) {
             out.deps = list;
         }
-        svc.depends_on = out.deps.iter().map(|(d, _)| d.clone()).collect();
+        svc.depends_on = out.deps.iter().map(|it| it.text.clone()).collect();
     }
     if let Some(n) = f.get("stop_grace") {
         if let Some(d) = ctx.unit::<Duration>(n, &format!("{path}.stop_grace"), "a duration") {
@@ -216,7 +217,8 @@ pub fn service(ctx: &mut Ctx, name: &str, key_pos: Pos, node: &Node) -> Decoded 
     }
     if let Some(n) = f.get("volumes") {
         let p = format!("{path}.volumes");
-        if svc.process.is_some() && svc.image.is_none() {
+        let empty = matches!(&n.kind, crate::yaml::NodeKind::Seq(items) if items.is_empty());
+        if svc.process.is_some() && svc.image.is_none() && !empty {
             ctx.error(
                 n.pos,
                 format!("{p}: volumes are only for image services; a process runs on the node's own filesystem"),
@@ -224,10 +226,10 @@ pub fn service(ctx: &mut Ctx, name: &str, key_pos: Pos, node: &Node) -> Decoded 
         } else if let Some(list) =
             ctx.strings(n, &p, "a list of /host:/container[:ro]", Region::Deny)
         {
-            for (i, (v, pos)) in list.iter().enumerate() {
-                match v.parse::<Volume>() {
+            for it in &list {
+                match it.text.parse::<Volume>() {
                     Ok(vol) => svc.volumes.push(vol),
-                    Err(e) => ctx.error(*pos, format!("{p}[{i}]: {e}")),
+                    Err(e) => ctx.error(it.pos, format!("{p}[{}]: {e}", it.index)),
                 }
             }
         }
@@ -316,7 +318,7 @@ fn command_list(ctx: &mut Ctx, node: &Node, path: &str) -> Vec<String> {
             format!("{path}: expected at least the program to run"),
         );
     }
-    list.into_iter().map(|(s, _)| s).collect()
+    list.into_iter().map(|it| it.text).collect()
 }
 
 /// `env:` — names to strings. Numbers and bools are accepted and kept as written
@@ -774,7 +776,7 @@ fn placement(ctx: &mut Ctx, node: &Node, path: &str) -> Placement {
     if let Some(n) = f.get("spread") {
         let p = format!("{path}.spread");
         if let Some(list) = ctx.names(n, &p, "a list of node label keys", NameKind::Label) {
-            pl.spread = list.into_iter().map(|(s, _)| s).collect();
+            pl.spread = list.into_iter().map(|it| it.text).collect();
         }
     }
     if let Some(n) = f.get("constraints") {
@@ -785,10 +787,10 @@ fn placement(ctx: &mut Ctx, node: &Node, path: &str) -> Placement {
             "a list of constraints like \"zone == a\"",
             Region::Allow,
         ) {
-            for (i, (c, pos)) in list.iter().enumerate() {
-                match c.parse::<Constraint>() {
+            for it in &list {
+                match it.text.parse::<Constraint>() {
                     Ok(c) => pl.constraints.push(c),
-                    Err(e) => ctx.error(*pos, format!("{p}[{i}]: {e}")),
+                    Err(e) => ctx.error(it.pos, format!("{p}[{}]: {e}", it.index)),
                 }
             }
         }
