@@ -12,13 +12,19 @@
 //!   [`update`](RouterHandle::update) or [`follow`](RouterHandle::follow) a `watch` channel, and
 //!   reads [`stats`](RouterHandle::stats) from it.
 //! - [`serve`] — the accept loop: takes a bound listener, a handle and a shutdown future.
+//! - [`follow`] — the shell that feeds a handle from `berth server`: long-polls `/v1/routes`
+//!   through `berth-client`, acknowledges the version it applied, and keeps the last table
+//!   while the server is unreachable.
 //! - `compiled` (private) — host → routes sorted longest prefix first; round-robin counters.
 //! - `proxy` (private) — one request: route, rewrite headers, forward with a pooled keep-alive
 //!   client, stream both bodies.
 //! - [`stats`] — per-service counters by status class.
 //!
 //! # Vocabulary
-//! - **route** — a (host, path prefix) pair naming a **service**.
+//! - **route** — a (host, path prefix) pair naming a **service** (`STACK/SERVICE` when the
+//!   table comes from the server).
+//! - **applied version** — the server's content hash of the last table this router applied;
+//!   sent back on the next poll as the router's acknowledgement.
 //! - **endpoint** — a healthy instance's address; a route round-robins over its endpoints.
 //! - **table** — every route at one moment; replaced whole, never patched.
 //! - **compiled table** — a table normalised and indexed for lookup; immutable once built.
@@ -42,6 +48,7 @@
 #![warn(missing_docs)]
 
 mod compiled;
+pub mod follow;
 mod proxy;
 mod server;
 pub mod stats;
