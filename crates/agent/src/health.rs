@@ -229,18 +229,17 @@ async fn http_get(addr: SocketAddr, path: &str) -> std::result::Result<u16, Stri
         .header(hyper::header::USER_AGENT, "berth-agent-health")
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    // The connection future must be polled for the request to progress; whichever ends first
-    // decides. The body is never read: the status is all a health check needs.
-    tokio::pin!(conn);
-    tokio::select! {
-        response = sender.send_request(request) => {
-            response.map(|r| r.status().as_u16()).map_err(|e| e.to_string())
-        }
-        closed = &mut conn => Err(match closed {
-            Ok(()) => "connection closed before a response".to_string(),
-            Err(e) => e.to_string(),
-        }),
-    }
+    // The connection future must be polled for the request to progress. It runs beside the
+    // request rather than racing it: with `Connection: close` the server may finish the
+    // connection in the same instant it sends the response, and the response must still win.
+    let driver = tokio::spawn(conn);
+    let result = sender
+        .send_request(request)
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string());
+    driver.abort();
+    result
 }
 
 /// Runs an exec check in its own process group, killing the whole group on timeout.

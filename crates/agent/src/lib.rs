@@ -35,6 +35,7 @@
 pub mod error;
 pub mod health;
 pub mod logs;
+pub mod node;
 pub mod process;
 pub mod record;
 pub mod supervisor;

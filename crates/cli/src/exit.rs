@@ -1,4 +1,5 @@
 //! Exit codes are part of the command-line contract: scripts and CI branch on them.
+//! 3 (refused by policy) comes from `berth_client::ClientError::exit_code`.
 
 use std::fmt;
 
@@ -6,8 +7,6 @@ use std::fmt;
 pub const OK: i32 = 0;
 /// Exit code for a failure or invalid input.
 pub const FAILURE: i32 = 1;
-/// Exit code for a plan refused by policy (confirmation or approval needed).
-pub const REFUSED: i32 = 3;
 
 /// A command's failure that already printed what the user needs, and only sets the exit code.
 #[derive(Debug)]

@@ -2,40 +2,89 @@
 //!
 //! ## Layout
 //! - `main.rs`      — argument parsing (the command-line contract of DESIGN.md) and dispatch.
+//! - `context.rs`   — options every command shares, and finding the local `berth up`.
 //! - `commands/`    — one module per command; each is a thin shell over a library crate.
 //! - `exit.rs`      — exit codes: 0 ok, 1 failure or invalid input, 2 usage, 3 refused by policy.
 
 mod commands;
+mod context;
 mod exit;
 
 use clap::{Parser, Subcommand};
+use commands::{cluster, daemons};
 
 /// Ship services onto a fleet of machines and keep them running.
 #[derive(Parser, Debug)]
 #[command(name = "berth", version, about, propagate_version = true)]
 struct Cli {
+    #[command(flatten)]
+    globals: context::Globals,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Server, agent and router in one process on loopback: the quickest way to run berth.
+    Up(daemons::UpArgs),
+    /// The control plane: API, store and controllers.
+    Server(daemons::ServerArgs),
+    /// The node agent: runs the instances the server places on this node.
+    Agent(daemons::AgentArgs),
+    /// A router alone, at the edge, following the server's routing table.
+    Router(daemons::RouterArgs),
     /// Check stack files; prints `FILE:LINE:COL: message` per error and exits 1 if any.
     Validate(commands::validate::Args),
     /// Print the fully rendered stack for one environment.
     Render(commands::render::Args),
     /// Show what a deploy would change: the diff, its blast radius, and a plan id.
     Plan(commands::plan::Args),
+    /// Create a release from a stack file and roll it out.
+    Deploy(cluster::DeployArgs),
+    /// Stacks, services and instances with their state.
+    Status(cluster::StatusArgs),
+    /// The releases of a stack in an environment.
+    History(cluster::HistoryArgs),
+    /// A new release with an older one's content (default: the previous successful one).
+    Rollback(cluster::RollbackArgs),
+    /// Every state change, as it happens with -f.
+    Events(cluster::EventsArgs),
+    /// The nodes of the cluster.
+    Nodes,
+    /// A service's output.
+    Logs(cluster::LogsArgs),
     /// A tiny HTTP workload that answers with its instance, release and node (for tests and demos).
     Whoami(commands::whoami::Args),
 }
 
+/// Restores the default SIGPIPE action, so `berth status | head -1` ends quietly like any Unix
+/// tool instead of panicking on a closed stdout (Rust ignores SIGPIPE by default).
+fn restore_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called first thing in `main`, before any thread or runtime exists, so no other
+    // code can be racing on signal dispositions; SIG_DFL installs no Rust handler at all.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() {
+    restore_sigpipe();
     let cli = Cli::parse();
+    let g = &cli.globals;
     let result = match cli.command {
+        Command::Up(args) => daemons::up(args),
+        Command::Server(args) => daemons::server(args),
+        Command::Agent(args) => daemons::agent(args),
+        Command::Router(args) => daemons::router(args, g),
         Command::Validate(args) => commands::validate::run(args),
-        Command::Render(args) => commands::render::run(args),
-        Command::Plan(args) => commands::plan::run(args),
+        Command::Render(args) => commands::render::run(args, g),
+        Command::Plan(args) => commands::plan::run(args, g),
+        Command::Deploy(args) => cluster::deploy(args, g),
+        Command::Status(args) => cluster::status(args, g),
+        Command::History(args) => cluster::history(args, g),
+        Command::Rollback(args) => cluster::rollback(args, g),
+        Command::Events(args) => cluster::events(args, g),
+        Command::Nodes => cluster::nodes(g),
+        Command::Logs(args) => cluster::logs(args, g),
         Command::Whoami(args) => commands::whoami::run(args),
     };
     std::process::exit(exit::code_of(result));

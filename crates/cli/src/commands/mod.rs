@@ -1,5 +1,7 @@
 //! One module per command. Each parses nothing itself (clap does) and calls into a library crate.
 
+pub mod cluster;
+pub mod daemons;
 pub mod plan;
 pub mod render;
 pub mod source;

@@ -3,8 +3,8 @@
 
 use anyhow::Context;
 
-use super::render::Output;
 use super::source;
+use crate::context::{Globals, Output};
 use crate::exit::{Silent, FAILURE};
 
 /// Arguments of `berth plan`.
@@ -22,9 +22,6 @@ pub struct Args {
     /// Plan offline against another stack file instead of the live release.
     #[arg(long, value_name = "OLD_FILE")]
     pub against: Option<String>,
-    /// `text` or `json`.
-    #[arg(long, value_enum, default_value_t)]
-    pub output: Output,
 }
 
 /// Renders one file for the plan, printing its diagnostics when it is invalid.
@@ -37,16 +34,19 @@ fn render(path: &str, env: &str, set: &[String]) -> anyhow::Result<berth_spec::S
 }
 
 /// Prints the plan.
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
     let Some(against) = &args.against else {
-        anyhow::bail!("planning against the live release needs a server: pass --against OLD_FILE to plan offline");
+        return super::cluster::plan_live(&args, globals);
     };
     let target = render(&args.file, &args.env, &args.set)?;
     let base = render(against, &args.env, &[])?;
     let plan = berth_plan::Plan::new(Some(&base), &target).context("cannot compute the plan")?;
-    match args.output {
+    match globals.output {
         Output::Text => print!("{plan}"),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&plan).context("cannot print the plan as JSON")?),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).context("cannot print the plan as JSON")?
+        ),
     }
     Ok(())
 }

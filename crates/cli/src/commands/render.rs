@@ -3,16 +3,7 @@
 use crate::exit::{Silent, FAILURE};
 
 use super::source;
-
-/// Output formats every command offers.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Output {
-    /// For people (YAML for `render`).
-    #[default]
-    Text,
-    /// For machines.
-    Json,
-}
+use crate::context::{Globals, Output};
 
 /// Arguments of `berth render`.
 #[derive(clap::Args, Debug)]
@@ -26,17 +17,14 @@ pub struct Args {
     /// Override a rendered field: `service.path=value`, e.g. `web.env.VERSION=2`.
     #[arg(long = "set", value_name = "SVC.PATH=VALUE")]
     set: Vec<String>,
-    /// `text` (YAML) or `json`.
-    #[arg(long, value_enum, default_value_t)]
-    output: Output,
 }
 
 /// Renders the stack and prints it on stdout.
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
     let bytes = source::read(&args.file)?;
     match berth_spec::render(&bytes, &args.env, &args.set) {
         Ok(stack) => {
-            match args.output {
+            match globals.output {
                 Output::Text => print!("{}", berth_spec::to_yaml(&stack)),
                 Output::Json => println!("{}", berth_spec::to_json(&stack)),
             }

@@ -11,7 +11,8 @@ const READ_CAP: u64 = 8 * 1024 * 1024 + 1;
 
 /// Reads a stack file's bytes, capped so a mistaken path to a huge file cannot exhaust memory.
 pub fn read(path: &str) -> anyhow::Result<Vec<u8>> {
-    let file = std::fs::File::open(path).with_context(|| format!("{path}: cannot open the stack file"))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{path}: cannot open the stack file"))?;
     let mut bytes = Vec::new();
     file.take(READ_CAP)
         .read_to_end(&mut bytes)

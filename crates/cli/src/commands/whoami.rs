@@ -54,24 +54,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let addr = match args.listen {
         Some(a) => a,
         None => {
-            let port = std::env::var("PORT").context("no --listen given and $PORT is not set: pass --listen 127.0.0.1:8080")?;
-            let port: u16 = port.parse().with_context(|| format!("$PORT `{port}` is not a port number"))?;
+            let port = std::env::var("PORT")
+                .context("no --listen given and $PORT is not set: pass --listen 127.0.0.1:8080")?;
+            let port: u16 = port
+                .parse()
+                .with_context(|| format!("$PORT `{port}` is not a port number"))?;
             SocketAddr::from(([127, 0, 0, 1], port))
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(serve(addr))
 }
 
 async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let identity = Identity::from_env();
     let app = Router::new()
         .route("/", get(move || std::future::ready(Json(identity.clone()))))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/sleep", get(sleep))
         .route("/status/{code}", get(status));
-    axum::serve(listener, app).with_graceful_shutdown(terminated()).await.context("the whoami server failed")
+    axum::serve(listener, app)
+        .with_graceful_shutdown(terminated())
+        .await
+        .context("the whoami server failed")
 }
 
 async fn sleep(Query(q): Query<HashMap<String, String>>) -> Result<String, (StatusCode, String)> {
@@ -79,7 +90,12 @@ async fn sleep(Query(q): Query<HashMap<String, String>>) -> Result<String, (Stat
         .get("ms")
         .ok_or((StatusCode::BAD_REQUEST, "missing ?ms=N\n".to_string()))?
         .parse()
-        .map_err(|_| (StatusCode::BAD_REQUEST, "ms must be a whole number of milliseconds\n".to_string()))?;
+        .map_err(|_| {
+            (
+                StatusCode::BAD_REQUEST,
+                "ms must be a whole number of milliseconds\n".to_string(),
+            )
+        })?;
     let ms = ms.min(MAX_SLEEP_MS);
     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     Ok(format!("slept {ms} ms\n"))
@@ -88,14 +104,20 @@ async fn sleep(Query(q): Query<HashMap<String, String>>) -> Result<String, (Stat
 async fn status(Path(code): Path<u16>) -> (StatusCode, String) {
     match StatusCode::from_u16(code) {
         Ok(s) => (s, format!("{code}\n")),
-        Err(_) => (StatusCode::BAD_REQUEST, format!("{code} is not an HTTP status\n")),
+        Err(_) => (
+            StatusCode::BAD_REQUEST,
+            format!("{code} is not an HTTP status\n"),
+        ),
     }
 }
 
 /// Resolves on SIGTERM or SIGINT.
 async fn terminated() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -1,0 +1,262 @@
+//! The agent as a node of a cluster: it registers with the server, follows the instances the
+//! server wants on this node, and reports what they do.
+//!
+//! Agents dial the server, never the reverse, so they work behind NAT. Static stability: when
+//! the server cannot be reached, the agent keeps its instances exactly as they are and retries;
+//! it never stops anything for lack of news.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_api::control::{Heartbeat, NodeResources, RegisterRequest};
+use berth_client::{Client, ClientError};
+use berth_spec::model::DriverKind;
+use tokio::sync::watch;
+
+use crate::supervisor::{Supervisor, SupervisorConfig};
+
+/// How often the agent reports even when nothing changed (the server's liveness TTL is 3 s).
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(1000);
+/// How long one long-poll of the desired instances waits.
+const POLL_WAIT: Duration = Duration::from_secs(20);
+
+/// Where the agent joins and how it presents its node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The server's base URL, e.g. `http://127.0.0.1:7070`.
+    pub server: String,
+    /// The join token, used only to register.
+    pub join_token: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Holds `node.token` and every instance's directory.
+    pub data_dir: PathBuf,
+    /// The host at which this node's instances are reachable.
+    pub address: String,
+    /// The router this agent runs, if any (reported to the server).
+    pub router: Option<String>,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot use the agent's data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Supervisor(#[from] crate::Error),
+}
+
+/// CPU (millicores) and memory (bytes) of this machine, for the scheduler.
+pub fn machine_resources() -> NodeResources {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0);
+    NodeResources {
+        cpu_millis: cpus * 1000,
+        memory_bytes: memory,
+    }
+}
+
+/// Runs the agent until `shutdown`, then detaches from its instances (they keep running).
+pub async fn run(
+    config: NodeConfig,
+    supervisor: SupervisorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut sup_stop = stop_rx.clone();
+    let supervisor = Supervisor::start(supervisor, async move {
+        let _ = sup_stop.wait_for(|s| *s).await;
+    })
+    .await?;
+    let anonymous = Client::new(&config.server, None)?;
+    let node = Node {
+        config,
+        anonymous,
+        client: tokio::sync::Mutex::new(None),
+    };
+    let work = async {
+        tokio::join!(
+            node.follow_desired(&supervisor, stop_rx.clone()),
+            node.report(&supervisor, stop_rx.clone())
+        );
+    };
+    tokio::select! {
+        _ = work => {}
+        _ = shutdown => {}
+    }
+    let _ = stop_tx.send(true);
+    supervisor.detach().await;
+    Ok(())
+}
+
+struct Node {
+    config: NodeConfig,
+    anonymous: Client,
+    /// The client with this node's credential, once registered. A mutex, not a lock for
+    /// readers, so two tasks needing a credential at once register only once.
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl Node {
+    fn token_path(&self) -> PathBuf {
+        self.config.data_dir.join("node.token")
+    }
+
+    /// The client with the node credential: from `node.token`, or by registering.
+    async fn client(&self, force_register: bool) -> Result<Client, ClientError> {
+        let mut cached = self.client.lock().await;
+        if !force_register {
+            if let Some(c) = cached.as_ref() {
+                return Ok(c.clone());
+            }
+            if let Ok(token) = std::fs::read_to_string(self.token_path()) {
+                let c = self.anonymous.with_token(Some(token.trim().to_string()))?;
+                *cached = Some(c.clone());
+                return Ok(c);
+            }
+        }
+        let req = RegisterRequest {
+            name: self.config.name.clone(),
+            labels: self.config.labels.clone(),
+            resources: machine_resources(),
+            drivers: vec![DriverKind::Process],
+            address: self.config.address.clone(),
+            router: self.config.router.clone(),
+        };
+        let joining = self
+            .anonymous
+            .with_token(Some(self.config.join_token.clone()))?;
+        let resp = joining.register(&req).await?;
+        if let Err(e) = write_secret(&self.token_path(), &resp.node_token) {
+            tracing::warn!(error = %e, "cannot save the node token; the agent will register again after a restart");
+        }
+        let c = self.anonymous.with_token(Some(resp.node_token))?;
+        *cached = Some(c.clone());
+        tracing::info!(node = %self.config.name, "registered with the server");
+        Ok(c)
+    }
+
+    /// Calls `f` with the node's client, registering again once if the credential is refused.
+    async fn with_client<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let c = self.client(false).await?;
+        match f(c).await {
+            Err(ClientError::Unauthorized { .. }) => f(self.client(true).await?).await,
+            other => other,
+        }
+    }
+
+    /// Long-polls the node's desired instances and hands each new set to the supervisor.
+    async fn follow_desired(&self, supervisor: &Supervisor, mut stop: watch::Receiver<bool>) {
+        let mut version: Option<String> = None;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let name = self.config.name.clone();
+            let known = version.clone();
+            let poll = self.with_client(|c| {
+                let name = name.clone();
+                let known = known.clone();
+                async move {
+                    c.desired(
+                        &name,
+                        known.as_deref(),
+                        if known.is_some() {
+                            POLL_WAIT
+                        } else {
+                            Duration::ZERO
+                        },
+                    )
+                    .await
+                }
+            });
+            let result = tokio::select! {
+                r = poll => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match result {
+                Ok(desired) => {
+                    backoff = Duration::from_millis(100);
+                    if version.as_deref() != Some(desired.version.as_str()) {
+                        supervisor.set_desired(desired.instances);
+                        version = Some(desired.version);
+                    }
+                }
+                Err(e) => {
+                    // Static stability: keep everything running, try again later.
+                    tracing::warn!(error = %e, "cannot fetch this node's instances; keeping them as they are");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Sends a heartbeat with every status on each change, and at least every second.
+    async fn report(&self, supervisor: &Supervisor, mut stop: watch::Receiver<bool>) {
+        let mut statuses = supervisor.statuses();
+        loop {
+            let snapshot: Vec<_> = statuses.borrow_and_update().values().cloned().collect();
+            let name = self.config.name.clone();
+            let beat = Heartbeat { statuses: snapshot };
+            if let Err(e) = self
+                .with_client(|c| {
+                    let name = name.clone();
+                    let beat = beat.clone();
+                    async move { c.heartbeat(&name, &beat).await }
+                })
+                .await
+            {
+                tracing::debug!(error = %e, "heartbeat failed");
+            }
+            tokio::select! {
+                _ = statuses.changed() => {}
+                _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+/// Writes a credential readable only by its owner.
+fn write_secret(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

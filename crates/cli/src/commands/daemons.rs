@@ -1,0 +1,354 @@
+//! The long-running commands: `berth server`, `berth agent`, `berth router`, and `berth up`,
+//! which wires all three into one process on loopback. They speak to each other over HTTP,
+//! exactly as they would on separate machines.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_agent::node::NodeConfig;
+use berth_agent::SupervisorConfig;
+use berth_client::Client;
+use berth_router::RouterHandle;
+use berth_server::{Clock, ServerConfig};
+use berth_store::EmbeddedStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::context::{default_data_dir, runtime};
+
+/// The demo stack, built in so `berth up --demo` works from any directory.
+const DEMO_STACK: &str = include_str!("../../../../examples/demo/stack.yaml");
+
+/// Arguments of `berth up`.
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Where state, tokens and instances live (default: $BERTH_DATA_DIR or ~/.berth).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The API's address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    api: SocketAddr,
+    /// The router's address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    router: SocketAddr,
+    /// Also deploy the demo stack (three `berth whoami` behind the router).
+    #[arg(long)]
+    demo: bool,
+}
+
+/// Arguments of `berth server`.
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// `embedded:PATH` (default: DATA_DIR/state.redb). etcd comes with the HA issue.
+    #[arg(long)]
+    store: Option<String>,
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    api: SocketAddr,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// Arguments of `berth agent`.
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// The server's URL.
+    #[arg(long = "server", id = "agent_server")]
+    server_url: String,
+    /// The join token (DATA_DIR/join.token on the server).
+    #[arg(long)]
+    join_token: String,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Node labels, `k=v,k=v`.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Run a router on this address too.
+    #[arg(long)]
+    router: Option<SocketAddr>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The address at which this node's instances are reachable.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+}
+
+/// Arguments of `berth router`.
+#[derive(clap::Args, Debug)]
+pub struct RouterArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,berth=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn open_store(data_dir: &Path, spec: Option<&str>) -> anyhow::Result<Arc<EmbeddedStore>> {
+    let path = match spec {
+        None => data_dir.join("state.redb"),
+        Some(s) => match s.strip_prefix("embedded:") {
+            Some(p) => PathBuf::from(p),
+            None => anyhow::bail!("--store {s}: only `embedded:PATH` is supported for now (etcd comes with the HA issue)"),
+        },
+    };
+    let store = EmbeddedStore::open(&path)
+        .await
+        .with_context(|| format!("cannot open the store {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Starts the API server in the background; returns its task.
+async fn start_server(
+    data_dir: &Path,
+    store_spec: Option<&str>,
+    api: SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let store = open_store(data_dir, store_spec).await?;
+    let listener = TcpListener::bind(api).await.with_context(|| {
+        format!("cannot listen on {api} for the API: is another berth running? pick another --api")
+    })?;
+    let config = ServerConfig {
+        data_dir: data_dir.to_path_buf(),
+        store,
+        clock: Clock::system(),
+    };
+    // Create the tokens now, so they exist before anyone needs them.
+    berth_server::auth::load_or_create(data_dir, "admin.token")?;
+    berth_server::auth::load_or_create(data_dir, "join.token")?;
+    let mut stop = stop;
+    Ok(tokio::spawn(async move {
+        berth_server::serve(listener, config, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .context("the server stopped")
+    }))
+}
+
+/// Starts a router that follows the server's table.
+async fn start_router(
+    client: Client,
+    id: String,
+    listen: SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen} for the router: pick another --router")
+    })?;
+    let handle = RouterHandle::new();
+    let (mut s1, mut s2) = (stop.clone(), stop);
+    let follower = berth_router::follow::follow_server(client, id, handle.clone(), async move {
+        let _ = s1.wait_for(|s| *s).await;
+    });
+    Ok(tokio::spawn(async move {
+        tokio::join!(
+            follower,
+            berth_router::serve(listener, handle, async move {
+                let _ = s2.wait_for(|s| *s).await;
+            })
+        );
+    }))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "local".to_string())
+}
+
+/// `berth up`: server, agent and router in one process.
+pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    init_logging();
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    runtime()?.block_on(async move {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = start_server(&data_dir, None, args.api, stop_rx.clone()).await?;
+        let api_url = format!("http://{}", args.api);
+        std::fs::write(data_dir.join("api.url"), &api_url).with_context(|| format!("cannot write {}/api.url", data_dir.display()))?;
+        let admin = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_string();
+        let join = std::fs::read_to_string(data_dir.join("join.token"))?.trim().to_string();
+        let admin_client = Client::new(&api_url, Some(admin))?;
+        let router = start_router(admin_client.clone(), "up".to_string(), args.router, stop_rx.clone()).await?;
+        let node = NodeConfig {
+            server: api_url.clone(),
+            join_token: join,
+            name: hostname(),
+            labels: BTreeMap::new(),
+            data_dir: data_dir.join("agent"),
+            address: "127.0.0.1".to_string(),
+            router: Some(args.router.to_string()),
+        };
+        let mut agent_stop = stop_rx.clone();
+        let agent = tokio::spawn(berth_agent::node::run(node, SupervisorConfig::new(data_dir.join("agent")), async move {
+            let _ = agent_stop.wait_for(|s| *s).await;
+        }));
+        println!("berth is up");
+        println!("  API     {api_url}   (token: {}/admin.token)", data_dir.display());
+        println!("  router  http://{}", args.router);
+        println!("  data    {}", data_dir.display());
+        if args.demo {
+            let req = berth_api::control::DeployRequest {
+                file: "examples/demo/stack.yaml".to_string(),
+                source: DEMO_STACK.to_string(),
+                env: "local".to_string(),
+                set: vec![],
+                confirm: None,
+                plan_id: None,
+                dry_run: false,
+            };
+            match admin_client.deploy(&req).await {
+                Ok(r) => match r.release {
+                    Some(n) => println!("  demo    release {n} of stack demo is rolling out"),
+                    None => println!("  demo    already deployed, nothing changed"),
+                },
+                Err(e) => eprintln!("cannot deploy the demo: {e}"),
+            }
+            println!();
+            println!("try:    curl -s http://demo.localhost:{}/", args.router.port());
+            println!("   or:  curl -s -H 'Host: demo.localhost' http://{}/", args.router);
+            println!("        berth status; berth deploy -f examples/demo/stack.yaml --env local --set web.env.VERSION=2 --wait");
+        }
+        terminated().await;
+        println!("stopping; instances keep running and are adopted by the next `berth up`");
+        let _ = stop_tx.send(true);
+        let _ = agent.await;
+        let _ = router.await;
+        server.await.context("the server task panicked")??;
+        Ok(())
+    })
+}
+
+/// `berth server`.
+pub fn server(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging();
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    runtime()?.block_on(async move {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = start_server(&data_dir, args.store.as_deref(), args.api, stop_rx).await?;
+        println!(
+            "berth server on http://{}   (tokens in {})",
+            args.api,
+            data_dir.display()
+        );
+        terminated().await;
+        let _ = stop_tx.send(true);
+        server.await.context("the server task panicked")?
+    })
+}
+
+/// `berth agent`.
+pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    init_logging();
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| default_data_dir().join("agent"));
+    let mut labels = BTreeMap::new();
+    for l in &args.labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--labels {l}: expected key=value"))?;
+        labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    runtime()?.block_on(async move {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let name = args.name.clone().unwrap_or_else(hostname);
+        let router = match args.router {
+            Some(addr) => {
+                let client = Client::new(&args.server_url, Some(args.join_token.clone()))?;
+                Some((addr, client))
+            }
+            None => None,
+        };
+        let node = NodeConfig {
+            server: args.server_url.clone(),
+            join_token: args.join_token.clone(),
+            name: name.clone(),
+            labels,
+            data_dir: data_dir.clone(),
+            address: args.address.clone(),
+            router: args.router.map(|a| a.to_string()),
+        };
+        let mut agent_stop = stop_rx.clone();
+        let agent = tokio::spawn(berth_agent::node::run(
+            node,
+            SupervisorConfig::new(&data_dir),
+            async move {
+                let _ = agent_stop.wait_for(|s| *s).await;
+            },
+        ));
+        let mut router_task = None;
+        if let Some((addr, _)) = router {
+            // The agent's router uses the node's own credential once it has registered.
+            let token_path = data_dir.join("node.token");
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            let token = loop {
+                if let Ok(t) = std::fs::read_to_string(&token_path) {
+                    break t.trim().to_string();
+                }
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "the agent did not register within 30 s; check --server and --join-token"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            };
+            let client = Client::new(&args.server_url, Some(token))?;
+            router_task =
+                Some(start_router(client, format!("agent-{name}"), addr, stop_rx.clone()).await?);
+        }
+        println!("berth agent {name} joined {}", args.server_url);
+        terminated().await;
+        let _ = stop_tx.send(true);
+        if let Some(r) = router_task {
+            let _ = r.await;
+        }
+        agent
+            .await
+            .context("the agent task panicked")?
+            .context("the agent failed")
+    })
+}
+
+/// `berth router`.
+pub fn router(args: RouterArgs, globals: &crate::context::Globals) -> anyhow::Result<()> {
+    init_logging();
+    let client = globals.client()?;
+    runtime()?.block_on(async move {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let id = format!("edge-{}", args.listen);
+        let task = start_router(client, id, args.listen, stop_rx).await?;
+        println!("berth router on http://{}", args.listen);
+        terminated().await;
+        let _ = stop_tx.send(true);
+        let _ = task.await;
+        Ok(())
+    })
+}
