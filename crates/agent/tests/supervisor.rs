@@ -1,0 +1,308 @@
+//! The supervisor against real processes: restart policies, adoption across agent restarts,
+//! stopping on desired-set changes, health transitions.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berth_agent::record::{proc_stat, InstanceRecord};
+use berth_agent::supervisor::Statuses;
+use berth_agent::{ProcessDriver, Supervisor, SupervisorConfig};
+use berth_api::{InstanceSpec, InstanceState};
+use berth_spec::model::RestartPolicy;
+use common::*;
+
+fn config(dir: &std::path::Path) -> SupervisorConfig {
+    let mut c = SupervisorConfig::new(dir);
+    c.backoff_base = Duration::from_millis(50);
+    c.backoff_max = Duration::from_millis(400);
+    c.rotate_every = Duration::from_millis(200);
+    c
+}
+
+fn with_policy(mut spec: InstanceSpec, policy: RestartPolicy) -> InstanceSpec {
+    spec.spec.restart = policy;
+    spec
+}
+
+fn state_is(s: &Statuses, id: &str, state: InstanceState) -> bool {
+    s.get(id).is_some_and(|x| x.state == state)
+}
+
+fn pid_of(s: &Statuses, id: &str) -> u32 {
+    s[id].pid.expect("a pid")
+}
+
+#[tokio::test]
+async fn kill_9_restarts_under_always_not_under_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let sup = Supervisor::start(config(dir.path()), std::future::pending())
+        .await
+        .unwrap();
+    let mut rx = sup.statuses();
+    sup.set_desired(vec![
+        with_policy(sh("always-1", "exec sleep 60"), RestartPolicy::Always),
+        with_policy(sh("never-1", "exec sleep 60"), RestartPolicy::Never),
+        with_policy(sh("onfail-1", "exec sleep 60"), RestartPolicy::OnFailure),
+    ]);
+    let s = statuses_where(&mut rx, "all three running", |s| {
+        ["always-1", "never-1", "onfail-1"]
+            .iter()
+            .all(|id| state_is(s, id, InstanceState::Healthy))
+    })
+    .await;
+    let (always, never, onfail) = (
+        pid_of(&s, "always-1"),
+        pid_of(&s, "never-1"),
+        pid_of(&s, "onfail-1"),
+    );
+    for pid in [always, never, onfail] {
+        kill9(pid);
+    }
+    let s = statuses_where(&mut rx, "restarts and a failure", |s| {
+        let back = |id: &str| {
+            state_is(s, id, InstanceState::Healthy) && s[id].restarts == 1 && s[id].pid.is_some()
+        };
+        back("always-1") && back("onfail-1") && state_is(s, "never-1", InstanceState::Failed)
+    })
+    .await;
+    let restarted = pid_of(&s, "always-1");
+    assert_ne!(restarted, always);
+    assert!(alive(restarted));
+    let never_status = &s["never-1"];
+    assert_eq!(never_status.restarts, 0);
+    assert_eq!(never_status.pid, None);
+    assert!(
+        never_status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("SIGKILL")),
+        "{never_status:?}"
+    );
+    // `never` is remembered on disk, so a new agent does not start it either.
+    let record = InstanceRecord::read(
+        &ProcessDriver::new(dir.path())
+            .record_path("never-1")
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(record.finished.is_some_and(|f| f.failed));
+
+    sup.set_desired(vec![]);
+    let s = statuses_where(&mut rx, "everything stopped", |s| {
+        s.values().all(|x| x.state == InstanceState::Stopped)
+    })
+    .await;
+    assert_eq!(s.len(), 3);
+    assert!(s.values().all(|x| x.pid.is_none()));
+    assert!(!alive(restarted));
+    sup.detach().await;
+}
+
+#[tokio::test]
+async fn clean_exit_under_on_failure_stops_and_a_crash_loop_backs_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let sup = Supervisor::start(config(dir.path()), std::future::pending())
+        .await
+        .unwrap();
+    let mut rx = sup.statuses();
+    sup.set_desired(vec![
+        with_policy(sh("done-1", "exit 0"), RestartPolicy::OnFailure),
+        with_policy(sh("crash-1", "exit 3"), RestartPolicy::Always),
+    ]);
+    let s = statuses_where(&mut rx, "done-1 stopped, crash-1 restarted 3 times", |s| {
+        state_is(s, "done-1", InstanceState::Stopped)
+            && s.get("crash-1").is_some_and(|x| x.restarts >= 3)
+    })
+    .await;
+    assert_eq!(s["done-1"].restarts, 0);
+    let crash = statuses_where(&mut rx, "crash-1 waiting to restart", |s| {
+        state_is(s, "crash-1", InstanceState::Pending)
+    })
+    .await;
+    let message = crash["crash-1"].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("status 3") && message.contains("restarting in"),
+        "{message}"
+    );
+    sup.detach().await;
+}
+
+#[tokio::test]
+async fn a_new_supervisor_adopts_running_instances_without_restarting_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tcp = sh(
+        "tcp-1",
+        &format!(
+            "exec {} -m http.server \"$PORT\" --bind 127.0.0.1",
+            python()
+        ),
+    );
+    tcp.spec.ports = BTreeMap::from([("http".to_string(), 0)]);
+    let mut h = health(100, 1, 2);
+    h.tcp = Some(true);
+    tcp.spec.health = Some(h);
+    let desired = vec![sh("plain-1", "exec sleep 60"), tcp];
+
+    // A process that merely reuses a pid must not be adopted: fake a record for a live pid
+    // with the wrong start time.
+    let mut impostor = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let impostor_pid = impostor.id();
+    ProcessDriver::new(dir.path())
+        .save_record(&InstanceRecord {
+            spec: with_policy(sh("impostor-1", "exec sleep 60"), RestartPolicy::Never),
+            pid: impostor_pid,
+            start_time: proc_stat(impostor_pid).unwrap().start_time + 1,
+            ports: BTreeMap::new(),
+            restarts: 0,
+            started_at_ms: 0,
+            finished: None,
+        })
+        .unwrap();
+
+    let first = Supervisor::start(config(dir.path()), std::future::pending())
+        .await
+        .unwrap();
+    let mut rx = first.statuses();
+    first.set_desired(desired.clone());
+    let before = statuses_where(&mut rx, "both healthy, impostor failed", |s| {
+        state_is(s, "plain-1", InstanceState::Healthy)
+            && state_is(s, "tcp-1", InstanceState::Healthy)
+            && state_is(s, "impostor-1", InstanceState::Stopped)
+    })
+    .await;
+    // The impostor was neither adopted nor signalled: it was not desired, so it was "stopped",
+    // which for a process that is not ours means forgetting it.
+    assert!(alive(impostor_pid), "a recycled pid was signalled");
+    assert_eq!(before["impostor-1"].pid, None);
+
+    // The agent dies: the handle is dropped without stopping anything.
+    drop(first);
+    let (plain, tcp_pid) = (pid_of(&before, "plain-1"), pid_of(&before, "tcp-1"));
+    assert!(alive(plain) && alive(tcp_pid));
+
+    let second = Supervisor::start(config(dir.path()), std::future::pending())
+        .await
+        .unwrap();
+    let mut rx = second.statuses();
+    let adopted = statuses_where(&mut rx, "adopted instances reported", |s| {
+        s.get("plain-1").is_some() && s.get("tcp-1").is_some()
+    })
+    .await;
+    assert_eq!(adopted["plain-1"].pid, Some(plain));
+    assert_eq!(adopted["tcp-1"].pid, Some(tcp_pid));
+    assert_eq!(adopted["tcp-1"].ports, before["tcp-1"].ports);
+    assert_eq!(adopted["plain-1"].state, InstanceState::Healthy);
+    second.set_desired(desired.clone());
+    // A full health round on the adopted instance, and still the same processes.
+    let checked = statuses_where(&mut rx, "the adopted server healthy", |s| {
+        state_is(s, "tcp-1", InstanceState::Healthy)
+    })
+    .await;
+    assert_eq!(checked["tcp-1"].pid, Some(tcp_pid));
+    assert_eq!(checked["plain-1"].pid, Some(plain));
+    assert_eq!(checked["plain-1"].restarts, 0);
+
+    // Adopted instances are supervised: a kill -9 is noticed by polling /proc and restarted.
+    kill9(plain);
+    let s = statuses_where(&mut rx, "plain-1 restarted", |s| {
+        state_is(s, "plain-1", InstanceState::Healthy) && s["plain-1"].restarts == 1
+    })
+    .await;
+    assert_ne!(s["plain-1"].pid, Some(plain));
+    let new_plain = pid_of(&s, "plain-1");
+
+    // Only an explicit desired-set change stops instances.
+    second.set_desired(vec![]);
+    statuses_where(&mut rx, "both stopped", |s| {
+        state_is(s, "plain-1", InstanceState::Stopped)
+            && state_is(s, "tcp-1", InstanceState::Stopped)
+    })
+    .await;
+    assert!(!alive(new_plain) && !alive(tcp_pid));
+    // Stopped instances leave the map at the next desired set.
+    second.set_desired(vec![]);
+    statuses_where(&mut rx, "an empty map", |s| s.is_empty()).await;
+    assert!(ProcessDriver::new(dir.path()).records().unwrap().is_empty());
+    second.detach().await;
+    assert!(alive(impostor_pid));
+    impostor.kill().unwrap();
+    impostor.wait().unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_leaves_instances_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sup = Supervisor::start(config(dir.path()), async move {
+        let _ = stop_rx.await;
+    })
+    .await
+    .unwrap();
+    let mut rx = sup.statuses();
+    sup.set_desired(vec![sh("keep-1", "exec sleep 60")]);
+    let s = statuses_where(&mut rx, "running", |s| {
+        state_is(s, "keep-1", InstanceState::Healthy)
+    })
+    .await;
+    let pid = pid_of(&s, "keep-1");
+    stop_tx.send(()).unwrap();
+    sup.detach().await;
+    assert!(alive(pid), "shutdown stopped an instance");
+    let adopted = ProcessDriver::new(dir.path()).adopt().unwrap();
+    assert_eq!(adopted.len(), 1);
+    let mut running = adopted.into_iter().next().unwrap().running;
+    ProcessDriver::new(dir.path())
+        .stop(&mut running, Duration::from_secs(5))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn http_health_moves_starting_to_healthy_and_failing_checks_to_unhealthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = |id: &str, path: &str| {
+        let mut spec = sh(
+            id,
+            &format!(
+                "exec {} -m http.server \"$PORT_HTTP\" --bind 127.0.0.1",
+                python()
+            ),
+        );
+        spec.spec.ports = BTreeMap::from([("http".to_string(), 0)]);
+        let mut h = health(100, 2, 2);
+        h.http = Some(path.into());
+        h.port = Some("http".into());
+        spec.spec.health = Some(h);
+        spec
+    };
+    let sup = Supervisor::start(config(dir.path()), std::future::pending())
+        .await
+        .unwrap();
+    let mut rx = sup.statuses();
+    sup.set_desired(vec![server("good-1", "/"), server("bad-1", "/missing")]);
+    statuses_where(&mut rx, "both starting", |s| {
+        s.get("good-1").is_some_and(|x| {
+            x.state == InstanceState::Starting || x.state == InstanceState::Healthy
+        }) && s.get("bad-1").is_some()
+    })
+    .await;
+    let s = statuses_where(&mut rx, "good healthy, bad unhealthy", |s| {
+        state_is(s, "good-1", InstanceState::Healthy)
+            && state_is(s, "bad-1", InstanceState::Unhealthy)
+    })
+    .await;
+    let why = s["bad-1"].message.clone().unwrap_or_default();
+    assert!(why.contains("404"), "{why}");
+    assert!(s["good-1"].ports["http"] != 0);
+    sup.set_desired(vec![]);
+    statuses_where(&mut rx, "both stopped", |s| {
+        s.values().all(|x| x.state == InstanceState::Stopped)
+    })
+    .await;
+    sup.detach().await;
+}
