@@ -232,14 +232,23 @@ async fn http_get(addr: SocketAddr, path: &str) -> std::result::Result<u16, Stri
     // The connection future must be polled for the request to progress. It runs beside the
     // request rather than racing it: with `Connection: close` the server may finish the
     // connection in the same instant it sends the response, and the response must still win.
-    let driver = tokio::spawn(conn);
-    let result = sender
+    // The guard aborts it however this future ends, a timeout included, so a server that never
+    // answers does not keep a connection task alive after the probe gave up.
+    let _driver = AbortOnDrop(tokio::spawn(conn));
+    sender
         .send_request(request)
         .await
         .map(|r| r.status().as_u16())
-        .map_err(|e| e.to_string());
-    driver.abort();
-    result
+        .map_err(|e| e.to_string())
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs an exec check in its own process group, killing the whole group on timeout.

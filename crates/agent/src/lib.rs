@@ -15,6 +15,8 @@
 //! - [`logs`] — per-instance log files, copy-truncate rotation, [`tail`](logs::tail) for
 //!   `berth logs [-f]`.
 //! - [`record`] — `instance.json`, atomic writes, `/proc/<pid>/stat` identity.
+//! - [`node`] — the agent shell: registers with the server, feeds the supervisor the node's
+//!   desired instances, reports their statuses.
 //!
 //! # On disk
 //! ```text
@@ -32,12 +34,18 @@
 //! - **back-off** — the growing delay between restarts of a crashing instance (500 ms doubling,
 //!   capped at 10 s by default).
 
+#[warn(missing_docs)]
 pub mod error;
+#[warn(missing_docs)]
 pub mod health;
+#[warn(missing_docs)]
 pub mod logs;
 pub mod node;
+#[warn(missing_docs)]
 pub mod process;
+#[warn(missing_docs)]
 pub mod record;
+#[warn(missing_docs)]
 pub mod supervisor;
 
 pub use error::{Error, Result};

@@ -375,9 +375,14 @@ impl ProcessDriver {
             started_at_ms: now_ms(),
             finished: None,
         };
-        // If this write fails the process still runs but a restarted agent could not adopt it:
-        // report the error and let the caller stop it.
-        rec.write(&launch.cwd.join(RECORD_FILE))?;
+        // Without its record a restarted agent could neither adopt nor stop this process, so an
+        // instance that cannot be recorded must not run: kill its group and report the error.
+        if let Err(e) = rec.write(&launch.cwd.join(RECORD_FILE)) {
+            if let Ok(pgid) = i32::try_from(pid) {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+            return Err(e);
+        }
         Ok(running)
     }
 
