@@ -46,7 +46,7 @@ pub fn render(
 ) -> Result<Stack, Diagnostics> {
     let root = parse(source)?;
     let src = decode::decode(&root);
-    render::render_named(&src, environment, overrides).map_err(|d| sorted(d))
+    render::render_named(&src, environment, overrides).map_err(sorted)
 }
 
 /// The rendered stack as canonical YAML: keys sorted, strings quoted, byte-identical for equal
