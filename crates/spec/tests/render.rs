@@ -109,3 +109,121 @@ fn to_yaml_is_canonical_and_valid() {
     assert_eq!(again, s);
     assert_eq!(to_yaml(&again), y);
 }
+
+const TYPED: &str = r#"
+stack: typed
+values:
+  ratio: 0.5
+  debug: false
+  count: 2
+  name: shop
+environments:
+  staging:
+    regions: [local]
+    values: { ratio: 1, debug: true }
+  production:
+    regions: [eu-west]
+services:
+  web:
+    process: { command: [berth, whoami] }
+    env:
+      RATIO: ${values.ratio}
+      DEBUG: ${values.debug}
+      LABEL: "${values.name}-${values.count}-${region}"
+      VERSION: 1.10
+      ON: true
+      N: 007
+    ports: { http: 0 }
+    replicas: ${values.count}
+    health: { tcp: true }
+"#;
+
+#[test]
+fn env_values_are_stringified_as_written_and_values_take_their_type() {
+    let s = render(TYPED.as_bytes(), "production", &[]).unwrap();
+    let env = &s.services["web"].env;
+    assert_eq!(env["RATIO"], "0.5");
+    assert_eq!(env["DEBUG"], "false");
+    assert_eq!(env["LABEL"], "shop-2-${region}");
+    assert_eq!(env["VERSION"], "1.10");
+    assert_eq!(env["ON"], "true");
+    assert_eq!(env["N"], "007");
+    assert_eq!(s.services["web"].replicas, 2);
+    // A health check on a service with exactly one port probes that port.
+    assert_eq!(
+        s.services["web"].health.as_ref().unwrap().port.as_deref(),
+        Some("http")
+    );
+    let eu = s.service_for_region("web", "eu-west").unwrap();
+    assert_eq!(eu.env["LABEL"], "shop-2-eu-west");
+
+    let s = render(TYPED.as_bytes(), "staging", &[]).unwrap();
+    assert_eq!(s.services["web"].env["RATIO"], "1");
+    assert_eq!(s.services["web"].env["DEBUG"], "true");
+}
+
+#[test]
+fn overrides_can_create_defaulted_fields_and_use_values() {
+    let sets = [
+        "web.rollout.progress_deadline=5m",
+        "web.replicas=${values.count}",
+        "web.placement.constraints=[\"zone in [a, b]\"]",
+        "web.env.EMPTY=",
+    ]
+    .map(String::from);
+    let s = render(TYPED.as_bytes(), "production", &sets).unwrap();
+    let web = &s.services["web"];
+    assert_eq!(web.rollout.progress_deadline.millis, 300_000);
+    assert_eq!(web.replicas, 2);
+    assert_eq!(web.placement.constraints[0].to_string(), "zone in [a, b]");
+    assert_eq!(web.env["EMPTY"], "");
+
+    let bad = [
+        "web.health.port=admin",
+        "web.rollout.strategy=rolling.x",
+        "web.replicas.x=1",
+        "web.env.PORT=1",
+    ]
+    .map(String::from);
+    assert_eq!(
+        messages(render(TYPED.as_bytes(), "production", &bad)),
+        [
+            "f: --set web.env.PORT=1: services.web.env.PORT: `PORT` is set by berth for every instance (PORT, PORT_<NAME>, BERTH_*)",
+            "f: --set web.health.port=admin: services.web.health.port: `admin` is not a declared port; expected one of the service's ports (http)",
+            "f: --set web.replicas.x=1: services.web.replicas: expected a non-negative integer, got a mapping",
+            "f: --set web.rollout.strategy=rolling.x: services.web.rollout.strategy: expected one of rolling, blue_green, canary, got \"rolling.x\", did you mean `rolling`?",
+        ]
+    );
+}
+
+#[test]
+fn render_needs_the_literal_parts_valid_but_checks_services_for_its_environment_only() {
+    let src = TYPED.replace("values: { ratio: 1, debug: true }", "values: { count: -1 }");
+    // staging's overlay makes replicas negative: validate says so, production still renders.
+    let err = validate(src.as_bytes()).unwrap_err();
+    assert_eq!(
+        err.0.iter().map(|d| d.display_in("f").to_string()).collect::<Vec<_>>(),
+        ["f:25:15: services.web.replicas: expected a non-negative integer, got -1 (from ${values.count}) (in environment `staging`)"]
+    );
+    assert!(render(src.as_bytes(), "production", &[]).is_ok());
+    assert!(render(src.as_bytes(), "staging", &[]).is_err());
+}
+
+#[test]
+fn bad_input_never_panics() {
+    for src in [
+        "",
+        "[]",
+        "3",
+        "stack:",
+        "services: {a: {process: {command: [[1]]}}}",
+        "stack: s\nenvironments: {e: {regions: [r]}}\nservices: {a: {image: \"@\"}}",
+        "stack: s\nenvironments: {e: {regions: [r]}}\nservices: {a: {image: \":\"}}",
+        "stack: s\nenvironments: {e: {regions: [r]}}\nservices: {a: {image: \"x@sha256:é\"}}",
+        "stack: s\nenvironments: {e: {regions: [r]}}\nservices: {a: {process: {command: [\"${\"]}}}}",
+        "stack: s\nenvironments: {e: {regions: [r]}}\nservices: {a: {process: {command: [x]}, replicas: \"${values.}\"}}",
+    ] {
+        let _ = validate(src.as_bytes());
+        let _ = render(src.as_bytes(), "e", &["a.x.y.z=[".to_string(), "=".to_string(), ".=.".to_string()]);
+    }
+}

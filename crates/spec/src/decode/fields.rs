@@ -19,15 +19,20 @@ use crate::yaml::{Node, NodeKind};
 /// constraints, so anywhere else it would reach a node unexpanded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Region {
+    /// `${region}` may stay in the text.
     Allow,
+    /// `${region}` is an error here.
     Deny,
 }
 
 /// A scalar after substitution.
 #[derive(Debug, Clone)]
 pub struct Scalar<'n> {
+    /// The text after substitution (borrowed when nothing was substituted).
     pub text: Cow<'n, str>,
+    /// Whether the text reads as a plain YAML scalar (may be a number, bool or null).
     pub plain: bool,
+    /// Where the scalar is written: errors point here even after substitution.
     pub pos: Pos,
     /// `${values.NAME}` when the whole scalar came from a value.
     pub from: Option<String>,
@@ -71,8 +76,11 @@ fn prefix(path: &str) -> String {
 /// refused are skipped, so the index is not the position in the returned vector).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
+    /// The string.
     pub text: String,
+    /// Where it is written.
     pub pos: Pos,
+    /// Its index in the list as written, for `path[index]` in messages.
     pub index: usize,
 }
 
@@ -81,7 +89,9 @@ pub struct Item {
 pub struct IntSpec {
     /// What the message says was expected, like "a non-negative integer".
     pub what: &'static str,
+    /// The smallest accepted value.
     pub lo: i128,
+    /// The largest accepted value.
     pub hi: i128,
     /// Whether `what` leaves the upper bound unsaid, so a too-large value names it.
     pub say_max: bool,
@@ -112,6 +122,7 @@ impl<'n> Fields<'n> {
 
 /// Collects diagnostics and, inside services, substitutes values.
 pub struct Ctx<'v> {
+    /// Every problem found so far, in the order found (sorted at the end).
     pub diags: Vec<Diagnostic>,
     values: Option<&'v Values>,
 }

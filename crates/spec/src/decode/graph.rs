@@ -10,6 +10,7 @@ use crate::diag::{Diagnostic, Pos};
 /// A service as the graph checks see it.
 #[derive(Debug, Clone)]
 pub struct Node<'a> {
+    /// The service's name.
     pub name: &'a str,
     /// `depends_on` entries with their positions, in source order.
     pub deps: &'a [Item],

@@ -25,6 +25,7 @@ use crate::yaml::Node;
 /// A typed entry of `values` (or an overlay of one).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Value {
+    /// The type and the value.
     pub kind: ValueKind,
     /// Where the value is written.
     pub pos: Pos,
@@ -34,9 +35,13 @@ pub struct Value {
 /// string reads exactly as written.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ValueKind {
+    /// A plain integer that fits in 64 bits.
     Int(i64),
+    /// `true` or `false`.
     Bool(bool),
+    /// A finite float, as written.
     Float(String),
+    /// A string (quoted, or plain text that is no other type).
     Str(String),
 }
 
@@ -58,7 +63,9 @@ pub type Values = BTreeMap<String, Value>;
 /// One entry of `environments`, with its overlay already type-checked against `values`.
 #[derive(Debug, Clone)]
 pub struct SourceEnv {
+    /// The environment's name.
     pub name: String,
+    /// Regions and policy, as the rendered stack holds them.
     pub env: Environment,
     /// Only the overlaid names; [`Source::values_for`] merges them over the defaults.
     pub overlay: Values,
@@ -67,17 +74,22 @@ pub struct SourceEnv {
 /// One entry of `services`, not yet decoded.
 #[derive(Debug, Clone)]
 pub struct SourceService<'n> {
+    /// The service's name (checked, but kept even when invalid so its fields are still checked).
     pub name: String,
     /// The position of the service's key.
     pub pos: Pos,
+    /// The service's tree, decoded per environment.
     pub node: &'n Node,
 }
 
 /// The file as written.
 #[derive(Debug, Clone)]
 pub struct Source<'n> {
+    /// The stack's name (empty when missing or invalid; a diagnostic says so).
     pub stack: String,
+    /// Releases kept per environment.
     pub history: u32,
+    /// Typed defaults for `${values.NAME}`.
     pub values: Values,
     /// In source order.
     pub environments: Vec<SourceEnv>,

@@ -11,10 +11,15 @@ use crate::yaml::{Node, NodeKind};
 /// The core-schema reading of a scalar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
+    /// `~`, `null`, or nothing.
     Null,
+    /// `true`/`false` (any case variant YAML 1.2 allows).
     Bool(bool),
+    /// Decimal, `0x` or `0o`.
     Int,
+    /// Decimal with a dot or an exponent, `.inf`, `.nan`.
     Float,
+    /// Anything else, and every quoted scalar.
     Str,
 }
 

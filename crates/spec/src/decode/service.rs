@@ -79,14 +79,23 @@ const PORT: IntSpec = IntSpec {
 /// Defaults, as the stack file documents them.
 pub mod defaults {
     use crate::model::{Cpu, Duration, Memory};
+    /// `replicas`.
     pub const REPLICAS: u32 = 1;
+    /// `stop_grace`: time between SIGTERM and SIGKILL.
     pub const STOP_GRACE: Duration = Duration { millis: 10_000 };
+    /// `health.interval`.
     pub const HEALTH_INTERVAL: Duration = Duration { millis: 1_000 };
+    /// `health.timeout`.
     pub const HEALTH_TIMEOUT: Duration = Duration { millis: 1_000 };
+    /// `health.healthy`.
     pub const HEALTHY: u32 = 1;
+    /// `health.unhealthy`.
     pub const UNHEALTHY: u32 = 3;
+    /// `rollout.progress_deadline`.
     pub const PROGRESS_DEADLINE: Duration = Duration { millis: 60_000 };
+    /// `resources.cpu`.
     pub const CPU: Cpu = Cpu { millis: 100 };
+    /// `resources.memory`.
     pub const MEMORY: Memory = Memory {
         bytes: 64 * 1024 * 1024,
     };
@@ -95,6 +104,7 @@ pub mod defaults {
 /// A decoded service and what the cross-service checks need.
 #[derive(Debug, Clone)]
 pub struct Decoded {
+    /// The service, defaults explicit.
     pub service: Service,
     /// `depends_on` entries with their positions.
     pub deps: Vec<Item>,

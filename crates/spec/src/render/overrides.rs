@@ -14,8 +14,11 @@ use crate::yaml::{self, Limits, Node, NodeKind};
 pub struct Override {
     /// As given, for messages.
     pub raw: String,
+    /// The service it sets a field of.
     pub service: String,
+    /// The field path inside the service, like `[rollout, max_surge]`.
     pub path: Vec<String>,
+    /// The value, as a tree (positions are rewritten to the override's marker when applied).
     pub value: Node,
 }
 
