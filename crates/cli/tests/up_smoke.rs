@@ -8,7 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 use common::up::BerthUp;
 
 #[test]
-#[ignore = "berth up lands with issue 3"]
 fn up_becomes_healthy_and_writes_a_private_admin_token() {
     let up = BerthUp::start();
     let token = up.token();
