@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         max_nodes: 64,
     };
     let _ = parse(data, &tight);
-    // TODO: also run `let _ = berth_spec::validate(data);` here once it is implemented. It is
-    // still `todo!()` (being written in parallel), and calling it now would abort every run.
+    // The whole validator too: decoding, templates, overlays and the dependency graph must
+    // never panic on whatever tree the reader accepts.
+    let _ = berth_spec::validate(data);
 });

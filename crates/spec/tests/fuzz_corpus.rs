@@ -1,4 +1,5 @@
-//! Replays the fuzzer's seed corpus through the YAML reader on every `cargo test`.
+//! Replays the fuzzer's seed corpus through the YAML reader and the validator on every
+//! `cargo test`.
 //!
 //! The fuzzer itself needs nightly-only sanitizer flags and minutes of CPU, so it does not run in
 //! CI; this keeps every input it was seeded with (and every crash reproducer added to the corpus
@@ -30,6 +31,7 @@ fn every_corpus_file_parses_without_panicking() {
         eprintln!("{}", path.display());
         let _ = parse(&bytes, &Limits::default());
         let _ = parse(&bytes, &tight);
+        let _ = berth_spec::validate(&bytes);
         files += 1;
     }
     assert!(
