@@ -133,8 +133,7 @@ pub async fn reconcile_once(shared: &Shared) -> Result<(), StateError> {
         let next = pass.reconcile(&rollout.value, &release.value.spec);
         let mut ops = std::mem::take(&mut pass.ops);
         let mut compares = std::mem::take(&mut pass.compares);
-        let outcome = next.map(|(record, outcome)| (record, outcome));
-        if let Some((record, outcome)) = outcome {
+        if let Some((record, outcome)) = next {
             if record != rollout.value || !ops.is_empty() {
                 compares.push(Compare::mod_revision(
                     keys::rollout(&record.stack, &record.env),
