@@ -99,6 +99,42 @@ pub enum Error {
         #[source]
         source: nix::errno::Errno,
     },
+    /// The service is not an `image:` service, yet was handed to the Docker driver.
+    #[error("instance `{id}`: service `{service}` has no `image:`; the Docker driver only runs `image:` services")]
+    NotAContainer {
+        /// The instance.
+        id: String,
+        /// Its service.
+        service: String,
+    },
+    /// An `image:` service reached a node without a usable Docker Engine.
+    #[error("instance `{id}`: service `{service}` needs Docker, but this node has no reachable Docker Engine; start dockerd (and restart the agent so it advertises the docker driver) or place the service elsewhere")]
+    NoDocker {
+        /// The instance.
+        id: String,
+        /// Its service.
+        service: String,
+    },
+    /// The image is missing and could not be pulled.
+    #[error("instance `{id}`: cannot pull image `{image}`: {message}; check the image name and tag, and that its registry is reachable from this node")]
+    ImagePull {
+        /// The instance.
+        id: String,
+        /// The image reference from the service.
+        image: String,
+        /// The Engine's reason.
+        message: String,
+    },
+    /// A Docker Engine call failed.
+    #[error("instance `{id}`: cannot {action}: {message}; check that the Docker Engine runs and answers on its socket")]
+    Docker {
+        /// The instance (`*` for calls about all of them).
+        id: String,
+        /// What the agent tried, e.g. `create container`.
+        action: &'static str,
+        /// The Engine's (or the client's) message.
+        message: String,
+    },
     /// A health check that cannot be built from the service.
     #[error("instance `{id}`: health check {problem}")]
     Health {
@@ -120,6 +156,9 @@ impl Error {
                 | Error::EmptyCommand { .. }
                 | Error::InvalidPortName { .. }
                 | Error::Health { .. }
+                | Error::NotAContainer { .. }
+                | Error::NoDocker { .. }
+                | Error::ImagePull { .. }
         )
     }
 }

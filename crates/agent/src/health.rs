@@ -17,8 +17,9 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::net::TcpStream;
 
+use crate::docker::{container_ports, DockerDriver};
 use crate::error::{Error, Result};
-use crate::process::{primary_port, Launch, ProcessDriver};
+use crate::process::{instance_env, primary_port, Launch, ProcessDriver};
 
 /// A change of health verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +111,32 @@ pub enum Probe {
     },
     /// The command must exit 0 (run with the instance's environment and directory).
     Exec(Launch),
+    /// The command must exit 0 when run inside the instance's container (`docker exec`).
+    ContainerExec(ContainerExec),
 }
+
+/// An exec check of an `image:` instance: a command run inside its container through the
+/// Engine's exec API, with the instance's environment.
+#[derive(Debug, Clone)]
+pub struct ContainerExec {
+    /// The Engine client.
+    pub driver: DockerDriver,
+    /// The container's id.
+    pub container: String,
+    /// The command (`health.exec`).
+    pub command: Vec<String>,
+    /// `NAME=value` pairs: the instance's environment.
+    pub env: Vec<String>,
+}
+
+impl PartialEq for ContainerExec {
+    /// Same container, command and environment (the client is not compared).
+    fn eq(&self, other: &Self) -> bool {
+        self.container == other.container && self.command == other.command && self.env == other.env
+    }
+}
+
+impl Eq for ContainerExec {}
 
 /// A service's health check made concrete for one instance: probe, schedule and thresholds.
 #[derive(Debug, Clone)]
@@ -133,6 +159,51 @@ impl HealthCheck {
         driver: &ProcessDriver,
         spec: &InstanceSpec,
         ports: &BTreeMap<String, u16>,
+    ) -> Result<Option<HealthCheck>> {
+        Self::build(spec, ports, |cmd| {
+            Ok(Probe::Exec(driver.launch(
+                spec,
+                ports,
+                cmd,
+                "health.exec",
+            )?))
+        })
+    }
+
+    /// Builds the check of an `image:` instance running as `container`: `http` and `tcp` go to
+    /// the published *host* ports in `ports` on 127.0.0.1; `exec` runs inside the container
+    /// with the instance's environment (its container ports as `PORT…`).
+    pub fn for_container(
+        driver: &DockerDriver,
+        container: &str,
+        spec: &InstanceSpec,
+        ports: &BTreeMap<String, u16>,
+    ) -> Result<Option<HealthCheck>> {
+        Self::build(spec, ports, |cmd| {
+            if cmd.is_empty() {
+                return Err(Error::EmptyCommand {
+                    id: spec.id.clone(),
+                    what: "health.exec",
+                });
+            }
+            let inside = container_ports(&spec.spec.ports, ports);
+            let env = instance_env(spec, &inside)?
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            Ok(Probe::ContainerExec(ContainerExec {
+                driver: driver.clone(),
+                container: container.to_string(),
+                command: cmd.to_vec(),
+                env,
+            }))
+        })
+    }
+
+    fn build(
+        spec: &InstanceSpec,
+        ports: &BTreeMap<String, u16>,
+        exec: impl FnOnce(&[String]) -> Result<Probe>,
     ) -> Result<Option<HealthCheck>> {
         let Some(h) = &spec.spec.health else {
             return Ok(None);
@@ -168,9 +239,7 @@ impl HealthCheck {
                 },
             },
             (None, Some(true), None) => Probe::Tcp { addr: addr()? },
-            (None, None | Some(false), Some(cmd)) => {
-                Probe::Exec(driver.launch(spec, ports, cmd, "health.exec")?)
-            }
+            (None, None | Some(false), Some(cmd)) => exec(cmd)?,
             _ => {
                 return Err(bad(
                     "must have exactly one of `http`, `tcp: true` or `exec`".into(),
@@ -213,6 +282,11 @@ impl Probe {
                 }
             }
             Probe::Exec(launch) => exec(launch, timeout).await,
+            Probe::ContainerExec(c) => {
+                c.driver
+                    .exec(&c.container, &c.command, &c.env, timeout)
+                    .await
+            }
         }
     }
 }

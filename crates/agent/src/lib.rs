@@ -10,6 +10,9 @@
 //! - [`process`] — [`ProcessDriver`]: starts a `process:` service detached from the agent, stops
 //!   it (`SIGTERM`, then `SIGKILL` after `stop_grace`), adopts those a previous agent started;
 //!   the instance environment and free ports.
+//! - [`docker`] — [`DockerDriver`]: runs `image:` services as containers over the Docker
+//!   Engine API (labels, published host ports, limits, pulls, logs into the same log file,
+//!   adoption by label).
 //! - [`health`] — [`HealthTracker`](health::HealthTracker) (pure thresholds) and
 //!   [`Probe`](health::Probe) (http, tcp, exec).
 //! - [`logs`] — per-instance log files, copy-truncate rotation, [`tail`](logs::tail) for
@@ -35,6 +38,8 @@
 //!   capped at 10 s by default).
 
 #[warn(missing_docs)]
+pub mod docker;
+#[warn(missing_docs)]
 pub mod error;
 #[warn(missing_docs)]
 pub mod health;
@@ -48,6 +53,7 @@ pub mod record;
 #[warn(missing_docs)]
 pub mod supervisor;
 
+pub use docker::DockerDriver;
 pub use error::{Error, Result};
 pub use process::{Adopted, Exit, ProcessDriver, Running};
 pub use supervisor::{Supervisor, SupervisorConfig};

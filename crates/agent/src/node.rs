@@ -16,6 +16,7 @@ use berth_client::{Client, ClientError};
 use berth_spec::model::DriverKind;
 use tokio::sync::watch;
 
+use crate::docker::DockerDriver;
 use crate::supervisor::{Supervisor, SupervisorConfig};
 
 /// How often the agent reports even when nothing changed (the server's liveness TTL is 3 s).
@@ -85,6 +86,16 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
+    let mut supervisor = supervisor;
+    if supervisor.docker.is_none() {
+        // One line either way; without an Engine the node serves process services only and
+        // never advertises the docker driver, so the scheduler places no image service here.
+        supervisor.docker = DockerDriver::detect().await;
+    }
+    let mut drivers = vec![DriverKind::Process];
+    if supervisor.docker.is_some() {
+        drivers.push(DriverKind::Docker);
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut sup_stop = stop_rx.clone();
     let supervisor = Supervisor::start(supervisor, async move {
@@ -94,6 +105,7 @@ pub async fn run(
     let anonymous = Client::new(&config.server, None)?;
     let node = Node {
         config,
+        drivers,
         anonymous,
         client: tokio::sync::Mutex::new(None),
     };
@@ -114,6 +126,8 @@ pub async fn run(
 
 struct Node {
     config: NodeConfig,
+    /// What this node can run, as registered.
+    drivers: Vec<DriverKind>,
     anonymous: Client,
     /// The client with this node's credential, once registered. A mutex, not a lock for
     /// readers, so two tasks needing a credential at once register only once.
@@ -142,7 +156,7 @@ impl Node {
             name: self.config.name.clone(),
             labels: self.config.labels.clone(),
             resources: machine_resources(),
-            drivers: vec![DriverKind::Process],
+            drivers: self.drivers.clone(),
             address: self.config.address.clone(),
             router: self.config.router.clone(),
         };

@@ -374,6 +374,8 @@ impl ProcessDriver {
             restarts,
             started_at_ms: now_ms(),
             finished: None,
+            container: None,
+            image_id: None,
         };
         // Without its record a restarted agent could neither adopt nor stop this process, so an
         // instance that cannot be recorded must not run: kill its group and report the error.

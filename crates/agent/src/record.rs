@@ -38,6 +38,13 @@ pub struct InstanceRecord {
     /// restarted agent does not start it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<Finished>,
+    /// For an `image:` instance, the Engine's id of its current container: what a restarted
+    /// agent inspects to adopt it (`pid` and `start_time` are 0 then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// For an `image:` instance, the id (`sha256:…`) of the image its container runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
 }
 
 /// How an instance that is not restarted ended.

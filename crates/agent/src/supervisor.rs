@@ -24,7 +24,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::error::Result;
+use crate::docker::{self, Container, DockerDriver};
+use crate::error::{Error, Result};
 use crate::health::{HealthCheck, Transition};
 use crate::logs::LogConfig;
 use crate::process::{self, adopt_record, Exit, ProcessDriver, Running};
@@ -52,6 +53,9 @@ pub struct SupervisorConfig {
     pub rotate_every: Duration,
     /// Wall-clock milliseconds for `since_ms` (injectable so tests can pin it).
     pub clock: fn() -> u64,
+    /// The Docker Engine for `image:` services; `None` on a node without one (such instances
+    /// then fail, saying so). The agent shell fills it in with [`DockerDriver::detect`].
+    pub docker: Option<DockerDriver>,
 }
 
 impl SupervisorConfig {
@@ -67,6 +71,7 @@ impl SupervisorConfig {
             backoff_reset: Duration::from_secs(60),
             rotate_every: Duration::from_secs(5),
             clock: process::now_ms,
+            docker: None,
         }
     }
 }
@@ -102,6 +107,12 @@ impl Supervisor {
         }
         let driver = Arc::new(driver);
         let records = driver.records()?;
+        // The agent's identity on a shared Engine: its data directory, as an absolute path.
+        let owner: Arc<str> = std::fs::canonicalize(&config.data_dir)
+            .unwrap_or_else(|_| config.data_dir.clone())
+            .display()
+            .to_string()
+            .into();
         let (desired_tx, desired_rx) = watch::channel(None);
         let (status_tx, status_rx) = watch::channel(Statuses::new());
         let mut main = Main {
@@ -111,13 +122,23 @@ impl Supervisor {
             tasks: HashMap::new(),
             desired: None,
             done: mpsc::unbounded_channel(),
+            owner,
         };
         for record in records {
             let initial = if let Some(f) = &record.finished {
                 Initial::Finished(f.clone())
+            } else if let Some(container) = &record.container {
+                match adopt_container(main.config.docker.as_ref(), &record.spec.id, container).await
+                {
+                    Some(c) => {
+                        tracing::info!(id = %record.spec.id, container = %c.id(), "adopted container");
+                        Initial::Adopted(Workload::Container(c))
+                    }
+                    None => Initial::Died,
+                }
             } else if let Some(running) = adopt_record(&record) {
                 tracing::info!(id = %record.spec.id, pid = running.pid(), "adopted instance");
-                Initial::Adopted(running)
+                Initial::Adopted(Workload::Process(running))
             } else {
                 Initial::Died
             };
@@ -167,7 +188,7 @@ enum Initial {
     /// Desired and not started: resolve ports and start.
     Fresh,
     /// Found running by a new agent.
-    Adopted(Running),
+    Adopted(Workload),
     /// Its record says it ran, but it is gone and no one saw it exit.
     Died,
     /// It had exited and was not to be restarted.
@@ -194,6 +215,8 @@ struct Main {
         mpsc::UnboundedSender<String>,
         mpsc::UnboundedReceiver<String>,
     ),
+    /// The `berth.agent` label of this supervisor's containers.
+    owner: Arc<str>,
 }
 
 impl Main {
@@ -216,6 +239,8 @@ impl Main {
             failures: 0,
             pid: None,
             commands: rx,
+            owner: self.owner.clone(),
+            image_id: None,
         };
         let done = self.done.0.clone();
         let task_id = id.clone();
@@ -276,6 +301,15 @@ impl Main {
                 self.spawn(spec.clone(), None, 0, Initial::Fresh);
             }
         }
+        if self.desired.is_none() {
+            // The first desired set the server sent: from now on every container of this agent
+            // is either some task's (desired, or being stopped) or an orphan.
+            if let Some(docker) = self.config.docker.clone() {
+                let known: std::collections::HashSet<String> = self.tasks.keys().cloned().collect();
+                let owner = self.owner.clone();
+                tokio::spawn(async move { remove_orphans(&docker, &owner, &known).await });
+            }
+        }
         for (id, task) in &mut self.tasks {
             if !desired.contains_key(id) && !task.stopping {
                 // Capacity 4 and at most one Stop is ever sent, so this cannot be full.
@@ -297,7 +331,7 @@ impl Main {
 enum Phase {
     Start,
     Run {
-        running: Running,
+        running: Workload,
         adopted: bool,
     },
     Exited {
@@ -320,6 +354,10 @@ struct Instance {
     failures: u32,
     pid: Option<u32>,
     commands: mpsc::Receiver<Command>,
+    /// The `berth.agent` label for this instance's containers.
+    owner: Arc<str>,
+    /// The image id the current container runs, for image instances.
+    image_id: Option<String>,
 }
 
 impl Instance {
@@ -347,7 +385,7 @@ impl Instance {
         };
         loop {
             let next = match phase {
-                Phase::Start => Some(self.start()),
+                Phase::Start => Some(self.start().await),
                 Phase::Run { running, adopted } => self.supervise(running, adopted).await,
                 Phase::Exited { ok, reason, ran } => self.exited(ok, reason, ran).await,
                 Phase::Idle => self.idle().await,
@@ -359,18 +397,46 @@ impl Instance {
         }
     }
 
-    fn start(&mut self) -> Phase {
+    async fn start(&mut self) -> Phase {
+        let image = self.spec.spec.image.is_some();
+        let docker = self.config.docker.clone();
+        if image && docker.is_none() {
+            return self.start_failed(Error::NoDocker {
+                id: self.spec.id.clone(),
+                service: self.spec.service.clone(),
+            });
+        }
         let ports = match &self.ports {
             Some(p) => p.clone(),
-            None => match process::resolve_ports(&self.spec.id, &self.spec.spec.ports) {
-                Ok(p) => {
-                    self.ports = Some(p.clone());
-                    p
+            None => {
+                let resolved = if image {
+                    docker::host_ports(&self.spec.id, &self.spec.spec.ports)
+                } else {
+                    process::resolve_ports(&self.spec.id, &self.spec.spec.ports)
+                };
+                match resolved {
+                    Ok(p) => {
+                        self.ports = Some(p.clone());
+                        p
+                    }
+                    Err(e) => return self.start_failed(e),
                 }
-                Err(e) => return self.start_failed(e),
-            },
+            }
         };
-        match self.driver.start(&self.spec, ports, self.restarts) {
+        let started = match docker.filter(|_| image) {
+            Some(docker) => docker
+                .start(&self.driver, &self.spec, ports, self.restarts, &self.owner)
+                .await
+                .map(|(c, image_id)| {
+                    self.image_id = Some(image_id);
+                    Workload::Container(c)
+                }),
+            None => self
+                .driver
+                .start(&self.spec, ports, self.restarts)
+                .map(Workload::Process),
+        };
+        match started {
             Ok(running) => Phase::Run {
                 running,
                 adopted: false,
@@ -396,11 +462,18 @@ impl Instance {
 
     /// Watches a running instance until it exits (→ `Exited`), is stopped, or the task is
     /// detached (→ `None`).
-    async fn supervise(&mut self, mut running: Running, adopted: bool) -> Option<Phase> {
+    async fn supervise(&mut self, mut running: Workload, adopted: bool) -> Option<Phase> {
         let started = Instant::now();
-        self.pid = Some(running.pid());
+        self.pid = running.pid();
         let ports = self.ports.clone().unwrap_or_default();
-        let mut check = match HealthCheck::for_instance(&self.driver, &self.spec, &ports) {
+        let built = match (&running, &self.config.docker) {
+            (Workload::Container(c), Some(docker)) => {
+                HealthCheck::for_container(docker, c.id(), &self.spec, &ports)
+            }
+            _ => HealthCheck::for_instance(&self.driver, &self.spec, &ports),
+        };
+        let mut logs = self.follow_logs(&running);
+        let mut check = match built {
             Ok(Some(mut c)) => {
                 if adopted {
                     c.tracker = c.tracker.with_verdict(Some(true));
@@ -435,12 +508,15 @@ impl Instance {
         rotate_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                exit = running.wait() => {
+                (ok, reason) = running.wait() => {
+                    if let Some(logs) = logs.take() {
+                        logs.finish().await;
+                    }
                     self.rotate_logs();
-                    tracing::info!(id = %self.spec.id, %exit, "instance exited");
+                    tracing::info!(id = %self.spec.id, exit = %reason, "instance exited");
                     return Some(Phase::Exited {
-                        ok: exit.success(),
-                        reason: exit.to_string(),
+                        ok,
+                        reason,
                         ran: started.elapsed(),
                     });
                 }
@@ -463,22 +539,42 @@ impl Instance {
                     return match command {
                         Some(Command::Stop) => {
                             self.stop(&mut running).await;
+                            if let Some(logs) = logs.take() {
+                                logs.finish().await;
+                            }
                             None
                         }
-                        None => None, // detached: the workload keeps running
+                        None => {
+                            // Detached: the workload keeps running; save where its logs are.
+                            if let Some(logs) = logs.take() {
+                                logs.detach().await;
+                            }
+                            None
+                        }
                     };
                 }
             }
         }
     }
 
-    async fn stop(&mut self, running: &mut Running) {
+    async fn stop(&mut self, running: &mut Workload) {
         let grace = self.spec.spec.stop_grace.as_std();
         self.publish(
             InstanceState::Draining,
             Some(format!("stopping: SIGTERM, SIGKILL after {grace:?}")),
         );
-        match self.driver.stop(running, grace).await {
+        let stopped = match (running, &self.config.docker) {
+            (Workload::Process(r), _) => self.driver.stop(r, grace).await.map(|e| e.to_string()),
+            (Workload::Container(c), Some(docker)) => docker
+                .stop(&self.spec.id, c, grace)
+                .await
+                .map(|e| e.to_string()),
+            (Workload::Container(_), None) => Err(Error::NoDocker {
+                id: self.spec.id.clone(),
+                service: self.spec.service.clone(),
+            }),
+        };
+        match stopped {
             Ok(exit) => {
                 self.pid = None;
                 self.forget();
@@ -500,6 +596,7 @@ impl Instance {
             RestartPolicy::Never => false,
         };
         if !restart {
+            self.remove_container().await;
             self.finish(!ok, &reason);
             let state = if ok {
                 InstanceState::Stopped
@@ -529,6 +626,7 @@ impl Instance {
             }
             command = self.commands.recv() => {
                 if let Some(Command::Stop) = command {
+                    self.remove_container().await;
                     self.forget();
                     self.publish(InstanceState::Stopped, Some(format!("stopped while waiting to restart: {reason}")));
                 }
@@ -540,6 +638,7 @@ impl Instance {
     /// Nothing runs; wait to be removed.
     async fn idle(&mut self) -> Option<Phase> {
         if let Some(Command::Stop) = self.commands.recv().await {
+            self.remove_container().await;
             self.forget();
             let message = self.current().and_then(|s| s.message);
             self.publish(InstanceState::Stopped, message);
@@ -570,11 +669,44 @@ impl Instance {
                 restarts: self.restarts,
                 started_at_ms: 0,
                 finished: Some(finished),
+                container: None,
+                image_id: None,
             },
         };
         if let Err(e) = self.driver.save_record(&record) {
             tracing::warn!(id = %self.spec.id, error = %e, "cannot record that the instance finished");
         }
+    }
+
+    /// Removes the instance's container (by name) if it is an image instance: a container that
+    /// will not run again only holds disk space; its output is in the log file.
+    async fn remove_container(&self) {
+        if self.spec.spec.image.is_none() {
+            return;
+        }
+        if let Some(docker) = &self.config.docker {
+            let name = docker::container_name(&self.spec.id);
+            if let Err(e) = docker.remove(&self.spec.id, &name).await {
+                tracing::warn!(id = %self.spec.id, error = %e, "cannot remove container");
+            }
+        }
+    }
+
+    /// For a container, starts copying its output into the instance's log file.
+    fn follow_logs(&self, running: &Workload) -> Option<LogFollower> {
+        let (Workload::Container(c), Some(docker)) = (running, &self.config.docker) else {
+            return None;
+        };
+        let dir = self.driver.instance_dir(&self.spec.id).ok()?;
+        let (stop, stop_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(docker::follow_logs(
+            docker.clone(),
+            c.id().to_string(),
+            dir.join(crate::logs::LOG_FILE),
+            dir.join(docker::LOG_CURSOR_FILE),
+            stop_rx,
+        ));
+        Some(LogFollower { stop, task })
     }
 
     fn forget(&self) {
@@ -619,6 +751,109 @@ impl Instance {
             map.insert(status.id.clone(), status);
             true
         });
+    }
+}
+
+/// What runs for an instance: a process or a container.
+#[derive(Debug)]
+enum Workload {
+    Process(Running),
+    Container(Container),
+}
+
+impl Workload {
+    /// The host pid to report, when known.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Workload::Process(r) => Some(r.pid()),
+            Workload::Container(c) => c.pid(),
+        }
+    }
+
+    /// Waits for the workload to end: whether that was a clean exit, and how it ended.
+    /// Cancel-safe.
+    async fn wait(&mut self) -> (bool, String) {
+        match self {
+            Workload::Process(r) => {
+                let exit: Exit = r.wait().await;
+                (exit.success(), exit.to_string())
+            }
+            Workload::Container(c) => {
+                let exit = c.wait().await;
+                (exit.success(), exit.to_string())
+            }
+        }
+    }
+}
+
+/// The task copying a container's output into the instance's log file.
+struct LogFollower {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// How long the copy of a stopped container's last output may take.
+const LOG_DRAIN: Duration = Duration::from_secs(2);
+
+impl LogFollower {
+    /// The container stopped: let the copy reach the end of its output (bounded by
+    /// [`LOG_DRAIN`]), then end it.
+    async fn finish(mut self) {
+        if tokio::time::timeout(LOG_DRAIN, &mut self.task)
+            .await
+            .is_err()
+        {
+            let _ = self.stop.send(());
+            let _ = self.task.await;
+        }
+    }
+
+    /// The agent detaches: stop copying now, saving the cursor for the next agent.
+    async fn detach(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// A handle on a recorded container if it still runs as that instance; `None` when it does not
+/// (or when no Engine answers: the instance is then handled as having died).
+async fn adopt_container(
+    docker: Option<&DockerDriver>,
+    id: &str,
+    container: &str,
+) -> Option<Container> {
+    let Some(docker) = docker else {
+        tracing::warn!(id = %id, "cannot adopt container: this node has no Docker Engine");
+        return None;
+    };
+    match docker.adopt(id, container).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(id = %id, error = %e, "cannot adopt container");
+            None
+        }
+    }
+}
+
+/// Removes every container of this agent whose instance no task knows: left by an instance
+/// whose record was lost, or by a crash between creating a container and recording it.
+async fn remove_orphans(
+    docker: &DockerDriver,
+    owner: &str,
+    known: &std::collections::HashSet<String>,
+) {
+    let owned = match docker.list_owned(owner).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look for orphan containers");
+            return;
+        }
+    };
+    for orphan in owned.into_iter().filter(|o| !known.contains(&o.instance)) {
+        tracing::info!(instance = %orphan.instance, container = %orphan.id, "removing orphan container");
+        if let Err(e) = docker.remove(&orphan.instance, &orphan.id).await {
+            tracing::warn!(error = %e, "cannot remove orphan container");
+        }
     }
 }
 

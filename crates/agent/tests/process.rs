@@ -310,6 +310,8 @@ async fn a_live_pid_with_another_start_time_is_not_adopted() {
         restarts: 0,
         started_at_ms: 0,
         finished: None,
+        container: None,
+        image_id: None,
     };
     driver.save_record(&record).unwrap();
     assert!(driver.adopt().unwrap().is_empty(), "recycled pid adopted");

@@ -161,6 +161,8 @@ async fn a_new_supervisor_adopts_running_instances_without_restarting_them() {
             restarts: 0,
             started_at_ms: 0,
             finished: None,
+            container: None,
+            image_id: None,
         })
         .unwrap();
 
