@@ -72,6 +72,10 @@ pub async fn register(
             failure: vec![],
         })
         .await?;
+    // The previous token of this node is no longer in the store: forget that it was checked.
+    if let Ok(mut cache) = shared.node_tokens.lock() {
+        cache.retain(|_, name| *name != req.name);
+    }
     mark_alive(&shared, &req.name);
     shared.kick.notify_one();
     Ok(Json(RegisterResponse { node_token: token }))

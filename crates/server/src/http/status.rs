@@ -126,6 +126,9 @@ pub struct EventsQuery {
 /// How many past changes `berth events` shows without `--since`.
 const RECENT: i64 = 100;
 
+/// Without `follow`, how long to wait for more events of the last revision before ending.
+const END_OF_HISTORY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// `GET /v1/events`: every state change as server-sent events; without `follow`, the recent
 /// history and then the end of the stream.
 pub async fn events(
@@ -145,14 +148,29 @@ pub async fn events(
         Err(e) => return Err(e.into()),
     };
     let follow = q.follow;
-    let events = stream
-        .take_while(move |item| {
-            let keep = match item {
+    // Without follow, end once history up to `now` is sent, even if nothing newer arrives. One
+    // revision may hold several events (a transaction), which arrive together: once revision
+    // `now` is reached, the first pause ends the stream.
+    let stream =
+        futures::stream::unfold((stream, false), move |(mut stream, reached)| async move {
+            let item = if reached && !follow {
+                tokio::time::timeout(END_OF_HISTORY_PAUSE, stream.next())
+                    .await
+                    .ok()??
+            } else {
+                stream.next().await?
+            };
+            let keep = match &item {
                 Ok(e) => follow || e.revision <= now,
                 Err(_) => false,
             };
-            std::future::ready(keep)
-        })
+            if !keep {
+                return None;
+            }
+            let reached = reached || item.as_ref().is_ok_and(|e| e.revision >= now);
+            Some((item, (stream, reached)))
+        });
+    let events = stream
         .filter_map(|item| std::future::ready(item.ok()))
         .map(|e| {
             let event = Event {
@@ -167,16 +185,11 @@ pub async fn events(
             };
             Ok(SseEvent::default().data(serde_json::to_string(&event).unwrap_or_default()))
         });
-    // Without follow, end once history up to `now` is sent, even if nothing newer arrives.
     let events: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
-        if follow || wanted > now {
-            if follow {
-                Box::pin(events)
-            } else {
-                Box::pin(futures::stream::empty())
-            }
+        if !follow && wanted > now {
+            Box::pin(futures::stream::empty())
         } else {
-            Box::pin(events.take((now - wanted + 1) as usize))
+            Box::pin(events)
         };
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
