@@ -218,6 +218,12 @@ pub struct InstanceView {
     pub addr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the server created the instance (ms since the epoch, server clock).
+    #[serde(default)]
+    pub created_ms: u64,
+    /// When the instance entered `state` (ms since the epoch, agent clock; 0 before a report).
+    #[serde(default)]
+    pub since_ms: u64,
 }
 
 /// One service of a stack as `berth status` shows it.

@@ -57,6 +57,9 @@ pub struct Shared {
     pub kick: Notify,
     /// Node name → last heartbeat (ms). In memory: liveness is not worth an fsync per second.
     pub heartbeats: Mutex<HashMap<String, u64>>,
+    /// When this server started (ms): a node not heard from since gets one TTL to call in
+    /// before it counts as down (see [`table::node_is_up`]).
+    pub started_ms: u64,
     /// What each router has applied: router id → (table version, when, instances in it).
     pub router_acks: Mutex<HashMap<String, table::RouterAck>>,
     /// Node tokens already checked against the store: token hash hex → node name.
@@ -92,6 +95,7 @@ impl Shared {
         let admin = auth::load_or_create(&config.data_dir, "admin.token")?;
         let join = auth::load_or_create(&config.data_dir, "join.token")?;
         let rev = config.store.revision().await?;
+        let started_ms = config.clock.now_ms();
         Ok(Arc::new(Shared {
             store: config.store,
             admin: auth::TokenHash::of(&admin),
@@ -100,6 +104,7 @@ impl Shared {
             revision: watch::channel(rev).0,
             kick: Notify::new(),
             heartbeats: Mutex::new(HashMap::new()),
+            started_ms,
             router_acks: Mutex::new(HashMap::new()),
             node_tokens: Mutex::new(HashMap::new()),
             tables: Mutex::new(table::RecentTables::default()),

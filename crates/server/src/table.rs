@@ -60,14 +60,16 @@ pub fn content_version<T: Serialize>(value: &T) -> String {
     hex::encode(&Sha256::digest(&bytes)[..8])
 }
 
-/// Whether a node has been heard from within the TTL.
+/// Whether a node has been heard from within the TTL. A node not heard from since this server
+/// started is given one TTL from the start to call in: liveness is kept in memory, and a
+/// restarted server must not take every node for down (and replace all their instances).
 pub fn node_is_up(shared: &Shared, node: &str, now_ms: u64) -> bool {
-    shared
+    let last = shared
         .heartbeats
         .lock()
         .ok()
-        .and_then(|h| h.get(node).copied())
-        .is_some_and(|t| now_ms.saturating_sub(t) <= NODE_TTL_MS)
+        .and_then(|h| h.get(node).copied());
+    now_ms.saturating_sub(last.unwrap_or(shared.started_ms)) <= NODE_TTL_MS
 }
 
 /// Builds the table from the live releases' routes and the healthy, running instances.

@@ -11,7 +11,7 @@ use berth_api::control::{
     DesiredInstances, Heartbeat, NodeState, NodeView, RegisterRequest, RegisterResponse,
     RoutingTable,
 };
-use berth_store::{Op, Txn};
+use berth_store::{Compare, Op, Txn};
 use serde::Deserialize;
 
 use super::{body, AppState, Caller};
@@ -101,7 +101,10 @@ pub async fn heartbeat(
     mark_alive(&shared, &name);
     let snapshot = Snapshot::load(shared.store.as_ref()).await?;
     let reported: HashSet<&str> = req.statuses.iter().map(|s| s.id.as_str()).collect();
-    let mut changed = false;
+    // Every change this heartbeat brings, as (compare, op) pairs: written in one transaction
+    // (one fsync however many instances changed), or one by one if that races with the
+    // controller, so a conflict on one instance does not hold back the others.
+    let mut writes: Vec<(Compare, Op)> = Vec::new();
     for status in &req.statuses {
         let Some(rec) = snapshot.instances.get(&status.id) else {
             continue;
@@ -109,26 +112,19 @@ pub async fn heartbeat(
         if rec.value.spec.node != name {
             continue;
         }
+        let key = keys::instance(&status.id);
         if rec.value.desired == Desired::Stop && status.state.is_terminal() {
-            changed |= shared
-                .store
-                .txn(delete_if_unchanged(&status.id, rec.mod_revision))
-                .await?
-                .succeeded;
-            continue;
-        }
-        if rec.value.status.as_ref() != Some(status) {
+            writes.push((
+                Compare::mod_revision(&key, rec.mod_revision),
+                Op::delete(&key),
+            ));
+        } else if rec.value.status.as_ref() != Some(status) {
             let mut updated = rec.value.clone();
             updated.status = Some(status.clone());
-            changed |= shared
-                .store
-                .cas(
-                    &keys::instance(&status.id),
-                    rec.mod_revision,
-                    encode(&updated),
-                )
-                .await?
-                .is_some();
+            writes.push((
+                Compare::mod_revision(&key, rec.mod_revision),
+                Op::put(&key, encode(&updated)),
+            ));
         }
     }
     // An instance the server wants stopped that the agent no longer runs is gone.
@@ -137,28 +133,43 @@ pub async fn heartbeat(
             && rec.value.desired == Desired::Stop
             && !reported.contains(id.as_str())
         {
-            changed |= shared
-                .store
-                .txn(delete_if_unchanged(id, rec.mod_revision))
-                .await?
-                .succeeded;
+            let key = keys::instance(id);
+            writes.push((
+                Compare::mod_revision(&key, rec.mod_revision),
+                Op::delete(&key),
+            ));
+        }
+    }
+    let mut changed = false;
+    if !writes.is_empty() {
+        let (compares, ops): (Vec<Compare>, Vec<Op>) = writes.iter().cloned().unzip();
+        changed = shared
+            .store
+            .txn(Txn {
+                compares,
+                success: ops,
+                failure: vec![],
+            })
+            .await?
+            .succeeded;
+        if !changed {
+            for (compare, op) in writes {
+                changed |= shared
+                    .store
+                    .txn(Txn {
+                        compares: vec![compare],
+                        success: vec![op],
+                        failure: vec![],
+                    })
+                    .await?
+                    .succeeded;
+            }
         }
     }
     if changed {
         shared.kick.notify_one();
     }
     Ok(Json(serde_json::json!({ "ok": true })))
-}
-
-fn delete_if_unchanged(id: &str, mod_revision: i64) -> Txn {
-    Txn {
-        compares: vec![berth_store::Compare::mod_revision(
-            keys::instance(id),
-            mod_revision,
-        )],
-        success: vec![Op::delete(keys::instance(id))],
-        failure: vec![],
-    }
 }
 
 /// `?version=V&wait=SECONDS`: answer once what the caller should hold differs from `V`.

@@ -74,6 +74,8 @@ pub async fn status(
                                 .map(|n| format!("{}:{p}", n.value.registration.address))
                         }),
                     message: r.status.as_ref().and_then(|s| s.message.clone()),
+                    created_ms: r.created_ms,
+                    since_ms: r.status.as_ref().map(|s| s.since_ms).unwrap_or(0),
                 })
                 .collect();
             let healthy = snapshot
