@@ -441,7 +441,15 @@ impl Instance {
                 running,
                 adopted: false,
             },
-            Err(e) => self.start_failed(e),
+            Err(e) => {
+                if matches!(&e, Error::Docker { message, .. } if message.contains("address already in use"))
+                {
+                    // Another program took a picked host port: pick new ones on the retry (the
+                    // instance had no endpoint yet, so nothing moves).
+                    self.ports = None;
+                }
+                self.start_failed(e)
+            }
         }
     }
 
