@@ -139,17 +139,15 @@ impl Node {
         self.config.data_dir.join("node.token")
     }
 
-    /// The client with the node credential: from `node.token`, or by registering.
+    /// The client with the node credential. The agent registers on its first call after every
+    /// start (so the server always has its current drivers, labels and resources), and again
+    /// whenever the server refuses the credential. The credential is also saved in
+    /// `node.token` for the agent's router.
     async fn client(&self, force_register: bool) -> Result<Client, ClientError> {
         let mut cached = self.client.lock().await;
         if !force_register {
             if let Some(c) = cached.as_ref() {
                 return Ok(c.clone());
-            }
-            if let Ok(token) = std::fs::read_to_string(self.token_path()) {
-                let c = self.anonymous.with_token(Some(token.trim().to_string()))?;
-                *cached = Some(c.clone());
-                return Ok(c);
             }
         }
         let req = RegisterRequest {

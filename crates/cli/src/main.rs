@@ -53,6 +53,9 @@ enum Command {
     Nodes,
     /// A service's output.
     Logs(cluster::LogsArgs),
+    /// Benchmarks that print comparable figures.
+    #[command(subcommand)]
+    Bench(commands::bench::Bench),
     /// A tiny HTTP workload that answers with its instance, release and node (for tests and demos).
     Whoami(commands::whoami::Args),
 }
@@ -85,6 +88,7 @@ fn main() {
         Command::Events(args) => cluster::events(args, g),
         Command::Nodes => cluster::nodes(g),
         Command::Logs(args) => cluster::logs(args, g),
+        Command::Bench(which) => commands::bench::run(which),
         Command::Whoami(args) => commands::whoami::run(args),
     };
     std::process::exit(exit::code_of(result));
