@@ -6,14 +6,21 @@
 //! `arc-swap`, so readers never take a lock and never see a half-updated table.
 
 use std::borrow::Cow;
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::uri::Authority;
 
+use crate::service::{Limiter, ServiceState};
 use crate::stats::Counters;
 use crate::table::{Endpoint, RouteTable};
+use crate::upstream::Upstream;
 
 /// A routing table ready for lookups.
 #[derive(Debug, Default)]
@@ -24,41 +31,176 @@ pub(crate) struct CompiledTable {
     hosts: HashMap<String, Vec<Arc<Route>>>,
 }
 
+/// The long-lived state a compile links routes to: per-service state by name and per-instance
+/// state by address, both surviving table swaps.
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub(crate) services: HashMap<String, Arc<ServiceState>>,
+    pub(crate) upstreams: HashMap<SocketAddr, Arc<Upstream>>,
+}
+
 /// One route, with everything the proxy needs precomputed.
 #[derive(Debug)]
 pub(crate) struct Route {
     /// Normalised prefix: starts with `/`, no trailing `/`; empty for the root (matches all).
     prefix: String,
-    pub(crate) service: Arc<str>,
+    /// The service's name, for error bodies and logs.
+    pub(crate) name: Arc<str>,
+    /// The service's counters, histogram and budget; shared by its routes and across tables.
+    pub(crate) service: Arc<ServiceState>,
     pub(crate) endpoints: Box<[Target]>,
-    /// Round-robin position. Shared with the same (host, prefix) route of the previous table so
-    /// frequent updates don't keep sending the first request after each one to endpoint 0.
+    /// Release groups (see [`crate::Endpoint::weight`]), in table order.
+    groups: Box<[Group]>,
+    /// Sum of the groups' weights.
+    total_weight: u64,
+    /// Rotation offset for ties between equally loaded endpoints, so sequential requests
+    /// spread round-robin. Shared with the same (host, prefix) route of the previous table.
     next: Arc<AtomicUsize>,
-    /// The service's counters; shared by every route of the service and across tables.
-    pub(crate) counters: Arc<Counters>,
+    /// The service's overload limiter, when it has limits.
+    pub(crate) limiter: Option<Arc<Limiter>>,
+    /// The maintenance page, when the route is in maintenance.
+    pub(crate) maintenance: Option<Bytes>,
 }
 
-/// An endpoint with its URI authority pre-rendered (no formatting per request).
+/// The endpoints of one release and their summed weight.
+#[derive(Debug)]
+struct Group {
+    weight: u64,
+    members: Box<[usize]>,
+}
+
+/// An endpoint with its URI authority pre-rendered and its long-lived state attached.
 #[derive(Debug)]
 pub(crate) struct Target {
     pub(crate) endpoint: Endpoint,
+    /// Kept for absolute-form requests and logs.
+    #[allow(dead_code)]
     pub(crate) authority: Authority,
+    pub(crate) upstream: Arc<Upstream>,
+    /// The counters of this endpoint's (service, release).
+    pub(crate) release_counters: Arc<Counters>,
+}
+
+/// Groups larger than this pick by "power of two choices" instead of scanning every endpoint.
+const SCAN_LIMIT: usize = 16;
+
+thread_local! {
+    /// xorshift64* state: weighted group choice and P2C need cheap, not cryptographic, randomness.
+    static RNG: Cell<u64> = Cell::new(RandomState::new().hash_one(0x5eed_u64) | 1);
+}
+
+/// A pseudo-random number (per-thread xorshift64*).
+pub(crate) fn random() -> u64 {
+    RNG.with(|state| {
+        let mut x = state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
 }
 
 impl Route {
-    /// Picks the next endpoint round-robin, or `None` when the route has no endpoints.
-    pub(crate) fn pick(&self) -> Option<&Target> {
-        if self.endpoints.is_empty() {
+    /// Picks an endpoint (its index in [`Route::endpoints`]), avoiding `avoid` (the endpoint a
+    /// retry just failed on) when any other can serve; `None` when the route has no endpoints.
+    ///
+    /// First a release group is drawn at random in proportion to the weights; within it, the
+    /// non-ejected endpoint with the fewest outstanding requests wins, ties broken round-robin.
+    /// If the group has none to offer, any non-ejected endpoint of the route will do; if every
+    /// endpoint is ejected, the least loaded one is used anyway (panic mode, as Envoy does: a
+    /// guess is better than a certain 503 when the health data may be stale).
+    pub(crate) fn pick(&self, avoid: Option<usize>, now: u64) -> Option<usize> {
+        let n = self.endpoints.len();
+        if n == 0 {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.endpoints.get(i % self.endpoints.len())
+        if n == 1 {
+            return Some(0);
+        }
+        let rotation = self.next.fetch_add(1, Ordering::Relaxed);
+        let group = self.choose_group();
+        let members = &self.groups[group].members;
+        self.least_loaded(members.len(), |k| members[k], avoid, Some(now), rotation)
+            .or_else(|| self.least_loaded(n, |k| k, avoid, Some(now), rotation))
+            .or_else(|| self.least_loaded(n, |k| k, avoid, None, rotation))
+            .or(avoid)
+    }
+
+    fn choose_group(&self) -> usize {
+        if self.groups.len() == 1 {
+            return 0;
+        }
+        if self.total_weight == 0 {
+            return (random() % self.groups.len() as u64) as usize;
+        }
+        let mut ticket = random() % self.total_weight;
+        for (i, group) in self.groups.iter().enumerate() {
+            if ticket < group.weight {
+                return i;
+            }
+            ticket -= group.weight;
+        }
+        self.groups.len() - 1
+    }
+
+    /// The least loaded of `len` endpoints (`member(k)` maps to endpoint indices), skipping
+    /// `avoid` and, when `now` is given, ejected ones.
+    fn least_loaded(
+        &self,
+        len: usize,
+        member: impl Fn(usize) -> usize,
+        avoid: Option<usize>,
+        now: Option<u64>,
+        rotation: usize,
+    ) -> Option<usize> {
+        let usable = |i: usize| {
+            Some(i) != avoid && now.is_none_or(|now| !self.endpoints[i].upstream.is_ejected(now))
+        };
+        let load = |i: usize| {
+            self.endpoints[i]
+                .upstream
+                .outstanding
+                .load(Ordering::Relaxed)
+        };
+        if len > SCAN_LIMIT {
+            // Power of two choices: two random candidates, the less loaded wins.
+            let a = member((random() % len as u64) as usize);
+            let b = member((random() % len as u64) as usize);
+            match (usable(a), usable(b)) {
+                (true, true) => return Some(if load(b) < load(a) { b } else { a }),
+                (true, false) => return Some(a),
+                (false, true) => return Some(b),
+                // Both unusable: fall through to a full scan.
+                (false, false) => {}
+            }
+        }
+        let mut best: Option<(usize, u32)> = None;
+        for k in 0..len {
+            let i = member((rotation + k) % len);
+            if !usable(i) {
+                continue;
+            }
+            let l = load(i);
+            if best.is_none_or(|(_, b)| l < b) {
+                best = Some((i, l));
+                if l == 0 {
+                    break;
+                }
+            }
+        }
+        best.map(|(i, _)| i)
     }
 
     fn matches(&self, path: &str) -> bool {
         prefix_matches(&self.prefix, path)
     }
 }
+
+/// The page served in maintenance mode when the table brings none.
+const DEFAULT_MAINTENANCE_PAGE: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\">\
+<title>Down for maintenance</title></head><body><h1>Down for maintenance</h1>\
+<p>This service is being worked on and will be back shortly.</p></body></html>\n";
 
 /// `prefix` (normalised) matches `path` on a segment boundary.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
@@ -104,14 +246,17 @@ fn normalize_prefix(prefix: &str) -> String {
 }
 
 impl CompiledTable {
-    /// Compiles `source`. `previous` lends its round-robin positions; `counters_for` returns the
-    /// (long-lived) counters of a service.
+    /// Compiles `source`. `previous` lends its rotation positions; `registry` holds the
+    /// long-lived per-service and per-instance state, and is pruned of instances no longer in
+    /// the table (their in-flight requests keep their own references).
     pub(crate) fn compile(
         source: Arc<RouteTable>,
         previous: &CompiledTable,
-        mut counters_for: impl FnMut(&str) -> Arc<Counters>,
+        registry: &mut Registry,
     ) -> CompiledTable {
         let mut hosts: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
+        let mut live: HashMap<SocketAddr, Arc<Upstream>> = HashMap::new();
+        let mut limited: HashMap<&str, Option<Arc<Limiter>>> = HashMap::new();
         for entry in &source.routes {
             let host = normalize_host(&entry.host).into_owned();
             let prefix = normalize_prefix(&entry.path_prefix);
@@ -129,32 +274,84 @@ impl CompiledTable {
                 .route(&host, &prefix)
                 .map(|r| r.next.clone())
                 .unwrap_or_default();
-            let endpoints = entry
-                .endpoints
-                .iter()
-                .filter_map(|e| match Authority::try_from(e.addr.to_string()) {
-                    Ok(authority) => Some(Target {
-                        endpoint: e.clone(),
-                        authority,
-                    }),
-                    // A SocketAddr always renders as a valid authority; skip rather than panic.
+            let service = registry
+                .services
+                .entry(entry.service.clone())
+                .or_default()
+                .clone();
+            let mut endpoints = Vec::with_capacity(entry.endpoints.len());
+            for e in &entry.endpoints {
+                // A SocketAddr always renders as a valid authority; skip rather than panic.
+                let authority = match Authority::try_from(e.addr.to_string()) {
+                    Ok(authority) => authority,
                     Err(err) => {
                         tracing::warn!(addr = %e.addr, %err, "endpoint address skipped");
-                        None
+                        continue;
                     }
+                };
+                let upstream = registry
+                    .upstreams
+                    .entry(e.addr)
+                    .or_insert_with(|| Arc::new(Upstream::new(e.addr)))
+                    .clone();
+                live.insert(e.addr, upstream.clone());
+                endpoints.push(Target {
+                    endpoint: e.clone(),
+                    authority,
+                    upstream,
+                    release_counters: service.release(e.release),
+                });
+            }
+            let mut building: Vec<(u64, u64, Vec<usize>)> = Vec::new();
+            for (i, target) in endpoints.iter().enumerate() {
+                let (release, weight) = (target.endpoint.release, target.endpoint.weight);
+                match building.iter_mut().find(|(r, _, _)| *r == release) {
+                    Some((_, sum, members)) => {
+                        *sum += u64::from(weight);
+                        members.push(i);
+                    }
+                    None => building.push((release, u64::from(weight), vec![i])),
+                }
+            }
+            let groups: Box<[Group]> = building
+                .into_iter()
+                .map(|(_, weight, members)| Group {
+                    weight,
+                    members: members.into_boxed_slice(),
                 })
                 .collect();
+            // The first route of a service that carries limits sets them for all its routes.
+            let limiter = match limited.get(entry.service.as_str()) {
+                Some(limiter) if limiter.is_some() || entry.limits.is_none() => limiter.clone(),
+                _ => {
+                    let limiter = service.limiter(entry.limits);
+                    limited.insert(&entry.service, limiter.clone());
+                    limiter
+                }
+            };
+            let maintenance = entry.maintenance.as_ref().map(|m| {
+                Bytes::from(
+                    m.page_html
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_MAINTENANCE_PAGE.to_owned()),
+                )
+            });
             routes.push(Arc::new(Route {
                 prefix,
-                service: Arc::from(entry.service.as_str()),
-                endpoints,
+                name: Arc::from(entry.service.as_str()),
+                service,
+                total_weight: groups.iter().map(|g| g.weight).sum(),
+                groups,
+                endpoints: endpoints.into_boxed_slice(),
                 next,
-                counters: counters_for(&entry.service),
+                limiter,
+                maintenance,
             }));
         }
         for routes in hosts.values_mut() {
             routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         }
+        registry.upstreams = live;
         CompiledTable { source, hosts }
     }
 
@@ -173,6 +370,7 @@ impl CompiledTable {
 mod tests {
     use super::*;
     use crate::table::RouteEntry;
+    use crate::upstream::now_nanos;
 
     fn entry(host: &str, prefix: &str, service: &str, n: u16) -> RouteEntry {
         RouteEntry {
@@ -184,8 +382,11 @@ mod tests {
                     addr: ([127, 0, 0, 1], 9000 + i).into(),
                     instance: format!("{service}-{i}"),
                     release: 1,
+                    weight: 100,
                 })
                 .collect(),
+            limits: None,
+            maintenance: None,
         }
     }
 
@@ -193,13 +394,13 @@ mod tests {
         CompiledTable::compile(
             Arc::new(RouteTable { routes }),
             &CompiledTable::default(),
-            |_| Arc::default(),
+            &mut Registry::default(),
         )
     }
 
     fn service<'a>(t: &'a CompiledTable, host: &str, path: &str) -> Option<&'a str> {
         t.lookup(&normalize_host(host), path)
-            .map(|r| r.service.as_ref())
+            .map(|r| r.name.as_ref())
     }
 
     #[test]
@@ -259,34 +460,73 @@ mod tests {
         assert_eq!(service(&t, "a", "/x"), Some("first"));
     }
 
+    fn port(t: &CompiledTable, avoid: Option<usize>) -> u16 {
+        let route = t.lookup("a", "/").expect("route");
+        let i = route.pick(avoid, now_nanos()).expect("endpoint");
+        route.endpoints[i].endpoint.addr.port()
+    }
+
     #[test]
-    fn round_robin_cycles_and_survives_recompiles() {
+    fn idle_endpoints_rotate_and_the_rotation_survives_recompiles() {
         let t = compile(vec![entry("a", "/", "s", 3)]);
-        let picks: Vec<u16> = (0..6)
-            .map(|_| {
-                t.lookup("a", "/")
-                    .and_then(|r| r.pick())
-                    .map(|e| e.endpoint.addr.port())
-                    .expect("endpoint")
-            })
-            .collect();
+        let picks: Vec<u16> = (0..6).map(|_| port(&t, None)).collect();
         assert_eq!(picks, [9000, 9001, 9002, 9000, 9001, 9002]);
-        let t2 = CompiledTable::compile(t.source.clone(), &t, |_| Arc::default());
-        let port = t2
-            .lookup("a", "/")
-            .and_then(|r| r.pick())
-            .map(|e| e.authority.port_u16());
-        assert_eq!(port, Some(Some(9000)), "position carried over: 6 % 3 == 0");
-        let port = t2
-            .lookup("a", "/")
-            .and_then(|r| r.pick())
-            .map(|e| e.authority.port_u16());
-        assert_eq!(port, Some(Some(9001)));
+        let t2 = CompiledTable::compile(t.source.clone(), &t, &mut Registry::default());
+        assert_eq!(port(&t2, None), 9000, "position carried over: 6 % 3 == 0");
+        assert_eq!(port(&t2, None), 9001);
+    }
+
+    #[test]
+    fn the_least_loaded_endpoint_wins_and_ejected_ones_are_skipped() {
+        let t = compile(vec![entry("a", "/", "s", 3)]);
+        let route = t.lookup("a", "/").expect("route");
+        route.endpoints[0]
+            .upstream
+            .outstanding
+            .store(2, Ordering::Relaxed);
+        route.endpoints[1]
+            .upstream
+            .outstanding
+            .store(1, Ordering::Relaxed);
+        route.endpoints[2]
+            .upstream
+            .outstanding
+            .store(3, Ordering::Relaxed);
+        for _ in 0..4 {
+            assert_eq!(port(&t, None), 9001);
+        }
+        assert_eq!(
+            port(&t, Some(1)),
+            9000,
+            "a retry avoids the endpoint that failed"
+        );
+        route.endpoints[1].upstream.failed();
+        assert_eq!(port(&t, None), 9000, "ejected");
+        route.endpoints[0].upstream.failed();
+        route.endpoints[2].upstream.failed();
+        assert_eq!(port(&t, None), 9001, "all ejected: least loaded anyway");
+    }
+
+    #[test]
+    fn weights_split_between_releases() {
+        let mut e = entry("a", "/", "s", 4);
+        for (i, ep) in e.endpoints.iter_mut().enumerate() {
+            // Three stable instances at 30 each, one canary at 10.
+            ep.release = if i == 3 { 2 } else { 1 };
+            ep.weight = if i == 3 { 10 } else { 30 };
+        }
+        let t = compile(vec![e]);
+        let canary = (0..20_000).filter(|_| port(&t, None) == 9003).count();
+        assert!((1_700..2_300).contains(&canary), "{canary} of 20000");
     }
 
     #[test]
     fn empty_route_picks_nothing() {
         let t = compile(vec![entry("a", "/", "s", 0)]);
-        assert!(t.lookup("a", "/x").expect("route").pick().is_none());
+        assert!(t
+            .lookup("a", "/x")
+            .expect("route")
+            .pick(None, now_nanos())
+            .is_none());
     }
 }

@@ -19,7 +19,7 @@ use berth_api::control::RoutingTable;
 use berth_client::{Client, ClientError};
 use tokio::time::Instant;
 
-use crate::{Endpoint, RouteEntry, RouteTable, RouterHandle};
+use crate::{Endpoint, Limits, Maintenance, RouteEntry, RouteTable, RouterHandle};
 
 /// How long each long-poll asks the server to hold: the server's own cap (25 s), so an idle
 /// router makes about two requests a minute.
@@ -138,6 +138,7 @@ pub fn to_route_table(table: &RoutingTable) -> RouteTable {
                         addr,
                         instance: endpoint.instance.clone(),
                         release: endpoint.release,
+                        weight: endpoint.weight,
                     }),
                     Err(err) => {
                         tracing::warn!(
@@ -157,6 +158,14 @@ pub fn to_route_table(table: &RoutingTable) -> RouteTable {
                 path_prefix: route.path.clone(),
                 service,
                 endpoints,
+                limits: route.limits.map(|l| Limits {
+                    concurrency: l.concurrency,
+                    queue: l.queue,
+                    queue_timeout_ms: l.queue_timeout_ms,
+                }),
+                maintenance: route.maintenance.as_ref().map(|m| Maintenance {
+                    page_html: m.page_html.clone(),
+                }),
             }
         })
         .collect();
@@ -203,7 +212,7 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
-    use berth_api::control::{EndpointView, RouteView};
+    use berth_api::control::{EndpointView, LimitsView, MaintenanceView, RouteView};
 
     use super::*;
 
@@ -238,18 +247,27 @@ mod tests {
                         addr: "127.0.0.1:4242".into(),
                         instance: "web-1".into(),
                         release: 3,
+                        weight: 100,
                     },
                     EndpointView {
                         addr: "node-a:4243".into(),
                         instance: "web-2".into(),
                         release: 3,
+                        weight: 100,
                     },
                     EndpointView {
                         addr: "[::1]:4244".into(),
                         instance: "web-3".into(),
                         release: 3,
+                        weight: 100,
                     },
                 ],
+                limits: Some(LimitsView {
+                    concurrency: 8,
+                    queue: 16,
+                    queue_timeout_ms: 250,
+                }),
+                maintenance: Some(MaintenanceView { page_html: None }),
             }],
         };
         let routes = to_route_table(&table);
@@ -269,5 +287,14 @@ mod tests {
             .map(|e| e.instance.as_str())
             .collect();
         assert_eq!(instances, ["web-1", "web-3"]);
+        assert_eq!(
+            route.limits,
+            Some(Limits {
+                concurrency: 8,
+                queue: 16,
+                queue_timeout_ms: 250
+            })
+        );
+        assert_eq!(route.maintenance, Some(Maintenance { page_html: None }));
     }
 }

@@ -48,23 +48,26 @@
 #![warn(missing_docs)]
 
 mod compiled;
+pub mod error;
 pub mod follow;
+mod metrics;
 mod proxy;
 mod server;
+mod service;
 pub mod stats;
 pub mod table;
+mod upstream;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-pub use server::serve;
+pub use server::{serve, serve_with, RouterConfig};
 pub use stats::{RouterStats, StatusClasses};
-pub use table::{Endpoint, RouteEntry, RouteTable};
+pub use table::{Endpoint, Limits, Maintenance, RouteEntry, RouteTable};
 
-use compiled::CompiledTable;
+use compiled::{CompiledTable, Registry};
 use stats::Counters;
 
 /// The router's live state: what [`serve`] routes by and what the shell updates and reads.
@@ -81,10 +84,10 @@ pub struct RouterHandle {
 struct Shared {
     /// The table requests are routed by.
     table: ArcSwap<CompiledTable>,
-    /// Counters per service name, outliving the tables that mention the service. The mutex is
-    /// taken only by updates and snapshots (it also serialises concurrent updates), never by
-    /// the request path.
-    services: Mutex<HashMap<String, Arc<Counters>>>,
+    /// Per-service state by name and per-instance state by address, outliving the tables that
+    /// mention them. The mutex is taken only by updates and snapshots (it also serialises
+    /// concurrent updates), never by the request path.
+    registry: Mutex<Registry>,
     /// Counters for requests that matched no route.
     unrouted: Counters,
 }
@@ -119,15 +122,13 @@ impl RouterHandle {
     /// a router always has a usable table.
     pub fn update(&self, table: impl Into<Arc<RouteTable>>) {
         let table = table.into();
-        let mut services = self
+        let mut registry = self
             .shared
-            .services
+            .registry
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let previous = self.shared.table.load();
-        let compiled = CompiledTable::compile(table, &previous, |service| {
-            services.entry(service.to_owned()).or_default().clone()
-        });
+        let compiled = CompiledTable::compile(table, &previous, &mut registry);
         self.shared.table.store(Arc::new(compiled));
     }
 
@@ -153,17 +154,31 @@ impl RouterHandle {
     /// A snapshot of the request counters: per service and status class, plus unrouted
     /// requests. Feeds the autoscaler and canary analysis (and later `/metrics`).
     pub fn stats(&self) -> RouterStats {
-        let services = self
+        let registry = self
             .shared
-            .services
+            .registry
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         RouterStats {
-            services: services
+            services: registry
+                .services
                 .iter()
-                .map(|(name, counters)| (name.clone(), counters.snapshot()))
+                .map(|(name, service)| (name.clone(), service.counters.snapshot()))
                 .collect(),
             unrouted: self.shared.unrouted.snapshot(),
         }
+    }
+
+    /// Every metric in the Prometheus text exposition format (version 0.0.4): what the
+    /// optional metrics listener of [`serve_with`] answers on `/metrics`, and what a shell
+    /// that already has an HTTP server can serve itself.
+    pub fn metrics_text(&self) -> String {
+        let registry = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let upstreams: Vec<_> = registry.upstreams.values().cloned().collect();
+        metrics::render(&registry.services, &upstreams, &self.shared.unrouted)
     }
 }

@@ -1,96 +1,258 @@
-//! One request through the proxy: route it, rewrite its headers, forward it, stream the answer.
+//! One request through the proxy: route it, admit it, rewrite its headers, forward it with at
+//! most one retry, stream the answer.
 //!
-//! Bodies are never buffered: the downstream request body ([`Incoming`]) is handed to the
-//! backend client as is, and the backend's response body is handed back the same way, so
-//! memory per request is bounded by hyper's buffers whatever the body size, and the first
-//! bytes of a slow response reach the client as soon as the backend sends them.
+//! Bodies are streamed, never fully buffered, with one bounded exception: a request body with
+//! a `Content-Length` of at most [`REPLAY_LIMIT`] is read first, so that the request can be
+//! replayed on another instance when a reused keep-alive connection turns out to have been
+//! closed by the app (hyper#2136). Larger and chunked bodies stream, and are replayed only if
+//! hyper hands the request back unsent. Response bodies always stream: the first bytes of a
+//! slow response reach the client as soon as the instance sends them.
+//!
+//! # Retries
+//! At most one retry per request, on another endpoint when there is one, paid from the
+//! service's retry budget, and only when [`ProxyError::retry_safe`] says so:
+//! - nothing was sent (connect failure, request handed back): any request;
+//! - a reused connection died before any response byte: any request whose body is replayable;
+//! - the request was sent and the exchange failed: only idempotent requests — `GET`, `HEAD`,
+//!   `OPTIONS`, or any request carrying an `Idempotency-Key` header (the IETF httpapi draft's
+//!   opt-in). A non-idempotent request is never sent twice.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
-use http::{Request, Response, StatusCode, Version};
-use http_body_util::{Either, Full};
-use hyper::body::{Body as _, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::request::Parts;
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::compiled::{normalize_host, Route};
+use crate::error::ProxyError;
+use crate::upstream::{now_nanos, Sender, UpBody, Upstream};
 use crate::RouterHandle;
 
-/// What the proxy answers with: a backend's streamed body, or a short body of its own.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// What the proxy answers with: an instance's streamed body, or a short body of its own.
+pub(crate) type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
-/// The pooled client to backends.
-pub(crate) type BackendClient = Client<HttpConnector, Incoming>;
+/// Request bodies up to this size (by `Content-Length`) are read before forwarding, so they can
+/// be replayed; see the module docs.
+pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
-/// How long an idle keep-alive connection to a backend is kept in the pool.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long connecting to a backend may take before the request gets a 502. Loopback refusals
-/// are immediate; this bounds the black-holed-address case.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long reading such a small body may take (slow-body guard).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Why a forwarded request got no backend response.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ProxyError {
-    /// No connection to the chosen endpoint could be made.
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: SocketAddr,
-        #[source]
-        source: hyper_util::client::legacy::Error,
-    },
-    /// Connected, but the exchange failed before a response head arrived.
-    #[error("exchange with {addr} failed: {source}")]
-    Exchange {
-        addr: SocketAddr,
-        #[source]
-        source: hyper_util::client::legacy::Error,
-    },
-    /// The outbound URI could not be built from the request.
-    #[error("cannot build the upstream URI: {0}")]
-    Uri(#[from] http::Error),
+/// `Retry-After` on overload 503s: come back in a second, the queue will have moved.
+const RETRY_AFTER_OVERLOAD: HeaderValue = HeaderValue::from_static("1");
+/// `Retry-After` on maintenance 503s.
+const RETRY_AFTER_MAINTENANCE: HeaderValue = HeaderValue::from_static("120");
+
+/// One downstream connection, as the proxy needs to know it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnInfo {
+    pub(crate) remote: SocketAddr,
+    /// Whether the client spoke TLS (sets `X-Forwarded-Proto`).
+    pub(crate) tls: bool,
 }
 
-/// Builds the backend client: keep-alive pool with a 30 s idle timeout, TCP_NODELAY.
-pub(crate) fn backend_client() -> BackendClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
-}
-
-/// State shared by every connection of one [`crate::serve`] call.
+/// State shared by every connection of one [`crate::serve_with`] call.
 pub(crate) struct Proxy {
     pub(crate) handle: RouterHandle,
-    pub(crate) client: BackendClient,
+    pub(crate) access_log: bool,
 }
 
-/// A short `text/plain` response generated by the router itself.
-fn plain(status: StatusCode, body: String) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+/// A short response generated by the router itself.
+fn local(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn plain(status: StatusCode, body: String) -> Response<ProxyBody> {
+    local(status, "text/plain; charset=utf-8", Bytes::from(body))
+}
+
+/// Accounting for one admitted request, released when its response body ends (or the client
+/// goes away): the in-flight gauge, the latency histogram, the concurrency slot, and the
+/// chosen endpoint's outstanding count.
+pub(crate) struct Guard {
+    route: Arc<Route>,
+    /// The endpoint whose outstanding count this request holds.
+    endpoint: Option<usize>,
+    started: Instant,
+    _permit: Option<OwnedSemaphorePermit>,
+    /// A WebSocket tunnel: its lifetime is no request latency.
+    tunnel: bool,
+}
+
+impl Guard {
+    fn new(route: Arc<Route>, started: Instant, permit: Option<OwnedSemaphorePermit>) -> Self {
+        route.service.in_flight.fetch_add(1, Ordering::Relaxed);
+        Guard {
+            route,
+            endpoint: None,
+            started,
+            _permit: permit,
+            tunnel: false,
+        }
+    }
+
+    fn hold(&mut self, endpoint: usize) {
+        self.release();
+        self.route.endpoints[endpoint]
+            .upstream
+            .outstanding
+            .fetch_add(1, Ordering::Relaxed);
+        self.endpoint = Some(endpoint);
+    }
+
+    fn release(&mut self) {
+        if let Some(i) = self.endpoint.take() {
+            self.route.endpoints[i]
+                .upstream
+                .outstanding
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.release();
+        let service = &self.route.service;
+        service.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.tunnel {
+            service.latency.observe(self.started.elapsed());
+        }
+    }
+}
+
+/// An instance's response body, streamed as is. When it ends cleanly its connection goes back
+/// to the pool and the request's [`Guard`] is released; when it is dropped early the
+/// connection is closed (its state is unknown).
+pub(crate) struct UpstreamBody {
+    inner: Incoming,
+    conn: Option<(Sender, Arc<Upstream>)>,
+    guard: Option<Guard>,
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, conn: Option<(Sender, Arc<Upstream>)>, guard: Guard) -> Self {
+        let mut body = UpstreamBody {
+            inner,
+            conn,
+            guard: Some(guard),
+        };
+        if body.inner.is_end_stream() {
+            // HEAD, 204, 304, `Content-Length: 0`: the server may never poll this body.
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some((sender, upstream)) = self.conn.take() {
+            upstream.checkin(sender);
+        }
+        self.guard = None;
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                this.conn = None;
+                this.guard = None;
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request as it will be sent upstream, minus its body.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn request(&self, body: UpBody) -> Request<UpBody> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+
+    fn into_request(self, body: UpBody) -> Request<UpBody> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.headers_mut() = self.headers;
+        request
+    }
+}
+
+/// The request body as far as replaying goes.
+enum Payload {
+    /// Fully read (or empty): can be sent any number of times.
+    Replayable(Bytes),
+    /// The client's stream, until it is handed to the first attempt.
+    Stream(Option<Incoming>),
+}
+
+/// Whether a request may be sent twice (see the module docs).
+fn idempotent(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        || headers.contains_key(IDEMPOTENCY_KEY)
+}
+
+/// The outcome of forwarding, for the access log.
+struct Outcome {
+    endpoint: Option<SocketAddr>,
+    attempts: u8,
+    error: Option<ProxyError>,
 }
 
 impl Proxy {
     /// Handles one request end to end. Never fails: every problem becomes a status code.
     pub(crate) async fn handle(
         &self,
-        remote: SocketAddr,
+        conn: ConnInfo,
         request: Request<Incoming>,
     ) -> Response<ProxyBody> {
+        let started = Instant::now();
         let raw_host = request_host(&request).unwrap_or_default();
         let host = normalize_host(raw_host);
         // Load, look up and clone the route out, so no arc-swap guard is held across an await.
@@ -107,99 +269,488 @@ impl Proxy {
                 format!("no route for {host}{}\n", request.uri().path()),
             );
             self.handle.shared.unrouted.record(response.status());
+            self.log(conn, &request, None, &response, started, None);
             return response;
         };
-        let response = match route.pick() {
-            None => plain(
+        if let Some(page) = &route.maintenance {
+            let mut response = local(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("no healthy instance of {}\n", route.service),
-            ),
-            Some(target) => {
-                let addr = target.endpoint.addr;
-                match self.forward(remote, target, request).await {
-                    Ok(response) => response,
-                    Err(err @ ProxyError::Connect { .. }) => {
-                        tracing::debug!(service = %route.service, %err, "upstream unreachable");
-                        plain(
-                            StatusCode::BAD_GATEWAY,
-                            format!("upstream {} unreachable\n", route.service),
-                        )
-                    }
-                    Err(err) => {
-                        tracing::debug!(service = %route.service, %addr, %err, "upstream failed");
-                        plain(
-                            StatusCode::BAD_GATEWAY,
-                            format!("upstream {} failed\n", route.service),
-                        )
-                    }
+                "text/html; charset=utf-8",
+                page.clone(),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, RETRY_AFTER_MAINTENANCE);
+            route.service.counters.record(response.status());
+            self.log(conn, &request, Some(&route), &response, started, None);
+            return response;
+        }
+        let permit = match &route.limiter {
+            None => None,
+            Some(limiter) => match limiter.acquire().await {
+                Ok(permit) => Some(permit),
+                Err(overloaded) => {
+                    route.service.rejected.fetch_add(1, Ordering::Relaxed);
+                    let mut response = plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{} is overloaded ({overloaded}); retry later\n", route.name),
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, RETRY_AFTER_OVERLOAD);
+                    route.service.counters.record(response.status());
+                    self.log(conn, &request, Some(&route), &response, started, None);
+                    return response;
                 }
-            }
+            },
         };
-        route.counters.record(response.status());
+        let access = self.access_log.then(|| AccessLine::of(&request));
+        let guard = Guard::new(route, started, permit);
+        let route = guard.route.clone();
+        let (response, outcome) = self.forward(conn, guard, request).await;
+        route.service.counters.record(response.status());
+        if let Some(access) = access {
+            access.emit(conn, &route, &response, started, &outcome);
+        }
         response
     }
 
-    /// Sends `request` to `target` and returns its response with hop-by-hop headers removed.
+    /// Sends the request to an endpoint of the guard's route, retrying once when that is
+    /// safe, and returns the response (the guard travels inside its body).
     async fn forward(
         &self,
-        remote: SocketAddr,
-        target: &crate::compiled::Target,
-        request: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (mut parts, body) = request.into_parts();
-        let path_and_query = parts
-            .uri
+        conn: ConnInfo,
+        mut guard: Guard,
+        mut request: Request<Incoming>,
+    ) -> (Response<ProxyBody>, Outcome) {
+        let route = guard.route.clone();
+        let upgrade = wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
+        let (parts, body) = request.into_parts();
+        let idempotent = idempotent(&parts.method, &parts.headers);
+        let mut head = upstream_head(parts, conn, upgrade.is_some());
+        let mut payload = match read_small_body(body, &mut head.headers).await {
+            Ok(payload) => payload,
+            Err(source) => {
+                let error = ProxyError::ClientBody { source };
+                let response = plain(StatusCode::BAD_REQUEST, format!("{error}\n"));
+                return (
+                    response,
+                    Outcome {
+                        endpoint: None,
+                        attempts: 0,
+                        error: Some(error),
+                    },
+                );
+            }
+        };
+        let mut outcome = Outcome {
+            endpoint: None,
+            attempts: 0,
+            error: None,
+        };
+        // A request handed back unsent by a failed attempt.
+        let mut returned: Option<Request<UpBody>> = None;
+        let mut avoid = None;
+        let mut head = Some(head);
+        loop {
+            let Some(i) = route.pick(avoid, now_nanos()) else {
+                let response = plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no healthy instance of {}\n", route.name),
+                );
+                return (response, outcome);
+            };
+            outcome.attempts += 1;
+            let target = &route.endpoints[i];
+            outcome.endpoint = Some(target.endpoint.addr);
+            guard.hold(i);
+            let last = outcome.attempts >= 2;
+            let result = match target.upstream.checkout().await {
+                Err(err) => Err((err, false)),
+                Ok(mut pooled) => {
+                    let request = match returned.take() {
+                        Some(request) => request,
+                        None => match &mut payload {
+                            Payload::Replayable(bytes) if !last => head
+                                .as_ref()
+                                .map(|h| h.request(Either::Left(Full::new(bytes.clone())))),
+                            Payload::Replayable(bytes) => head
+                                .take()
+                                .map(|h| h.into_request(Either::Left(Full::new(bytes.clone())))),
+                            Payload::Stream(body) => body
+                                .take()
+                                .zip(head.take())
+                                .map(|(body, h)| h.into_request(Either::Right(body))),
+                        }
+                        // Unreachable: a retry happens only with a request to send.
+                        .unwrap_or_else(|| Request::new(Either::Left(Full::new(Bytes::new())))),
+                    };
+                    match pooled.sender.try_send_request(request).await {
+                        Ok(response) => Ok((response, pooled.sender)),
+                        Err(mut failed) => {
+                            let addr = target.endpoint.addr;
+                            let unsent = failed.take_message();
+                            let source = failed.into_error();
+                            let err = if unsent.is_some() {
+                                ProxyError::NotSent { addr, source }
+                            } else if source.is_user() {
+                                ProxyError::ClientBody { source }
+                            } else if pooled.reused
+                                && (source.is_incomplete_message() || source.is_canceled())
+                            {
+                                ProxyError::StaleConnection { addr, source }
+                            } else {
+                                ProxyError::Exchange { addr, source }
+                            };
+                            returned = unsent;
+                            Err((err, true))
+                        }
+                    }
+                }
+            };
+            match result {
+                Ok((response, sender)) => {
+                    target.upstream.succeeded();
+                    let response = self.respond(&route, i, response, sender, guard, upgrade);
+                    return (response, outcome);
+                }
+                Err((err, _connected)) => {
+                    guard.release();
+                    if err.ejects() && target.upstream.failed() {
+                        route.service.ejections.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let can_replay = returned.is_some()
+                        || (head.is_some()
+                            && match &payload {
+                                Payload::Replayable(_) => true,
+                                Payload::Stream(body) => body.is_some(),
+                            });
+                    let next = route.pick(Some(i), now_nanos());
+                    let elsewhere = next.is_some_and(|n| n != i);
+                    let retry = !last
+                        && err.retry_safe(idempotent)
+                        && can_replay
+                        && (elsewhere || !err.ejects())
+                        && route.service.budget.withdraw();
+                    tracing::debug!(service = %route.name, %err, fault = err.fault().as_str(), retry, "attempt failed");
+                    if retry {
+                        route.service.retries.fetch_add(1, Ordering::Relaxed);
+                        avoid = Some(i);
+                        continue;
+                    }
+                    let response = match err.fault() {
+                        crate::error::Fault::Client => {
+                            plain(StatusCode::BAD_REQUEST, format!("{err}\n"))
+                        }
+                        _ if err.unreachable() => plain(
+                            StatusCode::BAD_GATEWAY,
+                            format!("upstream {} unreachable\n", route.name),
+                        ),
+                        _ => plain(
+                            StatusCode::BAD_GATEWAY,
+                            format!("upstream {} failed\n", route.name),
+                        ),
+                    };
+                    outcome.error = Some(err);
+                    return (response, outcome);
+                }
+            }
+        }
+    }
+
+    /// Turns an instance's response into the client's: hop-by-hop headers out, counters
+    /// recorded, the body wrapped so the connection returns to the pool when it ends, and a
+    /// `101` turned into a tunnel.
+    fn respond(
+        &self,
+        route: &Arc<Route>,
+        endpoint: usize,
+        mut response: Response<Incoming>,
+        sender: Sender,
+        mut guard: Guard,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<ProxyBody> {
+        let target = &route.endpoints[endpoint];
+        route.service.budget.deposit();
+        target.release_counters.record(response.status());
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            if let Some(downstream) = upgrade {
+                let upstream = hyper::upgrade::on(&mut response);
+                let kept = keep_upgrade_headers(response.headers());
+                remove_hop_by_hop(response.headers_mut());
+                for (name, value) in kept {
+                    response.headers_mut().insert(name, value);
+                }
+                guard.tunnel = true;
+                tokio::spawn(tunnel(downstream, upstream, guard, sender));
+                let (parts, _) = response.into_parts();
+                return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+            }
+        }
+        remove_hop_by_hop(response.headers_mut());
+        let (parts, body) = response.into_parts();
+        let conn = (!switching).then(|| (sender, target.upstream.clone()));
+        Response::from_parts(parts, Either::Left(UpstreamBody::new(body, conn, guard)))
+    }
+
+    /// The one-line log for answers made before forwarding.
+    fn log(
+        &self,
+        conn: ConnInfo,
+        request: &Request<Incoming>,
+        route: Option<&Route>,
+        response: &Response<ProxyBody>,
+        started: Instant,
+        error: Option<&ProxyError>,
+    ) {
+        if self.access_log {
+            let outcome = Outcome {
+                endpoint: None,
+                attempts: 0,
+                error: None,
+            };
+            let _ = error;
+            AccessLine::of(request).emit_with(
+                conn,
+                route.map(|r| &*r.name),
+                response,
+                started,
+                &outcome,
+            );
+        }
+    }
+}
+
+/// Copies bytes both ways between the client's and the instance's upgraded connections until
+/// either side closes.
+async fn tunnel(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    guard: Guard,
+    _sender: Sender,
+) {
+    let (down, up) = tokio::join!(downstream, upstream);
+    match (down, up) {
+        (Ok(down), Ok(up)) => {
+            let mut down = TokioIo::new(down);
+            let mut up = TokioIo::new(up);
+            if let Err(err) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                tracing::debug!(%err, service = %guard.route.name, "tunnel ended with an error");
+            }
+        }
+        (down, up) => {
+            tracing::debug!(
+                downstream = ?down.err(),
+                upstream = ?up.err(),
+                "upgrade failed on one side"
+            );
+        }
+    }
+    drop(guard);
+}
+
+/// The request fields the access log needs, copied before the request is consumed.
+struct AccessLine {
+    method: Method,
+    host: String,
+    path: String,
+    request_id: String,
+}
+
+impl AccessLine {
+    fn of(request: &Request<Incoming>) -> Self {
+        AccessLine {
+            method: request.method().clone(),
+            host: request_host(request).unwrap_or_default().to_owned(),
+            path: request.uri().path().to_owned(),
+            request_id: request
+                .headers()
+                .get(X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+
+    fn emit(
+        self,
+        conn: ConnInfo,
+        route: &Route,
+        response: &Response<ProxyBody>,
+        started: Instant,
+        outcome: &Outcome,
+    ) {
+        self.emit_with(conn, Some(&route.name), response, started, outcome);
+    }
+
+    fn emit_with(
+        self,
+        conn: ConnInfo,
+        service: Option<&str>,
+        response: &Response<ProxyBody>,
+        started: Instant,
+        outcome: &Outcome,
+    ) {
+        let request_id = response
+            .headers()
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(&self.request_id);
+        tracing::info!(
+            target: "berth_router::access",
+            remote = %conn.remote,
+            method = %self.method,
+            host = %self.host,
+            path = %self.path,
+            status = response.status().as_u16(),
+            service = service.unwrap_or(""),
+            endpoint = ?outcome.endpoint,
+            attempts = outcome.attempts,
+            head_us = started.elapsed().as_micros() as u64,
+            request_id,
+            error = outcome.error.as_ref().map(|e| e.kind()),
+            fault = outcome.error.as_ref().map(|e| e.fault().as_str()),
+            "request"
+        );
+    }
+}
+
+/// An HTTP/1.1 request asking to switch protocols (`Connection: upgrade` + `Upgrade`).
+fn wants_upgrade<B>(request: &Request<B>) -> bool {
+    request.version() == Version::HTTP_11
+        && request.headers().contains_key(header::UPGRADE)
+        && request
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The `Upgrade` header and a `Connection: upgrade`, which a protocol switch must keep.
+fn keep_upgrade_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    let mut kept = Vec::with_capacity(2);
+    if let Some(upgrade) = headers.get(header::UPGRADE) {
+        kept.push((header::UPGRADE, upgrade.clone()));
+        kept.push((header::CONNECTION, HeaderValue::from_static("upgrade")));
+    }
+    kept
+}
+
+/// Rewrites the downstream request head for the instance: origin-form URI, HTTP/1.1,
+/// hop-by-hop headers out, `Host` kept, `X-Forwarded-*` and `X-Request-Id` set.
+fn upstream_head(parts: Parts, conn: ConnInfo, upgrade: bool) -> Head {
+    let Parts {
+        method,
+        uri,
+        mut headers,
+        ..
+    } = parts;
+    let original_host = headers.get(header::HOST).cloned().or_else(|| {
+        uri.authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    // Origin form (`/path?query`): HTTP/2 and absolute-form requests carry a full URI, which
+    // many apps would not expect on an HTTP/1.1 request line.
+    let uri = if uri.scheme().is_some() || uri.authority().is_some() {
+        let path = uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        parts.uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(target.authority.clone())
-            .path_and_query(path_and_query)
-            .build()?;
-        parts.version = Version::HTTP_11;
-        remove_hop_by_hop(&mut parts.headers);
-        if !body.is_end_stream() && body.size_hint().exact().is_none() {
-            // The downstream framing was chunked, and `Transfer-Encoding` went with the other
-            // hop-by-hop headers. Say so again: for GET (and HEAD, CONNECT) hyper would
-            // otherwise send no body at all.
-            parts.headers.insert(
+        Uri::from(path)
+    } else {
+        uri
+    };
+    let kept = if upgrade {
+        keep_upgrade_headers(&headers)
+    } else {
+        Vec::new()
+    };
+    remove_hop_by_hop(&mut headers);
+    for (name, value) in kept {
+        headers.insert(name, value);
+    }
+    if let Some(host) = original_host {
+        // Instances see the Host the client asked for, not the endpoint's address.
+        headers.insert(header::HOST, host.clone());
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    append_forwarded_for(&mut headers, conn.remote);
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    if !headers.get(X_REQUEST_ID).is_some_and(valid_request_id) {
+        headers.insert(X_REQUEST_ID, new_request_id());
+    }
+    Head {
+        method,
+        uri,
+        headers,
+    }
+}
+
+/// Reads a small body whole (see [`REPLAY_LIMIT`]), or leaves a large one to stream. Fixes the
+/// framing headers for what will be sent.
+async fn read_small_body(body: Incoming, headers: &mut HeaderMap) -> Result<Payload, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(Payload::Replayable(Bytes::new()));
+    }
+    match body.size_hint().exact() {
+        Some(len) if len <= REPLAY_LIMIT => {
+            let limit = usize::try_from(REPLAY_LIMIT).unwrap_or(usize::MAX);
+            match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect()).await
+            {
+                Ok(Ok(collected)) => Ok(Payload::Replayable(collected.to_bytes())),
+                Ok(Err(err)) => match err.downcast::<hyper::Error>() {
+                    Ok(err) => Err(*err),
+                    // The length limit cannot trip (hyper enforces Content-Length); treat
+                    // anything else as a stream to forward rather than an error to invent.
+                    Err(_) => Ok(Payload::Replayable(Bytes::new())),
+                },
+                Err(_) => Ok(Payload::Replayable(Bytes::new())),
+            }
+        }
+        Some(_) => Ok(Payload::Stream(Some(body))),
+        None => {
+            // The downstream framing was chunked (or HTTP/2 without a length), and
+            // `Transfer-Encoding` went with the other hop-by-hop headers. Say so again: for GET
+            // (and HEAD, CONNECT) hyper would otherwise send no body at all.
+            headers.insert(
                 header::TRANSFER_ENCODING,
                 HeaderValue::from_static("chunked"),
             );
+            Ok(Payload::Stream(Some(body)))
         }
-        if let Some(host) = original_host {
-            // Backends see the Host the client asked for, not the endpoint's address.
-            parts.headers.insert(header::HOST, host.clone());
-            parts.headers.insert(X_FORWARDED_HOST, host);
-        }
-        append_forwarded_for(&mut parts.headers, remote);
-        parts
-            .headers
-            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-
-        let addr = target.endpoint.addr;
-        let response = self
-            .client
-            .request(Request::from_parts(parts, body))
-            .await
-            .map_err(|source| {
-                if source.is_connect() {
-                    ProxyError::Connect { addr, source }
-                } else {
-                    ProxyError::Exchange { addr, source }
-                }
-            })?;
-        let (mut parts, body) = response.into_parts();
-        remove_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, Either::Left(body)))
     }
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// A client's request id is passed through if it is short and printable; otherwise the router
+/// makes one, so every log line of a request, across services, can be joined on it.
+fn valid_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 200 && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// A new request id: 8 hex digits that differ per router process, then a 16-digit counter.
+/// Unique per router without coordination, and cheap (no randomness per request).
+fn new_request_id() -> HeaderValue {
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| crate::compiled::random() as u32);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut buf = [0u8; 24];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let value = (u128::from(prefix) << 64) | u128::from(n);
+    for (i, slot) in buf.iter_mut().enumerate() {
+        *slot = HEX[((value >> ((23 - i) * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -216,7 +767,8 @@ fn request_host<B>(request: &Request<B>) -> Option<&str> {
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1); a proxy must not
-/// forward them. `Upgrade` is among them: protocol upgrades (WebSocket) are not proxied yet.
+/// forward them. `Upgrade` goes too, and is put back only on a protocol switch the proxy
+/// tunnels (see `wants_upgrade`).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -230,15 +782,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes the hop-by-hop headers, including any the `Connection` header names.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);

@@ -116,8 +116,11 @@ fn table(version: &str, endpoints: &[(&str, &str)]) -> RoutingTable {
                     addr: (*addr).into(),
                     instance: (*instance).into(),
                     release: 1,
+                    weight: 100,
                 })
                 .collect(),
+            limits: None,
+            maintenance: None,
         }],
     }
 }

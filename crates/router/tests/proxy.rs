@@ -161,6 +161,7 @@ fn endpoints(addrs: &[SocketAddr]) -> Vec<Endpoint> {
             addr: *addr,
             instance: format!("i-{i}"),
             release: 1,
+            weight: 100,
         })
         .collect()
 }
@@ -171,6 +172,8 @@ fn route(host: &str, prefix: &str, service: &str, addrs: &[SocketAddr]) -> Route
         path_prefix: prefix.into(),
         service: service.into(),
         endpoints: endpoints(addrs),
+        limits: None,
+        maintenance: None,
     }
 }
 
