@@ -71,6 +71,9 @@ pub struct NodeView {
     pub drivers: Vec<DriverKind>,
     pub state: NodeState,
     pub instances: usize,
+    /// What the instances placed on the node reserve.
+    #[serde(default)]
+    pub allocated: NodeResources,
     /// Milliseconds since the last heartbeat, if one arrived since the server started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_ms_ago: Option<u64>,
@@ -90,6 +93,30 @@ pub struct EndpointView {
     pub addr: String,
     pub instance: String,
     pub release: u64,
+    /// Relative share of the route's traffic (100 unless a canary splits it).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+/// A service's overload protection (Twitter's TFE): at most `concurrency` requests in flight,
+/// then up to `queue` waiting at most `queue_timeout_ms`; beyond that, 503 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsView {
+    pub concurrency: u32,
+    pub queue: u32,
+    pub queue_timeout_ms: u64,
+}
+
+/// A service in maintenance: routers answer 503 with this page and leave its instances alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MaintenanceView {
+    /// A custom HTML page; the router's own page when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_html: Option<String>,
 }
 
 /// One route with its current endpoints.
@@ -100,6 +127,10 @@ pub struct RouteView {
     pub stack: String,
     pub service: String,
     pub endpoints: Vec<EndpointView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceView>,
 }
 
 /// The whole routing table; routers long-poll it with the version they applied, which also
@@ -232,6 +263,10 @@ pub struct ServiceView {
     pub name: String,
     pub desired: u32,
     pub healthy: u32,
+    /// Why some instances could not be placed, e.g. `3 nodes: 2 lack 512Mi memory, 1 fails
+    /// region == us-east`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
     pub instances: Vec<InstanceView>,
 }
 
@@ -263,4 +298,15 @@ pub struct Event {
     pub key: String,
     /// A one-line description for people.
     pub summary: String,
+}
+
+/// `berth maintenance on|off`: routers answer 503 with a maintenance page for the service, and
+/// leave its instances alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    pub on: bool,
+    /// A custom HTML page (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_html: Option<String>,
 }

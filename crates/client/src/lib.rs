@@ -39,8 +39,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use berth_api::control::{
-    DeployRequest, DeployResponse, DesiredInstances, Event, Heartbeat, NodeView, RegisterRequest,
-    RegisterResponse, Release, RollbackRequest, RoutingTable, StatusView,
+    DeployRequest, DeployResponse, DesiredInstances, Event, Heartbeat, MaintenanceRequest,
+    NodeView, RegisterRequest, RegisterResponse, Release, RollbackRequest, RoutingTable,
+    StatusView,
 };
 use bytes::Bytes;
 use futures::Stream;
@@ -132,6 +133,24 @@ impl Client {
     /// `GET /v1/nodes` (admin): every registered node, for `berth nodes`.
     pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
         self.get(&["v1", "nodes"], &[]).await
+    }
+
+    /// `POST /v1/nodes/{node}/drain` or `/undrain` (admin): a draining node takes no new
+    /// instances and its instances move elsewhere with zero downtime.
+    pub async fn set_draining(&self, node: &str, draining: bool) -> Result<NodeView, ClientError> {
+        let action = if draining { "drain" } else { "undrain" };
+        self.post(&["v1", "nodes", node, action], &serde_json::json!({}))
+            .await
+    }
+
+    /// `POST /v1/maintenance/{stack}/{service}` (admin): maintenance mode on or off.
+    pub async fn maintenance(
+        &self,
+        stack: &str,
+        service: &str,
+        req: &MaintenanceRequest,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.post(&["v1", "maintenance", stack, service], req).await
     }
 
     /// `POST /v1/nodes/register` (join token): introduces the agent's node and returns the node

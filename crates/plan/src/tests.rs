@@ -246,6 +246,7 @@ fn in_place_fields_do_not_replace() {
         host: "shop.local".into(),
         path: "/".into(),
         port: "http".into(),
+        limits: None,
     });
     b.rollout.strategy = Strategy::Canary;
     b.depends_on = vec!["api".into()];

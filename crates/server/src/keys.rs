@@ -6,6 +6,7 @@
 //! /releases/STACK/ENV/NNNNNNNNNN   Release (immutable but for its status)
 //! /rollouts/STACK/ENV              RolloutRecord: the current or last rollout
 //! /instances/ID                    InstanceRecord: spec, what the server wants, what the agent saw
+//! /maintenance/STACK/SERVICE       MaintenanceView, while the service is in maintenance mode
 //! ```
 //! Release numbers are zero-padded so that a prefix range returns them in order.
 
@@ -17,6 +18,13 @@ pub const INSTANCES: &str = "/instances/";
 pub const ROLLOUTS: &str = "/rollouts/";
 /// Prefix of every release.
 pub const RELEASES: &str = "/releases/";
+/// Prefix of the services in maintenance mode.
+pub const MAINTENANCE: &str = "/maintenance/";
+
+/// A service's maintenance mode (present while it is on).
+pub fn maintenance(stack: &str, service: &str) -> String {
+    format!("{MAINTENANCE}{stack}/{service}")
+}
 
 /// A node's record.
 pub fn node(name: &str) -> String {
@@ -58,6 +66,8 @@ pub fn subject(key: &str) -> &'static str {
         "rollout"
     } else if key.starts_with(RELEASES) {
         "release"
+    } else if key.starts_with(MAINTENANCE) {
+        "maintenance"
     } else {
         "other"
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use berth_api::control::{Release, ReleaseStatus};
 use berth_api::{InstanceSpec, InstanceState};
 use berth_rollout::{ObservedState, Phase as StepPhase, RolloutState};
+use berth_scheduler::{Capacity, Demand, Existing, GroupKey, Node as SchedNode, SchedulerConfig};
 use berth_spec::model::{Service, Stack};
 use berth_store::{Compare, Op, Txn};
 use rand::RngCore;
@@ -58,6 +59,9 @@ pub struct RolloutRecord {
     /// Set when this rollout is the automatic rollback of a failed one, with why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_reason: Option<String>,
+    /// Services with instances no node could take, and the scheduler's explanation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unplaced: BTreeMap<String, String>,
 }
 
 impl RolloutRecord {
@@ -74,6 +78,7 @@ impl RolloutRecord {
             done: BTreeSet::new(),
             phase: Phase::Progressing,
             rollback_reason: None,
+            unplaced: BTreeMap::new(),
         }
     }
 
@@ -129,8 +134,18 @@ pub async fn reconcile_once(shared: &Shared) -> Result<(), StateError> {
             ops: vec![],
             compares: vec![],
             created: 0,
+            unplaced: BTreeMap::new(),
         };
-        let next = pass.reconcile(&rollout.value, &release.value.spec);
+        let mut next = pass.reconcile(&rollout.value, &release.value.spec);
+        // Remember why instances could not be placed, so `berth status` can say it.
+        if pass.unplaced != rollout.value.unplaced {
+            let (mut record, outcome) =
+                next.unwrap_or_else(|| (rollout.value.clone(), Outcome::Nothing));
+            record.unplaced = std::mem::take(&mut pass.unplaced);
+            next = Some((record, outcome));
+        } else if let Some((record, _)) = &mut next {
+            record.unplaced = std::mem::take(&mut pass.unplaced);
+        }
         let mut ops = std::mem::take(&mut pass.ops);
         let mut compares = std::mem::take(&mut pass.compares);
         if let Some((record, outcome)) = next {
@@ -242,6 +257,8 @@ struct Pass<'a> {
     ops: Vec<Op>,
     compares: Vec<Compare>,
     created: usize,
+    /// Why instances of a service could not be placed in this pass, for `berth status`.
+    unplaced: BTreeMap<String, String>,
 }
 
 impl<'a> Pass<'a> {
@@ -293,7 +310,16 @@ impl<'a> Pass<'a> {
                     Err(e) => return self.fail(record, format!("service {name}: {e}")),
                 },
             };
-            let instances = self.instances(&record, &name, &region);
+            // Instances on a node that is down are lost: stop them and let the rollout replace them.
+            let mut instances = self.instances(&record, &name, &region);
+            let (lost, kept): (Vec<_>, Vec<_>) = instances.drain(..).partition(|r| {
+                r.value.desired == Desired::Run
+                    && !table::node_is_up(self.shared, &r.value.spec.node, self.now)
+            });
+            for r in lost {
+                self.set_desired(r, Desired::Drain);
+            }
+            let instances = kept;
             let observed = observe(&instances, &service, record.to);
             let (next, decision) = berth_rollout::step(&state, &observed, self.now);
             let live_new = observed
@@ -391,14 +417,17 @@ impl<'a> Pass<'a> {
             .collect()
     }
 
-    /// After success: replace instances the agent gave up on, and hold the replica count.
+    /// After success: hold the replica count. Instances the agent gave up on, or on nodes that
+    /// are down, are replaced. Instances on a draining node are replaced too, but each is only
+    /// stopped once enough replacements elsewhere are healthy (a drain costs no capacity).
     fn keep_counts(&mut self, record: &RolloutRecord, target: &Stack, region: &str) {
         for name in target.services.keys() {
             let Some(service) = target.service_for_region(name, region) else {
                 continue;
             };
             let instances = self.instances(record, name, region);
-            let mut live: Vec<&'a Versioned<InstanceRecord>> = Vec::new();
+            let mut alive: Vec<&'a Versioned<InstanceRecord>> = Vec::new();
+            let mut on_draining: Vec<&'a Versioned<InstanceRecord>> = Vec::new();
             for inst in instances {
                 let v = &inst.value;
                 if v.desired != Desired::Run {
@@ -406,29 +435,54 @@ impl<'a> Pass<'a> {
                 }
                 if v.spec.spec != service
                     || v.state() == InstanceState::Failed
-                    || !self.node_usable(&v.spec.node)
+                    || !table::node_is_up(self.shared, &v.spec.node, self.now)
                 {
                     self.set_desired(inst, Desired::Drain);
+                } else if self.node_draining(&v.spec.node) {
+                    on_draining.push(inst);
                 } else {
-                    live.push(inst);
+                    alive.push(inst);
                 }
             }
             let want = service.replicas as usize;
-            for _ in live.len()..want {
+            for _ in alive.len()..want {
                 self.create(record, name, region, &service);
             }
-            if live.len() > want {
-                live.sort_by_key(|r| {
+            let healthy_alive = alive
+                .iter()
+                .filter(|r| r.value.state() == InstanceState::Healthy)
+                .count();
+            let keep = want.saturating_sub(healthy_alive);
+            // Keep the healthy ones on draining nodes as long as they are needed.
+            on_draining.sort_by_key(|r| {
+                (
+                    r.value.state() != InstanceState::Healthy,
+                    r.value.spec.id.clone(),
+                )
+            });
+            for extra in on_draining.iter().skip(keep) {
+                self.set_desired(extra, Desired::Drain);
+            }
+            if alive.len() > want {
+                alive.sort_by_key(|r| {
                     (
                         r.value.state() == InstanceState::Healthy,
                         std::cmp::Reverse(r.value.spec.id.clone()),
                     )
                 });
-                for extra in &live[..live.len() - want] {
+                for extra in &alive[..alive.len() - want] {
                     self.set_desired(extra, Desired::Drain);
                 }
             }
         }
+    }
+
+    /// Whether `berth drain` was run on the node.
+    fn node_draining(&self, node: &str) -> bool {
+        self.snapshot
+            .nodes
+            .get(node)
+            .is_some_and(|n| n.value.draining)
     }
 
     /// Stops instances of services the target no longer has (in one region, or all).
@@ -496,9 +550,13 @@ impl<'a> Pass<'a> {
     /// Places a new instance of `service` and records it. Without a feasible node nothing is
     /// created; the rollout then waits and, past its progress deadline, fails with the reason.
     fn create(&mut self, record: &RolloutRecord, name: &str, region: &str, service: &Service) {
-        let Some(node) = self.place(record, name, region, service) else {
-            tracing::debug!(stack = %record.stack, service = %name, %region, "no feasible node for a new instance");
-            return;
+        let node = match self.place(record, name, region, service) {
+            Ok(node) => node,
+            Err(why) => {
+                tracing::debug!(stack = %record.stack, service = %name, %region, %why, "no feasible node for a new instance");
+                self.unplaced.insert(name.to_string(), why);
+                return;
+            }
         };
         let mut suffix = [0u8; 4];
         rand::rngs::OsRng.fill_bytes(&mut suffix);
@@ -530,78 +588,112 @@ impl<'a> Pass<'a> {
         self.ops.push(Op::put(keys::instance(&id), encode(&rec)));
     }
 
-    /// A simple placement until the scheduler lands: a usable node with the driver, in the
-    /// region (a node without a `region` label takes any), meeting the constraints, with the
-    /// fewest instances of this service, then the fewest overall.
+    /// Chooses a node for one more instance of `service` in `region` with the scheduler:
+    /// ready (up, not draining) nodes in the region (a node without a `region` label takes any),
+    /// with the driver, room for the resources and ports, meeting the constraints, spread as the
+    /// service asks. Every instance not being stopped, and those this pass already placed, count
+    /// against their nodes. `None` with the scheduler's explanation when no node fits.
     fn place(
-        &self,
+        &mut self,
         record: &RolloutRecord,
         name: &str,
         region: &str,
         service: &Service,
-    ) -> Option<String> {
-        let mut best: Option<((usize, usize, String), String)> = None;
-        for (node_name, node) in &self.snapshot.nodes {
-            let reg = &node.value.registration;
-            if !self.node_usable(node_name) || !reg.drivers.contains(&service.driver()) {
-                continue;
-            }
-            if reg.labels.get("region").is_some_and(|r| r != region) {
-                continue;
-            }
-            if !service
-                .placement
-                .constraints
-                .iter()
-                .all(|c| c.holds(&reg.labels))
-            {
-                continue;
-            }
-            let placed_here =
-                |r: &InstanceRecord| r.spec.node == *node_name && r.desired != Desired::Stop;
-            let mut same = self
-                .snapshot
-                .instances
-                .values()
-                .filter(|r| {
-                    placed_here(&r.value)
-                        && r.value.spec.stack == record.stack
-                        && r.value.spec.service == name
-                })
-                .count();
-            let mut total = self
-                .snapshot
-                .instances
-                .values()
-                .filter(|r| placed_here(&r.value))
-                .count();
-            // Count what this pass already placed.
-            same += self.pending_on(node_name, Some(name));
-            total += self.pending_on(node_name, None);
-            let score = (same, total, node_name.clone());
-            if best.as_ref().is_none_or(|(s, _)| score < *s) {
-                best = Some((score, node_name.clone()));
+    ) -> Result<String, String> {
+        let group = group_key(&record.stack, &record.env, region, name, service);
+        let nodes: Vec<SchedNode> = self
+            .snapshot
+            .nodes
+            .values()
+            .filter(|n| {
+                n.value
+                    .registration
+                    .labels
+                    .get("region")
+                    .is_none_or(|r| r == region)
+            })
+            .map(|n| {
+                let reg = &n.value.registration;
+                SchedNode {
+                    name: reg.name.clone(),
+                    labels: reg.labels.clone(),
+                    ready: self.node_usable(&reg.name),
+                    drivers: reg.drivers.clone(),
+                    capacity: Capacity {
+                        cpu_millis: reg.resources.cpu_millis,
+                        memory_bytes: reg.resources.memory_bytes,
+                    },
+                }
+            })
+            .collect();
+        let existing = self.existing();
+        let alive = existing.iter().filter(|e| e.group == group).count() as u32;
+        let demand = Demand {
+            group,
+            count: alive + 1,
+            service: service.clone(),
+        };
+        let config = SchedulerConfig::new(self.now ^ self.created as u64);
+        let plan =
+            berth_scheduler::schedule(&nodes, &existing, std::slice::from_ref(&demand), &config);
+        if let Some(p) = plan.placements.first() {
+            if let Some(node) = nodes.get(p.node) {
+                return Ok(node.name.clone());
             }
         }
-        best.map(|(_, n)| n)
+        Err(plan
+            .failures
+            .first()
+            .map(|f| {
+                f.explanation
+                    .as_ref()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| f.reason.clone())
+            })
+            .unwrap_or_else(|| format!("no node in region {region} can take it")))
     }
 
-    fn pending_on(&self, node: &str, service: Option<&str>) -> usize {
-        self.ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Put { key, value } if key.starts_with(keys::INSTANCES) => {
-                    serde_json::from_slice::<InstanceRecord>(value).ok()
-                }
-                _ => None,
-            })
-            .filter(|r| {
-                r.created_ms == self.now
-                    && r.status.is_none()
-                    && r.spec.node == node
-                    && service.is_none_or(|s| s == r.spec.service)
-            })
-            .count()
+    /// Every instance that holds resources on a node: those not being stopped, and those this
+    /// pass creates.
+    fn existing(&self) -> Vec<Existing> {
+        let pending = self.ops.iter().filter_map(|op| match op {
+            Op::Put { key, value } if key.starts_with(keys::INSTANCES) => {
+                serde_json::from_slice::<InstanceRecord>(value).ok()
+            }
+            _ => None,
+        });
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for r in pending.chain(self.snapshot.instances.values().map(|v| v.value.clone())) {
+            if r.desired == Desired::Stop || !seen.insert(r.spec.id.clone()) {
+                continue;
+            }
+            let host_ports = if r.spec.spec.image.is_some() {
+                Vec::new()
+            } else {
+                r.spec
+                    .spec
+                    .ports
+                    .values()
+                    .copied()
+                    .filter(|p| *p != 0)
+                    .collect()
+            };
+            out.push(Existing {
+                id: r.spec.id.clone(),
+                node: r.spec.node.clone(),
+                group: group_key(
+                    &r.spec.stack,
+                    &r.env,
+                    &r.region,
+                    &r.spec.service,
+                    &r.spec.spec,
+                ),
+                resources: Capacity::from(&r.spec.spec.resources),
+                host_ports,
+            });
+        }
+        out
     }
 }
 
@@ -646,6 +738,18 @@ fn observe(
             }
         })
         .collect()
+}
+
+/// The scheduler's group of an instance: its service in one stack, environment and region,
+/// with the service's exact spec, so the instances of an old and a new release are counted
+/// apart while a rollout replaces one with the other.
+fn group_key(stack: &str, env: &str, region: &str, service: &str, spec: &Service) -> GroupKey {
+    GroupKey::new(
+        stack,
+        env,
+        region,
+        &format!("{service}@{}", table::content_version(spec)),
+    )
 }
 
 /// Services in an order where each comes after what it depends on (the validator refused

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use berth_api::control::{EndpointView, RouteView, RoutingTable};
+use berth_api::control::{EndpointView, LimitsView, MaintenanceView, RouteView, RoutingTable};
 use berth_api::InstanceState;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -75,6 +75,7 @@ pub fn node_is_up(shared: &Shared, node: &str, now_ms: u64) -> bool {
 /// Builds the table from the live releases' routes and the healthy, running instances.
 pub async fn build(shared: &Shared, snapshot: &Snapshot) -> Result<RoutingTable, ApiError> {
     let mut routes = Vec::new();
+    let maintenance = maintenance_modes(shared).await?;
     for ((stack, env), rollout) in &snapshot.rollouts {
         let Some(release) =
             crate::state::release(shared.store.as_ref(), stack, env, rollout.value.to).await?
@@ -98,6 +99,7 @@ pub async fn build(shared: &Shared, snapshot: &Snapshot) -> Result<RoutingTable,
                         addr: format!("{}:{port}", node.value.registration.address),
                         instance: r.spec.id.clone(),
                         release: r.spec.release,
+                        weight: 100,
                     })
                 })
                 .collect();
@@ -108,6 +110,12 @@ pub async fn build(shared: &Shared, snapshot: &Snapshot) -> Result<RoutingTable,
                 stack: stack.clone(),
                 service: name.clone(),
                 endpoints,
+                limits: route.limits.as_ref().map(|l| LimitsView {
+                    concurrency: l.concurrency,
+                    queue: l.queue,
+                    queue_timeout_ms: l.queue_timeout.millis,
+                }),
+                maintenance: maintenance.get(&(stack.clone(), name.clone())).cloned(),
             });
         }
     }
@@ -123,6 +131,21 @@ pub async fn build(shared: &Shared, snapshot: &Snapshot) -> Result<RoutingTable,
         t.remember(&version, instances);
     }
     Ok(RoutingTable { version, routes })
+}
+
+/// Services in maintenance: (stack, service) → the page routers answer with.
+pub async fn maintenance_modes(
+    shared: &Shared,
+) -> Result<std::collections::BTreeMap<(String, String), MaintenanceView>, ApiError> {
+    let mut out = std::collections::BTreeMap::new();
+    for kv in shared.store.range(crate::keys::MAINTENANCE).await?.kvs {
+        let rest = kv.key.trim_start_matches(crate::keys::MAINTENANCE);
+        if let Some((stack, service)) = rest.split_once('/') {
+            let view: MaintenanceView = crate::state::decode(&kv.key, &kv.value)?;
+            out.insert((stack.to_string(), service.to_string()), view);
+        }
+    }
+    Ok(out)
 }
 
 /// Records that `router` has applied the table `version`.

@@ -132,6 +132,19 @@ pub struct Route {
     pub path: String,
     /// A declared port name.
     pub port: String,
+    /// Overload protection in the routers, as Twitter's TFE did: no app is overloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+/// At most `concurrency` requests in flight to the service (per router), then up to `queue`
+/// waiting at most `queue_timeout`; beyond that the router answers 503 with `Retry-After` at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub concurrency: u32,
+    pub queue: u32,
+    pub queue_timeout: Duration,
 }
 
 /// How a new release replaces the old one.

@@ -24,6 +24,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/nodes/register", post(nodes::register))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
         .route("/v1/nodes/{name}/desired", get(nodes::desired))
+        .route("/v1/nodes/{name}/{action}", post(nodes::set_draining))
         .route("/v1/routes", get(nodes::routes))
         .route("/v1/plan", post(releases::plan))
         .route("/v1/deploy", post(releases::deploy))
@@ -33,6 +34,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
             post(releases::rollback),
         )
         .route("/v1/status", get(status::status))
+        .route(
+            "/v1/maintenance/{stack}/{service}",
+            post(status::maintenance),
+        )
         .route("/v1/events", get(status::events))
         .with_state(shared)
 }

@@ -8,8 +8,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query};
 use axum::Json;
 use berth_api::control::{
-    DesiredInstances, Heartbeat, NodeState, NodeView, RegisterRequest, RegisterResponse,
-    RoutingTable,
+    DesiredInstances, Heartbeat, NodeResources, NodeState, NodeView, RegisterRequest,
+    RegisterResponse, RoutingTable,
 };
 use berth_store::{Compare, Op, Txn};
 use serde::Deserialize;
@@ -305,9 +305,61 @@ pub async fn list(
                     .values()
                     .filter(|i| i.value.spec.node == reg.name)
                     .count(),
+                allocated: snapshot
+                    .instances
+                    .values()
+                    .filter(|i| i.value.spec.node == reg.name && i.value.desired != Desired::Stop)
+                    .fold(NodeResources::default(), |acc, i| NodeResources {
+                        cpu_millis: acc.cpu_millis + i.value.spec.spec.resources.cpu.millis,
+                        memory_bytes: acc.memory_bytes + i.value.spec.spec.resources.memory.bytes,
+                    }),
                 last_seen_ms_ago: last,
             }
         })
         .collect();
     Ok(Json(views))
+}
+
+/// `POST /v1/nodes/{name}/drain` and `/undrain`: a draining node takes no new instances, and its
+/// instances move elsewhere, each stopped only once a replacement is healthy.
+pub async fn set_draining(
+    State(shared): AppState,
+    caller: Caller,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<NodeView>, ApiError> {
+    caller.require_admin()?;
+    let draining = match action.as_str() {
+        "drain" => true,
+        "undrain" => false,
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "no action {action} on nodes: use drain or undrain"
+            )))
+        }
+    };
+    let key = keys::node(&name);
+    let Some(kv) = shared.store.get(&key).await? else {
+        return Err(ApiError::not_found(format!(
+            "no node named {name}: see `berth nodes`"
+        )));
+    };
+    let mut record: NodeRecord = crate::state::decode(&key, &kv.value)?;
+    record.draining = draining;
+    if shared
+        .store
+        .cas(&key, kv.mod_revision, encode(&record))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::conflict(format!(
+            "node {name} changed meanwhile: try again"
+        )));
+    }
+    shared.kick.notify_one();
+    let Json(nodes) = list(State(shared), Caller::Admin).await?;
+    nodes
+        .into_iter()
+        .find(|n| n.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("node {name} vanished")))
 }

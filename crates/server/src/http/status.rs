@@ -89,10 +89,12 @@ pub async fn status(
                         && r.value.state() == InstanceState::Healthy
                 })
                 .count() as u32;
+            let pending = rollout.value.unplaced.get(&name).cloned();
             services.push(ServiceView {
                 name,
                 desired,
                 healthy,
+                pending,
                 instances,
             });
         }
@@ -251,4 +253,46 @@ fn summarize(e: &berth_store::WatchEvent) -> String {
         ),
         other => format!("{other} {key} changed"),
     }
+}
+
+/// `POST /v1/maintenance/{stack}/{service}`: turns maintenance mode on or off. The routers get
+/// it with their next table, at once; instances are not touched.
+pub async fn maintenance(
+    State(shared): AppState,
+    caller: Caller,
+    axum::extract::Path((stack, service)): axum::extract::Path<(String, String)>,
+    req: Result<
+        Json<berth_api::control::MaintenanceRequest>,
+        axum::extract::rejection::JsonRejection,
+    >,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_admin()?;
+    let req = super::body(req)?;
+    let snapshot = Snapshot::load(shared.store.as_ref()).await?;
+    let mut known = false;
+    for ((s, env), rollout) in &snapshot.rollouts {
+        if *s == stack {
+            if let Some(r) = state::release(shared.store.as_ref(), s, env, rollout.value.to).await?
+            {
+                known |= r.value.spec.services.contains_key(&service);
+            }
+        }
+    }
+    if !known {
+        return Err(ApiError::not_found(format!(
+            "stack {stack} has no service {service}: see `berth status`"
+        )));
+    }
+    let key = keys::maintenance(&stack, &service);
+    if req.on {
+        let view = berth_api::control::MaintenanceView {
+            page_html: req.page_html,
+        };
+        shared.store.put(&key, crate::state::encode(&view)).await?;
+    } else {
+        shared.store.delete(&key).await?;
+    }
+    Ok(Json(
+        serde_json::json!({ "stack": stack, "service": service, "maintenance": req.on }),
+    ))
 }

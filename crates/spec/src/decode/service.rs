@@ -12,8 +12,8 @@ use super::names::{did_you_mean, NameKind};
 use super::scalar::{quote, Class};
 use crate::diag::Pos;
 use crate::model::{
-    Amount, Constraint, Cpu, Duration, Health, Memory, Percent, Placement, Process, Resources,
-    RestartPolicy, Rollout, Route, Service, Strategy, Volume,
+    Amount, Constraint, Cpu, Duration, Health, Limits, Memory, Percent, Placement, Process,
+    Resources, RestartPolicy, Rollout, Route, Service, Strategy, Volume,
 };
 use crate::yaml::Node;
 
@@ -46,7 +46,8 @@ const HEALTH_FIELDS: &[&str] = &[
     "healthy",
     "unhealthy",
 ];
-const ROUTE_FIELDS: &[&str] = &["host", "path", "port"];
+const ROUTE_FIELDS: &[&str] = &["host", "path", "port", "limits"];
+const LIMITS_FIELDS: &[&str] = &["concurrency", "queue", "queue_timeout"];
 const ROLLOUT_FIELDS: &[&str] = &[
     "strategy",
     "max_surge",
@@ -644,12 +645,66 @@ fn route(
             None
         }
     };
+    let limits = f
+        .get("limits")
+        .and_then(|n| limits(ctx, n, &format!("{path}.limits")));
     let route = Route {
         host,
         path: route_path,
         port: port.unwrap_or_default(),
+        limits,
     };
     (Some(route), at)
+}
+
+/// `route.limits:` — `concurrency` (required, at least 1), `queue` (default 0) and
+/// `queue_timeout` (default 1s).
+fn limits(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Limits> {
+    const CONCURRENCY: IntSpec = IntSpec {
+        what: "an integer from 1 to 1000000",
+        lo: 1,
+        hi: 1_000_000,
+        say_max: false,
+    };
+    const QUEUE: IntSpec = IntSpec {
+        what: "an integer from 0 to 1000000",
+        lo: 0,
+        hi: 1_000_000,
+        say_max: false,
+    };
+    let f = ctx.fields(
+        node,
+        path,
+        "a mapping with `concurrency`, `queue` and `queue_timeout`",
+        LIMITS_FIELDS,
+    )?;
+    let concurrency = match f.get("concurrency") {
+        Some(n) => ctx.int(n, &format!("{path}.concurrency"), CONCURRENCY),
+        None => {
+            ctx.error(
+                node.pos,
+                format!(
+                    "{path}: missing `concurrency`; expected the most requests in flight at once"
+                ),
+            );
+            None
+        }
+    };
+    let queue = match f.get("queue") {
+        Some(n) => ctx.int(n, &format!("{path}.queue"), QUEUE),
+        None => Some(0),
+    };
+    let mut queue_timeout = Duration::from_millis(1000);
+    if let Some(n) = f.get("queue_timeout") {
+        if let Some(d) = ctx.unit::<Duration>(n, &format!("{path}.queue_timeout"), "a duration") {
+            queue_timeout = d;
+        }
+    }
+    Some(Limits {
+        concurrency: u32::try_from(concurrency?).ok()?,
+        queue: u32::try_from(queue?).ok()?,
+        queue_timeout,
+    })
 }
 
 fn valid_host(h: &str) -> bool {
