@@ -51,6 +51,12 @@ enum Command {
     Events(cluster::EventsArgs),
     /// The nodes of the cluster.
     Nodes,
+    /// Move a node's instances elsewhere with zero downtime; it takes no new ones until undrained.
+    Drain(cluster::DrainArgs),
+    /// Let a drained node take new instances again.
+    Undrain(cluster::DrainArgs),
+    /// Answer a service's traffic with a maintenance page (503), leaving its instances alone.
+    Maintenance(cluster::MaintenanceArgs),
     /// A service's output.
     Logs(cluster::LogsArgs),
     /// Benchmarks that print comparable figures.
@@ -87,6 +93,9 @@ fn main() {
         Command::Rollback(args) => cluster::rollback(args, g),
         Command::Events(args) => cluster::events(args, g),
         Command::Nodes => cluster::nodes(g),
+        Command::Drain(args) => cluster::drain(args, true, g),
+        Command::Undrain(args) => cluster::drain(args, false, g),
+        Command::Maintenance(args) => cluster::maintenance(args, g),
         Command::Logs(args) => cluster::logs(args, g),
         Command::Bench(which) => commands::bench::run(which),
         Command::Whoami(args) => commands::whoami::run(args),

@@ -229,6 +229,9 @@ pub fn status(args: StatusArgs, globals: &Globals) -> anyhow::Result<()> {
             );
             for svc in &s.services {
                 println!("  {}  {}/{} healthy", svc.name, svc.healthy, svc.desired);
+                if let Some(why) = &svc.pending {
+                    println!("    pending: {why}");
+                }
                 for i in &svc.instances {
                     println!(
                         "    {:<32} {:<10} release {:<4} node {:<12} {:<22} wanted: {}{}",
@@ -393,8 +396,8 @@ pub fn nodes(globals: &Globals) -> anyhow::Result<()> {
             return print_json(&nodes);
         }
         println!(
-            "{:<20} {:<10} {:<10} {:<10} LABELS",
-            "NODE", "STATE", "INSTANCES", "LAST SEEN"
+            "{:<20} {:<10} {:<10} {:<22} {:<10} LABELS",
+            "NODE", "STATE", "INSTANCES", "ALLOCATED CPU/MEMORY", "LAST SEEN"
         );
         for n in &nodes {
             let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -402,11 +405,24 @@ pub fn nodes(globals: &Globals) -> anyhow::Result<()> {
                 .last_seen_ms_ago
                 .map(|ms| format!("{:.1}s ago", ms as f64 / 1000.0))
                 .unwrap_or_else(|| "never".into());
+            let cpu = berth_spec::model::Cpu {
+                millis: n.allocated.cpu_millis,
+            };
+            let mem = berth_spec::model::Memory {
+                bytes: n.allocated.memory_bytes,
+            };
+            let cap_cpu = berth_spec::model::Cpu {
+                millis: n.resources.cpu_millis,
+            };
+            let cap_mem = berth_spec::model::Memory {
+                bytes: n.resources.memory_bytes,
+            };
             println!(
-                "{:<20} {:<10} {:<10} {:<10} {}",
+                "{:<20} {:<10} {:<10} {:<22} {:<10} {}",
                 n.name,
                 format!("{:?}", n.state).to_lowercase(),
                 n.instances,
+                format!("{cpu}/{cap_cpu} {mem}/{cap_mem}"),
                 seen,
                 labels.join(",")
             );
@@ -464,6 +480,92 @@ pub fn logs(args: LogsArgs, globals: &Globals) -> anyhow::Result<()> {
                 Ok(l) => println!("{} | {l}", prefixes.get(&id).cloned().unwrap_or_default()),
                 Err(e) => eprintln!("{id}: {e}"),
             }
+        }
+        Ok(())
+    })
+}
+
+/// Arguments of `berth drain` and `berth undrain`.
+#[derive(clap::Args, Debug)]
+pub struct DrainArgs {
+    /// The node.
+    node: String,
+}
+
+/// `berth drain NODE` / `berth undrain NODE`.
+pub fn drain(args: DrainArgs, draining: bool, globals: &Globals) -> anyhow::Result<()> {
+    let client = globals.client()?;
+    runtime()?.block_on(async {
+        let node = client.set_draining(&args.node, draining).await.map_err(client_error)?;
+        if globals.json() {
+            return print_json(&node);
+        }
+        if draining {
+            println!("node {} is draining: it takes no new instances, and its {} instance(s) move elsewhere, each stopped once its replacement is healthy", node.name, node.instances);
+        } else {
+            println!("node {} takes new instances again", node.name);
+        }
+        Ok(())
+    })
+}
+
+/// `on` or `off`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// Arguments of `berth maintenance`.
+#[derive(clap::Args, Debug)]
+pub struct MaintenanceArgs {
+    /// `on` or `off`.
+    #[arg(value_enum)]
+    mode: OnOff,
+    /// The service: `SERVICE` when one deployed stack has it, else `STACK/SERVICE`.
+    service: String,
+    /// An HTML file to answer with instead of the router's own maintenance page.
+    #[arg(long)]
+    page: Option<std::path::PathBuf>,
+}
+
+/// `berth maintenance on|off SERVICE`: the routers answer 503 with a maintenance page; the
+/// instances are left alone.
+pub fn maintenance(args: MaintenanceArgs, globals: &Globals) -> anyhow::Result<()> {
+    let client = globals.client()?;
+    let page_html = match &args.page {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the maintenance page {}", p.display()))?,
+        ),
+        None => None,
+    };
+    runtime()?.block_on(async {
+        let (stack, service) = match args.service.split_once('/') {
+            Some((s, v)) => (s.to_string(), v.to_string()),
+            None => {
+                let status = client.status(None).await.map_err(client_error)?;
+                let stacks: std::collections::BTreeSet<String> =
+                    status.stacks.iter().filter(|s| s.services.iter().any(|v| v.name == args.service)).map(|s| s.stack.clone()).collect();
+                match stacks.len() {
+                    1 => (stacks.into_iter().next().unwrap_or_default(), args.service.clone()),
+                    0 => anyhow::bail!("no deployed stack has a service {}: see `berth status`", args.service),
+                    _ => anyhow::bail!("several stacks have a service {}: name it as STACK/{}", args.service, args.service),
+                }
+            }
+        };
+        let on = args.mode == OnOff::On;
+        let answer = client
+            .maintenance(&stack, &service, &berth_api::control::MaintenanceRequest { on, page_html })
+            .await
+            .map_err(client_error)?;
+        if globals.json() {
+            return print_json(&answer);
+        }
+        if on {
+            println!("{stack}/{service} is in maintenance: the routers answer 503 with the maintenance page; its instances keep running");
+        } else {
+            println!("{stack}/{service} serves traffic again");
         }
         Ok(())
     })

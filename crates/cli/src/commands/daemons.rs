@@ -37,6 +37,12 @@ pub struct UpArgs {
     /// Also deploy the demo stack (three `berth whoami` behind the router).
     #[arg(long)]
     demo: bool,
+    /// Labels of the local node, `k=v,k=v` (e.g. `zone=a`).
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// The local node's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 /// Arguments of `berth server`.
@@ -176,6 +182,18 @@ async fn start_router(
     }))
 }
 
+/// `k=v` pairs from `--labels`.
+fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for l in pairs {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--labels {l}: expected key=value"))?;
+        labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(labels)
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_lowercase())
@@ -200,8 +218,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         let node = NodeConfig {
             server: api_url.clone(),
             join_token: join,
-            name: hostname(),
-            labels: BTreeMap::new(),
+            name: args.name.clone().unwrap_or_else(hostname),
+            labels: parse_labels(&args.labels)?,
             data_dir: data_dir.join("agent"),
             address: "127.0.0.1".to_string(),
             router: Some(args.router.to_string()),
@@ -271,13 +289,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(|| default_data_dir().join("agent"));
-    let mut labels = BTreeMap::new();
-    for l in &args.labels {
-        let (k, v) = l
-            .split_once('=')
-            .with_context(|| format!("--labels {l}: expected key=value"))?;
-        labels.insert(k.trim().to_string(), v.trim().to_string());
-    }
+    let labels = parse_labels(&args.labels)?;
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let name = args.name.clone().unwrap_or_else(hostname);
