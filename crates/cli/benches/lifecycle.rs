@@ -13,7 +13,6 @@
 //! routers (polled every 5 ms), which a router long-polling the table applies at once.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::collections::BTreeMap;
@@ -44,7 +43,10 @@ services:
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -68,11 +70,19 @@ fn wait_live(up: &BerthUp, n: u64, started: Instant) -> Duration {
     let deadline = started + Duration::from_secs(120);
     loop {
         let releases = json(up, "/v1/stacks/bench/local/releases");
-        let live = releases.as_array().into_iter().flatten().any(|r| r["number"] == n && r["status"] == "live");
+        let live = releases
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["number"] == n && r["status"] == "live");
         if live {
             return started.elapsed();
         }
-        assert!(Instant::now() < deadline, "release {n} did not go live within 120 s\n{}", up.log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "release {n} did not go live within 120 s\n{}",
+            up.log_tail()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -106,13 +116,21 @@ fn main() {
                 }
             }
         }
-        assert!(Instant::now() < deadline, "only {} of 100 instances routable after 120 s", routable.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 100 instances routable after 120 s",
+            routable.len()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let status = json(&up, "/v1/status?stack=bench");
     let mut to_healthy = Vec::new();
     let mut to_routable = Vec::new();
-    for svc in status["stacks"][0]["services"].as_array().into_iter().flatten() {
+    for svc in status["stacks"][0]["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         for i in svc["instances"].as_array().into_iter().flatten() {
             let id = i["id"].as_str().unwrap_or_default();
             let created = i["created_ms"].as_u64().unwrap_or(0);
@@ -137,7 +155,10 @@ fn main() {
 
     // 2. a 10-instance rolling deploy, end to end.
     let file = write_file(dir.path(), "ten-v1.yaml", stack(10, "1"));
-    assert_exit(&up.cli(["deploy", "-f", &file, "--env", "local", "--wait"]), 0);
+    assert_exit(
+        &up.cli(["deploy", "-f", &file, "--env", "local", "--wait"]),
+        0,
+    );
     let file = write_file(dir.path(), "ten-v2.yaml", stack(10, "2"));
     let started = Instant::now();
     assert_exit(&up.cli(["deploy", "-f", &file, "--env", "local"]), 0);
@@ -162,7 +183,13 @@ fn main() {
             }
             _ => streak = 0,
         }
-        assert!(Instant::now() < deadline, "the rollback did not complete within 120 s");
+        assert!(
+            Instant::now() < deadline,
+            "the rollback did not complete within 120 s"
+        );
     }
-    println!("rollback to 100 % of answers from the previous release: {:.2} s (goal ≤ 1 s)", first_of_streak.as_secs_f64());
+    println!(
+        "rollback to 100 % of answers from the previous release: {:.2} s (goal ≤ 1 s)",
+        first_of_streak.as_secs_f64()
+    );
 }
