@@ -27,7 +27,12 @@ use crate::stats::{Counters, StatusClasses};
 use crate::upstream::Upstream;
 
 /// A per-service metric: name, type, help, and how to read it.
-type PerService = (&'static str, &'static str, &'static str, fn(&ServiceState) -> i64);
+type PerService = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ServiceState) -> i64,
+);
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
