@@ -1,5 +1,5 @@
 //! `berth up` end to end: the smallest check that the harness can start it, see it healthy and
-//! find its admin token. Ignored until the command exists.
+//! find its admin token.
 
 mod common;
 

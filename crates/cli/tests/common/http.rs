@@ -70,8 +70,8 @@ pub fn is_ok(addr: SocketAddr, path: &str) -> bool {
     matches!(get(addr, path), Ok(r) if r.status == 200)
 }
 
-/// One request on a fresh connection. `Host`, `Connection: close` and (when there is a body)
-/// `Content-Length` are added; `headers` come after them.
+/// One request on a fresh connection. `Host` (unless `headers` has one), `Connection: close` and
+/// (when there is a body) `Content-Length` are added; `headers` come after them.
 pub fn request(
     addr: SocketAddr,
     method: &str,
@@ -101,7 +101,12 @@ pub fn write_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<()> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    // A `Host` among `headers` replaces the default one (how a test reaches a routed host).
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    head.push_str("Connection: close\r\n");
     if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }

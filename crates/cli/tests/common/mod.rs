@@ -10,6 +10,8 @@
 //!   output in log files, killed on drop.
 //! - [`up`]        — [`up::BerthUp`]: `berth up` on a temporary data dir and loopback ports,
 //!   `kill9`/`restart`, and cleanup of the workloads it started.
+//! - [`cluster`]   — what a running `berth up` shows: its API read over raw HTTP, requests
+//!   through its router, waits for a stack to settle.
 //!
 //! ## Rules (STYLE.md: tests own every process and port they start)
 //! - Nothing global, no `pkill`: a process is stopped through the handle that started it.
@@ -19,6 +21,7 @@
 // Each test file is its own crate and uses a different subset of the harness.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod http;
 pub mod process;
 pub mod up;
@@ -53,6 +56,26 @@ pub fn berth() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_berth"))
 }
 
+/// A link to the `berth` binary at `dir/berth`, for a long-running process.
+///
+/// The target directory is shared: a `cargo build` elsewhere replaces `target/debug/berth`
+/// under a running `berth up`, whose `/proc/self/exe` then reads `… (deleted)` — and its agent
+/// starts `berth` workloads from that path. A hard link keeps the very file the test started
+/// reachable at a path that stays valid (a copy if the link fails, e.g. across file systems).
+pub fn stable_binary(dir: &Path) -> std::path::PathBuf {
+    let link = dir.join("berth");
+    if std::fs::hard_link(berth(), &link).is_err() {
+        std::fs::copy(berth(), &link).unwrap_or_else(|e| {
+            panic!(
+                "cannot copy {} to {}: {e}",
+                berth().display(),
+                link.display()
+            )
+        });
+    }
+    link
+}
+
 /// A `berth ARGS…` command made hermetic: stdin is empty and the variables that point commands
 /// at a server (`BERTH_SERVER`, `BERTH_TOKEN`) are removed, so a developer's shell cannot leak in.
 pub fn command<I, S>(args: I) -> Command
@@ -60,7 +83,16 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut cmd = Command::new(berth());
+    command_of(berth(), args)
+}
+
+/// Like [`command`], running the binary at `bin` (e.g. a [`stable_binary`] link).
+pub fn command_of<I, S>(bin: &Path, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(bin);
     cmd.args(args)
         .stdin(Stdio::null())
         .env_remove("BERTH_SERVER")

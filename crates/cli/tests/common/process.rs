@@ -158,6 +158,13 @@ impl Proc {
         out
     }
 
+    /// Everything the process wrote to stdout so far.
+    pub fn stdout_text(&self) -> String {
+        std::fs::read(&self.stdout_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
     /// Everything the process wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
         std::fs::read(&self.stderr_log)

@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use super::process::{kill_recorded, Proc};
-use super::{command, describe_status, free_port, http, run_command, temp_dir, RUN_TIMEOUT};
+use super::process::{kill_recorded, stat, Proc};
+use super::{
+    command, command_of, describe_status, free_port, http, run_command, stable_binary, temp_dir,
+    RUN_TIMEOUT,
+};
 
 /// How long `berth up` may take to answer `GET /v1/health` after a (re)start.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,17 +32,22 @@ pub struct Workload {
 
 /// `berth up --data-dir TMP/data --api 127.0.0.1:P1 --router 127.0.0.1:P2`.
 ///
+/// - The binary is a [`stable_binary`] link in `TMP`, so a rebuild of `target/debug/berth` during
+///   the test changes neither berth nor the `berth` its agent starts workloads from.
 /// - The process runs in its own process group; its stdout/stderr go to `TMP/berth-up.*.log`,
 ///   and every failure message of [`BerthUp::wait_until`] carries their tail.
 /// - [`BerthUp::kill9`] kills the berth process only: workloads survive it, as they must.
 /// - [`BerthUp::restart`] starts it again on the same data dir and ports.
 /// - Drop SIGKILLs berth (and its process group), then every workload its agent recorded (each its
-///   own process group), checked by start time so a recycled pid is left alone. A panicking test
-///   keeps `TMP` for post-mortem and prints where it is.
+///   own process group), then any process still working in the data dir (a workload started
+///   just before berth died, before its record was written), each checked by start time so a
+///   recycled pid is left alone. A panicking test keeps `TMP` for post-mortem and prints where
+///   it is.
 pub struct BerthUp {
     // Field order matters for Drop: the process goes before the directory.
     proc: Option<Proc>,
     dir: Option<tempfile::TempDir>,
+    bin: PathBuf,
     data_dir: PathBuf,
     api: SocketAddr,
     router: SocketAddr,
@@ -93,10 +101,12 @@ impl BerthUp {
         let dir = temp_dir();
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("cannot create the data dir");
+        let bin = stable_binary(dir.path());
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let mut up = BerthUp {
             proc: None,
             dir: Some(dir),
+            bin,
             data_dir,
             api: loopback(free_port()),
             router: loopback(free_port()),
@@ -107,7 +117,7 @@ impl BerthUp {
     }
 
     fn launch(&mut self) {
-        let mut cmd = command(["up", "--data-dir"]);
+        let mut cmd = command_of(&self.bin, ["up", "--data-dir"]);
         cmd.arg(&self.data_dir)
             .arg("--api")
             .arg(self.api.to_string())
@@ -250,6 +260,33 @@ impl BerthUp {
         found.sort_by(|a, b| a.instance.cmp(&b.instance));
         found
     }
+
+    /// Every live process whose working directory is inside the data dir, as `(pid, start
+    /// time)`: the agent runs each workload in its instance's directory, so this finds the
+    /// workloads themselves rather than what their records say — including one started just
+    /// before berth was killed, before its record was written.
+    pub fn processes(&self) -> Vec<(i32, u64)> {
+        let data_dir = self
+            .data_dir
+            .canonicalize()
+            .unwrap_or_else(|_| self.data_dir.clone());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut found: Vec<(i32, u64)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
+                if !cwd.starts_with(&data_dir) {
+                    return None;
+                }
+                stat(pid).map(|(_, start_time)| (pid, start_time))
+            })
+            .collect();
+        found.sort_unstable();
+        found
+    }
 }
 
 /// One `INSTANCE_DIR/instance.json`, if it is readable and has a plausible pid.
@@ -274,6 +311,10 @@ impl Drop for BerthUp {
         drop(self.proc.take());
         for w in self.workloads() {
             kill_recorded(w.pid, w.start_time);
+        }
+        // Then whatever still runs in the data dir without a record (see `processes`).
+        for (pid, start_time) in self.processes() {
+            kill_recorded(pid, Some(start_time));
         }
         if std::thread::panicking() {
             if let Some(dir) = self.dir.take() {
