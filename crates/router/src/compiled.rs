@@ -529,4 +529,38 @@ mod tests {
             .pick(None, now_nanos())
             .is_none());
     }
+
+    proptest::proptest! {
+        /// Lookup and pick never panic, whatever the table and the request's host and path
+        /// (the fuzz target's job, done as a property test inside the crate).
+        #[test]
+        fn lookup_and_pick_never_panic(
+            routes in proptest::collection::vec(
+                ("[a-zA-Z0-9.:\\[\\]-]{0,12}", "[/a-z%.]{0,10}", 0u16..4, 0u32..200, 0u64..3),
+                0..8,
+            ),
+            host in "\\PC{0,24}",
+            path in "\\PC{0,24}",
+        ) {
+            let entries = routes
+                .into_iter()
+                .map(|(host, prefix, n, weight, release)| {
+                    let mut e = entry(&host, &prefix, "s", n);
+                    for ep in &mut e.endpoints {
+                        ep.weight = weight;
+                        ep.release = release + u64::from(ep.addr.port() % 2);
+                    }
+                    e
+                })
+                .collect();
+            let t = compile(entries);
+            if let Some(route) = t.lookup(&normalize_host(&host), &path) {
+                for avoid in [None, Some(0), Some(7)] {
+                    if let Some(i) = route.pick(avoid, now_nanos()) {
+                        proptest::prop_assert!(i < route.endpoints.len());
+                    }
+                }
+            }
+        }
+    }
 }

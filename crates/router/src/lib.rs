@@ -1,49 +1,59 @@
-//! berth-router: the HTTP/1.1 reverse proxy that runs in every agent (and alone at the edge).
+//! berth-router: the HTTP reverse proxy that runs in every agent (and alone at the edge).
 //!
 //! It is berth's answer to "etcd + confd rewriting HAProxy + a reload": the shell hands the
 //! router a complete [`RouteTable`] whenever the registry's endpoints change, and the very next
 //! request — on any connection, new or kept alive — is routed by the new table. No reload, no
-//! restart, no lock on the request path.
+//! restart, no lock on the routing path.
 //!
 //! # Map
-//! - [`table`] — the input: [`RouteTable`] → [`RouteEntry`] → [`Endpoint`], plain serde data.
+//! - [`table`] — the input: [`RouteTable`] → [`RouteEntry`] (with optional [`Limits`] and
+//!   [`Maintenance`]) → [`Endpoint`] (with a weight), plain serde data.
 //! - [`RouterHandle`] — the live state: the compiled table (swapped atomically with
-//!   `arc-swap`) and the request counters. Cheap to clone; the shell keeps one to
+//!   `arc-swap`), per-service and per-instance state. Cheap to clone; the shell keeps one to
 //!   [`update`](RouterHandle::update) or [`follow`](RouterHandle::follow) a `watch` channel, and
-//!   reads [`stats`](RouterHandle::stats) from it.
-//! - [`serve`] — the accept loop: takes a bound listener, a handle and a shutdown future.
-//! - [`follow`] — the shell that feeds a handle from `berth server`: long-polls `/v1/routes`
-//!   through `berth-client`, acknowledges the version it applied, and keeps the last table
-//!   while the server is unreachable.
-//! - `compiled` (private) — host → routes sorted longest prefix first; round-robin counters.
-//! - `proxy` (private) — one request: route, rewrite headers, forward with a pooled keep-alive
-//!   client, stream both bodies.
+//!   reads [`stats`](RouterHandle::stats) or [`metrics_text`](RouterHandle::metrics_text).
+//! - [`serve`] / [`serve_with`] — the accept loop: HTTP/1.1 and h2c on one listener, an optional
+//!   `/metrics` listener and access log ([`RouterConfig`]), graceful shutdown.
+//! - [`follow`] — the shell that feeds a handle from `berth server`.
+//! - [`error`] — why an attempt failed, whose fault, whether a retry is safe.
+//! - `compiled` (private) — host → routes longest prefix first; release groups and balancing.
+//! - `upstream` (private) — one instance: its keep-alive pool, load, ejection.
+//! - `service` (private) — per-service counters, histogram, retry budget, overload limiter.
+//! - `proxy` (private) — one request: admit, rewrite headers, forward, retry once, stream.
+//! - `metrics` (private) — the Prometheus text rendering.
 //! - [`stats`] — per-service counters by status class.
 //!
 //! # Vocabulary
 //! - **route** — a (host, path prefix) pair naming a **service** (`STACK/SERVICE` when the
 //!   table comes from the server).
-//! - **applied version** — the server's content hash of the last table this router applied;
-//!   sent back on the next poll as the router's acknowledgement.
-//! - **endpoint** — a healthy instance's address; a route round-robins over its endpoints.
-//! - **table** — every route at one moment; replaced whole, never patched.
-//! - **compiled table** — a table normalised and indexed for lookup; immutable once built.
-//! - **upstream / backend** — the endpoint a request is forwarded to; **downstream** — the client.
+//! - **endpoint** — a healthy instance's address; **release group** — a route's endpoints of
+//!   one release; weights split traffic between groups, load decides within one.
+//! - **outstanding** — requests sent to an endpoint and not finished; balancing picks the
+//!   least. **ejected** — an endpoint skipped for a back-off after a connect failure or reset.
+//! - **retry budget** — retries may add at most 20% to a service's requests (plus a reserve).
+//! - **stale connection** — a reused keep-alive connection the app had closed as idle; a
+//!   request that dies on one never reached the app and is replayed.
+//! - **table** / **compiled table** — every route at one moment, replaced whole; its indexed,
+//!   immutable form.
+//! - **upstream / instance** — where a request is forwarded; **downstream** — the client.
 //! - **hop-by-hop header** — a header about one connection (`Connection`, `Keep-Alive`, `TE`,
-//!   `Transfer-Encoding`, `Upgrade`, …), removed in both directions.
+//!   `Transfer-Encoding`, `Upgrade`, …), removed in both directions (`Upgrade` is kept for a
+//!   protocol switch, which is then tunnelled byte for byte).
 //!
 //! # Answers the router makes itself
 //! | when | status | body |
 //! | --- | --- | --- |
 //! | no route for the host and path | 404 | `no route for HOST/PATH` |
+//! | the route is in maintenance | 503 + `Retry-After: 120` | the maintenance page (HTML) |
+//! | the service's concurrency and queue are full, or the queue wait timed out | 503 + `Retry-After: 1` | `SERVICE is overloaded (…); retry later` |
 //! | the route has no endpoints | 503 | `no healthy instance of SERVICE` |
-//! | the endpoint refuses or times out the connection | 502 | `upstream SERVICE unreachable` |
-//! | the endpoint fails after connecting, before answering | 502 | `upstream SERVICE failed` |
+//! | no endpoint could be connected to (after the retry) | 502 | `upstream SERVICE unreachable` |
+//! | the exchange failed and could not be retried | 502 | `upstream SERVICE failed` |
+//! | the client's body broke off | 400 | the error |
+//! | more than 100 header fields or a 64 KiB head | 431 | (hyper's) |
 //!
-//! Bodies are `text/plain`, one line. Retries, HTTP/2, TLS, weights, draining and limits are
-//! left to later versions; the seams for them are `Route::pick` (weights, draining), the
-//! `ProxyError` split between connect and exchange failures (what is safe to retry) and
-//! [`serve`]'s per-connection builder (h2, TLS acceptor).
+//! Not yet: TLS termination (the seam is [`serve_with`]'s per-connection step), HTTP/2 to
+//! instances, a response-head timeout, active health checks (the agent does those).
 
 #![warn(missing_docs)]
 
