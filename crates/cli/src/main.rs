@@ -82,7 +82,7 @@ fn main() {
     let result = match cli.command {
         Command::Up(args) => daemons::up(args),
         Command::Server(args) => daemons::server(args),
-        Command::Agent(args) => daemons::agent(args),
+        Command::Agent(args) => daemons::agent(args, g),
         Command::Router(args) => daemons::router(args, g),
         Command::Validate(args) => commands::validate::run(args),
         Command::Render(args) => commands::render::run(args, g),

@@ -60,9 +60,7 @@ pub struct ServerArgs {
 /// Arguments of `berth agent`.
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
-    /// The server's URL.
-    #[arg(long = "server", id = "agent_server")]
-    server_url: String,
+    // The server's URL is the global `--server` (or BERTH_SERVER).
     /// The join token (DATA_DIR/join.token on the server).
     #[arg(long)]
     join_token: String,
@@ -283,7 +281,11 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
 }
 
 /// `berth agent`.
-pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
+pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Result<()> {
+    let server_url = globals
+        .server
+        .clone()
+        .context("berth agent needs --server URL (or BERTH_SERVER): the server it joins")?;
     init_logging();
     let data_dir = args
         .data_dir
@@ -295,13 +297,13 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
         let name = args.name.clone().unwrap_or_else(hostname);
         let router = match args.router {
             Some(addr) => {
-                let client = Client::new(&args.server_url, Some(args.join_token.clone()))?;
+                let client = Client::new(&server_url, Some(args.join_token.clone()))?;
                 Some((addr, client))
             }
             None => None,
         };
         let node = NodeConfig {
-            server: args.server_url.clone(),
+            server: server_url.clone(),
             join_token: args.join_token.clone(),
             name: name.clone(),
             labels,
@@ -332,11 +334,11 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
                 );
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             };
-            let client = Client::new(&args.server_url, Some(token))?;
+            let client = Client::new(&server_url, Some(token))?;
             router_task =
                 Some(start_router(client, format!("agent-{name}"), addr, stop_rx.clone()).await?);
         }
-        println!("berth agent {name} joined {}", args.server_url);
+        println!("berth agent {name}: joining {server_url}");
         terminated().await;
         let _ = stop_tx.send(true);
         if let Some(r) = router_task {

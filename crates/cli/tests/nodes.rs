@@ -1,0 +1,276 @@
+//! Several nodes: `berth up` plus two `berth agent` processes in other zones. Spread, node loss,
+//! an agent restart, and a drain under load with zero failed requests.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::cluster::{api_get, cli_ok};
+use common::process::{kill_recorded, Proc};
+use common::up::BerthUp;
+use common::{command, http, write_file};
+use serde_json::Value;
+
+const STACK: &str = r#"stack: spread
+environments:
+  local:
+    regions: [local]
+services:
+  web:
+    process:
+      command: [berth, whoami]
+    ports: { http: 0 }
+    replicas: 6
+    resources: { cpu: 10m, memory: 16Mi }
+    health: { http: /healthz, port: http, interval: 200ms, timeout: 1s, healthy: 1, unhealthy: 3 }
+    route: { host: 127.0.0.1, path: /, port: http }
+    placement: { spread: [zone] }
+    stop_grace: 5s
+"#;
+
+/// A `berth agent` joined to `up`, its data inside up's data dir (so up's guard also cleans its
+/// workloads up).
+struct Agent {
+    name: String,
+    zone: String,
+    proc: Proc,
+}
+
+impl Agent {
+    fn data_dir(up: &BerthUp, name: &str) -> PathBuf {
+        up.data_dir().join(format!("node-{name}"))
+    }
+
+    fn start(up: &BerthUp, name: &str, zone: &str) -> Agent {
+        let join = std::fs::read_to_string(up.data_dir().join("join.token")).expect("join.token");
+        let dir = Agent::data_dir(up, name);
+        let labels = format!("zone={zone}");
+        let cmd = command([
+            "agent",
+            "--server",
+            &up.api_url(),
+            "--join-token",
+            join.trim(),
+            "--name",
+            name,
+            "--labels",
+            &labels,
+            "--data-dir",
+            dir.to_str().expect("utf-8 path"),
+        ]);
+        let proc = Proc::spawn(cmd, name, up.dir());
+        Agent {
+            name: name.to_string(),
+            zone: zone.to_string(),
+            proc,
+        }
+    }
+
+    /// SIGKILL of the agent and of every workload it recorded: the whole node is gone.
+    fn kill_node(&self, up: &BerthUp) {
+        self.proc.kill9();
+        let instances = Agent::data_dir(up, &self.name).join("instances");
+        for entry in std::fs::read_dir(instances).into_iter().flatten().flatten() {
+            let Ok(bytes) = std::fs::read(entry.path().join("instance.json")) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_slice::<Value>(&bytes) else {
+                continue;
+            };
+            if let Some(pid) = record["pid"].as_i64() {
+                kill_recorded(pid as i32, record["start_time"].as_u64());
+            }
+        }
+    }
+}
+
+fn nodes_ready(up: &BerthUp) -> usize {
+    api_get(up, "/v1/nodes")
+        .and_then(|v| {
+            v.as_array()
+                .map(|a| a.iter().filter(|n| n["state"] == "ready").count())
+        })
+        .unwrap_or(0)
+}
+
+/// Healthy instances of `spread/web` that the server wants running, counted per node.
+fn healthy_per_node(up: &BerthUp) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let Some(status) = api_get(up, "/v1/status?stack=spread") else {
+        return out;
+    };
+    for svc in status["stacks"][0]["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        for i in svc["instances"].as_array().into_iter().flatten() {
+            if i["state"] == "healthy" && i["desired"] == "run" {
+                *out.entry(i["node"].as_str().unwrap_or_default().to_string())
+                    .or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Every instance the server wants running (whatever its state), per node.
+fn wanted_per_node(up: &BerthUp) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let Some(status) = api_get(up, "/v1/status?stack=spread") else {
+        return out;
+    };
+    for svc in status["stacks"][0]["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        for i in svc["instances"].as_array().into_iter().flatten() {
+            if i["desired"] == "run" {
+                *out.entry(i["node"].as_str().unwrap_or_default().to_string())
+                    .or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Three nodes in zones a, b, c with the stack deployed and healthy.
+fn cluster() -> (BerthUp, Vec<Agent>, tempfile::TempDir) {
+    let up = BerthUp::start_with(&["--name", "n1", "--labels", "zone=a"]);
+    let agents = vec![Agent::start(&up, "n2", "b"), Agent::start(&up, "n3", "c")];
+    up.wait_until(Duration::from_secs(20), "3 ready nodes", || {
+        nodes_ready(&up) == 3
+    });
+    let dir = common::temp_dir();
+    let file = write_file(dir.path(), "spread.yaml", STACK);
+    cli_ok(&up, &["deploy", "-f", &file, "--env", "local", "--wait"]);
+    (up, agents, dir)
+}
+
+#[test]
+fn six_instances_spread_two_per_zone_and_survive_the_loss_of_a_node() {
+    let (up, mut agents, _dir) = cluster();
+    let per_node = healthy_per_node(&up);
+    assert_eq!(per_node.values().sum::<usize>(), 6, "{per_node:?}");
+    assert!(
+        per_node.values().all(|&n| n == 2),
+        "not spread 2/2/2 over zones a, b, c: {per_node:?}"
+    );
+
+    // Kill node n3 whole: its agent and its instances.
+    let lost = agents.pop().expect("n3");
+    let killed_at = Instant::now();
+    lost.kill_node(&up);
+    up.wait_until(
+        Duration::from_secs(30),
+        "6 healthy instances on n1 and n2",
+        || {
+            let h = healthy_per_node(&up);
+            h.values().sum::<usize>() == 6 && !h.contains_key("n3")
+        },
+    );
+    let recovered = killed_at.elapsed();
+    eprintln!(
+        "node loss: 6 healthy instances again {:.2} s after the kill",
+        recovered.as_secs_f64()
+    );
+    assert!(
+        recovered <= Duration::from_secs(5),
+        "recovery took {recovered:?}, the goal is 5 s"
+    );
+
+    // The node comes back: the count stays at exactly 6.
+    let back = Agent::start(&up, &lost.name, &lost.zone);
+    up.wait_until(Duration::from_secs(20), "n3 ready again", || {
+        nodes_ready(&up) == 3
+    });
+    // Watch several controller passes (it runs every 100 ms): never more than 6 wanted.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let wanted: usize = wanted_per_node(&up).values().sum();
+        assert!(
+            wanted <= 6,
+            "more than 6 instances wanted after the node returned: {:?}",
+            wanted_per_node(&up)
+        );
+    }
+    assert_eq!(healthy_per_node(&up).values().sum::<usize>(), 6);
+    drop(back);
+}
+
+#[test]
+fn drain_moves_instances_with_zero_failed_requests_under_load() {
+    let (up, _agents, _dir) = cluster();
+    let router = up.router();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match http::get(router, "/") {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.push(format!("{:?}", other.map(|r| (r.status, r.text()))));
+                    }
+                }
+            }
+            errors
+        })
+    };
+    up.wait_until(Duration::from_secs(10), "load flowing", || {
+        ok.load(Ordering::Relaxed) > 50
+    });
+
+    cli_ok(&up, &["drain", "n2"]);
+    up.wait_until(
+        Duration::from_secs(60),
+        "no instance left on n2 and 6 healthy elsewhere",
+        || {
+            let wanted = wanted_per_node(&up);
+            let healthy = healthy_per_node(&up);
+            !wanted.contains_key("n2") && healthy.values().sum::<usize>() == 6
+        },
+    );
+    // A few more requests after the move, then stop.
+    let after = ok.load(Ordering::Relaxed) + 50;
+    up.wait_until(Duration::from_secs(10), "load after the drain", || {
+        ok.load(Ordering::Relaxed) > after
+    });
+    stop.store(true, Ordering::Relaxed);
+    let errors = load.join().expect("load thread");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests during the drain: {errors:?}"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "too little load to mean anything"
+    );
+
+    let nodes = api_get(&up, "/v1/nodes").expect("nodes");
+    let n2 = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == "n2")
+        .expect("n2");
+    assert_eq!(n2["state"], "draining");
+    // A drained node takes nothing new until undrained.
+    cli_ok(&up, &["undrain", "n2"]);
+    up.wait_until(Duration::from_secs(10), "n2 ready again", || {
+        nodes_ready(&up) == 3
+    });
+}
