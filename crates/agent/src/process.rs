@@ -264,7 +264,9 @@ impl ProcessDriver {
     fn self_exe(&self) -> Result<PathBuf> {
         match &self.self_exe {
             Some(p) => Ok(p.clone()),
-            None => std::env::current_exe().map_err(|source| Error::SelfExe { source }),
+            None => std::env::current_exe()
+                .map(without_deleted_suffix)
+                .map_err(|source| Error::SelfExe { source }),
         }
     }
 
@@ -575,4 +577,31 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// When the agent's binary is replaced on disk while it runs (an upgrade, a rebuild), Linux
+/// reports its old path with ` (deleted)` appended. The binary now at that path is the one to
+/// start: it is the upgraded berth.
+fn without_deleted_suffix(path: PathBuf) -> PathBuf {
+    match path.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(original) => PathBuf::from(original),
+        None => path,
+    }
+}
+
+#[cfg(test)]
+mod self_exe_tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_binary_resolves_to_the_file_now_at_its_path() {
+        assert_eq!(
+            without_deleted_suffix(PathBuf::from("/usr/bin/berth (deleted)")),
+            PathBuf::from("/usr/bin/berth")
+        );
+        assert_eq!(
+            without_deleted_suffix(PathBuf::from("/usr/bin/berth")),
+            PathBuf::from("/usr/bin/berth")
+        );
+    }
 }
