@@ -22,6 +22,17 @@ use crate::context::{default_data_dir, runtime};
 /// The demo stack, built in so `berth up --demo` works from any directory.
 const DEMO_STACK: &str = include_str!("../../../../examples/demo/stack.yaml");
 
+/// Options of every router berth runs (in `up`, in an agent, or alone).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RouterOpts {
+    /// Serve the router's Prometheus metrics (`GET /metrics`) on this address.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Log one line per proxied request (tracing target `berth_router::access`).
+    #[arg(long)]
+    access_log: bool,
+}
+
 /// Arguments of `berth up`.
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
@@ -43,6 +54,8 @@ pub struct UpArgs {
     /// The local node's name (default: the host name).
     #[arg(long)]
     name: Option<String>,
+    #[command(flatten)]
+    router_opts: RouterOpts,
 }
 
 /// Arguments of `berth server`.
@@ -78,6 +91,8 @@ pub struct AgentArgs {
     /// The address at which this node's instances are reachable.
     #[arg(long, default_value = "127.0.0.1")]
     address: String,
+    #[command(flatten)]
+    router_opts: RouterOpts,
 }
 
 /// Arguments of `berth router`.
@@ -85,6 +100,8 @@ pub struct AgentArgs {
 pub struct RouterArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    #[command(flatten)]
+    router_opts: RouterOpts,
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -160,11 +177,25 @@ async fn start_router(
     client: Client,
     id: String,
     listen: SocketAddr,
+    opts: &RouterOpts,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!("cannot listen on {listen} for the router: pick another --router")
     })?;
+    let metrics = match opts.metrics {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} for the router's metrics: pick another --metrics")
+        })?),
+        None => None,
+    };
+    // The router's config grows (TLS, limits); fields berth does not set keep their defaults.
+    #[allow(clippy::needless_update)]
+    let config = berth_router::RouterConfig {
+        metrics,
+        access_log: opts.access_log,
+        ..Default::default()
+    };
     let handle = RouterHandle::new();
     let (mut s1, mut s2) = (stop.clone(), stop);
     let follower = berth_router::follow::follow_server(client, id, handle.clone(), async move {
@@ -173,7 +204,7 @@ async fn start_router(
     Ok(tokio::spawn(async move {
         tokio::join!(
             follower,
-            berth_router::serve(listener, handle, async move {
+            berth_router::serve_with(listener, handle, config, async move {
                 let _ = s2.wait_for(|s| *s).await;
             })
         );
@@ -212,7 +243,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         let admin = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_string();
         let join = std::fs::read_to_string(data_dir.join("join.token"))?.trim().to_string();
         let admin_client = Client::new(&api_url, Some(admin))?;
-        let router = start_router(admin_client.clone(), "up".to_string(), args.router, stop_rx.clone()).await?;
+        let router = start_router(admin_client.clone(), "up".to_string(), args.router, &args.router_opts, stop_rx.clone()).await?;
         let node = NodeConfig {
             server: api_url.clone(),
             join_token: join,
@@ -335,8 +366,16 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             };
             let client = Client::new(&server_url, Some(token))?;
-            router_task =
-                Some(start_router(client, format!("agent-{name}"), addr, stop_rx.clone()).await?);
+            router_task = Some(
+                start_router(
+                    client,
+                    format!("agent-{name}"),
+                    addr,
+                    &args.router_opts,
+                    stop_rx.clone(),
+                )
+                .await?,
+            );
         }
         println!("berth agent {name}: joining {server_url}");
         terminated().await;
@@ -358,7 +397,7 @@ pub fn router(args: RouterArgs, globals: &crate::context::Globals) -> anyhow::Re
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let id = format!("edge-{}", args.listen);
-        let task = start_router(client, id, args.listen, stop_rx).await?;
+        let task = start_router(client, id, args.listen, &args.router_opts, stop_rx).await?;
         println!("berth router on http://{}", args.listen);
         terminated().await;
         let _ = stop_tx.send(true);
