@@ -172,6 +172,10 @@ pub struct PlanView {
     pub text: String,
     /// The structured plan.
     pub detail: serde_json::Value,
+    /// Instances the cluster as it is now could not place, and why (one line per service and
+    /// region, e.g. `web in eu-west: 2 of 3 cannot be placed: 3 nodes: 2 lack 512Mi memory, …`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<String>,
 }
 
 /// The answer to a deploy or a rollback.

@@ -8,6 +8,7 @@
 //! - [`keys`]      — the store's key layout.
 //! - [`state`]     — the records kept in the store and a snapshot of them.
 //! - [`http`]      — the API handlers, one module per area.
+//! - [`placement`] — the scheduler's snapshot from the store; placement checks for plans.
 //! - [`rollouts`]  — the rollout controller: releases → instances, through `berth-rollout`.
 //! - [`table`]     — the routing table and draining: which instances routers may use.
 //! - [`clock`]     — time as an injected value, so controllers can be driven in tests.
@@ -23,6 +24,7 @@ pub mod clock;
 mod error;
 pub mod http;
 pub mod keys;
+pub mod placement;
 pub mod rollouts;
 pub mod state;
 pub mod table;

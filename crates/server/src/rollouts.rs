@@ -13,14 +13,13 @@ use std::time::Duration;
 use berth_api::control::{Release, ReleaseStatus};
 use berth_api::{InstanceSpec, InstanceState};
 use berth_rollout::{ObservedState, Phase as StepPhase, RolloutState};
-use berth_scheduler::{Capacity, Demand, Existing, GroupKey, Node as SchedNode, SchedulerConfig};
 use berth_spec::model::{Service, Stack};
 use berth_store::{Compare, Op, Txn};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::state::{encode, Desired, InstanceRecord, Snapshot, StateError, Versioned};
-use crate::{keys, table, Shared};
+use crate::{keys, placement, table, Shared};
 
 /// How often the controller looks even when nothing woke it (deadlines, node liveness).
 const TICK: Duration = Duration::from_millis(100);
@@ -340,7 +339,15 @@ impl<'a> Pass<'a> {
                     record.done.insert(name.clone());
                 }
                 StepPhase::Failed { reason } => {
-                    let reason = format!("service {name} in {region}: {reason}");
+                    // The agent's own words on the failing instance (e.g. the image it cannot pull).
+                    let why = instances
+                        .iter()
+                        .find(|r| reason.contains(r.value.spec.id.as_str()))
+                        .and_then(|r| r.value.status.as_ref()?.message.clone());
+                    let reason = format!(
+                        "service {name} in {region}: {reason}{}",
+                        why.map(|m| format!(": {m}")).unwrap_or_default()
+                    );
                     return self.fail(record, reason);
                 }
                 StepPhase::Progressing => {}
@@ -539,14 +546,6 @@ impl<'a> Pass<'a> {
             .push(Op::put(keys::instance(&rec.value.spec.id), encode(&next)));
     }
 
-    fn node_usable(&self, node: &str) -> bool {
-        self.snapshot
-            .nodes
-            .get(node)
-            .is_some_and(|n| !n.value.draining)
-            && table::node_is_up(self.shared, node, self.now)
-    }
-
     /// Places a new instance of `service` and records it. Without a feasible node nothing is
     /// created; the rollout then waits and, past its progress deadline, fails with the reason.
     fn create(&mut self, record: &RolloutRecord, name: &str, region: &str, service: &Service) {
@@ -600,100 +599,27 @@ impl<'a> Pass<'a> {
         region: &str,
         service: &Service,
     ) -> Result<String, String> {
-        let group = group_key(&record.stack, &record.env, region, name, service);
-        let nodes: Vec<SchedNode> = self
-            .snapshot
-            .nodes
-            .values()
-            .filter(|n| {
-                n.value
-                    .registration
-                    .labels
-                    .get("region")
-                    .is_none_or(|r| r == region)
-            })
-            .map(|n| {
-                let reg = &n.value.registration;
-                SchedNode {
-                    name: reg.name.clone(),
-                    labels: reg.labels.clone(),
-                    ready: self.node_usable(&reg.name),
-                    drivers: reg.drivers.clone(),
-                    capacity: Capacity {
-                        cpu_millis: reg.resources.cpu_millis,
-                        memory_bytes: reg.resources.memory_bytes,
-                    },
+        let pending: Vec<InstanceRecord> = self
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put { key, value } if key.starts_with(keys::INSTANCES) => {
+                    serde_json::from_slice::<InstanceRecord>(value).ok()
                 }
+                _ => None,
             })
             .collect();
-        let existing = self.existing();
-        let alive = existing.iter().filter(|e| e.group == group).count() as u32;
-        let demand = Demand {
-            group,
-            count: alive + 1,
-            service: service.clone(),
-        };
-        let config = SchedulerConfig::new(self.now ^ self.created as u64);
-        let plan =
-            berth_scheduler::schedule(&nodes, &existing, std::slice::from_ref(&demand), &config);
-        if let Some(p) = plan.placements.first() {
-            if let Some(node) = nodes.get(p.node) {
-                return Ok(node.name.clone());
-            }
-        }
-        Err(plan
-            .failures
-            .first()
-            .map(|f| {
-                f.explanation
-                    .as_ref()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| f.reason.clone())
-            })
-            .unwrap_or_else(|| format!("no node in region {region} can take it")))
-    }
-
-    /// Every instance that holds resources on a node: those not being stopped, and those this
-    /// pass creates.
-    fn existing(&self) -> Vec<Existing> {
-        let pending = self.ops.iter().filter_map(|op| match op {
-            Op::Put { key, value } if key.starts_with(keys::INSTANCES) => {
-                serde_json::from_slice::<InstanceRecord>(value).ok()
-            }
-            _ => None,
-        });
-        let mut seen = BTreeSet::new();
-        let mut out = Vec::new();
-        for r in pending.chain(self.snapshot.instances.values().map(|v| v.value.clone())) {
-            if r.desired == Desired::Stop || !seen.insert(r.spec.id.clone()) {
-                continue;
-            }
-            let host_ports = if r.spec.spec.image.is_some() {
-                Vec::new()
-            } else {
-                r.spec
-                    .spec
-                    .ports
-                    .values()
-                    .copied()
-                    .filter(|p| *p != 0)
-                    .collect()
-            };
-            out.push(Existing {
-                id: r.spec.id.clone(),
-                node: r.spec.node.clone(),
-                group: group_key(
-                    &r.spec.stack,
-                    &r.env,
-                    &r.region,
-                    &r.spec.service,
-                    &r.spec.spec,
-                ),
-                resources: Capacity::from(&r.spec.spec.resources),
-                host_ports,
-            });
-        }
-        out
+        placement::place_one(
+            self.shared,
+            self.snapshot,
+            &pending,
+            &record.stack,
+            &record.env,
+            region,
+            name,
+            service,
+            self.now ^ self.created as u64,
+        )
     }
 }
 
@@ -738,18 +664,6 @@ fn observe(
             }
         })
         .collect()
-}
-
-/// The scheduler's group of an instance: its service in one stack, environment and region,
-/// with the service's exact spec, so the instances of an old and a new release are counted
-/// apart while a rollout replaces one with the other.
-fn group_key(stack: &str, env: &str, region: &str, service: &str, spec: &Service) -> GroupKey {
-    GroupKey::new(
-        stack,
-        env,
-        region,
-        &format!("{service}@{}", table::content_version(spec)),
-    )
 }
 
 /// Services in an order where each comes after what it depends on (the validator refused

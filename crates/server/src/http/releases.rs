@@ -49,12 +49,30 @@ fn render(req: &DeployRequest) -> Result<Stack, ApiError> {
     })
 }
 
-fn view(plan: &Plan) -> PlanView {
+fn view(plan: &Plan, placement: Vec<String>) -> PlanView {
+    let mut text = plan.to_string();
+    if !placement.is_empty() {
+        text.push_str("\nplacement (on the cluster as it is now):\n");
+        for line in &placement {
+            text.push_str(&format!("  ! {line}\n"));
+        }
+    }
     PlanView {
         id: plan.id.clone(),
-        text: plan.to_string(),
+        text,
         detail: serde_json::to_value(plan).unwrap_or_default(),
+        placement,
     }
+}
+
+/// What the scheduler could not place of `target` on the cluster as it is now.
+async fn placement_check(
+    shared: &Shared,
+    target: &Stack,
+    env: &str,
+) -> Result<Vec<String>, ApiError> {
+    let snapshot = crate::state::Snapshot::load(shared.store.as_ref()).await?;
+    Ok(crate::placement::check(shared, &snapshot, target, env))
 }
 
 fn plan_of(base: Option<&Release>, target: &Stack) -> Result<Plan, ApiError> {
@@ -77,11 +95,12 @@ pub async fn plan(
     let target = render(&req)?;
     let (base, _) = current(&shared, &target.stack, &req.env).await?;
     let plan = plan_of(base.as_ref().map(|b| &b.value), &target)?;
+    let placement = placement_check(&shared, &target, &req.env).await?;
     Ok(Json(DeployResponse {
         stack: target.stack.clone(),
         env: req.env,
         release: None,
-        plan: view(&plan),
+        plan: view(&plan, placement),
     }))
 }
 
@@ -128,11 +147,12 @@ async fn start_release(
     let stack = target.stack.clone();
     let (base, rollout_rev) = current(shared, &stack, env).await?;
     let plan = plan_of(base.as_ref().map(|b| &b.value), &target)?;
+    let placement = placement_check(shared, &target, env).await?;
     let respond = |release| DeployResponse {
         stack: stack.clone(),
         env: env.to_string(),
         release,
-        plan: view(&plan),
+        plan: view(&plan, placement.clone()),
     };
     if let Some(id) = how.plan_id {
         if id != plan.id {
