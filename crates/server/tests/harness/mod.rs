@@ -10,6 +10,9 @@
 //! - [`Timeline`] records, in one order, what the agent was told to run and what the router
 //!   acknowledged, so ordering properties (drain before stop) can be checked afterwards.
 
+// Each test binary uses a different part of the harness.
+#![allow(dead_code)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::Path;
