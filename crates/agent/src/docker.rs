@@ -31,6 +31,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_api::InstanceSpec;
@@ -98,7 +99,14 @@ pub const LOG_CURSOR_FILE: &str = "log.cursor";
 pub struct DockerDriver {
     docker: Docker,
     endpoint: String,
+    /// Image ids recently seen present, by reference (see [`DockerDriver::ensure_image`]).
+    images: Arc<Mutex<HashMap<String, (String, std::time::Instant)>>>,
 }
+
+/// How long an image seen present is trusted without asking the Engine again: a rollout
+/// starting 50 containers of one image inspects it once, not 50 times, while a re-tagged
+/// or removed image is noticed within seconds (and a create that finds it gone re-checks).
+const IMAGE_TRUST: Duration = Duration::from_secs(10);
 
 /// Why no Engine could be used; [`DockerDriver::detect`] turns it into one warning line.
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +238,11 @@ impl DockerDriver {
             Ok(Err(e)) => return Err(unavailable(e.to_string())),
             Err(_) => return Err(unavailable(format!("no answer within {DETECT_TIMEOUT:?}"))),
         };
-        Ok(DockerDriver { docker, endpoint })
+        Ok(DockerDriver {
+            docker,
+            endpoint,
+            images: Arc::default(),
+        })
     }
 
     /// [`connect`](Self::connect), saying in one warning line why not when there is no
@@ -264,7 +276,41 @@ impl DockerDriver {
     ///
     /// A failed pull is [`Error::ImagePull`] with the Engine's reason (unknown image,
     /// unreachable registry, …).
+    ///
+    /// An image seen present within the last [`IMAGE_TRUST`] is not inspected again.
     pub async fn ensure_image(&self, id: &str, image: &str) -> Result<String> {
+        if let Some(known) = self.known_image(image) {
+            return Ok(known);
+        }
+        let found = self.find_or_pull(id, image).await?;
+        self.images
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                image.to_string(),
+                (found.clone(), std::time::Instant::now()),
+            );
+        Ok(found)
+    }
+
+    /// The id of `image` if it was seen present within [`IMAGE_TRUST`].
+    fn known_image(&self, image: &str) -> Option<String> {
+        let images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        images
+            .get(image)
+            .filter(|(_, seen)| seen.elapsed() < IMAGE_TRUST)
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Forgets that `image` was present (a create said it is not).
+    fn forget_image(&self, image: &str) {
+        self.images
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(image);
+    }
+
+    async fn find_or_pull(&self, id: &str, image: &str) -> Result<String> {
         match self.docker.inspect_image(image).await {
             Ok(i) => return Ok(i.id.unwrap_or_default()),
             Err(e) if is_not_found(&e) => {}
@@ -330,16 +376,25 @@ impl DockerDriver {
             })?;
         let dir = paths.instance_dir(&spec.id)?;
         std::fs::create_dir_all(&dir).map_err(io_err("create instance directory", &dir))?;
-        let image_id = self.ensure_image(&spec.id, image).await?;
+        let mut image_id = self.ensure_image(&spec.id, image).await?;
         let name = container_name(&spec.id);
         self.remove(&spec.id, &name).await?;
         let body = create_body(spec, &host_ports, owner)?;
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self
+        let created = match self
             .docker
-            .create_container(Some(options), body)
+            .create_container(Some(options.clone()), body.clone())
             .await
-            .map_err(|e| engine(&spec.id, "create container", e))?;
+        {
+            // The image went away since it was last seen: look (or pull) again, once.
+            Err(e) if is_not_found(&e) => {
+                self.forget_image(image);
+                image_id = self.ensure_image(&spec.id, image).await?;
+                self.docker.create_container(Some(options), body).await
+            }
+            other => other,
+        }
+        .map_err(|e| engine(&spec.id, "create container", e))?;
         let record = InstanceRecord {
             spec: spec.clone(),
             pid: 0,

@@ -4,6 +4,13 @@
 //! (exit, health, log size), restarts it per its policy and stops it when asked. Statuses are
 //! published as one map in a [`watch`] channel, so a slow reader only ever sees the latest state.
 //!
+//! # Health checks
+//! An adopted instance is probed at once and keeps its `healthy` verdict until `unhealthy`
+//! failures say otherwise. A fresh one is probed after [`FIRST_PROBE`] (50 ms, or its
+//! `interval` if shorter) and at that pace until its first success, then every `interval`:
+//! a workload that is up in 30 ms gets traffic then, not one `interval` (1 s by default) later.
+//! Until that first success only one failure per `interval` counts against `unhealthy`.
+//!
 //! # Static stability
 //! Nothing here stops an instance for lack of news. Shutting the supervisor down (its shutdown
 //! future resolving, [`Supervisor::detach`], or dropping the [`Supervisor`]) ends the tasks and
@@ -486,7 +493,12 @@ impl Instance {
                 if adopted {
                     c.tracker = c.tracker.with_verdict(Some(true));
                 }
-                let first = if adopted { Duration::ZERO } else { c.interval };
+                // An adopted instance is probed at once; a fresh one soon (see `Warmup`).
+                let first = if adopted {
+                    Duration::ZERO
+                } else {
+                    c.interval.min(FIRST_PROBE)
+                };
                 self.publish(
                     if adopted {
                         InstanceState::Healthy
@@ -507,10 +519,13 @@ impl Instance {
                 None
             }
         };
+        let mut warmup = check
+            .as_ref()
+            .filter(|(c, first)| !adopted && *first < c.interval)
+            .map(|_| Warmup { counted: started });
         let mut probe_tick = check.as_ref().map(|(c, first)| {
-            let mut t = tokio::time::interval_at(Instant::now() + *first, c.interval);
-            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            t
+            let every = if warmup.is_some() { *first } else { c.interval };
+            probe_interval(Instant::now() + *first, every)
         });
         let mut rotate_tick = tokio::time::interval(self.config.rotate_every);
         rotate_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -530,7 +545,26 @@ impl Instance {
                 }
                 _ = tick(&mut probe_tick) => {
                     if let Some((c, _)) = check.as_mut() {
-                        let (result, transition) = c.check().await;
+                        let result = c.probe.run(c.timeout).await;
+                        let transition = match warmup.as_mut() {
+                            Some(_) if result.is_ok() => {
+                                // First success: from now on, probe every `interval`.
+                                warmup = None;
+                                probe_tick = Some(probe_interval(Instant::now() + c.interval, c.interval));
+                                c.tracker.observe(true)
+                            }
+                            Some(w) => {
+                                // Not up yet: a failure counts once per `interval`, as it would
+                                // at the normal pace, so `unhealthy` keeps its meaning in time.
+                                if w.counted.elapsed() >= c.interval {
+                                    w.counted = Instant::now();
+                                    c.tracker.observe(false)
+                                } else {
+                                    None
+                                }
+                            }
+                            None => c.tracker.observe(result.is_ok()),
+                        };
                         match (transition, result) {
                             (Some(Transition::BecameHealthy), _) => {
                                 self.publish(InstanceState::Healthy, None)
@@ -863,6 +897,27 @@ async fn remove_orphans(
             tracing::warn!(error = %e, "cannot remove orphan container");
         }
     }
+}
+
+/// How soon a fresh instance is first probed (at most its `interval`), and how often it is
+/// probed until its first success: a workload that is up in 30 ms should not wait a whole
+/// `interval` (1 s by default) to be seen healthy and get traffic.
+pub const FIRST_PROBE: Duration = Duration::from_millis(50);
+
+/// A fresh instance not yet seen answering its health check: probed every [`FIRST_PROBE`]
+/// until its first success, then every `interval`. Only one failure per `interval` counts
+/// against the `unhealthy` threshold meanwhile, so a slow starter is not called unhealthy
+/// sooner than it would be at the normal pace.
+struct Warmup {
+    /// When a failure last counted (at first, when the instance started).
+    counted: Instant,
+}
+
+/// A probe schedule: first at `start`, then every `every`; a late tick is not made up for.
+fn probe_interval(start: Instant, every: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval_at(start, every);
+    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    t
 }
 
 /// Ticks an optional interval; never resolves for `None`.

@@ -308,3 +308,53 @@ async fn http_health_moves_starting_to_healthy_and_failing_checks_to_unhealthy()
     .await;
     sup.detach().await;
 }
+
+#[tokio::test]
+async fn a_fresh_instance_is_probed_soon_and_early_failures_count_once_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 10 s interval: at the normal pace the first probe would come after 10 s.
+    let checked = |id: &str, script: &str| {
+        let mut spec = sh(id, script);
+        spec.spec.ports = BTreeMap::from([("http".to_string(), 0)]);
+        let mut h = health(10_000, 1, 1);
+        h.tcp = Some(true);
+        spec.spec.health = Some(h);
+        spec
+    };
+    let listens = checked(
+        "quick-1",
+        &format!(
+            "exec {} -m http.server \"$PORT\" --bind 127.0.0.1",
+            python()
+        ),
+    );
+    let silent = checked("silent-1", "exec sleep 60");
+    let sup = Supervisor::start(config(dir.path()), std::future::pending())
+        .await
+        .unwrap();
+    let mut rx = sup.statuses();
+    let started = tokio::time::Instant::now();
+    sup.set_desired(vec![listens, silent]);
+    let s = statuses_where(&mut rx, "the listening instance healthy", |s| {
+        state_is(s, "quick-1", InstanceState::Healthy)
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "healthy only after {:?}: the first probe waited for the 10 s interval",
+        started.elapsed()
+    );
+    // Probed every 50 ms and failing all along, but with `unhealthy: 1` a failure counts only
+    // once per 10 s interval: still starting, not unhealthy.
+    assert!(
+        state_is(&s, "silent-1", InstanceState::Starting),
+        "{:#?}",
+        s.get("silent-1")
+    );
+    sup.set_desired(vec![]);
+    statuses_where(&mut rx, "both stopped", |s| {
+        s.values().all(|x| x.state == InstanceState::Stopped)
+    })
+    .await;
+    sup.detach().await;
+}
