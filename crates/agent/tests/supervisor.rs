@@ -276,7 +276,10 @@ async fn http_health_moves_starting_to_healthy_and_failing_checks_to_unhealthy()
             ),
         );
         spec.spec.ports = BTreeMap::from([("http".to_string(), 0)]);
-        let mut h = health(100, 2, 2);
+        // 20 failures in a row (2 s at 100 ms) before `unhealthy`: python has long been
+        // listening by then, so the last failure is the 404, not a refused connection, even on
+        // a machine busy compiling.
+        let mut h = health(100, 2, 20);
         h.http = Some(path.into());
         h.port = Some("http".into());
         spec.spec.health = Some(h);

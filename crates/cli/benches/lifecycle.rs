@@ -34,6 +34,7 @@ services:
     env: {{ VERSION: "{version}" }}
     ports: {{ http: 0 }}
     replicas: {replicas}
+    resources: {{ cpu: 10m, memory: 16Mi }}
     health: {{ http: /healthz, port: http, interval: 100ms, timeout: 1s, healthy: 1, unhealthy: 3 }}
     route: {{ host: 127.0.0.1, path: /, port: http }}
     rollout: {{ strategy: rolling, max_surge: 1, max_unavailable: 0 }}
