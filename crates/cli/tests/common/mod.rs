@@ -22,6 +22,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod containers;
 pub mod docker;
 pub mod http;
 pub mod process;
