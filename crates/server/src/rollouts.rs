@@ -58,6 +58,11 @@ pub struct RolloutRecord {
     /// Set when this rollout is the automatic rollback of a failed one, with why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_reason: Option<String>,
+    /// A rollback (by command or automatic): every instance of the release returned to starts at
+    /// once (surge 100%), and the bad ones stop as soon as enough are healthy. Capacity never
+    /// drops, and a rollback takes one step instead of one per instance.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
     /// Services with instances no node could take, and the scheduler's explanation.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unplaced: BTreeMap<String, String>,
@@ -77,6 +82,7 @@ impl RolloutRecord {
             done: BTreeSet::new(),
             phase: Phase::Progressing,
             rollback_reason: None,
+            rollback: false,
             unplaced: BTreeMap::new(),
         }
     }
@@ -303,8 +309,7 @@ impl<'a> Pass<'a> {
             }
             let state = match record.services.get(&name) {
                 Some(s) => s.clone(),
-                None => match RolloutState::for_service(record.from, record.to, &service, self.now)
-                {
+                None => match new_state(&record, &service, self.now) {
                     Ok(s) => s,
                     Err(e) => return self.fail(record, format!("service {name}: {e}")),
                 },
@@ -382,6 +387,7 @@ impl<'a> Pass<'a> {
                     self.now,
                 );
                 back.rollback_reason = Some(format!("release {failed_release} failed: {reason}"));
+                back.rollback = true;
                 back
             }
             _ => {
@@ -664,6 +670,28 @@ fn observe(
             }
         })
         .collect()
+}
+
+/// The state machine of one service's rollout: the service's own surge and unavailability, or,
+/// for a rollback, everything at once with no capacity lost.
+fn new_state(
+    record: &RolloutRecord,
+    service: &Service,
+    now: u64,
+) -> Result<RolloutState, berth_rollout::RolloutError> {
+    if record.rollback {
+        RolloutState::with_limits(
+            record.from,
+            record.to,
+            service.replicas,
+            service.replicas.max(1),
+            0,
+            service.rollout.progress_deadline.millis,
+            now,
+        )
+    } else {
+        RolloutState::for_service(record.from, record.to, service, now)
+    }
 }
 
 /// Services in an order where each comes after what it depends on (the validator refused

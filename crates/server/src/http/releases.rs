@@ -190,7 +190,8 @@ async fn start_release(
         spec: target.clone(),
     };
     let from = base.as_ref().map(|b| b.value.number);
-    let record = RolloutRecord::new(&stack, env, from, number, now);
+    let mut record = RolloutRecord::new(&stack, env, from, number, now);
+    record.rollback = how.rollback_of.is_some();
     let mut ops = vec![
         Op::put(keys::release(&stack, env, number), encode(&release)),
         Op::put(keys::rollout(&stack, env), encode(&record)),
