@@ -149,3 +149,24 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// The two lines `berth bench scheduler` and `cargo bench` print: the planning latency of one
+/// call at 100 nodes × 10,000 instances (best of 5), then the big run's placements/s and peak
+/// memory.
+pub fn report(nodes: usize, instances: usize, seed: u64) -> [String; 2] {
+    let small = (0..5)
+        .map(|i| bench(100, 10_000, seed + i))
+        .min_by_key(|r| r.elapsed)
+        .map(|r| {
+            format!(
+                "scheduler: 100 nodes, 10000 instances: planning latency {:.1} ms (best of 5)",
+                r.elapsed.as_secs_f64() * 1000.0
+            )
+        })
+        .unwrap_or_default();
+    let big = bench(nodes, instances, seed);
+    let peak = peak_rss_bytes()
+        .map(|b| format!(", peak RSS {} MiB", b >> 20))
+        .unwrap_or_default();
+    [small, format!("{big}{peak}")]
+}

@@ -1,6 +1,6 @@
 //! `berth bench …`: benchmarks that print one comparable line each (never timed tests).
 
-use berth_scheduler::bench::{bench, peak_rss_bytes};
+use berth_scheduler::bench::report;
 
 /// Which benchmark.
 #[derive(clap::Subcommand, Debug)]
@@ -24,20 +24,9 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
             instances,
             seed,
         } => {
-            let small = (0..5)
-                .map(|i| bench(100, 10_000, seed + i))
-                .min_by_key(|r| r.elapsed);
-            if let Some(small) = small {
-                println!(
-                    "scheduler: 100 nodes, 10000 instances: planning latency {:.1} ms (best of 5)",
-                    small.elapsed.as_secs_f64() * 1000.0
-                );
+            for line in report(nodes, instances, seed) {
+                println!("{line}");
             }
-            let big = bench(nodes, instances, seed);
-            let peak = peak_rss_bytes()
-                .map(|b| format!(", peak RSS {} MiB", b >> 20))
-                .unwrap_or_default();
-            println!("{big}{peak}");
             Ok(())
         }
     }
