@@ -7,13 +7,16 @@
 //! ```
 //!
 //! Every request whose Host is `--host` (default `127.0.0.1`, what wrk sends for a loopback
-//! URL) goes to the backends. It runs until killed. No server, no CLI crate: the benchmark
+//! URL) goes to the backends. `--threads N` runs N single-threaded runtimes, one per core, each
+//! accepting on its own `SO_REUSEPORT` socket. It runs until killed. No server, no CLI crate: the benchmark
 //! measures the proxy and nothing else.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use berth_router::{serve_with, Endpoint, RouteEntry, RouteTable, RouterConfig, RouterHandle};
+use berth_router::{
+    bind_reuseport, serve_with, Endpoint, RouteEntry, RouteTable, RouterConfig, RouterHandle,
+};
 use tokio::net::TcpListener;
 
 struct Args {
@@ -63,66 +66,80 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
+    let table = RouteTable {
+        routes: vec![RouteEntry {
+            host: args.host,
+            path_prefix: "/".into(),
+            service: "bench".into(),
+            endpoints: args
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| Endpoint {
+                    addr: *addr,
+                    instance: format!("backend-{i}"),
+                    release: 1,
+                    weight: 100,
+                })
+                .collect(),
+            limits: None,
+            maintenance: None,
+        }],
+    };
+    let handle = RouterHandle::with_table(table);
+    // One single-threaded runtime per core, each with its own SO_REUSEPORT listener: the
+    // kernel spreads connections over the cores, and a connection never leaves its thread
+    // (nor do the upstream connections it uses; see the router's pool). The routing state is
+    // shared.
+    let threads: Vec<_> = (0..args.threads.max(1))
+        .map(|core| {
+            let handle = handle.clone();
+            let (listen, metrics) = (args.listen, args.metrics.filter(|_| core == 0));
+            std::thread::Builder::new()
+                .name(format!("router-{core}"))
+                .spawn(move || run_core(listen, metrics, handle))
+        })
+        .collect();
+    let mut code = ExitCode::SUCCESS;
+    for thread in threads {
+        match thread.map(std::thread::JoinHandle::join) {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => {
+                eprintln!("static_router: {err}");
+                code = ExitCode::FAILURE;
+            }
+            Ok(Err(_)) | Err(_) => code = ExitCode::FAILURE,
+        }
+    }
+    code
+}
+
+/// One core's runtime, listener and accept loop; runs until killed.
+fn run_core(
+    listen: SocketAddr,
+    metrics: Option<SocketAddr>,
+    handle: RouterHandle,
+) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("static_router: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
+        .map_err(|err| format!("cannot start a runtime: {err}"))?;
     runtime.block_on(async move {
-        let table = RouteTable {
-            routes: vec![RouteEntry {
-                host: args.host,
-                path_prefix: "/".into(),
-                service: "bench".into(),
-                endpoints: args
-                    .backends
-                    .iter()
-                    .enumerate()
-                    .map(|(i, addr)| Endpoint {
-                        addr: *addr,
-                        instance: format!("backend-{i}"),
-                        release: 1,
-                        weight: 100,
-                    })
-                    .collect(),
-                limits: None,
-                maintenance: None,
-            }],
-        };
-        let listener = match TcpListener::bind(args.listen).await {
-            Ok(listener) => listener,
-            Err(err) => {
-                eprintln!("static_router: cannot listen on {}: {err}", args.listen);
-                return ExitCode::FAILURE;
-            }
-        };
-        let metrics = match args.metrics {
+        let listener =
+            bind_reuseport(listen).map_err(|err| format!("cannot listen on {listen}: {err}"))?;
+        let metrics = match metrics {
             None => None,
-            Some(addr) => match TcpListener::bind(addr).await {
-                Ok(listener) => Some(listener),
-                Err(err) => {
-                    eprintln!("static_router: cannot listen on {addr}: {err}");
-                    return ExitCode::FAILURE;
-                }
-            },
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|err| format!("cannot listen on {addr}: {err}"))?,
+            ),
         };
         let config = RouterConfig {
             metrics,
             ..RouterConfig::default()
         };
-        serve_with(
-            listener,
-            RouterHandle::with_table(table),
-            config,
-            std::future::pending(),
-        )
-        .await;
-        ExitCode::SUCCESS
+        serve_with(listener, handle, config, std::future::pending()).await;
+        Ok(())
     })
 }

@@ -36,7 +36,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::compiled::{normalize_host, Route};
 use crate::error::ProxyError;
-use crate::upstream::{now_nanos, Sender, UpBody, Upstream};
+use crate::upstream::{now_nanos, Conn, UpBody, Upstream};
 use crate::RouterHandle;
 
 /// What the proxy answers with: an instance's streamed body, or a short body of its own.
@@ -142,12 +142,12 @@ impl Drop for Guard {
 /// connection is closed (its state is unknown).
 pub(crate) struct UpstreamBody {
     inner: Incoming,
-    conn: Option<(Sender, Arc<Upstream>)>,
+    conn: Option<(Conn, Arc<Upstream>)>,
     guard: Option<Guard>,
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, conn: Option<(Sender, Arc<Upstream>)>, guard: Guard) -> Self {
+    fn new(inner: Incoming, conn: Option<(Conn, Arc<Upstream>)>, guard: Guard) -> Self {
         let mut body = UpstreamBody {
             inner,
             conn,
@@ -161,8 +161,8 @@ impl UpstreamBody {
     }
 
     fn finish(&mut self) {
-        if let Some((sender, upstream)) = self.conn.take() {
-            upstream.checkin(sender);
+        if let Some((conn, upstream)) = self.conn.take() {
+            upstream.checkin(conn);
         }
         self.guard = None;
     }
@@ -386,7 +386,7 @@ impl Proxy {
                         .unwrap_or_else(|| Request::new(Either::Left(Full::new(Bytes::new())))),
                     };
                     match pooled.sender.try_send_request(request).await {
-                        Ok(response) => Ok((response, pooled.sender)),
+                        Ok(response) => Ok((response, pooled)),
                         Err(mut failed) => {
                             let addr = target.endpoint.addr;
                             let unsent = failed.take_message();
@@ -409,9 +409,9 @@ impl Proxy {
                 }
             };
             match result {
-                Ok((response, sender)) => {
+                Ok((response, pooled)) => {
                     target.upstream.succeeded();
-                    let response = self.respond(&route, i, response, sender, guard, upgrade);
+                    let response = self.respond(&route, i, response, pooled, guard, upgrade);
                     return (response, outcome);
                 }
                 Err((err, _connected)) => {
@@ -466,7 +466,7 @@ impl Proxy {
         route: &Arc<Route>,
         endpoint: usize,
         mut response: Response<Incoming>,
-        sender: Sender,
+        sender: Conn,
         mut guard: Guard,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<ProxyBody> {
@@ -528,7 +528,7 @@ async fn tunnel(
     downstream: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     guard: Guard,
-    _sender: Sender,
+    _sender: Conn,
 ) {
     let (down, up) = tokio::join!(downstream, upstream);
     match (down, up) {

@@ -2,6 +2,8 @@
 //! optional TLS, an optional metrics listener, graceful stop on a shutdown signal.
 
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::proxy::{ConnInfo, Proxy};
 use crate::RouterHandle;
@@ -28,6 +30,45 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop doesn't spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// The listen backlog of [`bind_reuseport`]: room for a burst of connections while a core is
+/// busy (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a TCP listener with `SO_REUSEPORT` (and `SO_REUSEADDR`), so that several sockets —
+/// in this process or in another — can listen on the same address, and the kernel spreads
+/// new connections between them.
+///
+/// Two uses, both the reason it exists:
+/// - **one listener per core**: each core's runtime accepts on its own socket, so a
+///   connection, its requests and its upstream connections stay on one thread (no
+///   cross-thread wake-ups; see `scripts/bench-router`'s `static_router`);
+/// - **restarts without refused connections** (pingora's graceful upgrade): the new router
+///   binds the same port while the old one still listens, then the old one is told to stop;
+///   [`serve_with`] then accepts what is already queued on its socket, stops listening, and
+///   finishes its in-flight requests. At no moment is nobody listening, so no client sees
+///   "connection refused".
+///
+/// One kernel caveat: a connection that completes its handshake on the old socket in the
+/// microseconds between its last `accept` and its close is reset. Linux ≥ 5.14 with
+/// `net.ipv4.tcp_migrate_req = 1` moves such connections to a remaining listener instead;
+/// set it on the machines that restart routers under load.
+///
+/// Must be called inside a Tokio runtime (the listener registers with its reactor).
+pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    if addr.is_ipv6() {
+        // Same as `TcpListener::bind`: an IPv6 wildcard takes IPv4 clients too where the
+        // system allows it; failure to change the default is not fatal.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
 
 /// Options for [`serve_with`]; `RouterConfig::default()` is what [`serve`] uses.
 #[derive(Default)]
@@ -102,18 +143,7 @@ pub async fn serve_with(
     });
     tokio::pin!(shutdown);
 
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    let serve = |stream: TcpStream, remote: SocketAddr| {
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%err, %remote, "set_nodelay failed");
         }
@@ -132,9 +162,40 @@ pub async fn serve_with(
                 tracing::debug!(%err, %remote, "connection ended with an error");
             }
         });
+    };
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        serve(stream, remote);
     }
-
-    drop(listener);
+    // Connections the kernel already completed on this socket would be reset when it closes:
+    // take them first (they are served like any other, then closed gracefully below). With a
+    // second router on the same port (`bind_reuseport`), new ones go there meanwhile.
+    // A plain non-blocking `accept` until the queue is empty: the reactor's readiness may lag
+    // behind the kernel's queue, the socket's own answer does not.
+    match listener.into_std() {
+        Ok(listener) => {
+            while let Ok((stream, remote)) = listener.accept() {
+                match stream
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpStream::from_std(stream))
+                {
+                    Ok(stream) => serve(stream, remote),
+                    Err(err) => tracing::debug!(%err, %remote, "dropping a queued connection"),
+                }
+            }
+        }
+        Err(err) => tracing::warn!(%err, "cannot drain the accept queue"),
+    }
     let _ = stop_metrics.send(());
     graceful.shutdown().await;
     if let Some(metrics) = metrics {

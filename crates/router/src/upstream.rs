@@ -8,12 +8,16 @@
 //! request may be replayed — hyper#2136), must get a request back when hyper did not send it,
 //! and wants no per-request URI rewriting or pool-key hashing.
 //!
-//! The idle list sits behind a `Mutex`, held for one `Vec::pop`/`push`: every pool needs some
-//! synchronisation and an uncontended lock is a couple of atomic operations. Routing decisions
-//! (the table) never lock.
+//! The idle connections are kept in one list per worker thread ([`SHARDS`] of them, each
+//! behind a `Mutex` held for one `Vec::pop`/`push`). A thread checks out the connections it
+//! checked in, which were usually opened by it too, so with one runtime per core
+//! (see [`crate::bind_reuseport`]) a request, its upstream connection's task and the response
+//! stay on one thread: no cross-thread wake-ups, and the lock is never contended. A thread
+//! whose own list is empty opens a connection rather than borrow another thread's (see
+//! `pop_idle`). Routing decisions (the table) never lock.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -38,7 +42,7 @@ pub(crate) type Sender = http1::SendRequest<UpBody>;
 /// the race where the app closes it just as a request is sent.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// Idle connections kept per instance; more than the concurrency one router sends to one
+/// Idle connections kept per instance (split evenly over the shards); more than the concurrency one router sends to one
 /// instance in practice, few enough to bound file descriptors.
 const MAX_IDLE: usize = 512;
 
@@ -59,9 +63,23 @@ pub(crate) fn now_nanos() -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX) + 1
 }
 
+/// Idle lists per instance: enough for one per core on the machines berth targets; threads
+/// beyond that share lists (correct, just contended).
+const SHARDS: usize = 8;
+
+/// This thread's idle list, assigned round-robin the first time a thread uses a pool.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
 struct Idle {
     sender: Sender,
     since: Instant,
+    home: usize,
 }
 
 /// A checked-out connection.
@@ -70,6 +88,10 @@ pub(crate) struct Conn {
     /// It had served a request before: a failure before any response byte means the app had
     /// closed it as idle.
     pub(crate) reused: bool,
+    /// The [`shard`] of the thread that opened it, whose runtime drives its I/O: it goes back
+    /// to that thread's idle list, even when another thread borrowed it, so that a borrowed
+    /// connection does not keep costing a cross-thread wake-up per request.
+    home: usize,
 }
 
 /// The router's view of one instance address.
@@ -81,7 +103,8 @@ pub(crate) struct Upstream {
     ejected_until: AtomicU64,
     /// Consecutive failures, which set the ejection's length.
     failures: AtomicU32,
-    idle: Mutex<Vec<Idle>>,
+    /// Idle connections, one list per [`shard`].
+    idle: [Mutex<Vec<Idle>>; SHARDS],
 }
 
 impl std::fmt::Debug for Upstream {
@@ -100,7 +123,7 @@ impl Upstream {
             outstanding: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             failures: AtomicU32::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: std::array::from_fn(|_| Mutex::new(Vec::new())),
         }
     }
 
@@ -124,7 +147,9 @@ impl Upstream {
         let until = now.saturating_add(u64::try_from(backoff.as_nanos()).unwrap_or(u64::MAX));
         self.ejected_until.fetch_max(until, Ordering::Relaxed);
         // Connections to a sick instance are suspect too.
-        self.lock_idle().clear();
+        for shard in 0..SHARDS {
+            self.lock_idle(shard).clear();
+        }
         !was_ejected
     }
 
@@ -136,16 +161,30 @@ impl Upstream {
         }
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock_idle(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle[shard % SHARDS]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// This thread's most recent idle connection. Never another thread's: a borrowed
+    /// connection costs two cross-thread wake-ups (an `eventfd` write each) per request, which
+    /// measured worse than opening one more connection of our own.
+    fn pop_idle(&self) -> Option<Idle> {
+        self.lock_idle(shard()).pop()
     }
 
     /// A connection ready for a request: the most recently used idle one (LIFO keeps the set of
     /// warm connections small), or a new one.
     pub(crate) async fn checkout(&self) -> Result<Conn, ProxyError> {
         loop {
-            let idle = self.lock_idle().pop();
-            let Some(Idle { mut sender, since }) = idle else {
+            let idle = self.pop_idle();
+            let Some(Idle {
+                mut sender,
+                since,
+                home,
+            }) = idle
+            else {
                 break;
             };
             if since.elapsed() >= POOL_IDLE_TIMEOUT || sender.is_closed() {
@@ -155,25 +194,29 @@ impl Upstream {
                 return Ok(Conn {
                     sender,
                     reused: true,
+                    home,
                 });
             }
         }
         self.connect().await.map(|sender| Conn {
             sender,
             reused: false,
+            home: shard(),
         })
     }
 
     /// Returns a connection whose exchange finished cleanly.
-    pub(crate) fn checkin(&self, sender: Sender) {
+    pub(crate) fn checkin(&self, conn: Conn) {
+        let Conn { sender, home, .. } = conn;
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.lock_idle();
-        if idle.len() < MAX_IDLE {
+        let mut idle = self.lock_idle(home);
+        if idle.len() < MAX_IDLE / SHARDS {
             idle.push(Idle {
                 sender,
                 since: Instant::now(),
+                home,
             });
         }
     }
