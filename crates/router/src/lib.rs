@@ -12,8 +12,12 @@
 //!   `arc-swap`), per-service and per-instance state. Cheap to clone; the shell keeps one to
 //!   [`update`](RouterHandle::update) or [`follow`](RouterHandle::follow) a `watch` channel, and
 //!   reads [`stats`](RouterHandle::stats) or [`metrics_text`](RouterHandle::metrics_text).
-//! - [`serve`] / [`serve_with`] — the accept loop: HTTP/1.1 and h2c on one listener, an optional
-//!   `/metrics` listener and access log ([`RouterConfig`]), graceful shutdown.
+//! - [`serve`] / [`serve_with`] — the accept loop: HTTP/1.1 and h2c on one listener, optional
+//!   TLS and `/metrics` listeners and access log ([`RouterConfig`]), graceful shutdown.
+//! - [`tls`] — TLS termination: [`TlsConfig`] (certificates per host, by SNI) loaded into a
+//!   [`TlsListener`] for [`RouterConfig::tls`].
+//! - [`bind_reuseport`] — `SO_REUSEPORT` listeners: one per core, and restarts where the new
+//!   router binds before the old one stops (no refused connections).
 //! - [`follow`] — the shell that feeds a handle from `berth server`.
 //! - [`error`] — why an attempt failed, whose fault, whether a retry is safe.
 //! - `compiled` (private) — host → routes longest prefix first; release groups and balancing.
@@ -52,8 +56,7 @@
 //! | the client's body broke off | 400 | the error |
 //! | more than 100 header fields or a 64 KiB head | 431 | (hyper's) |
 //!
-//! Not yet: TLS termination (the seam is [`serve_with`]'s per-connection step), HTTP/2 to
-//! instances, a response-head timeout, active health checks (the agent does those).
+//! Not yet: HTTP/2 to instances, certificate reload without a restart, a response-head timeout, active health checks (the agent does those).
 
 #![warn(missing_docs)]
 
@@ -66,6 +69,7 @@ mod server;
 mod service;
 pub mod stats;
 pub mod table;
+pub mod tls;
 mod upstream;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -76,6 +80,7 @@ use tokio::sync::watch;
 pub use server::{bind_reuseport, serve, serve_with, RouterConfig};
 pub use stats::{RouterStats, StatusClasses};
 pub use table::{Endpoint, Limits, Maintenance, RouteEntry, RouteTable};
+pub use tls::{TlsConfig, TlsError, TlsListener};
 
 use compiled::{CompiledTable, Registry};
 use stats::Counters;

@@ -17,7 +17,10 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
+use tokio_rustls::TlsAcceptor;
+
 use crate::proxy::{ConnInfo, Proxy};
+use crate::tls::TlsListener;
 use crate::RouterHandle;
 
 /// How long a client may take to send a request head before its connection is closed
@@ -81,6 +84,10 @@ pub struct RouterConfig {
     /// (method, host, path, status, service, endpoint, attempts, time to response head,
     /// request id, error kind and fault).
     pub access_log: bool,
+    /// A second listener whose connections speak TLS (certificates by SNI, ALPN `h2` and
+    /// `http/1.1`); served like the plain one, with `X-Forwarded-Proto: https`. Separate
+    /// rather than sniffed on one port, as ports 80 and 443 are. `None`: plain HTTP only.
+    pub tls: Option<TlsListener>,
 }
 
 impl std::fmt::Debug for RouterConfig {
@@ -91,6 +98,7 @@ impl std::fmt::Debug for RouterConfig {
                 &self.metrics.as_ref().and_then(|l| l.local_addr().ok()),
             )
             .field("access_log", &self.access_log)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -143,63 +151,121 @@ pub async fn serve_with(
     });
     tokio::pin!(shutdown);
 
-    let serve = |stream: TcpStream, remote: SocketAddr| {
+    let serve = |stream: TcpStream, remote: SocketAddr, tls: Option<&TlsAcceptor>| {
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%err, %remote, "set_nodelay failed");
         }
-        let info = ConnInfo { remote, tls: false };
+        let info = ConnInfo {
+            remote,
+            tls: tls.is_some(),
+        };
         let proxy = proxy.clone();
         let service = service_fn(move |request| {
             let proxy = proxy.clone();
             async move { Ok::<_, std::convert::Infallible>(proxy.handle(info, request).await) }
         });
-        let connection = graceful.watch(
-            http.serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned(),
-        );
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, %remote, "connection ended with an error");
+        match tls {
+            None => {
+                let connection = graceful.watch(
+                    http.serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned(),
+                );
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(%err, %remote, "connection ended with an error");
+                    }
+                });
             }
-        });
-    };
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        serve(stream, remote);
-    }
-    // Connections the kernel already completed on this socket would be reset when it closes:
-    // take them first (they are served like any other, then closed gracefully below). With a
-    // second router on the same port (`bind_reuseport`), new ones go there meanwhile.
-    // A plain non-blocking `accept` until the queue is empty: the reactor's readiness may lag
-    // behind the kernel's queue, the socket's own answer does not.
-    match listener.into_std() {
-        Ok(listener) => {
-            while let Ok((stream, remote)) = listener.accept() {
-                match stream
-                    .set_nonblocking(true)
-                    .and_then(|()| TcpStream::from_std(stream))
-                {
-                    Ok(stream) => serve(stream, remote),
-                    Err(err) => tracing::debug!(%err, %remote, "dropping a queued connection"),
-                }
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, not in the accept loop, and is
+                // bounded like a request head (a client that stalls mid-handshake is a
+                // slowloris too). The watcher makes a graceful shutdown wait for it.
+                let handshake = acceptor.accept(stream);
+                let (http, watcher) = (http.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, handshake).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            tracing::debug!(%err, %remote, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection = watcher.watch(
+                        http.serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned(),
+                    );
+                    if let Err(err) = connection.await {
+                        tracing::debug!(%err, %remote, "TLS connection ended with an error");
+                    }
+                });
             }
         }
-        Err(err) => tracing::warn!(%err, "cannot drain the accept queue"),
+    };
+    let (tls_listener, acceptor) = match config.tls {
+        Some(TlsListener { listener, acceptor }) => (Some(listener), Some(acceptor)),
+        None => (None, None),
+    };
+    loop {
+        let (accepted, tls) = tokio::select! {
+            accepted = listener.accept() => (accepted, None),
+            accepted = accept_on(tls_listener.as_ref()) => (accepted, acceptor.as_ref()),
+            () = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((stream, remote)) => serve(stream, remote, tls),
+            Err(err) => {
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+    // Connections the kernel already completed on these sockets would be reset when they
+    // close: take them first (they are served like any other, then closed gracefully below).
+    // With a second router on the same port (`bind_reuseport`), new ones go there meanwhile.
+    drain(listener, |stream, remote| serve(stream, remote, None));
+    if let Some(tls_listener) = tls_listener {
+        drain(tls_listener, |stream, remote| {
+            serve(stream, remote, acceptor.as_ref());
+        });
     }
     let _ = stop_metrics.send(());
     graceful.shutdown().await;
     if let Some(metrics) = metrics {
         let _ = metrics.await;
+    }
+}
+
+/// Accepts on `listener`, or never when there is none (so `select!` can treat both alike).
+async fn accept_on(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands every connection already queued on `listener` to `serve`, then closes it. A plain
+/// non-blocking `accept` until the queue is empty: the reactor's readiness may lag behind the
+/// kernel's queue, the socket's own answer does not.
+fn drain(listener: TcpListener, mut serve: impl FnMut(TcpStream, SocketAddr)) {
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::warn!(%err, "cannot drain the accept queue");
+            return;
+        }
+    };
+    while let Ok((stream, remote)) = listener.accept() {
+        match stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream))
+        {
+            Ok(stream) => serve(stream, remote),
+            Err(err) => tracing::debug!(%err, %remote, "dropping a queued connection"),
+        }
     }
 }
 

@@ -212,6 +212,7 @@ async fn router(table: RouteTable) -> Router {
     let config = RouterConfig {
         metrics: Some(metrics),
         access_log: true,
+        ..RouterConfig::default()
     };
     tokio::spawn(serve_with(
         listener,
