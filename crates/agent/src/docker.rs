@@ -207,6 +207,8 @@ pub struct Owned {
     pub instance: String,
     /// Whether it runs.
     pub running: bool,
+    /// The Engine's state word: `created`, `running`, `exited`, `dead`, ….
+    pub state: String,
 }
 
 impl DockerDriver {
@@ -310,6 +312,175 @@ impl DockerDriver {
             .remove(image);
     }
 
+    /// Makes sure the image a release pinned is present and returns its id. Present: used as
+    /// it is, whatever the tag names now and with no registry needed. Missing (a node that
+    /// never ran it): `image` is pulled (or found by tag), and used only if it is exactly the
+    /// pinned bytes; otherwise the instance fails with [`Error::ImagePull`] saying so, rather
+    /// than silently running other code than the release ran.
+    pub async fn ensure_pinned(&self, id: &str, image: &str, pinned: &str) -> Result<String> {
+        if let Some(known) = self.known_image(pinned) {
+            return Ok(known);
+        }
+        let found = match self.docker.inspect_image(pinned).await {
+            Ok(i) => i.id.unwrap_or_else(|| pinned.to_string()),
+            Err(e) if is_not_found(&e) => {
+                self.forget_image(image);
+                let by_tag = self.ensure_image(id, image).await?;
+                if by_tag != pinned {
+                    return Err(Error::ImagePull {
+                        id: id.to_string(),
+                        image: image.to_string(),
+                        message: format!(
+                            "the release pinned image {pinned}, which is not on this node, and {image} now names {by_tag}: load the original image on the node, or deploy a new release"
+                        ),
+                    });
+                }
+                by_tag
+            }
+            Err(e) => return Err(engine(id, "inspect image", e)),
+        };
+        self.images
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                pinned.to_string(),
+                (found.clone(), std::time::Instant::now()),
+            );
+        Ok(found)
+    }
+
+    /// The image id an instance runs: its release's pin if it has one, else what its tag names
+    /// (pulled when missing).
+    async fn resolve_image(&self, spec: &InstanceSpec, image: &str) -> Result<String> {
+        match &spec.image_id {
+            Some(pinned) => self.ensure_pinned(&spec.id, image, pinned).await,
+            None => self.ensure_image(&spec.id, image).await,
+        }
+    }
+
+    /// The root directory of the Engine's data (`/var/lib/docker` by default), whose
+    /// filesystem the disk threshold of garbage collection watches.
+    pub async fn data_root(&self) -> Option<PathBuf> {
+        match self.docker.info().await {
+            Ok(info) => info.docker_root_dir.map(PathBuf::from),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot ask the Engine for its data root");
+                None
+            }
+        }
+    }
+
+    /// Collects garbage: removes this agent's (`owner`'s) containers that have exited (not
+    /// `created` ones: one may be between its create and its start), then every image of the
+    /// `ledger` that is not in `keep` (neither its reference nor its id) and that no container
+    /// on the Engine uses. An image is removed by its reference, without force: the Engine
+    /// untags it, and deletes it only when that was its last tag, so bytes another tag still
+    /// names stay. A reference that names other bytes now (re-tagged, re-pulled) is not the
+    /// agent's any more; its old image is deleted only if nothing tags it.
+    ///
+    /// Returns what was removed and what could not be; the generation, trigger and time of the
+    /// report are the caller's to fill in.
+    pub async fn collect_garbage(
+        &self,
+        owner: &str,
+        keep: &std::collections::HashSet<String>,
+        ledger: &crate::gc::ImageLedger,
+    ) -> berth_api::control::GcReport {
+        use bollard::query_parameters::RemoveImageOptionsBuilder;
+        let mut report = berth_api::control::GcReport::default();
+        match self.list_owned(owner).await {
+            Ok(owned) => {
+                for c in owned
+                    .iter()
+                    .filter(|c| c.state == "exited" || c.state == "dead")
+                {
+                    match self.remove(&c.instance, &c.id).await {
+                        Ok(()) => report.containers_removed += 1,
+                        Err(e) => report.errors.push(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => report.errors.push(e.to_string()),
+        }
+        // Which images are in use, by any container (berth's or not, running or not).
+        let options = ListContainersOptionsBuilder::default().all(true).build();
+        let used: std::collections::HashSet<String> =
+            match self.docker.list_containers(Some(options)).await {
+                Ok(list) => list.into_iter().filter_map(|c| c.image_id).collect(),
+                Err(e) => {
+                    // Without knowing what is in use, remove no image at all.
+                    report
+                        .errors
+                        .push(format!("cannot list containers: {}", engine_message(&e)));
+                    return report;
+                }
+            };
+        for entry in ledger.images() {
+            if keep.contains(&entry.reference)
+                || keep.contains(&entry.id)
+                || used.contains(&entry.id)
+            {
+                continue;
+            }
+            let by_ref = match self.docker.inspect_image(&entry.reference).await {
+                Ok(i) => i.id,
+                Err(e) if is_not_found(&e) => None,
+                Err(e) => {
+                    report.errors.push(format!(
+                        "cannot inspect image {}: {}",
+                        entry.reference,
+                        engine_message(&e)
+                    ));
+                    continue;
+                }
+            };
+            // Remove by reference when it still names the image, else the old image by id,
+            // but only if nothing tags it any more (a tag would be someone else's).
+            let target = if by_ref.as_deref() == Some(entry.id.as_str()) {
+                entry.reference.clone()
+            } else {
+                match self.docker.inspect_image(&entry.id).await {
+                    Ok(i) if i.repo_tags.as_ref().is_none_or(|t| t.is_empty()) => entry.id.clone(),
+                    _ => {
+                        ledger.forget(&entry);
+                        continue;
+                    }
+                }
+            };
+            let size = self
+                .docker
+                .inspect_image(&entry.id)
+                .await
+                .ok()
+                .and_then(|i| i.size)
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(0);
+            let options = RemoveImageOptionsBuilder::default().force(false).build();
+            match self.docker.remove_image(&target, Some(options), None).await {
+                Ok(items) => {
+                    if items
+                        .iter()
+                        .any(|i| i.deleted.as_deref() == Some(entry.id.as_str()))
+                    {
+                        report.bytes_reclaimed += size;
+                    }
+                    tracing::info!(image = %entry.reference, id = %entry.id, "removed image");
+                    report.images_removed.push(entry.reference.clone());
+                    self.forget_image(&entry.reference);
+                    self.forget_image(&entry.id);
+                    ledger.forget(&entry);
+                }
+                Err(e) if is_not_found(&e) => ledger.forget(&entry),
+                Err(e) => report.errors.push(format!(
+                    "cannot remove image {}: {}",
+                    entry.reference,
+                    engine_message(&e)
+                )),
+            }
+        }
+        report
+    }
+
     async fn find_or_pull(&self, id: &str, image: &str) -> Result<String> {
         match self.docker.inspect_image(image).await {
             Ok(i) => return Ok(i.id.unwrap_or_default()),
@@ -376,7 +547,7 @@ impl DockerDriver {
             })?;
         let dir = paths.instance_dir(&spec.id)?;
         std::fs::create_dir_all(&dir).map_err(io_err("create instance directory", &dir))?;
-        let mut image_id = self.ensure_image(&spec.id, image).await?;
+        let mut image_id = self.resolve_image(spec, image).await?;
         let name = container_name(&spec.id);
         self.remove(&spec.id, &name).await?;
         let body = create_body(spec, &host_ports, owner)?;
@@ -389,7 +560,10 @@ impl DockerDriver {
             // The image went away since it was last seen: look (or pull) again, once.
             Err(e) if is_not_found(&e) => {
                 self.forget_image(image);
-                image_id = self.ensure_image(&spec.id, image).await?;
+                if let Some(pinned) = &spec.image_id {
+                    self.forget_image(pinned);
+                }
+                image_id = self.resolve_image(spec, image).await?;
                 self.docker.create_container(Some(options), body).await
             }
             other => other,
@@ -506,10 +680,12 @@ impl DockerDriver {
             .into_iter()
             .filter_map(|c| {
                 let instance = c.labels.as_ref()?.get(labels::INSTANCE)?.clone();
+                let state = c.state.map(|s| s.to_string()).unwrap_or_default();
                 Some(Owned {
                     id: c.id?,
                     instance,
-                    running: c.state.is_some_and(|s| s.to_string() == "running"),
+                    running: state == "running",
+                    state,
                 })
             })
             .collect())
@@ -744,7 +920,8 @@ pub fn create_body(
         i64::try_from(service.resources.cpu.millis.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
     let memory = i64::try_from(service.resources.memory.bytes).unwrap_or(i64::MAX);
     Ok(ContainerCreateBody {
-        image: service.image.clone(),
+        // The release's pinned id when it has one: exactly the bytes the release ran.
+        image: spec.image_id.clone().or_else(|| service.image.clone()),
         cmd: service.command.clone(),
         env: Some(env),
         labels: Some(labels),

@@ -18,6 +18,8 @@
 //! - [`logs`] — per-instance log files, copy-truncate rotation, [`tail`](logs::tail) for
 //!   `berth logs [-f]`.
 //! - [`record`] — `instance.json`, atomic writes, `/proc/<pid>/stat` identity.
+//! - [`gc`] — the ledger of images this agent ran (`images.json`) and the disk usage that
+//!   triggers garbage collection; the Engine side is `DockerDriver::collect_garbage`.
 //! - [`node`] — the agent shell: registers with the server, feeds the supervisor the node's
 //!   desired instances, reports their statuses.
 //!
@@ -25,6 +27,7 @@
 //! ```text
 //! DATA_DIR/instances/<id>/instance.json    spec, pid, start time, ports, restarts (atomic writes)
 //! DATA_DIR/instances/<id>/output.log       stdout + stderr, O_APPEND; .1, .2 after rotation
+//! DATA_DIR/images.json                     the images this agent ran; the last `berth gc` handled
 //! ```
 //! An instance's directory is also its working directory.
 //!
@@ -41,6 +44,8 @@
 pub mod docker;
 #[warn(missing_docs)]
 pub mod error;
+#[warn(missing_docs)]
+pub mod gc;
 #[warn(missing_docs)]
 pub mod health;
 #[warn(missing_docs)]

@@ -11,7 +11,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_api::control::{Heartbeat, NodeResources, RegisterRequest};
+use berth_api::control::{GcReport, GcTrigger, Heartbeat, NodeResources, RegisterRequest};
 use berth_client::{Client, ClientError};
 use berth_spec::model::DriverKind;
 use tokio::sync::watch;
@@ -98,6 +98,11 @@ pub async fn run(
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut sup_stop = stop_rx.clone();
+    let docker = supervisor.docker.clone();
+    let disk = DiskWatch {
+        threshold: supervisor.gc_disk_threshold,
+        every: supervisor.gc_disk_every,
+    };
     let supervisor = Supervisor::start(supervisor, async move {
         let _ = sup_stop.wait_for(|s| *s).await;
     })
@@ -108,11 +113,14 @@ pub async fn run(
         drivers,
         anonymous,
         client: tokio::sync::Mutex::new(None),
+        gc_orders: watch::channel(None).0,
+        last_gc: watch::channel(None).0,
     };
     let work = async {
         tokio::join!(
             node.follow_desired(&supervisor, stop_rx.clone()),
-            node.report(&supervisor, stop_rx.clone())
+            node.report(&supervisor, stop_rx.clone()),
+            node.collect_garbage(&supervisor, docker, disk, stop_rx.clone()),
         );
     };
     tokio::select! {
@@ -132,6 +140,26 @@ struct Node {
     /// The client with this node's credential, once registered. A mutex, not a lock for
     /// readers, so two tasks needing a credential at once register only once.
     client: tokio::sync::Mutex<Option<Client>>,
+    /// What garbage collection must keep and the latest `berth gc` generation, from the last
+    /// desired set. `None` until the server answered once: without its keep list no image is
+    /// ever removed (static stability applies to disk too).
+    gc_orders: watch::Sender<Option<GcOrders>>,
+    /// The last collection's report, sent with every heartbeat.
+    last_gc: watch::Sender<Option<GcReport>>,
+}
+
+/// What the server says about garbage collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GcOrders {
+    keep: std::collections::HashSet<String>,
+    generation: u64,
+}
+
+/// When the disk is full enough to collect without being asked.
+#[derive(Debug, Clone, Copy)]
+struct DiskWatch {
+    threshold: f64,
+    every: Duration,
 }
 
 impl Node {
@@ -217,6 +245,15 @@ impl Node {
                     if version.as_deref() != Some(desired.version.as_str()) {
                         supervisor.set_desired(desired.instances);
                         version = Some(desired.version);
+                        let orders = GcOrders {
+                            keep: desired.keep_images.into_iter().collect(),
+                            generation: desired.gc_generation,
+                        };
+                        self.gc_orders.send_if_modified(|o| {
+                            let changed = o.as_ref() != Some(&orders);
+                            *o = Some(orders);
+                            changed
+                        });
                     }
                 }
                 Err(e) => {
@@ -235,10 +272,14 @@ impl Node {
     /// Sends a heartbeat with every status on each change, and at least every second.
     async fn report(&self, supervisor: &Supervisor, mut stop: watch::Receiver<bool>) {
         let mut statuses = supervisor.statuses();
+        let mut last_gc = self.last_gc.subscribe();
         loop {
             let snapshot: Vec<_> = statuses.borrow_and_update().values().cloned().collect();
             let name = self.config.name.clone();
-            let beat = Heartbeat { statuses: snapshot };
+            let beat = Heartbeat {
+                statuses: snapshot,
+                last_gc: last_gc.borrow_and_update().clone(),
+            };
             if let Err(e) = self
                 .with_client(|c| {
                     let name = name.clone();
@@ -251,9 +292,101 @@ impl Node {
             }
             tokio::select! {
                 _ = statuses.changed() => {}
+                _ = last_gc.changed() => {}
                 _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+        }
+    }
+
+    /// Collects garbage once for every `berth gc` generation not handled yet (remembered in
+    /// `images.json`, so across restarts too), and whenever the filesystem holding Docker's
+    /// data is fuller than the threshold (looked at every `disk.every`). Nothing is collected
+    /// before the server sent its keep list. On a node without an Engine a `berth gc` is only
+    /// acknowledged, so the command waiting for every node does not wait for this one.
+    async fn collect_garbage(
+        &self,
+        supervisor: &Supervisor,
+        docker: Option<DockerDriver>,
+        disk: DiskWatch,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut orders = self.gc_orders.subscribe();
+        let mut disk_tick = tokio::time::interval(disk.every);
+        disk_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut data_root: Option<PathBuf> = None;
+        loop {
+            // The select only says what woke the loop; the work (which awaits) comes after it.
+            let disk_woke = tokio::select! {
+                changed = orders.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    false
+                }
+                _ = disk_tick.tick() => true,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let trigger = if !disk_woke {
+                let handled = supervisor.ledger().gc_generation();
+                let generation = orders.borrow_and_update().as_ref().map(|o| o.generation);
+                match generation {
+                    Some(g) if g > handled => GcTrigger::Command,
+                    _ => continue,
+                }
+            } else {
+                {
+                    let Some(docker) = &docker else { continue };
+                    if data_root.is_none() {
+                        data_root = docker.data_root().await;
+                    }
+                    let Some(used) = data_root.as_deref().and_then(crate::gc::disk_used_fraction)
+                    else {
+                        continue;
+                    };
+                    let known = orders.borrow().is_some();
+                    if used <= disk.threshold || !known {
+                        continue;
+                    }
+                    tracing::info!(
+                        used = format!("{:.0}%", used * 100.0),
+                        threshold = format!("{:.0}%", disk.threshold * 100.0),
+                        "Docker's disk is above the threshold: collecting garbage"
+                    );
+                    GcTrigger::Disk
+                }
+            };
+            let current = orders.borrow().clone();
+            let Some(current) = current else {
+                continue;
+            };
+            let ledger = supervisor.ledger();
+            let mut report = match &docker {
+                Some(d) => {
+                    d.collect_garbage(supervisor.owner(), &current.keep, ledger)
+                        .await
+                }
+                None => GcReport::default(),
+            };
+            if trigger == GcTrigger::Command {
+                ledger.set_gc_generation(current.generation);
+            }
+            report.generation = ledger.gc_generation();
+            report.trigger = Some(trigger);
+            report.at_ms = crate::process::now_ms();
+            tracing::info!(
+                trigger = ?trigger,
+                generation = report.generation,
+                containers = report.containers_removed,
+                images = ?report.images_removed,
+                bytes = report.bytes_reclaimed,
+                errors = ?report.errors,
+                "garbage collection: removed {} container(s) and {} image(s), {} bytes reclaimed",
+                report.containers_removed,
+                report.images_removed.len(),
+                report.bytes_reclaimed
+            );
+            self.last_gc.send_replace(Some(report));
         }
     }
 }

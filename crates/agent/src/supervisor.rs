@@ -33,6 +33,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::docker::{self, Container, DockerDriver};
 use crate::error::{Error, Result};
+use crate::gc::ImageLedger;
 use crate::health::{HealthCheck, Transition};
 use crate::logs::LogConfig;
 use crate::process::{self, adopt_record, Exit, ProcessDriver, Running};
@@ -63,11 +64,17 @@ pub struct SupervisorConfig {
     /// The Docker Engine for `image:` services; `None` on a node without one (such instances
     /// then fail, saying so). The agent shell fills it in with [`DockerDriver::detect`].
     pub docker: Option<DockerDriver>,
+    /// The agent shell collects garbage on its own when the filesystem holding Docker's data
+    /// is used above this fraction (0.85 by default; `BERTH_GC_DISK_PERCENT` overrides).
+    pub gc_disk_threshold: f64,
+    /// How often that filesystem is looked at (every minute by default).
+    pub gc_disk_every: Duration,
 }
 
 impl SupervisorConfig {
     /// Defaults: back-off 500 ms doubling to 10 s, reset after a 60 s run, logs 10 MiB × 3
-    /// checked every 5 s, the system clock.
+    /// checked every 5 s, the system clock, garbage collection above 85% disk use checked
+    /// every minute.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         SupervisorConfig {
             data_dir: data_dir.into(),
@@ -79,6 +86,12 @@ impl SupervisorConfig {
             rotate_every: Duration::from_secs(5),
             clock: process::now_ms,
             docker: None,
+            gc_disk_threshold: std::env::var("BERTH_GC_DISK_PERCENT")
+                .ok()
+                .and_then(|p| p.trim().parse::<f64>().ok())
+                .filter(|p| (0.0..=100.0).contains(p))
+                .map_or(0.85, |p| p / 100.0),
+            gc_disk_every: Duration::from_secs(60),
         }
     }
 }
@@ -96,6 +109,10 @@ pub struct Supervisor {
     statuses: watch::Receiver<Statuses>,
     driver: Arc<ProcessDriver>,
     task: Option<JoinHandle<()>>,
+    /// The `berth.agent` label of this supervisor's containers.
+    owner: Arc<str>,
+    /// The images this agent created containers from (`DATA_DIR/images.json`).
+    ledger: Arc<ImageLedger>,
 }
 
 impl Supervisor {
@@ -120,16 +137,18 @@ impl Supervisor {
             .display()
             .to_string()
             .into();
+        let ledger = Arc::new(ImageLedger::open(&config.data_dir));
         let (desired_tx, desired_rx) = watch::channel(None);
         let (status_tx, status_rx) = watch::channel(Statuses::new());
         let mut main = Main {
+            ledger: ledger.clone(),
             driver: driver.clone(),
             config: Arc::new(config),
             statuses: Arc::new(status_tx),
             tasks: HashMap::new(),
             desired: None,
             done: mpsc::unbounded_channel(),
-            owner,
+            owner: owner.clone(),
         };
         for record in records {
             let initial = if let Some(f) = &record.finished {
@@ -149,7 +168,16 @@ impl Supervisor {
             } else {
                 Initial::Died
             };
-            main.spawn(record.spec, Some(record.ports), record.restarts, initial);
+            // An adopted container keeps reporting the image it runs, so its release gets
+            // pinned even if the agent restarted before the first report.
+            let image_id = record.container.as_ref().and(record.image_id.clone());
+            main.spawn(
+                record.spec,
+                Some(record.ports),
+                record.restarts,
+                initial,
+                image_id,
+            );
         }
         let task = tokio::spawn(main.run(desired_rx, shutdown));
         Ok(Supervisor {
@@ -157,6 +185,8 @@ impl Supervisor {
             statuses: status_rx,
             driver,
             task: Some(task),
+            owner,
+            ledger,
         })
     }
 
@@ -172,6 +202,18 @@ impl Supervisor {
     /// set shows `stopped` until the next `set_desired`, then disappears.
     pub fn statuses(&self) -> watch::Receiver<Statuses> {
         self.statuses.clone()
+    }
+
+    /// The `berth.agent` label this supervisor puts on its containers (its data directory,
+    /// absolute): what garbage collection goes by to touch only this agent's containers.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The images this agent created containers from: the only ones garbage collection may
+    /// remove.
+    pub fn ledger(&self) -> &Arc<ImageLedger> {
+        &self.ledger
     }
 
     /// The driver, e.g. for [`ProcessDriver::log_path`] when serving `berth logs`.
@@ -224,6 +266,8 @@ struct Main {
     ),
     /// The `berth.agent` label of this supervisor's containers.
     owner: Arc<str>,
+    /// Where every image a container is created from is recorded, for garbage collection.
+    ledger: Arc<ImageLedger>,
 }
 
 impl Main {
@@ -233,6 +277,7 @@ impl Main {
         ports: Option<BTreeMap<String, u16>>,
         restarts: u32,
         initial: Initial,
+        image_id: Option<String>,
     ) {
         let (tx, rx) = mpsc::channel(4);
         let id = spec.id.clone();
@@ -247,7 +292,8 @@ impl Main {
             pid: None,
             commands: rx,
             owner: self.owner.clone(),
-            image_id: None,
+            image_id,
+            ledger: self.ledger.clone(),
         };
         let done = self.done.0.clone();
         let task_id = id.clone();
@@ -287,7 +333,7 @@ impl Main {
                     self.tasks.remove(&id);
                     if let Some(spec) = self.desired.as_ref().and_then(|d| d.get(&id)).cloned() {
                         // Desired again while it was being stopped: start it afresh.
-                        self.spawn(spec, None, 0, Initial::Fresh);
+                        self.spawn(spec, None, 0, Initial::Fresh, None);
                     }
                 }
             }
@@ -305,7 +351,7 @@ impl Main {
             list.into_iter().map(|s| (s.id.clone(), s)).collect();
         for (id, spec) in &desired {
             if !self.tasks.contains_key(id) {
-                self.spawn(spec.clone(), None, 0, Initial::Fresh);
+                self.spawn(spec.clone(), None, 0, Initial::Fresh, None);
             }
         }
         if self.desired.is_none() {
@@ -365,6 +411,8 @@ struct Instance {
     owner: Arc<str>,
     /// The image id the current container runs, for image instances.
     image_id: Option<String>,
+    /// Where the images containers are created from are recorded.
+    ledger: Arc<ImageLedger>,
 }
 
 impl Instance {
@@ -435,6 +483,9 @@ impl Instance {
                 .start(&self.driver, &self.spec, ports, self.restarts, &self.owner)
                 .await
                 .map(|(c, image_id)| {
+                    if let Some(reference) = &self.spec.spec.image {
+                        self.ledger.note(reference, &image_id);
+                    }
                     self.image_id = Some(image_id);
                     Workload::Container(c)
                 }),
@@ -779,6 +830,7 @@ impl Instance {
             restarts: self.restarts,
             message,
             since_ms: now,
+            image_id: self.image_id.clone(),
         };
         self.statuses.send_if_modified(|map| {
             let mut status = status;

@@ -51,6 +51,41 @@ pub struct RegisterResponse {
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     pub statuses: Vec<InstanceStatus>,
+    /// What the node's last garbage collection removed, so `berth gc` can wait for it and
+    /// `berth nodes --output json` can show it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_gc: Option<GcReport>,
+}
+
+/// What started a garbage collection on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GcTrigger {
+    /// `berth gc` (a new [`DesiredInstances::gc_generation`]).
+    Command,
+    /// The filesystem holding Docker's data was fuller than the agent's threshold.
+    Disk,
+}
+
+/// What one garbage collection on a node removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GcReport {
+    /// The `gc_generation` the node had seen when it ran (a `berth gc` waits for its own).
+    pub generation: u64,
+    /// Why it ran; `None` only in a default value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<GcTrigger>,
+    /// When it finished, in ms since the Unix epoch (agent's clock).
+    pub at_ms: u64,
+    /// Stopped containers of berth removed.
+    pub containers_removed: u32,
+    /// Image references removed (untagged, and deleted when it was the last one).
+    pub images_removed: Vec<String>,
+    /// Bytes the Engine reported freed by deleted images.
+    pub bytes_reclaimed: u64,
+    /// Problems met (an image the Engine refused to remove, …), for people.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// Whether a node takes work.
@@ -77,6 +112,9 @@ pub struct NodeView {
     /// Milliseconds since the last heartbeat, if one arrived since the server started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_ms_ago: Option<u64>,
+    /// The node's last garbage collection, if it reported one since the server started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_gc: Option<GcReport>,
 }
 
 /// Exactly the instances an agent must run; any other it runs is to be stopped.
@@ -85,6 +123,22 @@ pub struct DesiredInstances {
     /// A content hash; pass it back as `?version=` to wait for the next change.
     pub version: String,
     pub instances: Vec<InstanceSpec>,
+    /// Every image reference and pinned image id of an `image:` service in any retained
+    /// release of any stack: what garbage collection must never remove, so that a rollback to
+    /// any retained release works with no registry reachable.
+    #[serde(default)]
+    pub keep_images: Vec<String>,
+    /// Bumped by every `berth gc`; an agent that sees a number it has not handled collects
+    /// garbage once.
+    #[serde(default)]
+    pub gc_generation: u64,
+}
+
+/// The answer to `POST /v1/gc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcResponse {
+    /// The new generation: a node has collected once its [`GcReport::generation`] reaches it.
+    pub generation: u64,
 }
 
 /// One healthy, routable instance as routers see it.
@@ -230,6 +284,12 @@ pub struct Release {
     pub reason: Option<String>,
     /// The fully rendered stack.
     pub spec: Stack,
+    /// Image service → the image id (`sha256:…`) its instances run, pinned the first time an
+    /// agent reports one (or copied from the release a rollback returns to, or from the
+    /// previous release for a service whose image reference did not change). New instances of
+    /// this release are created from that id, so a rollback runs exactly the same bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, String>,
 }
 
 /// `berth rollback`'s request: a release number, or the previous successful one.

@@ -37,6 +37,13 @@ pub struct InstanceSpec {
     pub node: String,
     /// The service, rendered and region-substituted.
     pub spec: berth_spec::model::Service,
+    /// For an `image:` service whose release pinned it: the image id (`sha256:…`) the agent
+    /// must create the container from, so that a rollback runs exactly the bytes the release
+    /// ran, even if the tag has moved since, and without a registry when the image is on the
+    /// node. Kept out of [`spec`](Self::spec) on purpose: the rollout controller compares
+    /// `spec` with the target service to tell which instances belong to the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
 }
 
 /// An instance's lifecycle state, as the design's vocabulary names them.
@@ -94,6 +101,10 @@ pub struct InstanceStatus {
     pub message: Option<String>,
     /// When the instance entered `state`, in milliseconds since the Unix epoch (agent's clock).
     pub since_ms: u64,
+    /// For an `image:` instance, the id (`sha256:…`) of the image its container was created
+    /// from: what the server pins in the instance's release (see `Release::images`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
 }
 
 #[cfg(test)]
@@ -138,9 +149,13 @@ mod tests {
             restarts: 0,
             message: None,
             since_ms: 1,
+            image_id: None,
         };
         let json = serde_json::to_string(&s).unwrap();
-        assert!(!json.contains("pid") && !json.contains("message"), "{json}");
+        assert!(
+            !json.contains("pid") && !json.contains("message") && !json.contains("image_id"),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<InstanceStatus>(&json).unwrap(), s);
     }
 }

@@ -59,6 +59,8 @@ enum Command {
     Maintenance(cluster::MaintenanceArgs),
     /// A service's output.
     Logs(cluster::LogsArgs),
+    /// Every agent removes berth's stopped containers and the images no retained release needs.
+    Gc(commands::gc::Args),
     /// Benchmarks that print comparable figures.
     #[command(subcommand)]
     Bench(commands::bench::Bench),
@@ -97,6 +99,7 @@ fn main() {
         Command::Undrain(args) => cluster::drain(args, false, g),
         Command::Maintenance(args) => cluster::maintenance(args, g),
         Command::Logs(args) => cluster::logs(args, g),
+        Command::Gc(args) => commands::gc::run(args, g),
         Command::Bench(which) => commands::bench::run(which),
         Command::Whoami(args) => commands::whoami::run(args),
     };

@@ -39,9 +39,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use berth_api::control::{
-    DeployRequest, DeployResponse, DesiredInstances, Event, Heartbeat, MaintenanceRequest,
-    NodeView, RegisterRequest, RegisterResponse, Release, RollbackRequest, RoutingTable,
-    StatusView,
+    DeployRequest, DeployResponse, DesiredInstances, Event, GcResponse, Heartbeat,
+    MaintenanceRequest, NodeView, RegisterRequest, RegisterResponse, Release, RollbackRequest,
+    RoutingTable, StatusView,
 };
 use bytes::Bytes;
 use futures::Stream;
@@ -151,6 +151,13 @@ impl Client {
         req: &MaintenanceRequest,
     ) -> Result<serde_json::Value, ClientError> {
         self.post(&["v1", "maintenance", stack, service], req).await
+    }
+
+    /// `POST /v1/gc` (admin): asks every agent to collect garbage once (stopped containers,
+    /// images no retained release needs). Each node's report shows in [`Client::nodes`] once
+    /// its `last_gc.generation` reaches the answer's `generation`.
+    pub async fn gc(&self) -> Result<GcResponse, ClientError> {
+        self.post(&["v1", "gc"], &serde_json::json!({})).await
     }
 
     /// `POST /v1/nodes/register` (join token): introduces the agent's node and returns the node

@@ -224,6 +224,8 @@ async fn long_polls_pass_version_wait_and_router_and_the_token() {
                     Json(DesiredInstances {
                         version: "d2".into(),
                         instances: vec![],
+                        keep_images: vec![],
+                        gc_generation: 0,
                     })
                 },
             ),

@@ -7,6 +7,7 @@
 //! /rollouts/STACK/ENV              RolloutRecord: the current or last rollout
 //! /instances/ID                    InstanceRecord: spec, what the server wants, what the agent saw
 //! /maintenance/STACK/SERVICE       MaintenanceView, while the service is in maintenance mode
+//! /gc/generation                   u64: bumped by every `berth gc`, sent to agents
 //! ```
 //! Release numbers are zero-padded so that a prefix range returns them in order.
 
@@ -20,6 +21,11 @@ pub const ROLLOUTS: &str = "/rollouts/";
 pub const RELEASES: &str = "/releases/";
 /// Prefix of the services in maintenance mode.
 pub const MAINTENANCE: &str = "/maintenance/";
+
+/// The garbage-collection generation (a JSON number), bumped by `berth gc`. In the store, not
+/// in memory, so a `berth gc` issued while an agent is away still reaches it when it returns,
+/// and a restarted server does not make every agent collect again.
+pub const GC_GENERATION: &str = "/gc/generation";
 
 /// A service's maintenance mode (present while it is on).
 pub fn maintenance(stack: &str, service: &str) -> String {
@@ -68,6 +74,8 @@ pub fn subject(key: &str) -> &'static str {
         "release"
     } else if key.starts_with(MAINTENANCE) {
         "maintenance"
+    } else if key == GC_GENERATION {
+        "gc"
     } else {
         "other"
     }

@@ -69,6 +69,12 @@ pub struct Shared {
     /// The instances in each recently served routing table, by version, so an acknowledgement
     /// of version V says which instances that router still routes to.
     pub tables: Mutex<table::RecentTables>,
+    /// Each node's last garbage-collection report, from its heartbeats (in memory, like
+    /// liveness: it is for people and for `berth gc` to wait on).
+    pub gc_reports: Mutex<HashMap<String, berth_api::control::GcReport>>,
+    /// `STACK/ENV/NUMBER/SERVICE` of the releases known to have an image id pinned for the
+    /// service, so heartbeats do not read a release again for every report.
+    pub pinned: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Errors that stop the server from starting.
@@ -110,6 +116,8 @@ impl Shared {
             router_acks: Mutex::new(HashMap::new()),
             node_tokens: Mutex::new(HashMap::new()),
             tables: Mutex::new(table::RecentTables::default()),
+            gc_reports: Mutex::new(HashMap::new()),
+            pinned: Mutex::new(std::collections::HashSet::new()),
         }))
     }
 }

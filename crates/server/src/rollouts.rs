@@ -140,6 +140,7 @@ pub async fn reconcile_once(shared: &Shared) -> Result<(), StateError> {
             compares: vec![],
             created: 0,
             unplaced: BTreeMap::new(),
+            pins: &release.value.images,
         };
         let mut next = pass.reconcile(&rollout.value, &release.value.spec);
         // Remember why instances could not be placed, so `berth status` can say it.
@@ -163,7 +164,7 @@ pub async fn reconcile_once(shared: &Shared) -> Result<(), StateError> {
                     keys::rollout(&record.stack, &record.env),
                     encode(&record),
                 ));
-                release_ops(shared, &record, &outcome, &mut ops).await?;
+                release_ops(shared, &record, &outcome, &mut ops, &mut compares).await?;
             }
         }
         if !ops.is_empty() {
@@ -198,25 +199,29 @@ enum Outcome {
 }
 
 /// Release status changes that go with a rollout's outcome.
+///
+/// Each write compares the release's `mod_revision`: a heartbeat may pin an image id in the
+/// same release meanwhile (see `http::nodes`), and that pin must not be lost to a status write
+/// made from an older read. A conflict fails the pass, and the next one decides again.
 async fn release_ops(
     shared: &Shared,
     record: &RolloutRecord,
     outcome: &Outcome,
     ops: &mut Vec<Op>,
+    compares: &mut Vec<Compare>,
 ) -> Result<(), StateError> {
     let store = shared.store.as_ref();
-    let set = |mut r: Versioned<Release>,
-               status: ReleaseStatus,
-               reason: Option<String>,
-               ops: &mut Vec<Op>| {
+    let mut set = |mut r: Versioned<Release>,
+                   status: ReleaseStatus,
+                   reason: Option<String>,
+                   ops: &mut Vec<Op>| {
         r.value.status = status;
         if reason.is_some() {
             r.value.reason = reason;
         }
-        ops.push(Op::put(
-            keys::release(&r.value.stack, &r.value.env, r.value.number),
-            encode(&r.value),
-        ));
+        let key = keys::release(&r.value.stack, &r.value.env, r.value.number);
+        compares.push(Compare::mod_revision(&key, r.mod_revision));
+        ops.push(Op::put(key, encode(&r.value)));
     };
     match outcome {
         Outcome::Nothing => {}
@@ -264,6 +269,8 @@ struct Pass<'a> {
     created: usize,
     /// Why instances of a service could not be placed in this pass, for `berth status`.
     unplaced: BTreeMap<String, String>,
+    /// The target release's pinned image ids by service: new instances run exactly those.
+    pins: &'a BTreeMap<String, String>,
 }
 
 impl<'a> Pass<'a> {
@@ -580,6 +587,12 @@ impl<'a> Pass<'a> {
                 release: record.to,
                 node,
                 spec: service.clone(),
+                // Only an image service runs an image; a pin for a service that became a
+                // process service would be meaningless.
+                image_id: service
+                    .image
+                    .as_ref()
+                    .and_then(|_| self.pins.get(name).cloned()),
             },
             env: record.env.clone(),
             region: region.to_string(),

@@ -168,6 +168,38 @@ pub async fn releases(
     Ok(v.into_iter().map(|(_, r)| r).collect())
 }
 
+/// Every retained release of every stack and environment.
+pub async fn all_releases(store: &dyn Store) -> Result<Vec<Versioned<Release>>, StateError> {
+    let (_, v) = read_prefix::<Release>(store, keys::RELEASES).await?;
+    Ok(v.into_iter().map(|(_, r)| r).collect())
+}
+
+/// What garbage collection must keep: every image reference and pinned image id of an image
+/// service in any retained release, sorted and without duplicates. A rollback may return to
+/// any of them, and must work with no registry reachable.
+pub fn images_to_keep<'a>(releases: impl IntoIterator<Item = &'a Release>) -> Vec<String> {
+    let mut keep = std::collections::BTreeSet::new();
+    for r in releases {
+        for (name, service) in &r.spec.services {
+            if let Some(image) = &service.image {
+                keep.insert(image.clone());
+                if let Some(id) = r.images.get(name) {
+                    keep.insert(id.clone());
+                }
+            }
+        }
+    }
+    keep.into_iter().collect()
+}
+
+/// The garbage-collection generation and its `mod_revision` (0 and 0 before any `berth gc`).
+pub async fn gc_generation(store: &dyn Store) -> Result<(u64, i64), StateError> {
+    match store.get(keys::GC_GENERATION).await? {
+        Some(kv) => Ok((decode(keys::GC_GENERATION, &kv.value)?, kv.mod_revision)),
+        None => Ok((0, 0)),
+    }
+}
+
 /// One release, if it is still retained.
 pub async fn release(
     store: &dyn Store,

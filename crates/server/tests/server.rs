@@ -43,7 +43,13 @@ async fn assert_all_unauthorized(who: &str, client: &berth_client::Client, check
     assert_unauthorized(
         &format!("{who}: heartbeat"),
         client
-            .heartbeat("n1", &Heartbeat { statuses: vec![] })
+            .heartbeat(
+                "n1",
+                &Heartbeat {
+                    statuses: vec![],
+                    last_gc: None,
+                },
+            )
             .await,
     );
     assert_unauthorized(
@@ -122,9 +128,15 @@ async fn tokens_guard_every_route() {
     node.desired("n1", None, Duration::ZERO)
         .await
         .expect("a node reads its own desired instances");
-    node.heartbeat("n1", &Heartbeat { statuses: vec![] })
-        .await
-        .expect("a node heartbeats for itself");
+    node.heartbeat(
+        "n1",
+        &Heartbeat {
+            statuses: vec![],
+            last_gc: None,
+        },
+    )
+    .await
+    .expect("a node heartbeats for itself");
     node.routes(None, None, Duration::ZERO)
         .await
         .expect("a node reads the routing table");
@@ -134,7 +146,14 @@ async fn tokens_guard_every_route() {
     );
     assert_unauthorized(
         "n1 beats for n2",
-        node.heartbeat("n2", &Heartbeat { statuses: vec![] }).await,
+        node.heartbeat(
+            "n2",
+            &Heartbeat {
+                statuses: vec![],
+                last_gc: None,
+            },
+        )
+        .await,
     );
     assert_unauthorized(
         "node registers",

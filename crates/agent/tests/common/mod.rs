@@ -60,6 +60,7 @@ pub fn sh(id: &str, script: &str) -> InstanceSpec {
         release: 7,
         node: "node-a".into(),
         spec: service(&["/bin/sh", "-c", script]),
+        image_id: None,
     }
 }
 

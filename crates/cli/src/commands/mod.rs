@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod daemons;
+pub mod gc;
 pub mod plan;
 pub mod render;
 pub mod source;

@@ -26,6 +26,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/nodes/{name}/desired", get(nodes::desired))
         .route("/v1/nodes/{name}/{action}", post(nodes::set_draining))
         .route("/v1/routes", get(nodes::routes))
+        .route("/v1/gc", post(nodes::gc))
         .route("/v1/plan", post(releases::plan))
         .route("/v1/deploy", post(releases::deploy))
         .route("/v1/stacks/{stack}/{env}/releases", get(releases::history))

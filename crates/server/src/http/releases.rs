@@ -122,6 +122,7 @@ pub async fn deploy(
             confirm: req.confirm.as_deref(),
             plan_id: req.plan_id.as_deref(),
             rollback_of: None,
+            images: None,
             dry_run: req.dry_run,
         },
     )
@@ -135,8 +136,16 @@ struct Start<'a> {
     confirm: Option<&'a str>,
     plan_id: Option<&'a str>,
     rollback_of: Option<u64>,
+    /// A rollback's pinned image ids: those of the release it returns to, so it runs exactly
+    /// the same bytes. `None` for a deploy, which carries the base release's pins over for
+    /// services whose image reference did not change (see [`carried_pins`]).
+    images: Option<std::collections::BTreeMap<String, String>>,
     dry_run: bool,
 }
+
+/// How many times a deploy is retried when its write lost a race with a heartbeat pinning an
+/// image id in an older release (not with another deploy: that one is a conflict).
+const PIN_RACE_RETRIES: usize = 5;
 
 async fn start_release(
     shared: &Shared,
@@ -144,6 +153,61 @@ async fn start_release(
     target: Stack,
     how: Start<'_>,
 ) -> Result<DeployResponse, ApiError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_start_release(shared, env, &target, &how).await? {
+            Attempt::Done(response) => return Ok(response),
+            Attempt::Raced if attempt < PIN_RACE_RETRIES => continue,
+            Attempt::Raced => {
+                return Err(ApiError::conflict(
+                    "the releases of this stack kept changing during the deploy: try again",
+                ))
+            }
+        }
+    }
+}
+
+/// The outcome of one try at storing a release.
+enum Attempt {
+    Done(DeployResponse),
+    /// Only a retained release changed under us (an image pin): try again.
+    Raced,
+}
+
+/// The base release's pins for the services of `target` whose image reference is unchanged:
+/// the same tag keeps naming the same bytes across releases (tags are meant to be immutable),
+/// and the instances a deploy carries over unchanged keep the pin of the release they came
+/// from.
+fn carried_pins(
+    base: Option<&Release>,
+    target: &Stack,
+) -> std::collections::BTreeMap<String, String> {
+    let Some(base) = base else {
+        return Default::default();
+    };
+    base.images
+        .iter()
+        .filter(|(service, _)| {
+            let old = base
+                .spec
+                .services
+                .get(*service)
+                .and_then(|s| s.image.as_ref());
+            let new = target.services.get(*service).and_then(|s| s.image.as_ref());
+            old.is_some() && old == new
+        })
+        .map(|(s, id)| (s.clone(), id.clone()))
+        .collect()
+}
+
+async fn try_start_release(
+    shared: &Shared,
+    env: &str,
+    target: &Stack,
+    how: &Start<'_>,
+) -> Result<Attempt, ApiError> {
+    let target = target.clone();
     let stack = target.stack.clone();
     let (base, rollout_rev) = current(shared, &stack, env).await?;
     let plan = plan_of(base.as_ref().map(|b| &b.value), &target)?;
@@ -160,7 +224,7 @@ async fn start_release(
         }
     }
     if plan.is_empty() || how.dry_run {
-        return Ok(respond(None));
+        return Ok(Attempt::Done(respond(None)));
     }
     if plan.exceeds_capacity_drop && how.confirm != Some(stack.as_str()) {
         let worst = plan.blast_radius.worst_service.clone().unwrap_or_default();
@@ -187,11 +251,23 @@ async fn start_release(
         plan_id: plan.id.clone(),
         rollback_of: how.rollback_of,
         reason: None,
+        images: match &how.images {
+            Some(pins) => pins
+                .iter()
+                .filter(|(s, _)| target.services.get(*s).is_some_and(|s| s.image.is_some()))
+                .map(|(s, id)| (s.clone(), id.clone()))
+                .collect(),
+            None => carried_pins(base.as_ref().map(|b| &b.value), &target),
+        },
         spec: target.clone(),
     };
     let from = base.as_ref().map(|b| b.value.number);
     let mut record = RolloutRecord::new(&stack, env, from, number, now);
     record.rollback = how.rollback_of.is_some();
+    let mut compares = vec![
+        Compare::mod_revision(keys::rollout(&stack, env), rollout_rev),
+        Compare::absent(keys::release(&stack, env, number)),
+    ];
     let mut ops = vec![
         Op::put(keys::release(&stack, env, number), encode(&release)),
         Op::put(keys::rollout(&stack, env), encode(&record)),
@@ -214,29 +290,41 @@ async fn start_release(
             superseded.reason = Some(format!(
                 "replaced by release {number} before its rollout finished"
             ));
-            if !ops.iter().any(|op| matches!(op, Op::Delete { key } if *key == keys::release(&stack, env, old.value.number))) {
-                ops.push(Op::put(keys::release(&stack, env, old.value.number), encode(&superseded)));
+            let key = keys::release(&stack, env, old.value.number);
+            if !ops
+                .iter()
+                .any(|op| matches!(op, Op::Delete { key: k } if *k == key))
+            {
+                // Compared, so an image pinned meanwhile is not overwritten.
+                compares.push(Compare::mod_revision(&key, old.mod_revision));
+                ops.push(Op::put(key, encode(&superseded)));
             }
         }
     }
     let resp = shared
         .store
         .txn(Txn {
-            compares: vec![
-                Compare::mod_revision(keys::rollout(&stack, env), rollout_rev),
-                Compare::absent(keys::release(&stack, env, number)),
-            ],
+            compares,
             success: ops,
             failure: vec![],
         })
         .await?;
     if !resp.succeeded {
+        let (_, now_rev) = current(shared, &stack, env).await?;
+        let release_taken = shared
+            .store
+            .get(&keys::release(&stack, env, number))
+            .await?
+            .is_some();
+        if now_rev == rollout_rev && !release_taken {
+            return Ok(Attempt::Raced);
+        }
         return Err(ApiError::conflict(
             "another deploy of this stack landed at the same time: plan again and retry",
         ));
     }
     shared.kick.notify_one();
-    Ok(respond(Some(number)))
+    Ok(Attempt::Done(respond(Some(number))))
 }
 
 /// One line for `berth history`.
@@ -313,6 +401,7 @@ pub async fn rollback(
             confirm: Some(&stack),
             plan_id: None,
             rollback_of: Some(number),
+            images: Some(target.value.images.clone()),
             dry_run: false,
         },
     )

@@ -533,6 +533,7 @@ async fn heartbeat(client: Client, name: String, state: Arc<AgentState>) {
                     restarts,
                     message: (st != InstanceState::Healthy).then(|| format!("simulated {st:?}")),
                     since_ms,
+                    image_id: None,
                 }
             })
             .collect();
@@ -541,6 +542,7 @@ async fn heartbeat(client: Client, name: String, state: Arc<AgentState>) {
                 &name,
                 &Heartbeat {
                     statuses: statuses.clone(),
+                    last_gc: None,
                 },
             )
             .await
