@@ -58,6 +58,9 @@ pub mod record;
 #[warn(missing_docs)]
 pub mod supervisor;
 
+/// The Engine client [`DockerDriver::client`] hands out, re-exported so tests and tools that act
+/// on the Engine (make an image, kill a container) use exactly berth's version of it.
+pub use bollard;
 pub use docker::DockerDriver;
 pub use error::{Error, Result};
 pub use process::{Adopted, Exit, ProcessDriver, Running};
