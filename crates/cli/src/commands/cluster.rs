@@ -408,15 +408,11 @@ pub fn nodes(globals: &Globals) -> anyhow::Result<()> {
             let cpu = berth_spec::model::Cpu {
                 millis: n.allocated.cpu_millis,
             };
-            let mem = berth_spec::model::Memory {
-                bytes: n.allocated.memory_bytes,
-            };
+            let mem = human_bytes(n.allocated.memory_bytes);
             let cap_cpu = berth_spec::model::Cpu {
                 millis: n.resources.cpu_millis,
             };
-            let cap_mem = berth_spec::model::Memory {
-                bytes: n.resources.memory_bytes,
-            };
+            let cap_mem = human_bytes(n.resources.memory_bytes);
             println!(
                 "{:<20} {:<10} {:<10} {:<22} {:<10} {}",
                 n.name,
@@ -569,4 +565,15 @@ pub fn maintenance(args: MaintenanceArgs, globals: &Globals) -> anyhow::Result<(
         }
         Ok(())
     })
+}
+
+/// Memory for people: `512Mi`, `23.5Gi` (rounded to one decimal above a GiB).
+fn human_bytes(bytes: u64) -> String {
+    const MI: u64 = 1 << 20;
+    const GI: u64 = 1 << 30;
+    if bytes >= GI {
+        format!("{:.1}Gi", bytes as f64 / GI as f64)
+    } else {
+        format!("{}Mi", bytes.div_ceil(MI))
+    }
 }
