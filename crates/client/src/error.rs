@@ -19,7 +19,7 @@ pub enum ClientError {
     /// No HTTP answer: the connection was refused, dropped or timed out. The most common
     /// mistake is a server that is not running, so the message says how to point at one.
     #[error(
-        "cannot reach the berth server at {url}: {}; is `berth up` running? set --server or BERTH_SERVER",
+        "cannot reach the berth server at {url}: {}; is the server (or `berth up`) running there? check --server or BERTH_SERVER",
         root_cause(source)
     )]
     Unreachable {
