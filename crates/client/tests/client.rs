@@ -184,7 +184,9 @@ async fn a_server_that_is_not_there_is_unreachable_with_a_hint() {
         "{message}"
     );
     assert!(
-        message.ends_with("is the server (or `berth up`) running there? check --server or BERTH_SERVER"),
+        message.ends_with(
+            "is the server (or `berth up`) running there? check --server or BERTH_SERVER"
+        ),
         "{message}"
     );
     assert!(e.is_transient());
