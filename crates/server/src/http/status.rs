@@ -31,6 +31,7 @@ pub async fn status(
 ) -> Result<Json<StatusView>, ApiError> {
     caller.require_admin()?;
     let snapshot = Snapshot::load(shared.store.as_ref()).await?;
+    let now = shared.clock.now_ms();
     let mut stacks = Vec::new();
     for ((stack, env), rollout) in &snapshot.rollouts {
         if q.stack.as_ref().is_some_and(|s| s != stack) {
@@ -73,7 +74,15 @@ pub async fn status(
                                 .get(&r.spec.node)
                                 .map(|n| format!("{}:{p}", n.value.registration.address))
                         }),
-                    message: r.status.as_ref().and_then(|s| s.message.clone()),
+                    // A down node's report is stale: say so instead of showing it as news.
+                    message: if crate::table::node_is_up(&shared, &r.spec.node, now) {
+                        r.status.as_ref().and_then(|s| s.message.clone())
+                    } else {
+                        Some(format!(
+                            "node {} is down; this is its last report",
+                            r.spec.node
+                        ))
+                    },
                     created_ms: r.created_ms,
                     since_ms: r.status.as_ref().map(|s| s.since_ms).unwrap_or(0),
                 })
