@@ -15,7 +15,8 @@
 //! # Environment
 //! A workload does not inherit the agent's environment (it may hold the agent's tokens). It gets
 //! `PATH`, `HOME`, `USER`, `LOGNAME`, `LANG`, `LC_ALL`, `TZ` and `TMPDIR` from the agent when they
-//! are set, then the service's `env`, then — winning over both — `PORT`, `PORT_<NAME>`,
+//! are set, then the service's `env`, then its secrets' values (`secret_env`, never logged nor
+//! written to `instance.json`), then — winning over all — `PORT`, `PORT_<NAME>`,
 //! `BERTH_SERVICE`, `BERTH_INSTANCE`, `BERTH_RELEASE` and `BERTH_NODE`. Its working directory is
 //! its instance directory.
 
@@ -540,14 +541,18 @@ pub fn primary_port(ports: &BTreeMap<String, u16>) -> Option<(&str, u16)> {
         .map(|(n, p)| (n.as_str(), *p))
 }
 
-/// The environment berth defines for an instance: the service's `env`, overridden by `PORT`,
-/// `PORT_<NAME>` (upper case, `-` → `_`), `BERTH_SERVICE`, `BERTH_INSTANCE`, `BERTH_RELEASE` and
-/// `BERTH_NODE`. Pure, so it is tested without processes.
+/// The environment berth defines for an instance: the service's `env`, then the values of its
+/// secrets ([`InstanceSpec::secret_env`], so a secret wins over an `env` entry of the same
+/// name), overridden by `PORT`, `PORT_<NAME>` (upper case, `-` → `_`), `BERTH_SERVICE`,
+/// `BERTH_INSTANCE`, `BERTH_RELEASE` and `BERTH_NODE` (berth's own variables always mean what
+/// berth says). Pure, so it is tested without processes. Never log its result: it holds
+/// secret values.
 pub fn instance_env(
     spec: &InstanceSpec,
     ports: &BTreeMap<String, u16>,
 ) -> Result<BTreeMap<String, String>> {
     let mut env = spec.spec.env.clone();
+    env.extend(spec.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     for (name, port) in ports {
         if name.is_empty()
             || !name

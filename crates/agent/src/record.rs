@@ -22,7 +22,10 @@ use crate::error::{io_err, Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     /// The spec the instance was started from; a restarted agent needs it to restart the
-    /// instance and run its health check while the server is unreachable.
+    /// instance and run its health check while the server is unreachable. Written *without*
+    /// [`InstanceSpec::secret_env`] (see [`write`](Self::write)): secret values never touch
+    /// the agent's disk, so a restarted agent waits for the server to send them again before
+    /// it (re)starts an instance that declares secrets.
     pub spec: InstanceSpec,
     /// The process (and process group, and session) id of the last start.
     pub pid: u32,
@@ -68,8 +71,13 @@ impl InstanceRecord {
 
     /// Writes the record atomically (see [`write_atomic`]): a crash leaves the old record or the
     /// new one, never a torn file that would make the instance unadoptable.
+    /// The spec is written without its secrets' values.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|source| Error::Record {
+        let stored = InstanceRecord {
+            spec: self.spec.without_secret_values(),
+            ..self.clone()
+        };
+        let bytes = serde_json::to_vec_pretty(&stored).map_err(|source| Error::Record {
             path: path.to_path_buf(),
             source,
         })?;

@@ -18,6 +18,14 @@
 //! Only a desired set that no longer holds an instance stops it. So the agent shell must call
 //! [`Supervisor::set_desired`] only with a set it actually received from the server — never an
 //! empty one because the server is unreachable.
+//!
+//! # Secrets
+//! The values of an instance's secrets ([`InstanceSpec::secret_env`]) live in memory only:
+//! `instance.json` holds the spec without them. Adoption needs no values (the workload already
+//! has its environment), but *starting* one does, so after an agent restart an instance that
+//! declares secrets and must be (re)started waits in `pending` until the server's first desired
+//! set brings the values again. That is the one place where the agent depends on the control
+//! plane to restart a workload: a documented limitation of keeping secrets off the node's disk.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -141,6 +149,7 @@ impl Supervisor {
         let (desired_tx, desired_rx) = watch::channel(None);
         let (status_tx, status_rx) = watch::channel(Statuses::new());
         let mut main = Main {
+            secrets: watch::channel(SecretValues::default()).0,
             ledger: ledger.clone(),
             driver: driver.clone(),
             config: Arc::new(config),
@@ -254,7 +263,13 @@ struct Task {
     _join: JoinHandle<()>,
 }
 
+/// Instance id → its secrets' values, as the server last sent them (in memory only).
+type SecretValues = Arc<HashMap<String, BTreeMap<String, String>>>;
+
 struct Main {
+    /// The secrets' values of the desired instances; instance tasks that must start without
+    /// them (after an agent restart) wait on this.
+    secrets: watch::Sender<SecretValues>,
     driver: Arc<ProcessDriver>,
     config: Arc<SupervisorConfig>,
     statuses: Arc<watch::Sender<Statuses>>,
@@ -294,6 +309,7 @@ impl Main {
             owner: self.owner.clone(),
             image_id,
             ledger: self.ledger.clone(),
+            secrets: self.secrets.subscribe(),
         };
         let done = self.done.0.clone();
         let task_id = id.clone();
@@ -349,6 +365,18 @@ impl Main {
     fn reconcile(&mut self, list: Vec<InstanceSpec>) {
         let desired: BTreeMap<String, InstanceSpec> =
             list.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let values: HashMap<String, BTreeMap<String, String>> = desired
+            .values()
+            .filter(|s| !s.secret_env.is_empty())
+            .map(|s| (s.id.clone(), s.secret_env.clone()))
+            .collect();
+        self.secrets.send_if_modified(|current| {
+            let changed = **current != values;
+            if changed {
+                *current = Arc::new(values);
+            }
+            changed
+        });
         for (id, spec) in &desired {
             if !self.tasks.contains_key(id) {
                 self.spawn(spec.clone(), None, 0, Initial::Fresh, None);
@@ -413,9 +441,49 @@ struct Instance {
     image_id: Option<String>,
     /// Where the images containers are created from are recorded.
     ledger: Arc<ImageLedger>,
+    /// The secrets' values the server sent for every desired instance (see [`Main::secrets`]).
+    secrets: watch::Receiver<SecretValues>,
 }
 
 impl Instance {
+    /// Makes sure the spec holds a value for each secret the service declares before a start.
+    /// A spec restored from `instance.json` has none (values never touch the disk): wait in
+    /// `pending` for the server to send them. `false` when stopped (or detached) meanwhile.
+    async fn await_secrets(&mut self) -> bool {
+        loop {
+            let complete = |env: &BTreeMap<String, String>| {
+                self.spec.spec.secrets.iter().all(|n| env.contains_key(n))
+            };
+            if complete(&self.spec.secret_env) {
+                return true;
+            }
+            let sent = self.secrets.borrow_and_update().get(&self.spec.id).cloned();
+            if let Some(values) = sent.filter(|v| complete(v)) {
+                self.spec.secret_env = values;
+                return true;
+            }
+            self.publish(
+                InstanceState::Pending,
+                Some("waiting for the server to send its secrets (the agent keeps their values in memory only)".to_string()),
+            );
+            tokio::select! {
+                changed = self.secrets.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                }
+                command = self.commands.recv() => {
+                    if let Some(Command::Stop) = command {
+                        self.remove_container().await;
+                        self.forget();
+                        self.publish(InstanceState::Stopped, Some("stopped while waiting for its secrets".to_string()));
+                    }
+                    return false;
+                }
+            }
+        }
+    }
+
     async fn run(mut self, initial: Initial) {
         let mut phase = match initial {
             Initial::Fresh => Phase::Start,
@@ -440,7 +508,12 @@ impl Instance {
         };
         loop {
             let next = match phase {
-                Phase::Start => Some(self.start().await),
+                Phase::Start => {
+                    if !self.await_secrets().await {
+                        return;
+                    }
+                    Some(self.start().await)
+                }
                 Phase::Run { running, adopted } => self.supervise(running, adopted).await,
                 Phase::Exited { ok, reason, ran } => self.exited(ok, reason, ran).await,
                 Phase::Idle => self.idle().await,

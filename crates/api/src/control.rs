@@ -290,6 +290,38 @@ pub struct Release {
     /// this release are created from that id, so a rollback runs exactly the same bytes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub images: BTreeMap<String, String>,
+    /// Secret name → the version of its value this release was made with (every secret any
+    /// service of the stack declares). Versions only, never values: a changed version between
+    /// two releases shows in the plan and replaces the instances of the services using it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, u64>,
+}
+
+/// `PUT /v1/secrets/{stack}/{name}`: a secret's new value.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretPut {
+    pub value: String,
+}
+
+/// Never prints the value (a request may end up in a debug log).
+impl std::fmt::Debug for SecretPut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretPut")
+            .field("value", &"<secret>")
+            .finish()
+    }
+}
+
+/// One secret as `berth secret list` shows it: its name and version, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretView {
+    pub stack: String,
+    pub name: String,
+    /// Bumped by every write (1 for the first).
+    pub version: u64,
+    /// When the value was last written (ms since the epoch, server clock).
+    pub updated_ms: u64,
 }
 
 /// `berth rollback`'s request: a release number, or the previous successful one.

@@ -44,6 +44,25 @@ pub struct InstanceSpec {
     /// `spec` with the target service to tell which instances belong to the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    /// The values of the service's `secrets`, by name, as the secret store held them when the
+    /// server created the instance: the agent adds them to the workload's environment (after
+    /// the service's `env`, before `PORT*` and `BERTH_*`). Only ever sent to the instance's own
+    /// node over its authenticated desired-instances long-poll; never part of a status, an
+    /// event, a plan or a release, and the agent keeps them in memory only (its `instance.json`
+    /// holds the spec without them). Kept out of [`spec`](Self::spec) for the same reason as
+    /// `image_id`, and because the spec is what plans and releases show.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
+}
+
+impl InstanceSpec {
+    /// A copy without the secrets' values: what may be written to disk or shown.
+    pub fn without_secret_values(&self) -> InstanceSpec {
+        InstanceSpec {
+            secret_env: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// An instance's lifecycle state, as the design's vocabulary names them.

@@ -8,7 +8,13 @@
 //! /instances/ID                    InstanceRecord: spec, what the server wants, what the agent saw
 //! /maintenance/STACK/SERVICE       MaintenanceView, while the service is in maintenance mode
 //! /gc/generation                   u64: bumped by every `berth gc`, sent to agents
+//! /secrets/STACK/NAME              SecretRecord: a secret's value and version (see `state`)
+//! /secret-versions/STACK/NAME      u64: the secret's last version, kept when it is deleted so a
+//!                                  version number never names two different values
 //! ```
+//! Secret values are also copied into the instance records of the services that declare them
+//! (`InstanceSpec::secret_env`): the store *is* the secret store, so protect it like one (a
+//! private data directory; etcd behind TLS and authentication).
 //! Release numbers are zero-padded so that a prefix range returns them in order.
 
 /// Prefix of every node record.
@@ -21,6 +27,24 @@ pub const ROLLOUTS: &str = "/rollouts/";
 pub const RELEASES: &str = "/releases/";
 /// Prefix of the services in maintenance mode.
 pub const MAINTENANCE: &str = "/maintenance/";
+
+/// Prefix of every secret.
+pub const SECRETS: &str = "/secrets/";
+
+/// Every secret of a stack.
+pub fn secrets(stack: &str) -> String {
+    format!("{SECRETS}{stack}/")
+}
+
+/// The last version a secret had (survives its deletion).
+pub fn secret_version(stack: &str, name: &str) -> String {
+    format!("/secret-versions/{stack}/{name}")
+}
+
+/// One secret of a stack.
+pub fn secret(stack: &str, name: &str) -> String {
+    format!("{SECRETS}{stack}/{name}")
+}
 
 /// The garbage-collection generation (a JSON number), bumped by `berth gc`. In the store, not
 /// in memory, so a `berth gc` issued while an agent is away still reaches it when it returns,
@@ -74,6 +98,8 @@ pub fn subject(key: &str) -> &'static str {
         "release"
     } else if key.starts_with(MAINTENANCE) {
         "maintenance"
+    } else if key.starts_with(SECRETS) || key.starts_with("/secret-versions/") {
+        "secret"
     } else if key == GC_GENERATION {
         "gc"
     } else {

@@ -18,7 +18,9 @@ use berth_store::{Compare, Op, Txn};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::state::{encode, Desired, InstanceRecord, Snapshot, StateError, Versioned};
+use crate::state::{
+    encode, Desired, InstanceRecord, SecretRecord, Snapshot, StateError, Versioned,
+};
 use crate::{keys, placement, table, Shared};
 
 /// How often the controller looks even when nothing woke it (deadlines, node liveness).
@@ -132,6 +134,8 @@ pub async fn reconcile_once(shared: &Shared) -> Result<(), StateError> {
             tracing::warn!(stack = %rollout.value.stack, env = %rollout.value.env, release = rollout.value.to, "the target release is gone from the store");
             continue;
         };
+        let secret_values =
+            crate::state::secrets(shared.store.as_ref(), &rollout.value.stack).await?;
         let mut pass = Pass {
             shared,
             snapshot: &snapshot,
@@ -141,6 +145,8 @@ pub async fn reconcile_once(shared: &Shared) -> Result<(), StateError> {
             created: 0,
             unplaced: BTreeMap::new(),
             pins: &release.value.images,
+            secrets: &release.value.secrets,
+            secret_values: &secret_values,
         };
         let mut next = pass.reconcile(&rollout.value, &release.value.spec);
         // Remember why instances could not be placed, so `berth status` can say it.
@@ -271,6 +277,11 @@ struct Pass<'a> {
     unplaced: BTreeMap<String, String>,
     /// The target release's pinned image ids by service: new instances run exactly those.
     pins: &'a BTreeMap<String, String>,
+    /// The secret versions the target release was made with: an instance with older values is
+    /// not the release's (see [`InstanceRecord::runs`]).
+    secrets: &'a BTreeMap<String, u64>,
+    /// The stack's secrets as stored now: new instances get these values.
+    secret_values: &'a BTreeMap<String, Versioned<SecretRecord>>,
 }
 
 impl<'a> Pass<'a> {
@@ -331,7 +342,7 @@ impl<'a> Pass<'a> {
                 self.set_desired(r, Desired::Drain);
             }
             let instances = kept;
-            let observed = observe(&instances, &service, record.to);
+            let observed = observe(&instances, &service, self.secrets, record.to);
             let (next, decision) = berth_rollout::step(&state, &observed, self.now);
             let live_new = observed
                 .iter()
@@ -453,7 +464,7 @@ impl<'a> Pass<'a> {
                 if v.desired != Desired::Run {
                     continue;
                 }
-                if v.spec.spec != service
+                if !v.runs(&service, self.secrets)
                     || v.state() == InstanceState::Failed
                     || !table::node_is_up(self.shared, &v.spec.node, self.now)
                 {
@@ -562,6 +573,28 @@ impl<'a> Pass<'a> {
     /// Places a new instance of `service` and records it. Without a feasible node nothing is
     /// created; the rollout then waits and, past its progress deadline, fails with the reason.
     fn create(&mut self, record: &RolloutRecord, name: &str, region: &str, service: &Service) {
+        // The current values of the service's secrets (the deploy checked they were set; one
+        // deleted since leaves the instance uncreated, and `berth status` says why).
+        let mut secret_env = BTreeMap::new();
+        let mut secret_versions = BTreeMap::new();
+        for secret in &service.secrets {
+            match self.secret_values.get(secret) {
+                Some(r) => {
+                    secret_env.insert(secret.clone(), r.value.value.clone());
+                    secret_versions.insert(secret.clone(), r.value.version);
+                }
+                None => {
+                    self.unplaced.insert(
+                        name.to_string(),
+                        format!(
+                            "secret {secret} is not set: run `berth secret set {} {secret}`",
+                            record.stack
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
         let node = match self.place(record, name, region, service) {
             Ok(node) => node,
             Err(why) => {
@@ -593,6 +626,7 @@ impl<'a> Pass<'a> {
                     .image
                     .as_ref()
                     .and_then(|_| self.pins.get(name).cloned()),
+                secret_env,
             },
             env: record.env.clone(),
             region: region.to_string(),
@@ -600,6 +634,7 @@ impl<'a> Pass<'a> {
             created_ms: self.now,
             desired_since_ms: None,
             status: None,
+            secret_versions,
         };
         self.created += 1;
         self.compares.push(Compare::absent(keys::instance(&id)));
@@ -642,19 +677,20 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// The state machine's view of a service's instances. An instance whose spec equals the
-/// target's counts as the target release (it carries over unchanged, and after a rollback the
+/// The state machine's view of a service's instances. An instance that runs the target's
+/// spec with secrets at least as new as the target's versions counts as the target release (it carries over unchanged, and after a rollback the
 /// old release's instances are exactly what is wanted).
 fn observe(
     instances: &[&Versioned<InstanceRecord>],
     target: &Service,
+    secrets: &BTreeMap<String, u64>,
     to: u64,
 ) -> Vec<berth_rollout::Observed> {
     instances
         .iter()
         .map(|r| {
             let v = &r.value;
-            let matches = v.desired == Desired::Run && v.spec.spec == *target;
+            let matches = v.desired == Desired::Run && v.runs(target, secrets);
             let state = if v.desired == Desired::Drain {
                 ObservedState::Draining
             } else {

@@ -60,9 +60,31 @@ pub struct InstanceRecord {
     pub desired_since_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<InstanceStatus>,
+    /// The version of each secret whose value is in `spec.secret_env`: an instance made with an
+    /// older version than its release records is not the release's and gets replaced (see
+    /// [`InstanceRecord::runs`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_versions: BTreeMap<String, u64>,
 }
 
 impl InstanceRecord {
+    /// Whether this instance runs `service` as the release wants it: the same rendered spec,
+    /// and for each secret the service declares, a value at least as new as the version the
+    /// release was made with (`release_secrets`). "At least": an instance created after a
+    /// `berth secret set` (say, replacing a failed one) already has the newer value, and
+    /// counting it as the release's avoids replacing instances in a loop.
+    pub fn runs(
+        &self,
+        service: &berth_spec::model::Service,
+        release_secrets: &BTreeMap<String, u64>,
+    ) -> bool {
+        self.spec.spec == *service
+            && service.secrets.iter().all(|name| {
+                let want = release_secrets.get(name).copied().unwrap_or(0);
+                self.secret_versions.get(name).copied().unwrap_or(0) >= want
+            })
+    }
+
     /// The observed state, `pending` until the agent reports.
     pub fn state(&self) -> InstanceState {
         self.status
@@ -70,6 +92,40 @@ impl InstanceRecord {
             .map(|s| s.state)
             .unwrap_or(InstanceState::Pending)
     }
+}
+
+/// A secret (`/secrets/STACK/NAME`). The value is only ever read by the server to put it in
+/// the instance specs it sends to agents; the API shows names, versions and times.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    pub value: String,
+    /// 1 for the first write, bumped by every later one (also after a delete and a new set,
+    /// so a version never names two values).
+    pub version: u64,
+    pub updated_ms: u64,
+}
+
+/// Never prints the value.
+impl std::fmt::Debug for SecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRecord")
+            .field("value", &"<secret>")
+            .field("version", &self.version)
+            .field("updated_ms", &self.updated_ms)
+            .finish()
+    }
+}
+
+/// Every secret of a stack, by name.
+pub async fn secrets(
+    store: &dyn Store,
+    stack: &str,
+) -> Result<BTreeMap<String, Versioned<SecretRecord>>, StateError> {
+    let prefix = keys::secrets(stack);
+    let (_, v) = read_prefix::<SecretRecord>(store, &prefix).await?;
+    Ok(v.into_iter()
+        .map(|(k, r)| (k[prefix.len()..].to_string(), r))
+        .collect())
 }
 
 /// A value read from the store together with the revision to compare against when writing it back.

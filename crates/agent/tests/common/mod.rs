@@ -61,6 +61,7 @@ pub fn sh(id: &str, script: &str) -> InstanceSpec {
         node: "node-a".into(),
         spec: service(&["/bin/sh", "-c", script]),
         image_id: None,
+        secret_env: Default::default(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod nodes;
 mod releases;
+mod secrets;
 mod status;
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
 use crate::error::ApiError;
@@ -40,6 +41,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
             post(status::maintenance),
         )
         .route("/v1/events", get(status::events))
+        .route("/v1/secrets/{stack}", get(secrets::list))
+        .route(
+            "/v1/secrets/{stack}/{name}",
+            put(secrets::put).delete(secrets::delete),
+        )
         .with_state(shared)
 }
 

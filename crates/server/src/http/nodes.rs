@@ -350,6 +350,9 @@ pub async fn desired(
 ) -> Result<Json<DesiredInstances>, ApiError> {
     caller.require_node(&name)?;
     mark_alive(&shared, &name);
+    // Secret values go to the node itself only; an admin looking at a node's desired set
+    // sees the specs without them.
+    let to_node = caller == Caller::Node(name.clone());
     let result = long_poll(&shared, q.version.as_deref(), q.wait, || {
         let shared = shared.clone();
         let name = name.clone();
@@ -359,7 +362,13 @@ pub async fn desired(
                 .instances
                 .values()
                 .filter(|r| r.value.spec.node == name && r.value.desired != Desired::Stop)
-                .map(|r| r.value.spec.clone())
+                .map(|r| {
+                    if to_node {
+                        r.value.spec.clone()
+                    } else {
+                        r.value.spec.without_secret_values()
+                    }
+                })
                 .collect();
             let releases = crate::state::all_releases(shared.store.as_ref()).await?;
             let keep_images = crate::state::images_to_keep(releases.iter().map(|r| &r.value));

@@ -7,6 +7,8 @@ use axum::Json;
 use berth_api::control::{
     DeployRequest, DeployResponse, PlanView, Release, ReleaseStatus, RollbackRequest,
 };
+use std::collections::BTreeMap;
+
 use berth_plan::Plan;
 use berth_spec::Stack;
 use berth_store::{Compare, Op, Txn};
@@ -49,18 +51,137 @@ fn render(req: &DeployRequest) -> Result<Stack, ApiError> {
     })
 }
 
-fn view(plan: &Plan, placement: Vec<String>) -> PlanView {
-    let mut text = plan.to_string();
+/// The secrets a deploy of `target` would run with: every secret a service declares, with
+/// its current version. Refused (400, nothing stored) when one is not set, naming the stack,
+/// the service, the secret and the command that sets it.
+async fn secret_versions(
+    shared: &Shared,
+    target: &Stack,
+) -> Result<BTreeMap<String, u64>, ApiError> {
+    let stored = state::secrets(shared.store.as_ref(), &target.stack).await?;
+    let mut versions = BTreeMap::new();
+    let mut missing = Vec::new();
+    for (service, svc) in &target.services {
+        for name in &svc.secrets {
+            match stored.get(name) {
+                Some(r) => {
+                    versions.insert(name.clone(), r.value.version);
+                }
+                None => missing.push(format!(
+                    "stack {}, service {service}: secret {name} is not set: run `berth secret set {} {name}` (it reads the value from stdin)",
+                    target.stack, target.stack
+                )),
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(versions)
+    } else {
+        Err(ApiError::invalid(
+            format!(
+                "{} secret(s) of stack {} not set; nothing was stored: {}",
+                missing.len(),
+                target.stack,
+                missing.join("; ")
+            ),
+            missing,
+        ))
+    }
+}
+
+/// How the secrets of `target` move against the base release: one line per service and
+/// secret whose version changed, `api: secret DB_PASSWORD: version 1 → 2` (versions only,
+/// never values). A secret new to a service is already in the plan's `secrets` field diff; a
+/// version is compared only when both the base and the target declare the secret.
+fn secret_changes(
+    base: Option<&Release>,
+    target: &Stack,
+    versions: &BTreeMap<String, u64>,
+) -> Vec<String> {
+    let Some(base) = base else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    for (service, svc) in &target.services {
+        let Some(old_svc) = base.spec.services.get(service) else {
+            continue;
+        };
+        for name in &svc.secrets {
+            if !old_svc.secrets.contains(name) {
+                continue;
+            }
+            let old = base.secrets.get(name).copied().unwrap_or(0);
+            let new = versions.get(name).copied().unwrap_or(0);
+            if old != new {
+                lines.push(format!("{service}: secret {name}: version {old} → {new}"));
+            }
+        }
+    }
+    lines
+}
+
+/// The plan as the server shows and identifies it: the pure plan of the specs, plus the secret
+/// version changes (which the specs cannot show, values and versions being kept out of them).
+/// With secret changes the id covers them too, so `--plan ID` refuses a plan whose secrets
+/// moved since.
+struct FullPlan {
+    plan: Plan,
+    secrets: Vec<String>,
+    id: String,
+}
+
+impl FullPlan {
+    fn new(plan: Plan, secrets: Vec<String>) -> FullPlan {
+        let id = if secrets.is_empty() {
+            plan.id.clone()
+        } else {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(plan.hash.as_bytes());
+            for line in &secrets {
+                h.update(b"\n");
+                h.update(line.as_bytes());
+            }
+            let full = hex::encode(h.finalize());
+            full[..plan.id.len().min(full.len())].to_string()
+        };
+        FullPlan { plan, secrets, id }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.plan.is_empty() && self.secrets.is_empty()
+    }
+}
+
+fn view(full: &FullPlan, placement: Vec<String>) -> PlanView {
+    let plan = &full.plan;
+    let mut text = if plan.is_empty() && !full.secrets.is_empty() {
+        // The pure plan says "no changes"; the secrets say otherwise.
+        String::new()
+    } else {
+        plan.to_string()
+    };
+    if !full.secrets.is_empty() {
+        text.push_str("secrets (their instances are replaced; values are never shown):\n");
+        for line in &full.secrets {
+            text.push_str(&format!("  ~ {line}\n"));
+        }
+    }
     if !placement.is_empty() {
         text.push_str("\nplacement (on the cluster as it is now):\n");
         for line in &placement {
             text.push_str(&format!("  ! {line}\n"));
         }
     }
+    let mut detail = serde_json::to_value(plan).unwrap_or_default();
+    if let Some(obj) = detail.as_object_mut() {
+        obj.insert("id".into(), serde_json::json!(full.id));
+        obj.insert("secret_changes".into(), serde_json::json!(full.secrets));
+    }
     PlanView {
-        id: plan.id.clone(),
+        id: full.id.clone(),
         text,
-        detail: serde_json::to_value(plan).unwrap_or_default(),
+        detail,
         placement,
     }
 }
@@ -93,8 +214,13 @@ pub async fn plan(
     caller.require_admin()?;
     let req = body(req)?;
     let target = render(&req)?;
+    let versions = secret_versions(&shared, &target).await?;
     let (base, _) = current(&shared, &target.stack, &req.env).await?;
-    let plan = plan_of(base.as_ref().map(|b| &b.value), &target)?;
+    let base = base.as_ref().map(|b| &b.value);
+    let plan = FullPlan::new(
+        plan_of(base, &target)?,
+        secret_changes(base, &target, &versions),
+    );
     let placement = placement_check(&shared, &target, &req.env).await?;
     Ok(Json(DeployResponse {
         stack: target.stack.clone(),
@@ -209,21 +335,26 @@ async fn try_start_release(
 ) -> Result<Attempt, ApiError> {
     let target = target.clone();
     let stack = target.stack.clone();
+    let versions = secret_versions(shared, &target).await?;
     let (base, rollout_rev) = current(shared, &stack, env).await?;
-    let plan = plan_of(base.as_ref().map(|b| &b.value), &target)?;
+    let full = FullPlan::new(
+        plan_of(base.as_ref().map(|b| &b.value), &target)?,
+        secret_changes(base.as_ref().map(|b| &b.value), &target, &versions),
+    );
+    let plan = &full.plan;
     let placement = placement_check(shared, &target, env).await?;
     let respond = |release| DeployResponse {
         stack: stack.clone(),
         env: env.to_string(),
         release,
-        plan: view(&plan, placement.clone()),
+        plan: view(&full, placement.clone()),
     };
     if let Some(id) = how.plan_id {
-        if id != plan.id {
-            return Err(ApiError::conflict(format!("the live state moved since plan {id} (the plan is now {}): run `berth plan` again and review it", plan.id)));
+        if id != full.id {
+            return Err(ApiError::conflict(format!("the live state moved since plan {id} (the plan is now {}): run `berth plan` again and review it", full.id)));
         }
     }
-    if plan.is_empty() || how.dry_run {
+    if full.is_empty() || how.dry_run {
         return Ok(Attempt::Done(respond(None)));
     }
     if plan.exceeds_capacity_drop && how.confirm != Some(stack.as_str()) {
@@ -239,7 +370,7 @@ async fn try_start_release(
     let existing = state::releases(shared.store.as_ref(), &stack, env).await?;
     let number = existing.last().map(|r| r.value.number + 1).unwrap_or(1);
     let now = shared.clock.now_ms();
-    let summary = summarize(&plan, how.rollback_of);
+    let summary = summarize(&full, how.rollback_of);
     let release = Release {
         number,
         stack: stack.clone(),
@@ -248,7 +379,7 @@ async fn try_start_release(
         who: how.who.to_string(),
         status: ReleaseStatus::RollingOut,
         summary,
-        plan_id: plan.id.clone(),
+        plan_id: full.id.clone(),
         rollback_of: how.rollback_of,
         reason: None,
         images: match &how.images {
@@ -259,6 +390,7 @@ async fn try_start_release(
                 .collect(),
             None => carried_pins(base.as_ref().map(|b| &b.value), &target),
         },
+        secrets: versions,
         spec: target.clone(),
     };
     let from = base.as_ref().map(|b| b.value.number);
@@ -328,7 +460,8 @@ async fn try_start_release(
 }
 
 /// One line for `berth history`.
-fn summarize(plan: &Plan, rollback_of: Option<u64>) -> String {
+fn summarize(full: &FullPlan, rollback_of: Option<u64>) -> String {
+    let plan = &full.plan;
     let mut parts = Vec::new();
     if let Some(n) = rollback_of {
         parts.push(format!("rollback to {n}"));
@@ -343,6 +476,9 @@ fn summarize(plan: &Plan, rollback_of: Option<u64>) -> String {
             }
         };
         parts.push(what);
+    }
+    for line in &full.secrets {
+        parts.push(format!("~{line}"));
     }
     if parts.is_empty() {
         "no changes".to_string()

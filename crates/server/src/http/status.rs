@@ -260,6 +260,15 @@ fn summarize(e: &berth_store::WatchEvent) -> String {
                 .and_then(|v| v.as_str())
                 .unwrap_or("?")
         ),
+        // The name and version only: the value never enters the event stream.
+        "secret" if key.starts_with(keys::SECRETS) => format!(
+            "secret {}: version {}",
+            &key[keys::SECRETS.len()..],
+            value
+                .pointer("/version")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0)
+        ),
         other => format!("{other} {key} changed"),
     }
 }
