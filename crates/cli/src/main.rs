@@ -57,6 +57,9 @@ enum Command {
     Undrain(cluster::DrainArgs),
     /// Answer a service's traffic with a maintenance page (503), leaving its instances alone.
     Maintenance(cluster::MaintenanceArgs),
+    /// Secret values for the names stack files declare (`secrets: [DB_PASSWORD]`).
+    #[command(subcommand)]
+    Secret(commands::secret::Secret),
     /// A service's output.
     Logs(cluster::LogsArgs),
     /// Every agent removes berth's stopped containers and the images no retained release needs.
@@ -99,6 +102,7 @@ fn main() {
         Command::Undrain(args) => cluster::drain(args, false, g),
         Command::Maintenance(args) => cluster::maintenance(args, g),
         Command::Logs(args) => cluster::logs(args, g),
+        Command::Secret(which) => commands::secret::run(which, g),
         Command::Gc(args) => commands::gc::run(args, g),
         Command::Bench(which) => commands::bench::run(which),
         Command::Whoami(args) => commands::whoami::run(args),

@@ -41,7 +41,7 @@ use std::time::Duration;
 use berth_api::control::{
     DeployRequest, DeployResponse, DesiredInstances, Event, GcResponse, Heartbeat,
     MaintenanceRequest, NodeView, RegisterRequest, RegisterResponse, Release, RollbackRequest,
-    RoutingTable, StatusView,
+    RoutingTable, SecretPut, SecretView, StatusView,
 };
 use bytes::Bytes;
 use futures::Stream;
@@ -151,6 +151,37 @@ impl Client {
         req: &MaintenanceRequest,
     ) -> Result<serde_json::Value, ClientError> {
         self.post(&["v1", "maintenance", stack, service], req).await
+    }
+
+    /// `PUT /v1/secrets/{stack}/{name}` (admin): sets a secret's value (a new version). The
+    /// answer names the secret and its version, never the value.
+    pub async fn set_secret(
+        &self,
+        stack: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<SecretView, ClientError> {
+        let url = self.url(&["v1", "secrets", stack, name], &[]);
+        let what = format!("PUT {}", url.path());
+        let body = SecretPut {
+            value: value.to_string(),
+        };
+        self.json(&what, self.request(Method::PUT, url).json(&body))
+            .await
+    }
+
+    /// `GET /v1/secrets/{stack}` (admin): the stack's secrets by name, with versions and
+    /// times; values are never sent back.
+    pub async fn secrets(&self, stack: &str) -> Result<Vec<SecretView>, ClientError> {
+        self.get(&["v1", "secrets", stack], &[]).await
+    }
+
+    /// `DELETE /v1/secrets/{stack}/{name}` (admin): forgets a secret's value.
+    pub async fn delete_secret(&self, stack: &str, name: &str) -> Result<(), ClientError> {
+        let url = self.url(&["v1", "secrets", stack, name], &[]);
+        let what = format!("DELETE {}", url.path());
+        let _: serde_json::Value = self.json(&what, self.request(Method::DELETE, url)).await?;
+        Ok(())
     }
 
     /// `POST /v1/gc` (admin): asks every agent to collect garbage once (stopped containers,
