@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
 
 use tokio_rustls::TlsAcceptor;
 
@@ -61,14 +62,21 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     if addr.is_ipv6() {
         // Same as `TcpListener::bind`: an IPv6 wildcard takes IPv4 clients too where the
         // system allows it; failure to change the default is not fatal.
         let _ = socket.set_only_v6(false);
     }
+    // For port 0, the kernel would happily pick a port that another `SO_REUSEPORT` listener
+    // of the same user already has, and the two would silently share connections. So port 0
+    // is chosen by a plain bind (a port nobody uses), and opened to sharing only then: the
+    // group is formed at `listen`.
+    if addr.port() != 0 {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
+    socket.set_reuse_port(true)?;
     socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
@@ -120,8 +128,11 @@ pub async fn serve(
 /// The routing table is read from `handle` on every request, so [`RouterHandle::update`] takes
 /// effect immediately, even on keep-alive connections that are already open.
 ///
-/// On shutdown it stops accepting, lets in-flight requests finish, closes idle keep-alive
-/// connections, and returns once every connection is done. Accept errors (such as running out
+/// On shutdown it takes the connections already queued on its sockets, stops accepting, lets
+/// in-flight requests finish (and connections accepted just before the signal send their first
+/// request, see [`FIRST_REQUEST_GRACE`]), closes idle keep-alive connections, and returns once
+/// every connection is done. With [`bind_reuseport`] and a second router on the same port, that
+/// is a restart in which no request fails. Accept errors (such as running out
 /// of file descriptors) are logged and retried rather than returned: a router stays up.
 pub async fn serve_with(
     listener: TcpListener,
@@ -142,7 +153,8 @@ pub async fn serve_with(
     http.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
+    let (stop, stopped) = watch::channel(false);
+    let (alive, mut all_done) = mpsc::channel::<()>(1);
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics = config.metrics.map(|listener| {
         tokio::spawn(serve_metrics(listener, handle, async {
@@ -159,47 +171,25 @@ pub async fn serve_with(
             remote,
             tls: tls.is_some(),
         };
-        let proxy = proxy.clone();
-        let service = service_fn(move |request| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(info, request).await) }
-        });
+        let life = Lifeline {
+            stop: stopped.clone(),
+            _alive: alive.clone(),
+        };
+        let (http, proxy) = (http.clone(), proxy.clone());
         match tls {
             None => {
-                let connection = graceful.watch(
-                    http.serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned(),
-                );
-                tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::debug!(%err, %remote, "connection ended with an error");
-                    }
-                });
+                tokio::spawn(run_connection(http, stream, proxy, info, life));
             }
             Some(acceptor) => {
                 // The handshake runs in the connection's task, not in the accept loop, and is
                 // bounded like a request head (a client that stalls mid-handshake is a
-                // slowloris too). The watcher makes a graceful shutdown wait for it.
+                // slowloris too). The lifeline makes a shutdown wait for it.
                 let handshake = acceptor.accept(stream);
-                let (http, watcher) = (http.clone(), graceful.watcher());
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, handshake).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(err)) => {
-                            tracing::debug!(%err, %remote, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%remote, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let connection = watcher.watch(
-                        http.serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .into_owned(),
-                    );
-                    if let Err(err) = connection.await {
-                        tracing::debug!(%err, %remote, "TLS connection ended with an error");
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, handshake).await {
+                        Ok(Ok(stream)) => run_connection(http, stream, proxy, info, life).await,
+                        Ok(Err(err)) => tracing::debug!(%err, %remote, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                     }
                 });
             }
@@ -233,9 +223,93 @@ pub async fn serve_with(
         });
     }
     let _ = stop_metrics.send(());
-    graceful.shutdown().await;
+    stop.send_replace(true);
+    drop(alive);
+    // Every connection task holds a sender: `None` once the last one has ended.
+    let _ = all_done.recv().await;
     if let Some(metrics) = metrics {
         let _ = metrics.await;
+    }
+}
+
+/// How long a connection that has not yet sent its first request may take to send it once the
+/// router is stopping. hyper's graceful shutdown closes a connection that is between
+/// requests, which is right for a kept-alive one (its client knows the close may come) but
+/// wrong for one accepted a moment ago whose request is still on its way: that client would
+/// see its first request fail. Such a connection gets its first request served (with
+/// `Connection: close`); one that sends nothing in this time is closed.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
+
+/// What ties a connection task to its [`serve_with`]: the stop signal, and a sender whose
+/// drop tells `serve_with` the connection is done (it returns when all are).
+struct Lifeline {
+    stop: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+}
+
+/// Resolves once the router is stopping (or its `serve_with` is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    // The borrow `wait_for` returns is not `Send`; drop it here, not across an await.
+    let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Whether a connection has passed a request to the proxy yet.
+#[derive(Default)]
+struct FirstRequest {
+    seen: AtomicBool,
+    arrived: Notify,
+}
+
+/// Serves one connection (HTTP/1.1 or HTTP/2, plain or TLS) until it ends; when the router
+/// stops, shuts it down gracefully: in-flight requests finish, keep-alive ends, and a
+/// connection still waiting for its first request gets [`FIRST_REQUEST_GRACE`] to send it.
+async fn run_connection<I>(
+    http: auto::Builder<TokioExecutor>,
+    io: I,
+    proxy: Arc<Proxy>,
+    info: ConnInfo,
+    mut life: Lifeline,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let first = Arc::new(FirstRequest::default());
+    let service = {
+        let first = first.clone();
+        service_fn(move |request| {
+            if !first.seen.load(Ordering::Relaxed) {
+                first.seen.store(true, Ordering::Relaxed);
+                first.arrived.notify_one();
+            }
+            let proxy = proxy.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(info, request).await) }
+        })
+    };
+    let connection = http.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopping(&mut life.stop) => {
+            let early = !first.seen.load(Ordering::Relaxed);
+            let ended = if early {
+                tokio::select! {
+                    result = connection.as_mut() => Some(result),
+                    () = first.arrived.notified() => None,
+                    () = tokio::time::sleep(FIRST_REQUEST_GRACE) => None,
+                }
+            } else {
+                None
+            };
+            match ended {
+                Some(result) => result,
+                None => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%err, remote = %info.remote, tls = info.tls, "connection ended with an error");
     }
 }
 
