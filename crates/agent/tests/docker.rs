@@ -442,3 +442,51 @@ async fn containers_no_release_wants_are_removed_after_the_first_desired_set() {
         .iter()
         .any(|c| c.id.as_deref() == Some(foreign.as_str())));
 }
+
+#[tokio::test]
+async fn an_image_instance_gets_its_secrets_in_its_env_but_not_in_its_record() {
+    let Some(docker) = engine().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup::new(dir.path());
+    let id = &unique("secret");
+    let value = "container-s3cret-81b";
+    let sup = Supervisor::start(config(dir.path(), &docker), std::future::pending())
+        .await
+        .unwrap();
+    let mut rx = sup.statuses();
+    let mut spec = image(id, V1);
+    spec.spec.command = Some(
+        [
+            "/bin/sh",
+            "-c",
+            "echo \"len=${#DB_PASSWORD}\"; exec httpd -f -p $PORT -h /www",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    spec.spec.secrets = vec!["DB_PASSWORD".into()];
+    spec.secret_env = BTreeMap::from([("DB_PASSWORD".to_string(), value.to_string())]);
+    sup.set_desired(vec![spec]);
+    statuses_where(&mut rx, "healthy", |s| {
+        state_is(s, id, InstanceState::Healthy)
+    })
+    .await;
+    let log = ProcessDriver::new(dir.path()).log_path(id).unwrap();
+    eventually("the secret's length in output.log", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains(&format!("len={}", value.len())))
+    })
+    .await;
+    let record_path = ProcessDriver::new(dir.path()).record_path(id).unwrap();
+    let record = std::fs::read_to_string(record_path).unwrap();
+    assert!(
+        !record.contains(value),
+        "instance.json holds the value: {record}"
+    );
+    sup.set_desired(vec![]);
+    statuses_where(&mut rx, "stopped", |s| {
+        state_is(s, id, InstanceState::Stopped)
+    })
+    .await;
+}
