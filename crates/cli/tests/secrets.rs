@@ -109,9 +109,24 @@ fn a_secret_set_on_stdin_reaches_the_instance_and_is_never_printed() {
     let all_events = serde_json::to_string(&events(&up, &[])).expect("events JSON");
     assert!(!all_events.contains(VALUE), "{all_events}");
 
-    // A new value: the next plan says so by version.
-    let out = set_via_stdin(&up, "demo", "DB_PASSWORD", "another-value");
-    assert_exit(&out, 0);
+    // A new value, from a file this time: the next plan says so by version.
+    let value_file = write_file(up.dir(), "pw.txt", "another-value");
+    let out = cli_ok(
+        &up,
+        &[
+            "secret",
+            "set",
+            "demo",
+            "DB_PASSWORD",
+            "--from-file",
+            &value_file,
+            "--output",
+            "json",
+        ],
+    );
+    let set: serde_json::Value = serde_json::from_str(&out).expect("JSON answer");
+    assert_eq!(set["version"], 2, "{out}");
+    assert!(!out.contains("another-value"), "{out}");
     let plan = cli_ok(&up, &["plan", "-f", &file, "--env", "local"]);
     assert!(
         plan.contains("secret DB_PASSWORD: version 1 → 2") && !plan.contains("another-value"),
