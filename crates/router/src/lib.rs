@@ -77,7 +77,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-pub use server::{bind_reuseport, serve, serve_with, RouterConfig};
+pub use server::{bind_reuseport, serve, serve_with, RouterConfig, FIRST_REQUEST_GRACE};
 pub use stats::{RouterStats, StatusClasses};
 pub use table::{Endpoint, Limits, Maintenance, RouteEntry, RouteTable};
 pub use tls::{TlsConfig, TlsError, TlsListener};
