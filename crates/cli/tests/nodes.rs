@@ -46,6 +46,10 @@ impl Agent {
     }
 
     fn start(up: &BerthUp, name: &str, zone: &str) -> Agent {
+        Agent::start_with(up, name, zone, &[])
+    }
+
+    fn start_with(up: &BerthUp, name: &str, zone: &str, extra: &[&str]) -> Agent {
         let join = std::fs::read_to_string(up.data_dir().join("join.token")).expect("join.token");
         let dir = Agent::data_dir(up, name);
         let labels = format!("zone={zone}");
@@ -62,6 +66,8 @@ impl Agent {
             "--data-dir",
             dir.to_str().expect("utf-8 path"),
         ]);
+        let mut cmd = cmd;
+        cmd.args(extra);
         let proc = Proc::spawn(cmd, name, up.dir());
         Agent {
             name: name.to_string(),
@@ -273,4 +279,27 @@ fn drain_moves_instances_with_zero_failed_requests_under_load() {
     up.wait_until(Duration::from_secs(10), "n2 ready again", || {
         nodes_ready(&up) == 3
     });
+}
+
+#[test]
+fn an_agents_router_serves_again_after_the_agent_restarts() {
+    let (up, _agents, _dir) = cluster();
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let router: std::net::SocketAddr = addr.parse().expect("address");
+    let agent = Agent::start_with(&up, "n4", "d", &["--router", &addr]);
+    up.wait_until(
+        Duration::from_secs(20),
+        "n4's router to route to the stack",
+        || matches!(http::get(router, "/"), Ok(r) if r.status == 200),
+    );
+    // A restart registers again with a new credential: the router must use the new one.
+    agent.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.proc.wait_exit(Duration::from_secs(20));
+    let _again = Agent::start_with(&up, "n4", "d", &["--router", &addr]);
+    up.wait_until(
+        Duration::from_secs(20),
+        "n4's router to route again after the restart",
+        || matches!(http::get(router, "/"), Ok(r) if r.status == 200),
+    );
 }

@@ -31,6 +31,9 @@ pub struct RouterOpts {
     /// Log one line per proxied request (tracing target `berth_router::access`).
     #[arg(long)]
     access_log: bool,
+    /// Set by `berth agent` and `berth router`, not a flag: bind the router with SO_REUSEPORT.
+    #[arg(skip)]
+    reuseport: bool,
 }
 
 /// Arguments of `berth up`.
@@ -180,9 +183,15 @@ async fn start_router(
     opts: &RouterOpts,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(listen).await.with_context(|| {
-        format!("cannot listen on {listen} for the router: pick another --router")
-    })?;
+    // A node's router binds with SO_REUSEPORT, so a restarted agent's router listens before
+    // the old one lets go and no client sees "connection refused". `berth up` binds plainly:
+    // two of them on one machine must collide loudly instead of sharing a port.
+    let listener = if opts.reuseport {
+        berth_router::bind_reuseport(listen)
+    } else {
+        TcpListener::bind(listen).await
+    }
+    .with_context(|| format!("cannot listen on {listen} for the router: pick another address"))?;
     let metrics = match opts.metrics {
         Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} for the router's metrics: pick another --metrics")
@@ -323,6 +332,9 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         .clone()
         .unwrap_or_else(|| default_data_dir().join("agent"));
     let labels = parse_labels(&args.labels)?;
+    // The agent registers on every start and gets a new credential; the router waits for it,
+    // so the old one must not be mistaken for it.
+    let _ = std::fs::remove_file(data_dir.join("node.token"));
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let name = args.name.clone().unwrap_or_else(hostname);
@@ -366,12 +378,14 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             };
             let client = Client::new(&server_url, Some(token))?;
+            let mut opts = args.router_opts.clone();
+            opts.reuseport = true;
             router_task = Some(
                 start_router(
                     client,
                     format!("agent-{name}"),
                     addr,
-                    &args.router_opts,
+                    &opts,
                     stop_rx.clone(),
                 )
                 .await?,
@@ -397,7 +411,9 @@ pub fn router(args: RouterArgs, globals: &crate::context::Globals) -> anyhow::Re
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let id = format!("edge-{}", args.listen);
-        let task = start_router(client, id, args.listen, &args.router_opts, stop_rx).await?;
+        let mut opts = args.router_opts.clone();
+        opts.reuseport = true;
+        let task = start_router(client, id, args.listen, &opts, stop_rx).await?;
         println!("berth router on http://{}", args.listen);
         terminated().await;
         let _ = stop_tx.send(true);
