@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::uri::Authority;
 
 use crate::service::{Limiter, ServiceState};
-use crate::stats::Counters;
+use crate::stats::{shard, Counters, Padded, SHARDS};
 use crate::table::{Endpoint, RouteTable};
 use crate::upstream::Upstream;
 
@@ -54,8 +54,10 @@ pub(crate) struct Route {
     /// Sum of the groups' weights.
     total_weight: u64,
     /// Rotation offset for ties between equally loaded endpoints, so sequential requests
-    /// spread round-robin. Shared with the same (host, prefix) route of the previous table.
-    next: Arc<AtomicUsize>,
+    /// spread round-robin; one per worker thread ([`crate::stats::shard`]), so cores do not
+    /// share a cache line per request. Shared with the same (host, prefix) route of the
+    /// previous table.
+    next: Arc<[Padded<AtomicUsize>; SHARDS]>,
     /// The service's overload limiter, when it has limits.
     pub(crate) limiter: Option<Arc<Limiter>>,
     /// The maintenance page, when the route is in maintenance.
@@ -118,7 +120,7 @@ impl Route {
         if n == 1 {
             return Some(0);
         }
-        let rotation = self.next.fetch_add(1, Ordering::Relaxed);
+        let rotation = self.next[shard()].0.fetch_add(1, Ordering::Relaxed);
         let group = self.choose_group();
         let members = &self.groups[group].members;
         self.least_loaded(members.len(), |k| members[k], avoid, Some(now), rotation)

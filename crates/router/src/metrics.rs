@@ -153,7 +153,7 @@ pub(crate) fn render(
             "berth_router_requests_in_flight",
             "gauge",
             "Requests admitted and not finished (response body included).",
-            |s| s.in_flight.load(Ordering::Relaxed),
+            |s| s.in_flight.get(),
         ),
         (
             "berth_router_retries_total",

@@ -97,7 +97,7 @@ pub(crate) struct Guard {
 
 impl Guard {
     fn new(route: Arc<Route>, started: Instant, permit: Option<OwnedSemaphorePermit>) -> Self {
-        route.service.in_flight.fetch_add(1, Ordering::Relaxed);
+        route.service.in_flight.add(1);
         Guard {
             route,
             endpoint: None,
@@ -130,7 +130,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         self.release();
         let service = &self.route.service;
-        service.in_flight.fetch_sub(1, Ordering::Relaxed);
+        service.in_flight.add(-1);
         if !self.tunnel {
             service.latency.observe(self.started.elapsed());
         }
@@ -177,6 +177,10 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        // The connection's bytes are moved here, in the task that streams the response.
+        if let Some((conn, _)) = &mut this.conn {
+            conn.driver.poll(cx);
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => this.finish(),
@@ -305,9 +309,8 @@ impl Proxy {
             },
         };
         let access = self.access_log.then(|| AccessLine::of(&request));
-        let guard = Guard::new(route, started, permit);
-        let route = guard.route.clone();
-        let (response, outcome) = self.forward(conn, guard, request).await;
+        let guard = Guard::new(route.clone(), started, permit);
+        let (response, outcome) = self.forward(conn, &route, guard, request).await;
         route.service.counters.record(response.status());
         if let Some(access) = access {
             access.emit(conn, &route, &response, started, &outcome);
@@ -315,15 +318,15 @@ impl Proxy {
         response
     }
 
-    /// Sends the request to an endpoint of the guard's route, retrying once when that is
+    /// Sends the request to an endpoint of `route` (the guard's), retrying once when that is
     /// safe, and returns the response (the guard travels inside its body).
     async fn forward(
         &self,
         conn: ConnInfo,
+        route: &Arc<Route>,
         mut guard: Guard,
         mut request: Request<Incoming>,
     ) -> (Response<ProxyBody>, Outcome) {
-        let route = guard.route.clone();
         let upgrade = wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
         let (parts, body) = request.into_parts();
         let idempotent = idempotent(&parts.method, &parts.headers);
@@ -385,7 +388,8 @@ impl Proxy {
                         // Unreachable: a retry happens only with a request to send.
                         .unwrap_or_else(|| Request::new(Either::Left(Full::new(Bytes::new())))),
                     };
-                    match pooled.sender.try_send_request(request).await {
+                    let sent = pooled.sender.try_send_request(request);
+                    match pooled.driver.run(sent).await {
                         Ok(response) => Ok((response, pooled)),
                         Err(mut failed) => {
                             let addr = target.endpoint.addr;
@@ -411,7 +415,7 @@ impl Proxy {
             match result {
                 Ok((response, pooled)) => {
                     target.upstream.succeeded();
-                    let response = self.respond(&route, i, response, pooled, guard, upgrade);
+                    let response = self.respond(route, i, response, pooled, guard, upgrade);
                     return (response, outcome);
                 }
                 Err((err, _connected)) => {
@@ -483,6 +487,9 @@ impl Proxy {
                     response.headers_mut().insert(name, value);
                 }
                 guard.tunnel = true;
+                let mut sender = sender;
+                // The upgrade completes only while the connection is polled.
+                sender.driver.spawn();
                 tokio::spawn(tunnel(downstream, upstream, guard, sender));
                 let (parts, _) = response.into_parts();
                 return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
@@ -737,13 +744,24 @@ fn valid_request_id(value: &HeaderValue) -> bool {
     !bytes.is_empty() && bytes.len() <= 200 && bytes.iter().all(|b| b.is_ascii_graphic())
 }
 
-/// A new request id: 8 hex digits that differ per router process, then a 16-digit counter.
+/// A new request id: 8 hex digits that differ per router process, then a 16-digit counter
+/// (the thread's number, then its count).
 /// Unique per router without coordination, and cheap (no randomness per request).
 fn new_request_id() -> HeaderValue {
     static PREFIX: OnceLock<u32> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // Per thread, so that threads do not share a cache line per request: each thread counts in
+    // its own range of 2^48.
+    static THREADS: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static COUNTER: std::cell::Cell<u64> =
+            std::cell::Cell::new(THREADS.fetch_add(1, Ordering::Relaxed) << 48);
+    }
     let prefix = *PREFIX.get_or_init(|| crate::compiled::random() as u32);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let n = COUNTER.with(|c| {
+        let n = c.get();
+        c.set(n.wrapping_add(1));
+        n
+    });
     let mut buf = [0u8; 24];
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let value = (u128::from(prefix) << 64) | u128::from(n);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::stats::Counters;
+use crate::stats::{shard, Counters, Gauge, Padded, SHARDS};
 use crate::table::Limits;
 
 /// Upper bounds (seconds) of the latency histogram's buckets: 1 ms to 10 s, roughly ×2.5 apart,
@@ -21,9 +21,15 @@ pub(crate) const LATENCY_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A fixed-bucket histogram of plain atomics (Prometheus cumulative form is computed on scrape).
+/// A fixed-bucket histogram of plain atomics (Prometheus cumulative form is computed on scrape),
+/// one copy per worker thread like the counters ([`crate::stats::shard`]).
 #[derive(Debug, Default)]
 pub(crate) struct Histogram {
+    shards: [Padded<HistogramShard>; SHARDS],
+}
+
+#[derive(Debug, Default)]
+struct HistogramShard {
     /// Per-bucket counts (not cumulative); the last slot is `+Inf`.
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
@@ -36,8 +42,9 @@ impl Histogram {
             .iter()
             .position(|bound| secs <= *bound)
             .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(
+        let shard = &self.shards[shard()].0;
+        shard.buckets[i].fetch_add(1, Ordering::Relaxed);
+        shard.sum_nanos.fetch_add(
             u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
@@ -47,11 +54,20 @@ impl Histogram {
     pub(crate) fn snapshot(&self) -> ([u64; LATENCY_BUCKETS.len() + 1], f64) {
         let mut out = [0; LATENCY_BUCKETS.len() + 1];
         let mut total = 0;
-        for (slot, bucket) in out.iter_mut().zip(&self.buckets) {
-            total += bucket.load(Ordering::Relaxed);
+        for (i, slot) in out.iter_mut().enumerate() {
+            total += self
+                .shards
+                .iter()
+                .map(|s| s.0.buckets[i].load(Ordering::Relaxed))
+                .sum::<u64>();
             *slot = total;
         }
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum_nanos: u64 = self
+            .shards
+            .iter()
+            .map(|s| s.0.sum_nanos.load(Ordering::Relaxed))
+            .sum();
+        let sum = sum_nanos as f64 / 1e9;
         (out, sum)
     }
 }
@@ -167,7 +183,7 @@ pub(crate) struct ServiceState {
     /// Responses that came from an instance, per release.
     releases: Mutex<BTreeMap<u64, Arc<Counters>>>,
     pub(crate) latency: Histogram,
-    pub(crate) in_flight: AtomicI64,
+    pub(crate) in_flight: Gauge,
     pub(crate) retries: AtomicU64,
     pub(crate) ejections: AtomicU64,
     /// 503s from the overload limiter.

@@ -1,11 +1,13 @@
 //! Request counters: per service and HTTP status class, plain atomics.
 //!
 //! The hot path only increments an `AtomicU64` it reaches through the matched route, so counting
-//! costs no lock and no map lookup. Snapshots ([`RouterStats`]) are what the autoscaler, canary
+//! costs no lock and no map lookup. Each counter is split in [`SHARDS`] cache lines, one per
+//! worker thread ([`shard`]), summed when read: with one runtime per core, no two cores write
+//! the same line, so an increment never waits for a cache line held by another core. Snapshots ([`RouterStats`]) are what the autoscaler, canary
 //! analysis and the later Prometheus endpoint read.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -48,23 +50,67 @@ pub struct RouterStats {
     pub unrouted: StatusClasses,
 }
 
+/// Per-thread slots of the hot-path counters and of the idle connection lists: enough for one
+/// per core on the machines berth targets; threads beyond that share slots (correct, just
+/// contended).
+pub(crate) const SHARDS: usize = 8;
+
+/// This thread's slot, assigned round-robin the first time a thread asks.
+pub(crate) fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// A value on a cache line (pair) of its own, so neighbouring shards do not share one.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+/// A gauge that goes up and down, sharded like the counters: an increment and its decrement
+/// may land on different shards, only the sum means something.
+#[derive(Debug, Default)]
+pub(crate) struct Gauge {
+    shards: [Padded<AtomicI64>; SHARDS],
+}
+
+impl Gauge {
+    pub(crate) fn add(&self, delta: i64) {
+        self.shards[shard()].0.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> i64 {
+        self.shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .fold(0, i64::wrapping_add)
+    }
+}
+
 /// The live counters behind one [`StatusClasses`].
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    classes: [AtomicU64; 5],
+    shards: [Padded<[AtomicU64; 5]>; SHARDS],
 }
 
 impl Counters {
     /// Counts one response with this status.
     pub(crate) fn record(&self, status: StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-        self.classes[class].fetch_add(1, Ordering::Relaxed);
+        self.shards[shard()].0[class].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Reads the counters (each one atomically; the set is not a consistent cut, which is fine
     /// for rates).
     pub(crate) fn snapshot(&self) -> StatusClasses {
-        let get = |i: usize| self.classes[i].load(Ordering::Relaxed);
+        let get = |i: usize| {
+            self.shards
+                .iter()
+                .map(|s| s.0[i].load(Ordering::Relaxed))
+                .sum()
+        };
         StatusClasses {
             informational: get(0),
             success: get(1),
