@@ -177,10 +177,6 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        // The connection's bytes are moved here, in the task that streams the response.
-        if let Some((conn, _)) = &mut this.conn {
-            conn.driver.poll(cx);
-        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => this.finish(),
@@ -388,8 +384,7 @@ impl Proxy {
                         // Unreachable: a retry happens only with a request to send.
                         .unwrap_or_else(|| Request::new(Either::Left(Full::new(Bytes::new())))),
                     };
-                    let sent = pooled.sender.try_send_request(request);
-                    match pooled.driver.run(sent).await {
+                    match pooled.sender.try_send_request(request).await {
                         Ok(response) => Ok((response, pooled)),
                         Err(mut failed) => {
                             let addr = target.endpoint.addr;
@@ -487,9 +482,6 @@ impl Proxy {
                     response.headers_mut().insert(name, value);
                 }
                 guard.tunnel = true;
-                let mut sender = sender;
-                // The upgrade completes only while the connection is polled.
-                sender.driver.spawn();
                 tokio::spawn(tunnel(downstream, upstream, guard, sender));
                 let (parts, _) = response.into_parts();
                 return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));

@@ -11,18 +11,14 @@
 //! The idle connections are kept in one list per worker thread ([`SHARDS`] of them, each
 //! behind a `Mutex` held for one `Vec::pop`/`push`). A thread checks out the connections it
 //! checked in, which were usually opened by it too, so with one runtime per core
-//! (see [`crate::bind_reuseport`]) a request, its upstream connection and the response stay
-//! on one thread: no cross-thread wake-ups, and the lock is never contended. The connection has
-//! no task of its own: the request that holds it polls it ([`Driver`]). A thread
+//! (see [`crate::bind_reuseport`]) a request, its upstream connection's task and the response
+//! stay on one thread: no cross-thread wake-ups, and the lock is never contended. A thread
 //! whose own list is empty opens a connection rather than borrow another thread's (see
 //! `pop_idle`). Routing decisions (the table) never lock.
 
-use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,67 +36,6 @@ pub(crate) type UpBody = Either<Full<Bytes>, Incoming>;
 
 /// A sender on one HTTP/1.1 connection to an instance.
 pub(crate) type Sender = http1::SendRequest<UpBody>;
-
-/// The I/O half of one connection to an instance (hyper's `UpgradeableConnection`, which it does
-/// not export by name).
-type Io = dyn Future<Output = hyper::Result<()>> + Send;
-
-/// What moves a connection's bytes. `Local`: nobody but the request that holds the connection
-/// polls it, from its own task (while sending, see [`Driver::run`], and while its response body
-/// streams) — no spawned task, so no task wake-ups between the request and its connection.
-/// `Spawned`: a task of its own drives it (a protocol switch, or a connection left mid-exchange).
-/// An idle `Local` connection is not polled at all; the next checkout polls it first, which is
-/// when a close by the app is noticed.
-pub(crate) enum Driver {
-    Local(Option<Pin<Box<Io>>>),
-    Spawned,
-}
-
-impl Driver {
-    /// Moves the connection's bytes as far as they go now. `true` when the connection has ended.
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> bool {
-        let Driver::Local(slot) = self else {
-            return false;
-        };
-        let Some(io) = slot else {
-            return true;
-        };
-        match io.as_mut().poll(cx) {
-            Poll::Pending => false,
-            Poll::Ready(result) => {
-                if let Err(err) = result {
-                    tracing::debug!(%err, "upstream connection ended with an error");
-                }
-                *slot = None;
-                true
-            }
-        }
-    }
-
-    /// Hands the connection to a task of its own, for when nobody will poll it here.
-    pub(crate) fn spawn(&mut self) {
-        if let Driver::Local(Some(io)) = std::mem::replace(self, Driver::Spawned) {
-            tokio::spawn(async move {
-                if let Err(err) = io.await {
-                    tracing::debug!(%err, "upstream connection ended with an error");
-                }
-            });
-        }
-    }
-
-    /// Awaits `future` while driving the connection.
-    pub(crate) async fn run<F: Future>(&mut self, future: F) -> F::Output {
-        let mut future = pin!(future);
-        poll_fn(|cx| {
-            if let Poll::Ready(out) = future.as_mut().poll(cx) {
-                return Poll::Ready(out);
-            }
-            self.poll(cx);
-            future.as_mut().poll(cx)
-        })
-        .await
-    }
-}
 
 /// How long an idle connection stays in the pool. Kept *below* the keep-alive timeout of common
 /// app servers (Node's 5 s; gunicorn's 2 s is handled by replaying on a stale connection), so
@@ -131,7 +66,6 @@ pub(crate) fn now_nanos() -> u64 {
 
 struct Idle {
     sender: Sender,
-    driver: Driver,
     since: Instant,
     home: usize,
 }
@@ -139,7 +73,6 @@ struct Idle {
 /// A checked-out connection.
 pub(crate) struct Conn {
     pub(crate) sender: Sender,
-    pub(crate) driver: Driver,
     /// It had served a request before: a failure before any response byte means the app had
     /// closed it as idle.
     pub(crate) reused: bool,
@@ -236,33 +169,25 @@ impl Upstream {
             let idle = self.pop_idle();
             let Some(Idle {
                 mut sender,
-                mut driver,
                 since,
                 home,
             }) = idle
             else {
                 break;
             };
-            if since.elapsed() >= POOL_IDLE_TIMEOUT {
+            if since.elapsed() >= POOL_IDLE_TIMEOUT || sender.is_closed() {
                 continue;
             }
-            // Reads what arrived while it was idle: an app's close shows up here.
-            let ended = poll_fn(|cx| Poll::Ready(driver.poll(cx))).await;
-            if ended || sender.is_closed() {
-                continue;
-            }
-            if sender.is_ready() || driver.run(sender.ready()).await.is_ok() {
+            if sender.is_ready() || sender.ready().await.is_ok() {
                 return Ok(Conn {
                     sender,
-                    driver,
                     reused: true,
                     home,
                 });
             }
         }
-        self.connect().await.map(|(sender, driver)| Conn {
+        self.connect().await.map(|sender| Conn {
             sender,
-            driver,
             reused: false,
             home: shard(),
         })
@@ -270,34 +195,21 @@ impl Upstream {
 
     /// Returns a connection whose exchange finished cleanly.
     pub(crate) fn checkin(&self, conn: Conn) {
-        let Conn {
-            sender,
-            mut driver,
-            home,
-            ..
-        } = conn;
-        // Lets the connection settle back to idle; a waker is not needed, the next checkout
-        // polls it again.
-        if driver.poll(&mut Context::from_waker(Waker::noop())) || sender.is_closed() {
+        let Conn { sender, home, .. } = conn;
+        if sender.is_closed() {
             return;
-        }
-        if !sender.is_ready() {
-            // Still mid-exchange (say, a request body the app did not wait for): it needs
-            // driving before it can be reused, and nobody here will poll it.
-            driver.spawn();
         }
         let mut idle = self.lock_idle(home);
         if idle.len() < MAX_IDLE / SHARDS {
             idle.push(Idle {
                 sender,
-                driver,
                 since: Instant::now(),
                 home,
             });
         }
     }
 
-    async fn connect(&self) -> Result<(Sender, Driver), ProxyError> {
+    async fn connect(&self) -> Result<Sender, ProxyError> {
         let addr = self.addr;
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
@@ -311,10 +223,12 @@ impl Upstream {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ProxyError::NotSent { addr, source })?;
-        // `with_upgrades`: a 101 answer hands the socket over to the WebSocket tunnel.
-        Ok((
-            sender,
-            Driver::Local(Some(Box::pin(connection.with_upgrades()))),
-        ))
+        tokio::spawn(async move {
+            // `with_upgrades`: a 101 answer hands the socket over to the WebSocket tunnel.
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(%err, %addr, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 }
