@@ -573,10 +573,10 @@ impl Instance {
                 adopted: false,
             },
             Err(e) => {
-                if matches!(&e, Error::Docker { message, .. } if message.contains("address already in use"))
-                {
-                    // Another program took a picked host port: pick new ones on the retry (the
-                    // instance had no endpoint yet, so nothing moves).
+                if matches!(&e, Error::Docker { message, .. } if port_taken(message)) {
+                    // Another program (or another container starting at the same moment, which
+                    // was handed the same free port) took a picked host port: pick new ones on
+                    // the retry (the instance had no endpoint yet, so nothing moves).
                     self.ports = None;
                 }
                 self.start_failed(e)
@@ -1068,5 +1068,26 @@ mod tests {
             .collect();
         assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 10000, 10000]);
         assert_eq!(backoff(base, max, u32::MAX), max);
+    }
+}
+
+/// Whether the Engine refused a container because one of its host ports is taken: by another
+/// program ("address already in use") or by another container that Docker's own allocator
+/// gave it first ("port is already allocated").
+fn port_taken(message: &str) -> bool {
+    message.contains("address already in use") || message.contains("port is already allocated")
+}
+
+#[cfg(test)]
+mod port_taken_tests {
+    use super::port_taken;
+
+    #[test]
+    fn both_engine_messages_for_a_taken_host_port_are_recognised() {
+        assert!(port_taken(
+            "listen tcp4 0.0.0.0:8080: bind: address already in use"
+        ));
+        assert!(port_taken("driver failed programming external connectivity on endpoint x: Bind for 0.0.0.0:35199 failed: port is already allocated"));
+        assert!(!port_taken("no such image"));
     }
 }
