@@ -18,11 +18,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::docker::{engine_or_skip, DockerUp, V1};
-use common::{assert_exit, http, write_file};
+use common::startup::measure;
+use common::{assert_exit, write_file};
 
 const N: usize = 50;
 
@@ -46,89 +46,17 @@ services:
     )
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn json(up: &DockerUp, path: &str) -> serde_json::Value {
-    match http::get_auth(up.api(), path, &up.token()) {
-        Ok(r) if r.status == 200 => r.json(),
-        Ok(r) => panic!("GET {path}: {} {}", r.status, r.text()),
-        Err(e) => panic!("GET {path}: {e}"),
-    }
-}
-
 fn main() {
     if !engine_or_skip("the docker_startup benchmark") {
         return;
     }
     let up = DockerUp::start();
     let file = write_file(up.dir(), "bench.yaml", stack());
-    let t0 = Instant::now();
     assert_exit(&up.cli(["deploy", "-f", &file, "--env", "local"]), 0);
-    let mut routable: BTreeMap<String, u64> = BTreeMap::new();
-    let deadline = t0 + Duration::from_secs(180);
-    while routable.len() < N {
-        let table = json(&up, "/v1/routes");
-        let seen = now_ms();
-        for route in table["routes"].as_array().into_iter().flatten() {
-            for e in route["endpoints"].as_array().into_iter().flatten() {
-                if let Some(id) = e["instance"].as_str() {
-                    routable.entry(id.to_string()).or_insert(seen);
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {N} containers routable after 180 s\n{}",
-            routable.len(),
-            up.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let status = json(&up, "/v1/status?stack=bench");
-    let mut to_healthy = Vec::new();
-    let mut to_routable = Vec::new();
-    for svc in status["stacks"][0]["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        for i in svc["instances"].as_array().into_iter().flatten() {
-            let id = i["id"].as_str().unwrap_or_default();
-            let created = i["created_ms"].as_u64().unwrap_or(0);
-            let healthy = i["since_ms"].as_u64().unwrap_or(0);
-            if let (Some(r), "healthy") = (routable.get(id), i["state"].as_str().unwrap_or("")) {
-                to_healthy.push(healthy.saturating_sub(created));
-                to_routable.push(r.saturating_sub(created));
-            }
-        }
-    }
-    assert_eq!(
-        to_routable.len(),
-        N,
-        "every container should be healthy and routable:\n{status:#}"
-    );
-    to_healthy.sort_unstable();
-    to_routable.sort_unstable();
+    let startup = measure(&up, "bench", N, Duration::from_secs(180));
     println!(
-        "container start → healthy: p50 {} ms, p99 {} ms; → routable: p50 {} ms, p99 {} ms ({} containers; goal p99 ≤ 1 s)",
-        percentile(&to_healthy, 50.0),
-        percentile(&to_healthy, 99.0),
-        percentile(&to_routable, 50.0),
-        percentile(&to_routable, 99.0),
-        to_routable.len()
+        "container start → {} ({N} containers; goal p99 ≤ 1 s)",
+        startup.summary()
     );
     // All 50 running containers are removed when `up` drops (berth first, then by label).
 }

@@ -15,9 +15,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::startup::{api_json, measure};
 use common::up::BerthUp;
 use common::{assert_exit, http, write_file};
 
@@ -43,34 +43,11 @@ services:
     )
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn json(up: &BerthUp, path: &str) -> serde_json::Value {
-    match http::get_auth(up.api(), path, &up.token()) {
-        Ok(r) if r.status == 200 => r.json(),
-        Ok(r) => panic!("GET {path}: {} {}", r.status, r.text()),
-        Err(e) => panic!("GET {path}: {e}"),
-    }
-}
-
 /// Waits until release `n` of the bench stack is live; returns how long that took.
 fn wait_live(up: &BerthUp, n: u64, started: Instant) -> Duration {
     let deadline = started + Duration::from_secs(120);
     loop {
-        let releases = json(up, "/v1/stacks/bench/local/releases");
+        let releases = api_json(up, "/v1/stacks/bench/local/releases");
         let live = releases
             .as_array()
             .into_iter()
@@ -105,52 +82,11 @@ fn main() {
     let t0 = Instant::now();
     let out = up.cli(["deploy", "-f", &file, "--env", "local"]);
     assert_exit(&out, 0);
-    let mut routable: BTreeMap<String, u64> = BTreeMap::new();
-    let deadline = t0 + Duration::from_secs(120);
-    while routable.len() < 100 {
-        let table = json(&up, "/v1/routes");
-        let seen = now_ms();
-        for route in table["routes"].as_array().into_iter().flatten() {
-            for e in route["endpoints"].as_array().into_iter().flatten() {
-                if let Some(id) = e["instance"].as_str() {
-                    routable.entry(id.to_string()).or_insert(seen);
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of 100 instances routable after 120 s",
-            routable.len()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let status = json(&up, "/v1/status?stack=bench");
-    let mut to_healthy = Vec::new();
-    let mut to_routable = Vec::new();
-    for svc in status["stacks"][0]["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        for i in svc["instances"].as_array().into_iter().flatten() {
-            let id = i["id"].as_str().unwrap_or_default();
-            let created = i["created_ms"].as_u64().unwrap_or(0);
-            let healthy = i["since_ms"].as_u64().unwrap_or(0);
-            if let Some(r) = routable.get(id) {
-                to_healthy.push(healthy.saturating_sub(created));
-                to_routable.push(r.saturating_sub(created));
-            }
-        }
-    }
-    to_healthy.sort_unstable();
-    to_routable.sort_unstable();
+    let startup = measure(&up, "bench", 100, Duration::from_secs(120));
     println!(
-        "instance start → healthy: p50 {} ms, p99 {} ms; → routable: p50 {} ms, p99 {} ms ({} instances, 100 ms health interval; goal p99 ≤ 300 ms)",
-        percentile(&to_healthy, 50.0),
-        percentile(&to_healthy, 99.0),
-        percentile(&to_routable, 50.0),
-        percentile(&to_routable, 99.0),
-        to_routable.len()
+        "instance start → {} ({} instances, 100 ms health interval; goal p99 ≤ 300 ms)",
+        startup.summary(),
+        startup.to_routable.len()
     );
     wait_live(&up, 1, t0);
 

@@ -26,6 +26,7 @@ pub mod containers;
 pub mod docker;
 pub mod http;
 pub mod process;
+pub mod startup;
 pub mod up;
 
 use std::ffi::OsStr;
