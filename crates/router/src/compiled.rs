@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::uri::Authority;
 
 use crate::service::{Limiter, ServiceState};
 use crate::stats::{shard, Counters, Padded, SHARDS};
@@ -71,13 +70,10 @@ struct Group {
     members: Box<[usize]>,
 }
 
-/// An endpoint with its URI authority pre-rendered and its long-lived state attached.
+/// An endpoint with its long-lived state attached.
 #[derive(Debug)]
 pub(crate) struct Target {
     pub(crate) endpoint: Endpoint,
-    /// Kept for absolute-form requests and logs.
-    #[allow(dead_code)]
-    pub(crate) authority: Authority,
     pub(crate) upstream: Arc<Upstream>,
     /// The counters of this endpoint's (service, release).
     pub(crate) release_counters: Arc<Counters>,
@@ -283,14 +279,6 @@ impl CompiledTable {
                 .clone();
             let mut endpoints = Vec::with_capacity(entry.endpoints.len());
             for e in &entry.endpoints {
-                // A SocketAddr always renders as a valid authority; skip rather than panic.
-                let authority = match Authority::try_from(e.addr.to_string()) {
-                    Ok(authority) => authority,
-                    Err(err) => {
-                        tracing::warn!(addr = %e.addr, %err, "endpoint address skipped");
-                        continue;
-                    }
-                };
                 let upstream = registry
                     .upstreams
                     .entry(e.addr)
@@ -299,7 +287,6 @@ impl CompiledTable {
                 live.insert(e.addr, upstream.clone());
                 endpoints.push(Target {
                     endpoint: e.clone(),
-                    authority,
                     upstream,
                     release_counters: service.release(e.release),
                 });
