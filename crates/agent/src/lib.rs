@@ -20,6 +20,7 @@
 //! - [`record`] — `instance.json`, atomic writes, `/proc/<pid>/stat` identity.
 //! - [`gc`] — the ledger of images this agent ran (`images.json`) and the disk usage that
 //!   triggers garbage collection; the Engine side is `DockerDriver::collect_garbage`.
+//! - [`lock`] — one agent per data directory (`agent.lock`, with the holder's pid).
 //! - [`node`] — the agent shell: registers with the server, feeds the supervisor the node's
 //!   desired instances, reports their statuses.
 //!
@@ -27,6 +28,7 @@
 //! ```text
 //! DATA_DIR/instances/<id>/instance.json    spec, pid, start time, ports, restarts (atomic writes)
 //! DATA_DIR/instances/<id>/output.log       stdout + stderr, O_APPEND; .1, .2 after rotation
+//! DATA_DIR/agent.lock                     flock of the running agent; its pid
 //! DATA_DIR/images.json                     the images this agent ran; the last `berth gc` handled
 //! ```
 //! An instance's directory is also its working directory.
@@ -48,6 +50,8 @@ pub mod error;
 pub mod gc;
 #[warn(missing_docs)]
 pub mod health;
+#[warn(missing_docs)]
+pub mod lock;
 #[warn(missing_docs)]
 pub mod logs;
 pub mod node;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use berth_api::control::RoutingTable;
 use berth_client::{Client, ClientError};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::{Endpoint, Limits, Maintenance, RouteEntry, RouteTable, RouterHandle};
@@ -54,16 +55,49 @@ pub async fn follow_server(
     handle: RouterHandle,
     shutdown: impl Future<Output = ()>,
 ) {
+    let (_fixed, clients) = watch::channel(client);
+    follow_server_with(clients, router_id, handle, shutdown).await;
+}
+
+/// [`follow_server`] with a credential that may change while it runs: every poll uses the
+/// newest client on `clients`, and a poll in progress is abandoned for a new one when it
+/// changes.
+///
+/// Why: an agent's router keeps serving across the agent's re-registration (an agent that
+/// takes over from its predecessor starts its router with the old node token, then registers,
+/// which revokes that token). Switching the client keeps the router following the server
+/// without stopping it.
+pub async fn follow_server_with(
+    mut clients: watch::Receiver<Client>,
+    router_id: String,
+    handle: RouterHandle,
+    shutdown: impl Future<Output = ()>,
+) {
     let follow = async {
         let mut applied: Option<String> = None;
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut failures: u32 = 0;
+        // Once every sender is gone the client in hand is the last one: stop watching.
+        let mut may_change = true;
         loop {
             let started = Instant::now();
-            match client
-                .routes(Some(&router_id), applied.as_deref(), POLL_WAIT)
-                .await
-            {
+            let client = clients.borrow_and_update().clone();
+            let poll = client.routes(Some(&router_id), applied.as_deref(), POLL_WAIT);
+            let changed = async {
+                if may_change {
+                    clients.changed().await.is_ok()
+                } else {
+                    std::future::pending().await
+                }
+            };
+            let answer = tokio::select! {
+                answer = poll => answer,
+                still_open = changed => {
+                    may_change = still_open;
+                    continue;
+                }
+            };
+            match answer {
                 Ok(table) => {
                     if failures > 0 {
                         tracing::info!(
@@ -97,6 +131,22 @@ pub async fn follow_server(
         () = follow => {}
         () = shutdown => {}
     }
+}
+
+/// Fetches the server's current routing table once and applies it to `handle`; returns its
+/// version.
+///
+/// Why: a router that shares its port with a running one (`SO_REUSEPORT`, an agent taking
+/// over from its predecessor) receives connections the moment it listens, so it must route
+/// from its first request: the shell calls this before binding, then [`follow_server`].
+pub async fn apply_current(
+    client: &Client,
+    router_id: &str,
+    handle: &RouterHandle,
+) -> Result<String, ClientError> {
+    let table = client.routes(Some(router_id), None, Duration::ZERO).await?;
+    handle.update(to_route_table(&table));
+    Ok(table.version)
 }
 
 fn log_failure(err: &ClientError, failures: u32, delay: Duration, server: &str) {

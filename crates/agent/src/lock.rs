@@ -1,0 +1,157 @@
+//! One agent per data directory: an exclusive `flock` on `DATA_DIR/agent.lock`, holding the
+//! owner's pid.
+//!
+//! Two agents on one data directory would both adopt and restart the same instances. The lock
+//! makes the second one fail loudly, or — when asked to take over (`berth agent --replace`) —
+//! tells it which process to stop and lets it wait until that process has let go. The kernel
+//! releases a `flock` when its holder dies, so a `kill -9` never leaves a stale lock behind.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The lock file's name inside the data directory.
+pub const LOCK_FILE: &str = "agent.lock";
+
+/// How often [`DataDirLock::wait`] tries again.
+const RETRY: Duration = Duration::from_millis(20);
+
+/// Why the data directory could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the lock.
+    #[error("another berth agent{} runs on {}: stop it first, or start this one with --replace to take over from it without dropping a request", pid_text(*.pid), .dir.display())]
+    Held {
+        /// The data directory.
+        dir: PathBuf,
+        /// The holder's pid, as it wrote it (`None` if it could not be read).
+        pid: Option<u32>,
+    },
+    /// The holder did not let go in time.
+    #[error("the berth agent{} on {} did not stop within {:?}; it still holds {LOCK_FILE}", pid_text(*.pid), .dir.display(), .waited)]
+    StillHeld {
+        /// The data directory.
+        dir: PathBuf,
+        /// The holder's pid.
+        pid: Option<u32>,
+        /// How long this agent waited.
+        waited: Duration,
+    },
+    /// The lock file could not be opened, locked or written.
+    #[error("cannot lock {}: {source}", .path.display())]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+fn pid_text(pid: Option<u32>) -> String {
+    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+}
+
+/// The held lock; dropping it (or the process ending) releases it.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Takes the lock of `dir` (created if missing) and records this process's pid in it, or
+    /// says who holds it.
+    pub fn acquire(dir: &Path) -> Result<DataDirLock, LockError> {
+        let path = dir.join(LOCK_FILE);
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(LockError::Held {
+                    dir: dir.to_path_buf(),
+                    pid: read_pid(&mut file),
+                })
+            }
+            Err(TryLockError::Error(source)) => return Err(io(source)),
+        }
+        file.set_len(0).map_err(io)?;
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        writeln!(file, "{}", std::process::id()).map_err(io)?;
+        file.flush().map_err(io)?;
+        Ok(DataDirLock { _file: file })
+    }
+
+    /// Waits up to `deadline` for the holder of `dir`'s lock to let go, then takes it.
+    pub async fn wait(dir: &Path, deadline: Duration) -> Result<DataDirLock, LockError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match DataDirLock::acquire(dir) {
+                Err(LockError::Held { dir, pid }) => {
+                    if started.elapsed() >= deadline {
+                        return Err(LockError::StillHeld {
+                            dir,
+                            pid,
+                            waited: deadline,
+                        });
+                    }
+                    tokio::time::sleep(RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The pid the holder wrote, if the file holds one.
+fn read_pid(file: &mut File) -> Option<u32> {
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.take(32).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_is_refused_with_the_holders_pid_and_released_on_drop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = DataDirLock::acquire(dir.path()).expect("first lock");
+        match DataDirLock::acquire(dir.path()) {
+            Err(LockError::Held { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("expected Held, got {other:?}"),
+        }
+        drop(first);
+        DataDirLock::acquire(dir.path()).expect("lock after the holder let go");
+    }
+
+    #[tokio::test]
+    async fn wait_takes_the_lock_once_the_holder_lets_go_and_gives_up_at_the_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = DataDirLock::acquire(dir.path()).expect("first lock");
+        match DataDirLock::wait(dir.path(), Duration::from_millis(100)).await {
+            Err(LockError::StillHeld { .. }) => {}
+            other => panic!("expected StillHeld, got {other:?}"),
+        }
+        let release = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            drop(first);
+        });
+        DataDirLock::wait(dir.path(), Duration::from_secs(30))
+            .await
+            .expect("lock after release");
+        release.await.expect("release task");
+    }
+}
