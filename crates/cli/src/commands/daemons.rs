@@ -31,9 +31,35 @@ pub struct RouterOpts {
     /// Log one line per proxied request (tracing target `berth_router::access`).
     #[arg(long)]
     access_log: bool,
+    /// Also serve HTTPS on this address (e.g. `0.0.0.0:443`): the router terminates TLS and
+    /// serves the same routes over HTTP/2 or HTTP/1.1 (ALPN); instances see
+    /// `X-Forwarded-Proto: https`. Needs at least one `--tls-cert`.
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    tls_listen: Option<SocketAddr>,
+    /// A certificate for `--tls-listen`, chosen by the name the client asks for (SNI); repeat
+    /// it for more hosts. HOST is a name (`example.com`) or a one-label wildcard
+    /// (`*.example.com`); CERT_PEM holds the chain, leaf first; KEY_PEM its unencrypted key.
+    /// The first one is also presented to clients that send no name or an unknown one.
+    /// Example: `--tls-cert 'example.com=/etc/berth/example.com.crt:/etc/berth/example.com.key'`.
+    #[arg(
+        long,
+        value_name = "HOST=CERT_PEM:KEY_PEM",
+        value_parser = super::router_tls::parse_cert,
+        requires = "tls_listen"
+    )]
+    tls_cert: Vec<super::router_tls::TlsCert>,
     /// Set by `berth agent` and `berth router`, not a flag: bind the router with SO_REUSEPORT.
     #[arg(skip)]
     reuseport: bool,
+}
+
+/// A router listener (plain or HTTPS): with SO_REUSEPORT for a node's router, else plainly.
+async fn bind_router(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
+    if reuseport {
+        berth_router::bind_reuseport(addr)
+    } else {
+        TcpListener::bind(addr).await
+    }
 }
 
 /// Arguments of `berth up`.
@@ -186,23 +212,29 @@ async fn start_router(
     // A node's router binds with SO_REUSEPORT, so a restarted agent's router listens before
     // the old one lets go and no client sees "connection refused". `berth up` binds plainly:
     // two of them on one machine must collide loudly instead of sharing a port.
-    let listener = if opts.reuseport {
-        berth_router::bind_reuseport(listen)
-    } else {
-        TcpListener::bind(listen).await
-    }
-    .with_context(|| format!("cannot listen on {listen} for the router: pick another address"))?;
+    let listener = bind_router(listen, opts.reuseport).await.with_context(|| {
+        format!("cannot listen on {listen} for the router: pick another address")
+    })?;
     let metrics = match opts.metrics {
         Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} for the router's metrics: pick another --metrics")
         })?),
         None => None,
     };
-    // The router's config grows (TLS, limits); fields berth does not set keep their defaults.
+    // The HTTPS listener binds like the plain one; its certificates were checked by clap.
+    let tls = match opts.tls_listen {
+        Some(addr) => Some(
+            super::router_tls::listener(addr, &opts.tls_cert, bind_router(addr, opts.reuseport))
+                .await?,
+        ),
+        None => None,
+    };
+    // The router's config grows (limits); fields berth does not set keep their defaults.
     #[allow(clippy::needless_update)]
     let config = berth_router::RouterConfig {
         metrics,
         access_log: opts.access_log,
+        tls,
         ..Default::default()
     };
     let handle = RouterHandle::new();

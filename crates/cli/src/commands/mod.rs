@@ -6,6 +6,7 @@ pub mod daemons;
 pub mod gc;
 pub mod plan;
 pub mod render;
+pub mod router_tls;
 pub mod secret;
 pub mod source;
 pub mod validate;
