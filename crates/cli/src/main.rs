@@ -11,7 +11,7 @@ mod context;
 mod exit;
 
 use clap::{Parser, Subcommand};
-use commands::{cluster, daemons};
+use commands::{agent, cluster, daemons};
 
 /// Ship services onto a fleet of machines and keep them running.
 #[derive(Parser, Debug)]
@@ -30,7 +30,7 @@ enum Command {
     /// The control plane: API, store and controllers.
     Server(daemons::ServerArgs),
     /// The node agent: runs the instances the server places on this node.
-    Agent(daemons::AgentArgs),
+    Agent(agent::AgentArgs),
     /// A router alone, at the edge, following the server's routing table.
     Router(daemons::RouterArgs),
     /// Check stack files; prints `FILE:LINE:COL: message` per error and exits 1 if any.
@@ -87,7 +87,7 @@ fn main() {
     let result = match cli.command {
         Command::Up(args) => daemons::up(args),
         Command::Server(args) => daemons::server(args),
-        Command::Agent(args) => daemons::agent(args, g),
+        Command::Agent(args) => agent::agent(args, g),
         Command::Router(args) => daemons::router(args, g),
         Command::Validate(args) => commands::validate::run(args),
         Command::Render(args) => commands::render::run(args, g),

@@ -50,7 +50,18 @@ pub struct RouterOpts {
     tls_cert: Vec<super::router_tls::TlsCert>,
     /// Set by `berth agent` and `berth router`, not a flag: bind the router with SO_REUSEPORT.
     #[arg(skip)]
-    reuseport: bool,
+    pub(crate) reuseport: bool,
+}
+
+impl RouterOpts {
+    /// Whether any router option was given: `berth agent` refuses them without `--router`
+    /// rather than ignoring them.
+    pub(crate) fn any_given(&self) -> bool {
+        self.metrics.is_some()
+            || self.access_log
+            || self.tls_listen.is_some()
+            || !self.tls_cert.is_empty()
+    }
 }
 
 /// A router listener (plain or HTTPS): with SO_REUSEPORT for a node's router, else plainly.
@@ -99,31 +110,6 @@ pub struct ServerArgs {
     data_dir: Option<PathBuf>,
 }
 
-/// Arguments of `berth agent`.
-#[derive(clap::Args, Debug)]
-pub struct AgentArgs {
-    // The server's URL is the global `--server` (or BERTH_SERVER).
-    /// The join token (DATA_DIR/join.token on the server).
-    #[arg(long)]
-    join_token: String,
-    /// The node's name (default: the host name).
-    #[arg(long)]
-    name: Option<String>,
-    /// Node labels, `k=v,k=v`.
-    #[arg(long, value_delimiter = ',')]
-    labels: Vec<String>,
-    /// Run a router on this address too.
-    #[arg(long)]
-    router: Option<SocketAddr>,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// The address at which this node's instances are reachable.
-    #[arg(long, default_value = "127.0.0.1")]
-    address: String,
-    #[command(flatten)]
-    router_opts: RouterOpts,
-}
-
 /// Arguments of `berth router`.
 #[derive(clap::Args, Debug)]
 pub struct RouterArgs {
@@ -134,7 +120,7 @@ pub struct RouterArgs {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn terminated() {
+pub(crate) async fn terminated() {
     use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),
@@ -147,7 +133,7 @@ async fn terminated() {
     }
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,berth=info"));
     let _ = tracing_subscriber::fmt()
@@ -201,14 +187,33 @@ async fn start_server(
     }))
 }
 
-/// Starts a router that follows the server's table.
-async fn start_router(
-    client: Client,
+/// A client that never changes, for [`start_router`].
+fn fixed(client: Client) -> watch::Receiver<Client> {
+    watch::channel(client).1
+}
+
+/// Starts a router that follows the server's table, polling with the newest client on
+/// `clients` (an agent swaps in its node token when it re-registers).
+///
+/// The router fetches the current table before it binds: a router that shares its port with
+/// a running one (`SO_REUSEPORT`) gets connections the moment it listens, and must route them.
+pub(crate) async fn start_router(
+    clients: watch::Receiver<Client>,
     id: String,
     listen: SocketAddr,
     opts: &RouterOpts,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let handle = RouterHandle::new();
+    let first = clients.borrow().clone();
+    berth_router::follow::apply_current(&first, &id, &handle)
+        .await
+        .with_context(|| {
+            format!(
+                "the router cannot fetch the routing table from {}",
+                first.base_url()
+            )
+        })?;
     // A node's router binds with SO_REUSEPORT, so a restarted agent's router listens before
     // the old one lets go and no client sees "connection refused". `berth up` binds plainly:
     // two of them on one machine must collide loudly instead of sharing a port.
@@ -237,11 +242,11 @@ async fn start_router(
         tls,
         ..Default::default()
     };
-    let handle = RouterHandle::new();
     let (mut s1, mut s2) = (stop.clone(), stop);
-    let follower = berth_router::follow::follow_server(client, id, handle.clone(), async move {
-        let _ = s1.wait_for(|s| *s).await;
-    });
+    let follower =
+        berth_router::follow::follow_server_with(clients, id, handle.clone(), async move {
+            let _ = s1.wait_for(|s| *s).await;
+        });
     Ok(tokio::spawn(async move {
         tokio::join!(
             follower,
@@ -253,7 +258,7 @@ async fn start_router(
 }
 
 /// `k=v` pairs from `--labels`.
-fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut labels = BTreeMap::new();
     for l in pairs {
         let (k, v) = l
@@ -264,7 +269,7 @@ fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(labels)
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_lowercase())
         .ok()
@@ -284,7 +289,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         let admin = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_string();
         let join = std::fs::read_to_string(data_dir.join("join.token"))?.trim().to_string();
         let admin_client = Client::new(&api_url, Some(admin))?;
-        let router = start_router(admin_client.clone(), "up".to_string(), args.router, &args.router_opts, stop_rx.clone()).await?;
+        let router = start_router(fixed(admin_client.clone()), "up".to_string(), args.router, &args.router_opts, stop_rx.clone()).await?;
         let node = NodeConfig {
             server: api_url.clone(),
             join_token: join,
@@ -352,90 +357,6 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     })
 }
 
-/// `berth agent`.
-pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Result<()> {
-    let server_url = globals
-        .server
-        .clone()
-        .context("berth agent needs --server URL (or BERTH_SERVER): the server it joins")?;
-    init_logging();
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| default_data_dir().join("agent"));
-    let labels = parse_labels(&args.labels)?;
-    // The agent registers on every start and gets a new credential; the router waits for it,
-    // so the old one must not be mistaken for it.
-    let _ = std::fs::remove_file(data_dir.join("node.token"));
-    runtime()?.block_on(async move {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let name = args.name.clone().unwrap_or_else(hostname);
-        let router = match args.router {
-            Some(addr) => {
-                let client = Client::new(&server_url, Some(args.join_token.clone()))?;
-                Some((addr, client))
-            }
-            None => None,
-        };
-        let node = NodeConfig {
-            server: server_url.clone(),
-            join_token: args.join_token.clone(),
-            name: name.clone(),
-            labels,
-            data_dir: data_dir.clone(),
-            address: args.address.clone(),
-            router: args.router.map(|a| a.to_string()),
-        };
-        let mut agent_stop = stop_rx.clone();
-        let agent = tokio::spawn(berth_agent::node::run(
-            node,
-            SupervisorConfig::new(&data_dir),
-            async move {
-                let _ = agent_stop.wait_for(|s| *s).await;
-            },
-        ));
-        let mut router_task = None;
-        if let Some((addr, _)) = router {
-            // The agent's router uses the node's own credential once it has registered.
-            let token_path = data_dir.join("node.token");
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-            let token = loop {
-                if let Ok(t) = std::fs::read_to_string(&token_path) {
-                    break t.trim().to_string();
-                }
-                anyhow::ensure!(
-                    tokio::time::Instant::now() < deadline,
-                    "the agent did not register within 30 s; check --server and --join-token"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            };
-            let client = Client::new(&server_url, Some(token))?;
-            let mut opts = args.router_opts.clone();
-            opts.reuseport = true;
-            router_task = Some(
-                start_router(
-                    client,
-                    format!("agent-{name}"),
-                    addr,
-                    &opts,
-                    stop_rx.clone(),
-                )
-                .await?,
-            );
-        }
-        println!("berth agent {name}: joining {server_url}");
-        terminated().await;
-        let _ = stop_tx.send(true);
-        if let Some(r) = router_task {
-            let _ = r.await;
-        }
-        agent
-            .await
-            .context("the agent task panicked")?
-            .context("the agent failed")
-    })
-}
-
 /// `berth router`.
 pub fn router(args: RouterArgs, globals: &crate::context::Globals) -> anyhow::Result<()> {
     init_logging();
@@ -445,7 +366,7 @@ pub fn router(args: RouterArgs, globals: &crate::context::Globals) -> anyhow::Re
         let id = format!("edge-{}", args.listen);
         let mut opts = args.router_opts.clone();
         opts.reuseport = true;
-        let task = start_router(client, id, args.listen, &opts, stop_rx).await?;
+        let task = start_router(fixed(client), id, args.listen, &opts, stop_rx).await?;
         println!("berth router on http://{}", args.listen);
         terminated().await;
         let _ = stop_tx.send(true);

@@ -1,5 +1,6 @@
 //! One module per command. Each parses nothing itself (clap does) and calls into a library crate.
 
+pub mod agent;
 pub mod bench;
 pub mod cluster;
 pub mod daemons;

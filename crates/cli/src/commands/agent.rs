@@ -1,0 +1,223 @@
+//! `berth agent`: the node agent (and, with `--router`, the node's router), one per data
+//! directory, with a restart that drops no request (`--replace`).
+//!
+//! A restart by hand is stop-then-start, and between the two nobody listens on the router's
+//! port. `berth agent --replace` reverses the order: the new agent starts its router on the
+//! same port first (`SO_REUSEPORT`, with the table fetched before it listens, new connections
+//! steered to it), then tells the running agent to stop (`SIGTERM`), waits for it to release
+//! the data directory, re-registers and adopts the instances it left running. The old agent's
+//! router finishes what it had in flight. Clients see neither a refused connection nor a
+//! failed request.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_agent::lock::{DataDirLock, LockError};
+use berth_agent::node::NodeConfig;
+use berth_agent::SupervisorConfig;
+use berth_client::Client;
+use tokio::sync::watch;
+
+use super::daemons::{hostname, init_logging, parse_labels, start_router, terminated, RouterOpts};
+use crate::context::{default_data_dir, runtime};
+
+/// How long a new agent waits for the one it replaces to let go of the data directory. The old
+/// agent releases it as soon as it has stopped supervising (its router drains afterwards).
+const TAKEOVER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long the agent waits for its own registration before its router can follow the server.
+const REGISTRATION_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Arguments of `berth agent`.
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    // The server's URL is the global `--server` (or BERTH_SERVER).
+    /// The join token (DATA_DIR/join.token on the server).
+    #[arg(long)]
+    join_token: String,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Node labels, `k=v,k=v`.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Run a router on this address too.
+    #[arg(long)]
+    router: Option<SocketAddr>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The address at which this node's instances are reachable.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+    /// Take over from the agent already running on this data directory without dropping a
+    /// request: start this agent's router beside the old one's, then stop the old agent, then
+    /// adopt its instances. Without it, a second agent on one data directory is refused.
+    #[arg(long)]
+    replace: bool,
+    #[command(flatten)]
+    router_opts: RouterOpts,
+}
+
+/// `berth agent`.
+pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Result<()> {
+    let server_url = globals
+        .server
+        .clone()
+        .context("berth agent needs --server URL (or BERTH_SERVER): the server it joins")?;
+    init_logging();
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| default_data_dir().join("agent"));
+    anyhow::ensure!(
+        args.router.is_some() || !args.router_opts.any_given(),
+        "--metrics, --access-log, --tls-listen and --tls-cert configure the node's router: add --router ADDR"
+    );
+    let labels = parse_labels(&args.labels)?;
+    let name = args.name.clone().unwrap_or_else(hostname);
+    let router_id = format!("agent-{name}");
+    let mut router_opts = args.router_opts.clone();
+    router_opts.reuseport = true;
+    runtime()?.block_on(async move {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut router: Option<Router> = None;
+        let lock = match DataDirLock::acquire(&data_dir) {
+            Ok(lock) => lock,
+            Err(LockError::Held { pid, .. }) if args.replace => {
+                if let Some(addr) = args.router {
+                    // The predecessor's credential is still valid until this agent registers.
+                    let token = read_token(&data_dir).with_context(|| {
+                        format!(
+                            "cannot take over the router: no node token in {} (has the running agent registered?)",
+                            data_dir.display()
+                        )
+                    })?;
+                    let client = Client::new(&server_url, Some(token))?;
+                    router = Some(
+                        Router::start(client, router_id.clone(), addr, &router_opts, &stop_rx)
+                            .await?,
+                    );
+                }
+                stop_predecessor(pid, &data_dir)?;
+                DataDirLock::wait(&data_dir, TAKEOVER_DEADLINE).await?
+            }
+            Err(err) => return Err(err.into()),
+        };
+        // The agent registers on every start and gets a new credential; the router waits for
+        // it, so the old one must not be mistaken for it.
+        let _ = std::fs::remove_file(data_dir.join("node.token"));
+        let node = NodeConfig {
+            server: server_url.clone(),
+            join_token: args.join_token.clone(),
+            name: name.clone(),
+            labels,
+            data_dir: data_dir.clone(),
+            address: args.address.clone(),
+            router: args.router.map(|a| a.to_string()),
+        };
+        let mut agent_stop = stop_rx.clone();
+        let agent = tokio::spawn(berth_agent::node::run(
+            node,
+            SupervisorConfig::new(&data_dir),
+            async move {
+                let _ = agent_stop.wait_for(|s| *s).await;
+            },
+        ));
+        if let Some(addr) = args.router {
+            let token = wait_for_token(&data_dir).await?;
+            let client = Client::new(&server_url, Some(token))?;
+            match &router {
+                // The router started with the predecessor's token, revoked by this
+                // registration: switch it to ours without stopping it.
+                Some(running) => {
+                    let _ = running.clients.send(client);
+                }
+                None => {
+                    router = Some(
+                        Router::start(client, router_id.clone(), addr, &router_opts, &stop_rx)
+                            .await?,
+                    );
+                }
+            }
+        }
+        println!("berth agent {name}: joining {server_url}");
+        terminated().await;
+        let _ = stop_tx.send(true);
+        let outcome = agent
+            .await
+            .context("the agent task panicked")?
+            .context("the agent failed");
+        // Supervision has stopped: a successor may take the data directory now, while this
+        // router finishes the requests it has in flight.
+        drop(lock);
+        if let Some(router) = router {
+            let _ = router.task.await;
+        }
+        outcome
+    })
+}
+
+/// The node's router: its task, and where to send a new credential.
+struct Router {
+    task: tokio::task::JoinHandle<()>,
+    clients: watch::Sender<Client>,
+}
+
+impl Router {
+    async fn start(
+        client: Client,
+        id: String,
+        addr: SocketAddr,
+        opts: &RouterOpts,
+        stop: &watch::Receiver<bool>,
+    ) -> anyhow::Result<Router> {
+        let (clients, receiver) = watch::channel(client);
+        let task = start_router(receiver, id, addr, opts, stop.clone()).await?;
+        Ok(Router { task, clients })
+    }
+}
+
+/// Asks the agent holding the data directory to stop (`SIGTERM`: it detaches from its
+/// instances, leaving them running, and lets go of the lock).
+fn stop_predecessor(pid: Option<u32>, data_dir: &Path) -> anyhow::Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let pid = pid.with_context(|| {
+        format!(
+            "cannot take over: {} does not say which process holds it",
+            data_dir.join(berth_agent::lock::LOCK_FILE).display()
+        )
+    })?;
+    let raw = i32::try_from(pid).context("the lock holder's pid is out of range")?;
+    match kill(Pid::from_raw(raw), Signal::SIGTERM) {
+        // Gone already: its lock is gone with it.
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(err) => Err(err).with_context(|| {
+            format!("cannot stop the running agent (pid {pid}) to take over from it")
+        }),
+    }
+}
+
+/// The node token in `data_dir`, if there is one.
+fn read_token(data_dir: &Path) -> Option<String> {
+    let token = std::fs::read_to_string(data_dir.join("node.token")).ok()?;
+    let token = token.trim();
+    (!token.is_empty()).then(|| token.to_string())
+}
+
+/// Waits for this agent's registration to write its node token.
+async fn wait_for_token(data_dir: &Path) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + REGISTRATION_DEADLINE;
+    loop {
+        if let Some(token) = read_token(data_dir) {
+            return Ok(token);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the agent did not register within {REGISTRATION_DEADLINE:?}; check --server and --join-token"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
