@@ -16,8 +16,8 @@
 //!   TLS and `/metrics` listeners and access log ([`RouterConfig`]), graceful shutdown.
 //! - [`tls`] — TLS termination: [`TlsConfig`] (certificates per host, by SNI) loaded into a
 //!   [`TlsListener`] for [`RouterConfig::tls`].
-//! - [`bind_reuseport`] — `SO_REUSEPORT` listeners: one per core, and restarts where the new
-//!   router binds before the old one stops (no refused connections).
+//! - [`bind_reuseport`] — `SO_REUSEPORT` listeners, one per core; [`bind_reuseport_takeover`]
+//!   for restarts: the new router binds before the old one stops and gets every new connection.
 //! - [`follow`] — the shell that feeds a handle from `berth server`.
 //! - [`error`] — why an attempt failed, whose fault, whether a retry is safe.
 //! - `compiled` (private) — host → routes longest prefix first; release groups and balancing.
@@ -77,7 +77,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-pub use server::{bind_reuseport, serve, serve_with, RouterConfig, FIRST_REQUEST_GRACE};
+pub use server::{
+    bind_reuseport, bind_reuseport_takeover, serve, serve_with, RouterConfig, FIRST_REQUEST_GRACE,
+};
 pub use stats::{RouterStats, StatusClasses};
 pub use table::{Endpoint, Limits, Maintenance, RouteEntry, RouteTable};
 pub use tls::{TlsConfig, TlsError, TlsListener};

@@ -40,34 +40,25 @@ const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds a TCP listener with `SO_REUSEPORT` (and `SO_REUSEADDR`), so that several sockets —
 /// in this process or in another — can listen on the same address, and the kernel spreads
-/// new connections between them.
+/// new connections between them (by a hash of each connection's addresses and ports).
 ///
-/// Two uses, both the reason it exists:
-/// - **one listener per core**: each core's runtime accepts on its own socket, so a
-///   connection, its requests and its upstream connections stay on one thread (no
-///   cross-thread wake-ups; see `scripts/bench-router`'s `static_router`);
-/// - **restarts without refused connections** (pingora's graceful upgrade): the new router
-///   binds the same port while the old one still listens, then the old one is told to stop;
-///   [`serve_with`] then accepts what is already queued on its socket, stops listening, and
-///   finishes its in-flight requests. At no moment is nobody listening, so no client sees
-///   "connection refused".
+/// This is the function for **one listener per core**: each core's runtime accepts on its own
+/// socket, so a connection, its requests and its upstream connections stay on one thread (no
+/// cross-thread wake-ups; see `scripts/bench-router`'s `static_router`). Every socket bound
+/// with it gets its share of new connections.
 ///
-/// One kernel caveat: a connection that completes its handshake on the old socket in the
-/// microseconds between its last `accept` and its close is reset. Linux ≥ 5.14 with
-/// `net.ipv4.tcp_migrate_req = 1` moves such connections to a remaining listener instead;
-/// set it on the machines that restart routers under load.
+/// For a **restart** — a new router taking the port over from one that still listens — use
+/// [`bind_reuseport_takeover`] instead: it binds the same way and then steers every new
+/// connection to the new listener, so the old one can close without resetting anyone. (A
+/// listener bound here can be taken over that way; the sharing here is what makes it
+/// possible.)
+///
+/// Port 0 picks a port nobody listens on (never one that another `SO_REUSEPORT` listener of
+/// the same user holds), then opens it to sharing.
 ///
 /// Must be called inside a Tokio runtime (the listener registers with its reactor).
 pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    if addr.is_ipv6() {
-        // Same as `TcpListener::bind`: an IPv6 wildcard takes IPv4 clients too where the
-        // system allows it; failure to change the default is not fatal.
-        let _ = socket.set_only_v6(false);
-    }
+    let socket = listen_socket(addr)?;
     // For port 0, the kernel would happily pick a port that another `SO_REUSEPORT` listener
     // of the same user already has, and the two would silently share connections. So port 0
     // is chosen by a plain bind (a port nobody uses), and opened to sharing only then: the
@@ -79,6 +70,202 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuse_port(true)?;
     socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
+}
+
+/// Binds a listener like [`bind_reuseport`] for a router that **takes over** `addr` from
+/// another (an older process, or an earlier router of this one) that still listens there,
+/// and makes the kernel hand every new connection to the new listener. This is the restart
+/// without a failed request (pingora's graceful upgrade):
+///
+/// 1. the new router calls this while the old one still listens, so at no moment is nobody
+///    listening and no client sees "connection refused";
+/// 2. from the moment this returns, no new connection reaches the old socket;
+/// 3. the old router is then told to stop: [`serve_with`] takes what is already queued on its
+///    socket, closes it, and finishes its in-flight requests.
+///
+/// Without step 2, the kernel spreads new connections over both sockets up to the old one's
+/// close, and one whose handshake completes on the old socket between its last `accept` and
+/// its close is reset (Linux moves such connections to a remaining listener only with
+/// `net.ipv4.tcp_migrate_req = 1`). With it, that race has nobody to hit, whatever the
+/// sysctl.
+///
+/// How: the listener joins the `SO_REUSEPORT` group of the old one at `listen`, at the end of
+/// the group's list of sockets; it then attaches to the group a classic BPF program
+/// (`SO_ATTACH_REUSEPORT_CBPF`) that answers that position for every new connection. The
+/// program belongs to the group, not the socket, and replaces any earlier one. When the old
+/// sockets close the group shrinks, the position is past its end and the kernel falls back
+/// to its hash: the new listener, alone, gets everything, and the next takeover attaches its
+/// own program. The position is the number of listeners on `addr` (counted in
+/// `/proc/net/tcp` or `tcp6`) minus one; where that count cannot be read, one old listener is
+/// assumed (what a router has).
+///
+/// Limits:
+/// - a handshake the old socket began *before* this returned still completes there, one
+///   client round trip later (more if a packet is lost): stop the old router once the new
+///   one is up and serving, not in the same instant (with `tcp_migrate_req = 1`, Linux
+///   moves even those);
+/// - if the old generation has several listeners on `addr` (one per core), the steering holds
+///   until the first of them closes; then the group's hash shares new connections between
+///   the new listener and the old ones left, as without steering;
+/// - when nobody listens on `addr` (a first start, or port 0), this is [`bind_reuseport`]:
+///   nothing to take over, no program attached.
+///
+/// Not for one listener per core: each call would steer every connection to itself. Linux
+/// only (elsewhere it binds like [`bind_reuseport`], without steering). Must be called inside
+/// a Tokio runtime.
+pub fn bind_reuseport_takeover(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = listen_socket(addr)?;
+    // A plain bind fails exactly when another socket listens on the address; only then is
+    // there a group to join and a listener to take over from.
+    let joined = match socket.bind(&addr.into()) {
+        Ok(()) => false,
+        Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
+            socket.set_reuse_port(true)?;
+            socket.bind(&addr.into())?;
+            true
+        }
+        Err(err) => return Err(err),
+    };
+    // Also after a plain bind: the next router takes over from this one.
+    socket.set_reuse_port(true)?;
+    socket.listen(LISTEN_BACKLOG)?;
+    if joined {
+        steer_new_connections_to(&socket)?;
+    }
+    TcpListener::from_std(socket.into())
+}
+
+/// A non-blocking TCP socket for `addr` with `SO_REUSEADDR`, not yet bound.
+fn listen_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    if addr.is_ipv6() {
+        // Same as `TcpListener::bind`: an IPv6 wildcard takes IPv4 clients too where the
+        // system allows it; failure to change the default is not fatal.
+        let _ = socket.set_only_v6(false);
+    }
+    Ok(socket)
+}
+
+/// Makes the kernel hand every new connection of `socket`'s `SO_REUSEPORT` group to
+/// `socket`, which has just joined it (so is last in the group's list; see
+/// [`bind_reuseport_takeover`]).
+#[cfg(target_os = "linux")]
+fn steer_new_connections_to(socket: &socket2::Socket) -> io::Result<()> {
+    let index = match listeners_like(socket) {
+        Some(count) => count - 1,
+        None => {
+            tracing::warn!("cannot count the listeners on the router's address; assuming one");
+            1
+        }
+    };
+    let index = u32::try_from(index).unwrap_or(u32::MAX);
+    // One instruction, `return index`: the position, in the group, of the socket that gets
+    // the connection. Past the group's end, the kernel falls back to its hash.
+    let program = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: index,
+    }];
+    let fprog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        // The kernel only reads the program (it copies it), the `*mut` is the C type's.
+        filter: program.as_ptr().cast_mut(),
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: `setsockopt` reads `optlen` bytes at `optval`: `optval` points to `fprog`, a live,
+    // initialised `sock_fprog` on this stack frame, and `optlen` is exactly its size. For
+    // `SO_ATTACH_REUSEPORT_CBPF` the kernel then reads `fprog.len` (= 1) `sock_filter`s at
+    // `fprog.filter`, which points to `program`, alive until this function returns, and copies
+    // them into its own program before `setsockopt` returns: no pointer is kept. The file
+    // descriptor is `socket`'s, open for the whole call because `socket` is borrowed. Nothing
+    // is written to our memory.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            std::ptr::from_ref(&fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn steer_new_connections_to(_socket: &socket2::Socket) -> io::Result<()> {
+    Ok(())
+}
+
+/// How many TCP sockets listen on `socket`'s exact address and port (same family), itself
+/// included: its `SO_REUSEPORT` group, as a listener on a different address is in another
+/// group and one without `SO_REUSEPORT` or of another user would have failed its bind. `None`
+/// if `/proc/net/tcp{,6}` cannot be read or does not list `socket` (found by its inode).
+#[cfg(target_os = "linux")]
+fn listeners_like(socket: &socket2::Socket) -> Option<usize> {
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    let local = socket.local_addr().ok()?.as_socket()?;
+    // `/proc/self/fd/N` of a socket links to `socket:[INODE]`.
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
+    let inode = link
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .to_owned();
+    let table = if local.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let table = io::BufReader::new(std::fs::File::open(table).ok()?);
+    let (mut count, mut found) = (0, false);
+    for line in table.lines().skip(1) {
+        let line = line.ok()?;
+        // `sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...`
+        let fields: Vec<&str> = line.split_whitespace().take(10).collect();
+        let [_, address, _, state, _, _, _, _, _, ino] = fields[..] else {
+            continue;
+        };
+        const TCP_LISTEN: &str = "0A";
+        if state == TCP_LISTEN && proc_net_address(address) == Some((local.ip(), local.port())) {
+            count += 1;
+            found |= ino == inode;
+        }
+    }
+    found.then_some(count)
+}
+
+/// An address as `/proc/net/tcp{,6}` prints it: `IP:PORT`, the IP as the 32-bit words of its
+/// network-order bytes printed in hex in host order (one word for IPv4, four for IPv6), the
+/// port in hex.
+#[cfg(target_os = "linux")]
+fn proc_net_address(text: &str) -> Option<(std::net::IpAddr, u16)> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| {
+        let hex = ip.get(8 * i..8 * i + 8)?;
+        Some(u32::from_str_radix(hex, 16).ok()?.to_ne_bytes())
+    };
+    let ip = match ip.len() {
+        8 => std::net::IpAddr::from(word(0)?),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for (i, chunk) in bytes.chunks_exact_mut(4).enumerate() {
+                chunk.copy_from_slice(&word(i)?);
+            }
+            std::net::IpAddr::from(bytes)
+        }
+        _ => return None,
+    };
+    Some((ip, port))
 }
 
 /// Options for [`serve_with`]; `RouterConfig::default()` is what [`serve`] uses.
