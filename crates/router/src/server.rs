@@ -318,7 +318,7 @@ pub async fn serve(
 /// On shutdown it takes the connections already queued on its sockets, stops accepting, lets
 /// in-flight requests finish (and connections accepted just before the signal send their first
 /// request, see [`FIRST_REQUEST_GRACE`]), closes idle keep-alive connections, and returns once
-/// every connection is done. With [`bind_reuseport`] and a second router on the same port, that
+/// every connection is done. With a second router bound by [`bind_reuseport_takeover`] on the same port, that
 /// is a restart in which no request fails. Accept errors (such as running out
 /// of file descriptors) are logged and retried rather than returned: a router stays up.
 pub async fn serve_with(
@@ -402,7 +402,7 @@ pub async fn serve_with(
     }
     // Connections the kernel already completed on these sockets would be reset when they
     // close: take them first (they are served like any other, then closed gracefully below).
-    // With a second router on the same port (`bind_reuseport`), new ones go there meanwhile.
+    // With a second router on the same port (`bind_reuseport_takeover`), new ones go there: it steers them.
     drain(listener, |stream, remote| serve(stream, remote, None));
     if let Some(tls_listener) = tls_listener {
         drain(tls_listener, |stream, remote| {

@@ -64,10 +64,12 @@ impl RouterOpts {
     }
 }
 
-/// A router listener (plain or HTTPS): with SO_REUSEPORT for a node's router, else plainly.
+/// A router listener (plain or HTTPS): for a node's router, with SO_REUSEPORT and new
+/// connections steered to it when another router already listens there (a restart with
+/// `berth agent --replace`); for `berth up`, plainly, so that two of them collide loudly.
 async fn bind_router(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
     if reuseport {
-        berth_router::bind_reuseport(addr)
+        berth_router::bind_reuseport_takeover(addr)
     } else {
         TcpListener::bind(addr).await
     }
