@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use crate::service::{Limiter, ServiceState};
 use crate::stats::{shard, Counters, Padded, SHARDS};
-use crate::table::{Endpoint, RouteTable};
+use crate::table::{Endpoint, Limits, RouteTable};
 use crate::upstream::Upstream;
 
 /// A routing table ready for lookups.
@@ -252,13 +252,15 @@ impl CompiledTable {
         previous: &CompiledTable,
         registry: &mut Registry,
     ) -> CompiledTable {
-        let mut hosts: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
+        let mut by_host: HashMap<String, Vec<Route>> = HashMap::new();
         let mut live: HashMap<SocketAddr, Arc<Upstream>> = HashMap::new();
-        let mut limited: HashMap<&str, Option<Arc<Limiter>>> = HashMap::new();
+        // The first route of a service that carries limits sets them for all its routes,
+        // those listed before it included; the limiters are made once every route is read.
+        let mut limits: HashMap<&str, Option<Limits>> = HashMap::new();
         for entry in &source.routes {
             let host = normalize_host(&entry.host).into_owned();
             let prefix = normalize_prefix(&entry.path_prefix);
-            let routes = hosts.entry(host.clone()).or_default();
+            let routes = by_host.entry(host.clone()).or_default();
             if routes.iter().any(|r| r.prefix == prefix) {
                 tracing::warn!(
                     host = %entry.host,
@@ -309,15 +311,10 @@ impl CompiledTable {
                     members: members.into_boxed_slice(),
                 })
                 .collect();
-            // The first route of a service that carries limits sets them for all its routes.
-            let limiter = match limited.get(entry.service.as_str()) {
-                Some(limiter) if limiter.is_some() || entry.limits.is_none() => limiter.clone(),
-                _ => {
-                    let limiter = service.limiter(entry.limits);
-                    limited.insert(&entry.service, limiter.clone());
-                    limiter
-                }
-            };
+            let first = limits.entry(&entry.service).or_default();
+            if first.is_none() {
+                *first = entry.limits;
+            }
             let maintenance = entry.maintenance.as_ref().map(|m| {
                 Bytes::from(
                     m.page_html
@@ -325,7 +322,7 @@ impl CompiledTable {
                         .unwrap_or_else(|| DEFAULT_MAINTENANCE_PAGE.to_owned()),
                 )
             });
-            routes.push(Arc::new(Route {
+            routes.push(Route {
                 prefix,
                 name: Arc::from(entry.service.as_str()),
                 service,
@@ -333,13 +330,31 @@ impl CompiledTable {
                 groups,
                 endpoints: endpoints.into_boxed_slice(),
                 next,
-                limiter,
+                limiter: None,
                 maintenance,
-            }));
+            });
         }
-        for routes in hosts.values_mut() {
-            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        }
+        let mut limiters: HashMap<Arc<str>, Option<Arc<Limiter>>> = HashMap::new();
+        let hosts = by_host
+            .into_iter()
+            .map(|(host, mut routes)| {
+                routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+                let routes = routes
+                    .into_iter()
+                    .map(|mut route| {
+                        route.limiter = limiters
+                            .entry(route.name.clone())
+                            .or_insert_with(|| {
+                                let limits = limits.get(&*route.name).copied().flatten();
+                                route.service.limiter(limits)
+                            })
+                            .clone();
+                        Arc::new(route)
+                    })
+                    .collect();
+                (host, routes)
+            })
+            .collect();
         registry.upstreams = live;
         CompiledTable { source, hosts }
     }
@@ -447,6 +462,42 @@ mod tests {
             entry("a", "/x/", "second", 1),
         ]);
         assert_eq!(service(&t, "a", "/x"), Some("first"));
+    }
+
+    #[test]
+    fn limits_cover_every_route_of_the_service() {
+        let limits = Limits {
+            concurrency: 2,
+            queue: 1,
+            queue_timeout_ms: 10,
+        };
+        let mut limited = entry("a", "/b", "s", 1);
+        limited.limits = Some(limits);
+        let mut other = entry("a", "/c", "s", 1);
+        other.limits = Some(Limits {
+            concurrency: 9,
+            ..limits
+        });
+        // Found by the fuzz target: a route listed before the first one with limits escaped
+        // them.
+        let t = compile(vec![
+            entry("a", "/a", "s", 1),
+            limited,
+            other,
+            entry("b", "/", "s", 1),
+            entry("b", "/x", "free", 1),
+        ]);
+        let limiter = |path: &str| t.lookup("a", path).expect("route").limiter.clone();
+        let first = limiter("/b").expect("limited");
+        assert_eq!(first.limits, limits);
+        for shared in [
+            limiter("/a"),
+            limiter("/c"),
+            t.lookup("b", "/").expect("route").limiter.clone(),
+        ] {
+            assert!(Arc::ptr_eq(&shared.expect("limited"), &first));
+        }
+        assert!(t.lookup("b", "/x").expect("route").limiter.is_none());
     }
 
     fn port(t: &CompiledTable, avoid: Option<usize>) -> u16 {
