@@ -63,6 +63,8 @@
 mod compiled;
 pub mod error;
 pub mod follow;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod proxy;
 mod server;
