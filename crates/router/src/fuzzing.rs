@@ -54,9 +54,9 @@
 //! - afterwards the counters match the answers one for one, nothing is left in flight,
 //!   outstanding or queued, and `/metrics` is valid exposition text.
 //!
-//! The connection is served like [`crate::serve_with`] serves one (same limits), except that
-//! HTTP/1 half-close is allowed: the client shuts its side down after the last byte, and the
-//! answers to requests already read must still arrive.
+//! The connection is served with the very settings [`crate::serve_with`] uses
+//! (`server::http_builder`), half-close included: the client shuts its side down after the
+//! last byte, and the answers to requests already read must still arrive.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
@@ -73,14 +73,13 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::compiled::{normalize_host, Route};
 use crate::proxy::{ConnInfo, Proxy, ProxyBody};
-use crate::server::{HEADER_READ_TIMEOUT, MAX_HEADERS, MAX_HEAD_BYTES};
+use crate::server::MAX_HEADERS;
 use crate::stats::StatusClasses;
 use crate::table::{Endpoint, Limits, Maintenance, RouteEntry, RouteTable};
 use crate::RouterHandle;
@@ -519,17 +518,8 @@ async fn exchange(input: &Input<'_>, handle: &RouterHandle, state: &Shared) -> R
         handle: handle.clone(),
         access_log: input.options.access_log,
     });
-    // As `serve_with` builds it, plus half-close (see the module docs).
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .half_close(true);
-    http.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX));
+    // Exactly as `serve_with` builds it.
+    let http = crate::server::http_builder();
     let service = {
         let (state, handle) = (state.clone(), handle.clone());
         service_fn(move |request: Request<Incoming>| {
