@@ -425,7 +425,11 @@ pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
         .max_buf_size(MAX_HEAD_BYTES)
         // A client that shuts down its sending side right after its request (`nc -N`, some
         // health checkers) still gets its answer, as nginx and HAProxy give it.
-        .half_close(true);
+        .half_close(true)
+        // Responses are copied into one buffer and sent with one `write` rather than a
+        // `writev` of head and body: for the small answers most requests get, the copy is
+        // cheaper than the vectored call (A/B, 6 interleaved runs: -1.7% CPU/request).
+        .writev(false);
     http.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX));
