@@ -35,6 +35,11 @@
 //! - the compiled lookup agrees with a naive model (first of duplicate host + prefix wins,
 //!   longest segment-boundary prefix wins) for every request and for probe strings, and host
 //!   normalisation ignores case, a port and a trailing dot;
+//! - requests are routed by the target's authority when it has one (absolute-form,
+//!   authority-form, HTTP/2's `:authority`), else by `Host`; the router itself answers 400 to
+//!   more than one `Host` header, to an HTTP/1.1 request with neither `Host` nor an authority,
+//!   and to userinfo in the authority, and 405 with `Allow` to CONNECT, counts those as
+//!   unrouted and forwards none of them;
 //! - every answer is the one its route calls for: 404 with `no route for HOST/PATH` when no
 //!   route matches, the maintenance page with `Retry-After: 120`, `no healthy instance` 503s
 //!   only for routes without endpoints, overload 503s only for limited services, 502s only
@@ -42,8 +47,9 @@
 //!   the answer to *this* request, not another's;
 //! - no hop-by-hop header crosses the proxy in either direction (including those the other
 //!   side's `Connection` names), except `Upgrade` on a protocol switch; the instance gets the
-//!   client's `Host`, `X-Forwarded-For` ending with the client, `X-Forwarded-Proto`, a valid
-//!   `X-Request-Id`, the origin-form target, HTTP/1.1, and a body as long as the client's
+//!   routed host as `Host` and `X-Forwarded-Host`, `X-Forwarded-For` ending with the client,
+//!   `X-Forwarded-Proto`, exactly one `X-Request-Id` (the client's first when it is valid,
+//!   else a valid new one), the origin-form target, HTTP/1.1, and a body as long as the client's
 //!   `Content-Length`;
 //! - the instance receives no request the client did not send (no smuggling), each client
 //!   request at most twice (one retry);
@@ -422,8 +428,10 @@ struct Record {
     path: String,
     upgrade: bool,
     marker: String,
-    /// The model's route's service; `None`: unrouted.
+    /// The model's route's service; `None`: unrouted (or refused).
     service: Option<String>,
+    /// What the router must answer without routing, by the model: status and body.
+    refusal: Option<(StatusCode, &'static str)>,
     /// The status the proxy answered with, once it has.
     status: Option<StatusCode>,
     /// The body the client must receive (unless the method or status forbid one).
@@ -648,7 +656,8 @@ async fn answer(
         }
     }
     strip_marker_token(request.headers_mut());
-    let host = normalize_host(request_host(&request).unwrap_or_default()).into_owned();
+    let refusal = refusal(&request);
+    let host = normalize_host(request_host(&request)).into_owned();
     let path = request.uri().path().to_owned();
     let live = handle.table();
     let model = Model::new(&live).route(&host, &path).cloned();
@@ -667,7 +676,11 @@ async fn answer(
         path,
         upgrade: wants_upgrade(&request),
         marker: marker.clone(),
-        service: model.as_ref().map(|e| e.service.clone()),
+        service: model
+            .as_ref()
+            .filter(|_| refusal.is_none())
+            .map(|e| e.service.clone()),
+        refusal,
         status: None,
         body: None,
     };
@@ -937,13 +950,42 @@ fn check_table(
 // ---------------------------------------------------------------------------------------------
 // Answers
 
-/// The host a request is routed by (as the proxy reads it).
-fn request_host<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+/// The host a request is routed by (RFC 9112 §3.2.2, RFC 9113 §8.3.1): the target's
+/// authority when it has one, else the `Host` header (empty if unreadable or absent).
+fn request_host<B>(request: &Request<B>) -> &str {
+    match request.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default(),
+    }
+}
+
+/// The `Allow` header of the 405 to CONNECT.
+const CONNECT_ALLOW: &[u8] = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// The answer the router must make without routing, if any: 400 to several `Host` headers
+/// (RFC 9112 §3.2), to none on HTTP/1.1 when the target has no authority, to userinfo in the
+/// authority (RFC 9110 §4.2.4); then 405 to CONNECT.
+fn refusal<B>(request: &Request<B>) -> Option<(StatusCode, &'static str)> {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    let authority = request.uri().authority();
+    if hosts > 1 {
+        Some((StatusCode::BAD_REQUEST, "more than one Host header\n"))
+    } else if authority.is_some_and(|a| a.as_str().contains('@')) {
+        Some((StatusCode::BAD_REQUEST, "userinfo in the request target\n"))
+    } else if hosts == 0 && authority.is_none() && request.version() == Version::HTTP_11 {
+        Some((StatusCode::BAD_REQUEST, "no Host header\n"))
+    } else if request.method() == Method::CONNECT {
+        Some((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported: this is a reverse proxy\n",
+        ))
+    } else {
+        None
+    }
 }
 
 fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
@@ -1064,6 +1106,19 @@ fn check_answer(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     let retry_after = headers.get(header::RETRY_AFTER).map(HeaderValue::as_bytes);
+    if let Some((expected, body)) = record.refusal {
+        ensure!(
+            status == expected && seq.is_none() && local.map(|b| &b[..]) == Some(body.as_bytes()),
+            "to be refused with {expected} {body:?}, yet answered {status} {local:?}"
+        );
+        ensure!(
+            status != StatusCode::METHOD_NOT_ALLOWED
+                || headers.get(header::ALLOW).map(HeaderValue::as_bytes) == Some(CONNECT_ALLOW),
+            "a 405 with Allow {:?}",
+            headers.get(header::ALLOW)
+        );
+        return Ok(Bytes::from_static(body.as_bytes()));
+    }
     let Some(entry) = model else {
         let expected = format!("no route for {}{}\n", record.host, record.path);
         ensure!(
@@ -1218,16 +1273,14 @@ fn check_forwarded(record: &Record, up: &UpRecord, info: ConnInfo) -> Result<(),
             );
         }
     }
-    let host = record
-        .headers
-        .get(header::HOST)
-        .map(|v| v.as_bytes().to_vec())
-        .or_else(|| {
-            record
-                .uri
-                .authority()
-                .map(|a| a.as_str().as_bytes().to_vec())
-        });
+    // The routed host: the target's authority, which wins over `Host`, else `Host`.
+    let host = match record.uri.authority() {
+        Some(authority) => Some(authority.as_str().as_bytes().to_vec()),
+        None => record
+            .headers
+            .get(header::HOST)
+            .map(|v| v.as_bytes().to_vec()),
+    };
     if let Some(host) = host {
         ensure!(
             values(h, "host") == [&host[..]],
@@ -1259,17 +1312,23 @@ fn check_forwarded(record: &Record, up: &UpRecord, info: ConnInfo) -> Result<(),
         values(h, "x-forwarded-proto")
     );
     let valid = |v: &[u8]| !v.is_empty() && v.len() <= 200 && v.iter().all(u8::is_ascii_graphic);
-    let id = h.get("x-request-id").map(HeaderValue::as_bytes);
-    ensure!(id.is_some_and(valid), "X-Request-Id {id:?}");
-    if let Some(theirs) = record
-        .headers
-        .get("x-request-id")
-        .map(HeaderValue::as_bytes)
-    {
-        ensure!(
-            !valid(theirs) || id == Some(theirs),
+    let ids = values(h, "x-request-id");
+    let id = ids.first().copied();
+    ensure!(
+        ids.len() == 1 && id.is_some_and(valid),
+        "X-Request-Id {ids:?}"
+    );
+    // The client's first, when valid; otherwise a new one (not one of the client's others).
+    match values(&record.headers, "x-request-id")[..] {
+        [] => {}
+        [theirs, ..] if valid(theirs) => ensure!(
+            id == Some(theirs),
             "the client's X-Request-Id {theirs:?} became {id:?}"
-        );
+        ),
+        [_, ref others @ ..] => ensure!(
+            !others.iter().any(|o| Some(*o) == id),
+            "the client's first X-Request-Id was invalid, a later one {id:?} went on"
+        ),
     }
     let target = if record.uri.scheme().is_some() || record.uri.authority().is_some() {
         record
@@ -1848,6 +1907,17 @@ fn check_settled(handle: &RouterHandle, state: &State) -> Result<(), String> {
             up.method,
             up.uri,
             markers
+        );
+        ensure!(
+            up.method != Method::CONNECT,
+            "upstream request {seq} is a CONNECT"
+        );
+        ensure!(
+            !state
+                .records
+                .iter()
+                .any(|r| r.refusal.is_some() && r.marker.as_bytes() == markers[0]),
+            "upstream request {seq} is a request the router had to refuse"
         );
         let count = forwarded.entry(markers[0]).or_default();
         *count += 1;

@@ -45,8 +45,20 @@
 //!   protocol switch, which is then tunnelled byte for byte).
 //!
 //! # Answers the router makes itself
+//! Requests are routed by the target URI's authority when it has one (an absolute-form target,
+//! HTTP/2's `:authority`; RFC 9112 §3.2.2), else by `Host`; instances get that host as `Host`
+//! and `X-Forwarded-Host`, and exactly one `X-Request-Id` (the client's first if valid, else a
+//! new one). The first five rows are counted as unrouted (and logged without a service), the
+//! next six in the route's service's counters; hyper's own answers (the 431, unparsable
+//! requests) are neither. CONNECT gets a 405 as from nginx (Envoy, unconfigured, answers 404):
+//! the router is no forward proxy and hands no instance a raw tunnel.
+//!
 //! | when | status | body |
 //! | --- | --- | --- |
+//! | more than one `Host` header (any version; RFC 9112 §3.2) | 400 | `more than one Host header` |
+//! | an HTTP/1.1 request with no `Host` and no authority in its target | 400 | `no Host header` |
+//! | userinfo (`user@`) in the target's authority (RFC 9110 §4.2.4) | 400 | `userinfo in the request target` |
+//! | CONNECT (never forwarded, whatever its host) | 405 + `Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS` | `CONNECT is not supported: this is a reverse proxy` |
 //! | no route for the host and path | 404 | `no route for HOST/PATH` |
 //! | the route is in maintenance | 503 + `Retry-After: 120` | the maintenance page (HTML) |
 //! | the service's concurrency and queue are full, or the queue wait timed out | 503 + `Retry-After: 1` | `SERVICE is overloaded (…); retry later` |

@@ -243,6 +243,8 @@ struct Outcome {
     endpoint: Option<SocketAddr>,
     attempts: u8,
     error: Option<ProxyError>,
+    /// The `X-Request-Id` forwarded (when logging), which may not be the client's.
+    request_id: Option<HeaderValue>,
 }
 
 impl Proxy {
@@ -253,7 +255,14 @@ impl Proxy {
         request: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let raw_host = request_host(&request).unwrap_or_default();
+        let raw_host = match target_host(&request) {
+            Ok(host) => host,
+            Err(refusal) => return self.refuse(conn, &request, refusal.answer(), started),
+        };
+        if request.method() == Method::CONNECT {
+            // A reverse proxy, not a forward one: no tunnels to instances (nor through them).
+            return self.refuse(conn, &request, connect_refused(), started);
+        }
         let host = normalize_host(raw_host);
         // Load, look up and clone the route out, so no arc-swap guard is held across an await.
         let route: Option<Arc<Route>> = self
@@ -327,6 +336,11 @@ impl Proxy {
         let (parts, body) = request.into_parts();
         let idempotent = idempotent(&parts.method, &parts.headers);
         let mut head = upstream_head(parts, conn, upgrade.is_some());
+        let request_id = if self.access_log {
+            head.headers.get(X_REQUEST_ID).cloned()
+        } else {
+            None
+        };
         let mut payload = match read_small_body(body, &mut head.headers).await {
             Ok(payload) => payload,
             Err(source) => {
@@ -338,6 +352,7 @@ impl Proxy {
                         endpoint: None,
                         attempts: 0,
                         error: Some(error),
+                        request_id,
                     },
                 );
             }
@@ -346,6 +361,7 @@ impl Proxy {
             endpoint: None,
             attempts: 0,
             error: None,
+            request_id,
         };
         // A request handed back unsent by a failed attempt.
         let mut returned: Option<Request<UpBody>> = None;
@@ -493,6 +509,20 @@ impl Proxy {
         Response::from_parts(parts, Either::Left(UpstreamBody::new(body, conn, guard)))
     }
 
+    /// Answers a request the router will not route (a malformed target host, CONNECT):
+    /// counted with the unrouted requests and logged without a service.
+    fn refuse(
+        &self,
+        conn: ConnInfo,
+        request: &Request<Incoming>,
+        response: Response<ProxyBody>,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        self.handle.shared.unrouted.record(response.status());
+        self.log(conn, request, None, &response, started, None);
+        response
+    }
+
     /// The one-line log for answers made before forwarding.
     fn log(
         &self,
@@ -508,6 +538,7 @@ impl Proxy {
                 endpoint: None,
                 attempts: 0,
                 error: None,
+                request_id: None,
             };
             let _ = error;
             AccessLine::of(request).emit_with(
@@ -561,7 +592,7 @@ impl AccessLine {
     fn of(request: &Request<Incoming>) -> Self {
         AccessLine {
             method: request.method().clone(),
-            host: request_host(request).unwrap_or_default().to_owned(),
+            host: logged_host(request).to_owned(),
             path: request.uri().path().to_owned(),
             request_id: request
                 .headers()
@@ -594,6 +625,7 @@ impl AccessLine {
         let request_id = response
             .headers()
             .get(X_REQUEST_ID)
+            .or(outcome.request_id.as_ref())
             .and_then(|v| v.to_str().ok())
             .unwrap_or(&self.request_id);
         tracing::info!(
@@ -639,7 +671,8 @@ fn keep_upgrade_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
 }
 
 /// Rewrites the downstream request head for the instance: origin-form URI, HTTP/1.1,
-/// hop-by-hop headers out, `Host` kept, `X-Forwarded-*` and `X-Request-Id` set.
+/// hop-by-hop headers out, `Host` the routed host (the target's authority when it has one),
+/// `X-Forwarded-*` and exactly one `X-Request-Id` set.
 fn upstream_head(parts: Parts, conn: ConnInfo, upgrade: bool) -> Head {
     let Parts {
         method,
@@ -647,10 +680,12 @@ fn upstream_head(parts: Parts, conn: ConnInfo, upgrade: bool) -> Head {
         mut headers,
         ..
     } = parts;
-    let original_host = headers.get(header::HOST).cloned().or_else(|| {
-        uri.authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The host the request was routed by (see `target_host`): the target's authority wins
+    // over `Host`, which then goes (RFC 9112 §3.2.2: "MUST ignore the received Host").
+    let original_host = match uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => headers.get(header::HOST).cloned(),
+    };
     // Origin form (`/path?query`): HTTP/2 and absolute-form requests carry a full URI, which
     // many apps would not expect on an HTTP/1.1 request line.
     let uri = if uri.scheme().is_some() || uri.authority().is_some() {
@@ -681,8 +716,16 @@ fn upstream_head(parts: Parts, conn: ConnInfo, upgrade: bool) -> Head {
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
-    if !headers.get(X_REQUEST_ID).is_some_and(valid_request_id) {
+    // Exactly one id goes on: the client's first if it is valid, else a new one.
+    let mut ids = headers.get_all(X_REQUEST_ID).iter();
+    let first_valid = ids.next().is_some_and(valid_request_id);
+    let several = ids.next().is_some();
+    if !first_valid {
         headers.insert(X_REQUEST_ID, new_request_id());
+    } else if several {
+        if let Some(first) = headers.get(X_REQUEST_ID).cloned() {
+            headers.insert(X_REQUEST_ID, first);
+        }
     }
     Head {
         method,
@@ -767,13 +810,86 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The host the client asked for: the `Host` header, or the authority of an absolute-form URI.
-fn request_host<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+/// Why a request's target host is unusable: each is a 400 (RFC 9112 §3.2, RFC 9110 §4.2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BadHost {
+    /// More than one `Host` header field, in any version.
+    Several,
+    /// An HTTP/1.1 request without `Host` whose target carries no authority either.
+    Missing,
+    /// `user@` in the target's authority: deprecated, and a way to disguise the host.
+    Userinfo,
+}
+
+impl BadHost {
+    /// The body of the 400.
+    fn message(self) -> &'static str {
+        match self {
+            BadHost::Several => "more than one Host header\n",
+            BadHost::Missing => "no Host header\n",
+            BadHost::Userinfo => "userinfo in the request target\n",
+        }
+    }
+
+    fn answer(self) -> Response<ProxyBody> {
+        local(
+            StatusCode::BAD_REQUEST,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(self.message().as_bytes()),
+        )
+    }
+}
+
+/// The body of the 405 answered to CONNECT.
+const CONNECT_REFUSED: &str = "CONNECT is not supported: this is a reverse proxy\n";
+/// The `Allow` header of that 405 (RFC 9110 §15.5.6 requires one): the router forwards every
+/// other method, and these are the ones it names; an instance may still refuse any of them.
+const CONNECT_ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+fn connect_refused() -> Response<ProxyBody> {
+    let mut response = local(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(CONNECT_REFUSED.as_bytes()),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(CONNECT_ALLOW));
+    response
+}
+
+/// The host a request is for, as it is routed and forwarded: the authority of the target URI
+/// when it has one — absolute-form and authority-form on HTTP/1 (RFC 9112 §3.2.2: it wins over
+/// `Host`), `:authority` on HTTP/2 (RFC 9113 §8.3.1) — else the `Host` header (empty when it
+/// is not visible ASCII, or absent on HTTP/1.0).
+fn target_host<B>(request: &Request<B>) -> Result<&str, BadHost> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BadHost::Several);
+    }
+    if let Some(authority) = request.uri().authority() {
+        if authority.as_str().contains('@') {
+            return Err(BadHost::Userinfo);
+        }
+        return Ok(authority.as_str());
+    }
+    match host {
+        Some(host) => Ok(host.to_str().unwrap_or_default()),
+        None if request.version() == Version::HTTP_11 => Err(BadHost::Missing),
+        None => Ok(""),
+    }
+}
+
+/// The host for the access log: the routed one, or for a refused request its first `Host`.
+fn logged_host<B>(request: &Request<B>) -> &str {
+    target_host(request).unwrap_or_else(|_| {
+        request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+    })
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1); a proxy must not

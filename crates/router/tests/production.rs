@@ -890,3 +890,164 @@ async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
+
+/// Writes `request` on a new connection and reads until the router closes it (each request
+/// here asks for that or is HTTP/1.0).
+async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = within("answer", stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The JSON body of a `/headers` answer.
+fn seen_headers(answer: &str) -> HashMap<String, String> {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_wins_over_the_host_header() {
+    let (a, a_hits) = simple("a").await;
+    let (b, b_hits) = simple("b").await;
+    let entry = |host: &str, addr| RouteEntry {
+        host: host.into(),
+        service: host.into(),
+        ..route(vec![endpoint(addr, 1, 100)])
+    };
+    let r = router(RouteTable {
+        routes: vec![entry("a.example", a), entry("b.example", b)],
+    })
+    .await;
+    let answer = raw_exchange(
+        r.addr,
+        "GET http://a.example/headers HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(a_hits.load(Ordering::SeqCst), 1, "routed by the URI");
+    assert_eq!(b_hits.load(Ordering::SeqCst), 0, "not by Host");
+    let seen = seen_headers(&answer);
+    assert_eq!(seen.get("host").map(String::as_str), Some("a.example"));
+    assert_eq!(
+        seen.get("x-forwarded-host").map(String::as_str),
+        Some("a.example")
+    );
+}
+
+#[tokio::test]
+async fn several_host_headers_or_none_on_http_1_1_get_400() {
+    let (addr, hits) = simple("app").await;
+    let r = router(RouteTable {
+        routes: vec![route(vec![endpoint(addr, 1, 100)])],
+    })
+    .await;
+    let twice =
+        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let answer = raw_exchange(r.addr, &twice).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.ends_with("more than one Host header\n"), "{answer}");
+    let answer = raw_exchange(r.addr, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.ends_with("no Host header\n"), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    // HTTP/1.0 needs no Host (and this table has no route for the empty host); an
+    // absolute-form target carries its own.
+    let answer = raw_exchange(r.addr, "GET / HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 404"), "{answer}");
+    let absolute = format!("GET http://{HOST}/ HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let answer = raw_exchange(r.addr, &absolute).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let stats = r.handle.stats();
+    assert_eq!(stats.unrouted.client_error, 3, "{stats:?}");
+    assert_eq!(stats.services["app"].success, 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn connect_gets_405_and_is_never_forwarded() {
+    let (addr, hits) = simple("app").await;
+    let r = router(RouteTable {
+        routes: vec![route(vec![endpoint(addr, 1, 100)])],
+    })
+    .await;
+    let connect = format!("CONNECT {HOST}:80 HTTP/1.1\r\nHost: {HOST}:80\r\n\r\n");
+    let mut stream = TcpStream::connect(r.addr).await.expect("connect");
+    stream.write_all(connect.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).ends_with("reverse proxy\n") {
+        let n = within("answer", stream.read(&mut chunk))
+            .await
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nallow: get, head, post, put, patch, delete, options\r\n"),
+        "{answer}"
+    );
+    // No tunnel: the connection still speaks HTTP.
+    let get = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    stream.write_all(get.as_bytes()).await.expect("write");
+    let mut rest = Vec::new();
+    let _ = within("answer", stream.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "only the GET reached the app"
+    );
+    let stats = r.handle.stats();
+    assert_eq!(stats.unrouted.client_error, 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn several_request_ids_forward_exactly_one() {
+    // A backend that answers with every X-Request-Id it got, one per line.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(|req: Request<Incoming>| async move {
+                let ids: Vec<String> = req
+                    .headers()
+                    .get_all("x-request-id")
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect();
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(ids.join("\n")))))
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let r = router(RouteTable {
+        routes: vec![route(vec![endpoint(addr, 1, 100)])],
+    })
+    .await;
+    let ask = |first: &'static str, second: &'static str| async move {
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Request-Id: {first}\r\n\
+             X-Request-Id: {second}\r\nConnection: close\r\n\r\n"
+        );
+        let answer = raw_exchange(r.addr, &request).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        body.split('\n').map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert_eq!(ask("first-id", "second-id").await, ["first-id"]);
+    // The first is no valid id (a space): a new one, not the second.
+    let ids = ask("not valid", "second-id").await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(ids[0].len(), 24, "{ids:?}");
+}
