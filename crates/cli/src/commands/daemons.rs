@@ -35,7 +35,7 @@ pub struct RouterOpts {
     /// serves the same routes over HTTP/2 or HTTP/1.1 (ALPN); instances see
     /// `X-Forwarded-Proto: https`. Needs at least one `--tls-cert`.
     #[arg(long, value_name = "ADDR", requires = "tls_cert")]
-    tls_listen: Option<SocketAddr>,
+    pub(crate) tls_listen: Option<SocketAddr>,
     /// A certificate for `--tls-listen`, chosen by the name the client asks for (SNI); repeat
     /// it for more hosts. HOST is a name (`example.com`) or a one-label wildcard
     /// (`*.example.com`); CERT_PEM holds the chain, leaf first; KEY_PEM its unencrypted key.
@@ -308,6 +308,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         println!("berth is up");
         println!("  API     {api_url}   (token: {}/admin.token)", data_dir.display());
         println!("  router  http://{}", args.router);
+        if let Some(tls) = args.router_opts.tls_listen {
+            println!("  router  https://{tls}");
+        }
         println!("  data    {}", data_dir.display());
         if args.demo {
             let req = berth_api::control::DeployRequest {
@@ -370,6 +373,9 @@ pub fn router(args: RouterArgs, globals: &crate::context::Globals) -> anyhow::Re
         opts.reuseport = true;
         let task = start_router(fixed(client), id, args.listen, &opts, stop_rx).await?;
         println!("berth router on http://{}", args.listen);
+        if let Some(tls) = args.router_opts.tls_listen {
+            println!("berth router on https://{tls}");
+        }
         terminated().await;
         let _ = stop_tx.send(true);
         let _ = task.await;
