@@ -17,7 +17,10 @@
 //! - [`tls`] — TLS termination: [`TlsConfig`] (certificates per host, by SNI) loaded into a
 //!   [`TlsListener`] for [`RouterConfig::tls`].
 //! - [`bind_reuseport`] — `SO_REUSEPORT` listeners, one per core; [`bind_reuseport_takeover`]
-//!   for restarts: the new router binds before the old one stops and gets every new connection.
+//!   for restarts: the new router binds before the old one stops and gets every new connection;
+//!   [`bind_per_core_takeover`] both at once (one listener per core that takes over, then
+//!   [`Steering::release_when_alone`] spreads connections over the cores again): what
+//!   `berth agent --router` and `berth router` use.
 //! - [`follow`] — the shell that feeds a handle from `berth server`.
 //! - [`error`] — why an attempt failed, whose fault, whether a retry is safe.
 //! - `compiled` (private) — host → routes longest prefix first; release groups and balancing.
@@ -78,6 +81,7 @@ pub mod follow;
 #[doc(hidden)]
 pub mod fuzzing;
 mod metrics;
+mod per_core;
 mod proxy;
 mod server;
 mod service;
@@ -94,6 +98,7 @@ use tokio::sync::watch;
 pub use server::{
     bind_reuseport, bind_reuseport_takeover, serve, serve_with, RouterConfig, FIRST_REQUEST_GRACE,
 };
+pub use per_core::{bind_per_core_takeover, CoreListeners, Steering};
 pub use stats::{RouterStats, StatusClasses};
 pub use table::{Endpoint, Limits, Maintenance, RouteEntry, RouteTable};
 pub use tls::{TlsConfig, TlsError, TlsListener};

@@ -37,7 +37,7 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The listen backlog of [`bind_reuseport`]: room for a burst of connections while a core is
 /// busy (the kernel caps it at `net.core.somaxconn`).
-const LISTEN_BACKLOG: i32 = 4096;
+pub(crate) const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds a TCP listener with `SO_REUSEPORT` (and `SO_REUSEADDR`), so that several sockets —
 /// in this process or in another — can listen on the same address, and the kernel spreads
@@ -137,7 +137,7 @@ pub fn bind_reuseport_takeover(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// A non-blocking TCP socket for `addr` with `SO_REUSEADDR`, not yet bound.
-fn listen_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
+pub(crate) fn listen_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -162,6 +162,13 @@ fn steer_new_connections_to(socket: &socket2::Socket) -> io::Result<()> {
             1
         }
     };
+    attach_steering(socket, index)
+}
+
+/// Attaches to `socket`'s `SO_REUSEPORT` group a program that hands every new connection to
+/// the group's socket at `index`.
+#[cfg(target_os = "linux")]
+pub(crate) fn attach_steering(socket: &socket2::Socket, index: usize) -> io::Result<()> {
     let index = u32::try_from(index).unwrap_or(u32::MAX);
     // One instruction, `return index`: the position, in the group, of the socket that gets
     // the connection. Past the group's end, the kernel falls back to its hash.
@@ -205,12 +212,50 @@ fn steer_new_connections_to(_socket: &socket2::Socket) -> io::Result<()> {
     Ok(())
 }
 
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn attach_steering(_socket: &socket2::Socket, _index: usize) -> io::Result<()> {
+    Ok(())
+}
+
+/// Removes the steering program of `socket`'s `SO_REUSEPORT` group: the kernel spreads new
+/// connections over the group's sockets by hash again.
+#[cfg(target_os = "linux")]
+pub(crate) fn detach_steering(socket: &socket2::Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // asm-generic/socket.h (x86_64, aarch64, riscv); not in every libc release.
+    const SO_DETACH_REUSEPORT_BPF: libc::c_int = 68;
+    let unused: libc::c_int = 0;
+    // SAFETY: `setsockopt` reads `optlen` (= size of a c_int) bytes at `optval`, which points
+    // to `unused`, a live, initialised c_int on this stack frame (the kernel ignores its value
+    // for this option). The descriptor is `socket`'s, open for the whole call since `socket`
+    // is borrowed. Nothing is written to our memory and no pointer is kept.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_DETACH_REUSEPORT_BPF,
+            std::ptr::from_ref(&unused).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn detach_steering(_socket: &socket2::Socket) -> io::Result<()> {
+    Ok(())
+}
+
 /// How many TCP sockets listen on `socket`'s exact address and port (same family), itself
 /// included: its `SO_REUSEPORT` group, as a listener on a different address is in another
 /// group and one without `SO_REUSEPORT` or of another user would have failed its bind. `None`
 /// if `/proc/net/tcp{,6}` cannot be read or does not list `socket` (found by its inode).
 #[cfg(target_os = "linux")]
-fn listeners_like(socket: &socket2::Socket) -> Option<usize> {
+pub(crate) fn listeners_like(socket: &socket2::Socket) -> Option<usize> {
     use std::io::BufRead;
     use std::os::fd::AsRawFd;
     let local = socket.local_addr().ok()?.as_socket()?;
@@ -242,6 +287,11 @@ fn listeners_like(socket: &socket2::Socket) -> Option<usize> {
         }
     }
     found.then_some(count)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn listeners_like(_socket: &socket2::Socket) -> Option<usize> {
+    None
 }
 
 /// An address as `/proc/net/tcp{,6}` prints it: `IP:PORT`, the IP as the 32-bit words of its

@@ -519,3 +519,55 @@ async fn a_plain_listener_is_not_taken_over() {
     let err = bind_reuseport_takeover(addr).expect_err("the port is taken");
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
 }
+
+/// A router with one listener per core (`bind_per_core_takeover`): on a free port its cores
+/// share new connections; taking over from a running router, every new connection goes to its
+/// first listener while the old one still listens, and once the old one has closed and the
+/// steering is released, the cores share them again.
+#[tokio::test]
+async fn a_per_core_router_takes_over_then_spreads_over_its_cores() {
+    let fresh = berth_router::bind_per_core_takeover("127.0.0.1:0".parse().expect("addr"), 2)
+        .expect("bind two cores on a free port");
+    assert!(fresh.steering.is_none(), "nothing to take over from");
+    let fresh: Vec<TcpListener> = fresh
+        .listeners
+        .into_iter()
+        .map(|l| TcpListener::from_std(l).expect("register"))
+        .collect();
+    let addr = fresh[0].local_addr().expect("addr");
+    let _streams = connect_many(addr, CONNECTIONS).await;
+    let counts = accept_counts(&[&fresh[0], &fresh[1]], CONNECTIONS).await;
+    assert!(counts.iter().all(|&n| n > 0), "cores share: {counts:?}");
+
+    drop(fresh);
+
+    // The takeover, from a router with one listener (what a router was before this change):
+    // without the release, the kernel's list would end as [new 1, new 0] with the program still
+    // answering position 1, and every connection would stay on one core.
+    let old = bind_reuseport_takeover(addr).expect("the old router's listener");
+    let taking = berth_router::bind_per_core_takeover(addr, 2).expect("take over");
+    let steering = taking
+        .steering
+        .expect("a running router was there: steering");
+    let new: Vec<TcpListener> = taking
+        .listeners
+        .into_iter()
+        .map(|l| TcpListener::from_std(l).expect("register"))
+        .collect();
+    let _streams = connect_many(addr, CONNECTIONS).await;
+    assert_eq!(
+        accept_counts(&[&new[0], &new[1], &old], CONNECTIONS).await,
+        [CONNECTIONS, 0, 0],
+        "while the old router listens, every new connection goes to the new first listener"
+    );
+
+    // The old router goes; the steering is released once nobody else listens.
+    assert!(queue_is_empty(old));
+    within("the steering released", steering.release_when_alone()).await;
+    let _streams = connect_many(addr, CONNECTIONS).await;
+    let counts = accept_counts(&[&new[0], &new[1]], CONNECTIONS).await;
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "after the release both new cores get connections: {counts:?}"
+    );
+}
