@@ -109,7 +109,7 @@ impl Steering {
     /// Waits until no listener but this router's is left on the address (the old router has
     /// closed its socket), then removes the steering program, so that new connections are
     /// spread over every core again. Where the listeners cannot be counted, it waits
-    /// [`RELEASE_BLIND`] instead.
+    /// 30 s instead.
     pub async fn release_when_alone(self) {
         let started = tokio::time::Instant::now();
         loop {
