@@ -45,8 +45,9 @@ impl StatusClasses {
 pub struct RouterStats {
     /// Responses per service name, for every service that has appeared in a table.
     pub services: BTreeMap<String, StatusClasses>,
-    /// Responses to requests that matched no route (the 404s): counted apart so a scan of
-    /// random hosts does not show up as a service's client errors.
+    /// Responses to requests that matched no route (the 404s) or were refused before routing
+    /// (400 for a missing, repeated or malformed Host; 405 for CONNECT): counted apart so a
+    /// scan of random hosts does not show up as a service's client errors.
     pub unrouted: StatusClasses,
 }
 

@@ -95,6 +95,13 @@ fn seeds_hit_the_paths_they_are_named_for() {
     assert_eq!(run("dead_endpoints.http").statuses, [502, 502]);
     assert_eq!(run("hop_by_hop.http").statuses, [200]);
     assert_eq!(run("tls_double_host.http").statuses, [503]);
+    assert_eq!(run("duplicate_host.http").statuses, [400, 400]);
+    assert_eq!(run("duplicate_host_then_ok.http").statuses, [400, 200]);
+    assert_eq!(run("absolute_form_wins.http").statuses, [200, 200]);
+    assert_eq!(run("absolute_form_userinfo.http").statuses, [400, 200]);
+    assert_eq!(run("connect_body.http").statuses, [405, 405, 200]);
+    assert_eq!(run("missing_host.http").statuses, [400, 200]);
+    assert_eq!(run("options_connect.http").statuses, [200, 405]);
     // HEAD, then 100 Continue and the POST, then `Connection: close` ends the connection.
     assert_eq!(run("pipelined.http").statuses, [200, 204, 200]);
     // The first request is routed by the first table, the others by the second.
