@@ -20,12 +20,14 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use tokio_rustls::TlsAcceptor;
 
+use crate::head_guard::{Activity, Tracked};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::tls::TlsListener;
 use crate::RouterHandle;
 
-/// How long a client may take to send a request head before its connection is closed
-/// (slowloris guard).
+/// How long a connection with no request in progress may take to send the next request head
+/// before it is closed (slowloris guard; also the idle keep-alive limit). The default of
+/// [`RouterConfig::head_timeout`].
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most header fields a request may carry (HTTP/1.1); more gets `431`. hyper's default,
 /// which the router relies on rather than sets (see `serve_with`).
@@ -334,6 +336,10 @@ pub struct RouterConfig {
     /// `http/1.1`); served like the plain one, with `X-Forwarded-Proto: https`. Separate
     /// rather than sniffed on one port, as ports 80 and 443 are. `None`: plain HTTP only.
     pub tls: Option<TlsListener>,
+    /// How long a connection with no request in progress may take to deliver the next request
+    /// head before it is closed: the slowloris guard, which also ends idle keep-alive (and
+    /// HTTP/2) connections. `None`: [`HEADER_READ_TIMEOUT`].
+    pub head_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for RouterConfig {
@@ -345,6 +351,7 @@ impl std::fmt::Debug for RouterConfig {
             )
             .field("access_log", &self.access_log)
             .field("tls", &self.tls)
+            .field("head_timeout", &self.head_timeout)
             .finish()
     }
 }
@@ -383,6 +390,7 @@ pub async fn serve_with(
         access_log: config.access_log,
     });
     let http = http_builder();
+    let head_timeout = config.head_timeout.unwrap_or(HEADER_READ_TIMEOUT);
     let (stop, stopped) = watch::channel(false);
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -408,7 +416,14 @@ pub async fn serve_with(
         let (http, proxy) = (http.clone(), proxy.clone());
         match tls {
             None => {
-                tokio::spawn(run_connection(http, stream, proxy, info, life));
+                tokio::spawn(run_connection(
+                    http,
+                    stream,
+                    proxy,
+                    info,
+                    head_timeout,
+                    life,
+                ));
             }
             Some(acceptor) => {
                 // The handshake runs in the connection's task, not in the accept loop, and is
@@ -417,7 +432,9 @@ pub async fn serve_with(
                 let handshake = acceptor.accept(stream);
                 tokio::spawn(async move {
                     match tokio::time::timeout(HEADER_READ_TIMEOUT, handshake).await {
-                        Ok(Ok(stream)) => run_connection(http, stream, proxy, info, life).await,
+                        Ok(Ok(stream)) => {
+                            run_connection(http, stream, proxy, info, head_timeout, life).await
+                        }
                         Ok(Err(err)) => tracing::debug!(%err, %remote, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                     }
@@ -468,7 +485,9 @@ pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // The slowloris guard is the router's own, one timer per connection rather than one
+        // per request head (see `head_guard`): hyper's is turned off.
+        .header_read_timeout(None)
         // MAX_HEADERS is hyper's own default (100), so it is not set: setting it, even to the
         // default, makes hyper initialise two 100-slot arrays for every request head (measured
         // ~4% of the router's user CPU). `too_many_headers_get_431` pins the limit at 100.
@@ -522,26 +541,36 @@ async fn run_connection<I>(
     io: I,
     proxy: Arc<Proxy>,
     info: ConnInfo,
+    head_timeout: Duration,
     mut life: Lifeline,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let first = Arc::new(FirstRequest::default());
+    let activity = Activity::new();
     let service = {
-        let first = first.clone();
+        let (first, activity) = (first.clone(), activity.clone());
         service_fn(move |request| {
             if !first.seen.load(Ordering::Relaxed) {
                 first.seen.store(true, Ordering::Relaxed);
                 first.arrived.notify_one();
             }
+            let busy = activity.begin();
             let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(info, request).await) }
+            async move {
+                let response = proxy.handle(info, request).await;
+                Ok::<_, std::convert::Infallible>(response.map(|body| Tracked::new(body, busy)))
+            }
         })
     };
     let connection = http.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        () = activity.idle_for(head_timeout) => {
+            tracing::debug!(remote = %info.remote, "no request head within the limit; closing");
+            Ok(())
+        }
         () = stopping(&mut life.stop) => {
             let early = !first.seen.load(Ordering::Relaxed);
             let ended = if early {

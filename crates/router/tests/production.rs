@@ -1051,3 +1051,82 @@ async fn several_request_ids_forward_exactly_one() {
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_eq!(ids[0].len(), 24, "{ids:?}");
 }
+
+/// A router whose slowloris guard (`head_timeout`) is `limit`.
+async fn router_with_head_timeout(table: RouteTable, limit: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind router");
+    let addr = listener.local_addr().expect("addr");
+    let config = RouterConfig {
+        head_timeout: Some(limit),
+        ..RouterConfig::default()
+    };
+    tokio::spawn(serve_with(
+        listener,
+        RouterHandle::with_table(table),
+        config,
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// Whether the router closes `stream` (end of stream or reset) within the test deadline,
+/// after `stream` has sent whatever it sent; what it read before is returned.
+async fn closed_by_router(stream: &mut TcpStream) -> Vec<u8> {
+    let mut read = Vec::new();
+    let _ = within(
+        "the router closing the connection",
+        stream.read_to_end(&mut read),
+    )
+    .await;
+    read
+}
+
+#[tokio::test]
+async fn a_slow_head_and_an_idle_keep_alive_are_closed_but_a_slow_response_is_not() {
+    let (release_tx, release_rx) = watch::channel(false);
+    let (arrivals_tx, mut arrivals) = mpsc::unbounded_channel();
+    let (addr, hits) = backend("app", Some(arrivals_tx), release_rx).await;
+    let limit = Duration::from_millis(300);
+    let r = router_with_head_timeout(
+        RouteTable {
+            routes: vec![route(vec![endpoint(addr, 1, 100)])],
+        },
+        limit,
+    )
+    .await;
+
+    // Slowloris: half a head, then nothing. Closed without an answer and nothing forwarded.
+    let mut slow = TcpStream::connect(r).await.expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHo")
+        .await
+        .expect("write");
+    let read = closed_by_router(&mut slow).await;
+    assert!(read.is_empty(), "{}", String::from_utf8_lossy(&read));
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+
+    // A kept-alive connection: answered, then closed once idle for the limit.
+    let mut idle = TcpStream::connect(r).await.expect("connect");
+    let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    idle.write_all(request.as_bytes()).await.expect("write");
+    let read = closed_by_router(&mut idle).await;
+    let read = String::from_utf8_lossy(&read);
+    assert!(read.starts_with("HTTP/1.1 200"), "{read}");
+    assert!(read.ends_with("app"), "{read}");
+
+    // A response slower than the limit (3 limits here) is not cut: the connection is busy.
+    let mut sender = connect(r).await;
+    let request = Request::builder()
+        .uri("/hold")
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let pending = tokio::spawn(async move { sender.send_request(request).await });
+    within("the held request to arrive", arrivals.recv()).await;
+    tokio::time::sleep(limit * 3).await;
+    release_tx.send_replace(true);
+    let response = within("the held answer", pending)
+        .await
+        .expect("task")
+        .expect("the held request is answered");
+    assert_eq!(response.status(), StatusCode::OK);
+}
