@@ -21,6 +21,8 @@
 //! - [`gc`] — the ledger of images this agent ran (`images.json`) and the disk usage that
 //!   triggers garbage collection; the Engine side is `DockerDriver::collect_garbage`.
 //! - [`lock`] — one agent per data directory (`agent.lock`, with the holder's pid).
+//! - [`orphans`] — workloads no record accounts for (spawned, then the agent died before
+//!   recording them), killed when the agent starts.
 //! - [`node`] — the agent shell: registers with the server, feeds the supervisor the node's
 //!   desired instances, reports their statuses.
 //!
@@ -55,6 +57,8 @@ pub mod lock;
 #[warn(missing_docs)]
 pub mod logs;
 pub mod node;
+#[warn(missing_docs)]
+pub mod orphans;
 #[warn(missing_docs)]
 pub mod process;
 #[warn(missing_docs)]

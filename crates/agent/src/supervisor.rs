@@ -159,6 +159,21 @@ impl Supervisor {
             done: mpsc::unbounded_channel(),
             owner: owner.clone(),
         };
+        // Processes that no record accounts for (spawned, then the agent died before writing
+        // the record) would hold their instance's port while it starts again: kill them now,
+        // before anything is started. The process driver makes each instance its own session
+        // and group leader, so an adopted instance's group is its recorded pid.
+        let adopted_groups: std::collections::HashSet<u32> = records
+            .iter()
+            .filter(|r| r.container.is_none())
+            .filter_map(adopt_record)
+            .map(|running| running.pid())
+            .collect();
+        let orphans = crate::orphans::find(&main.config.data_dir, &adopted_groups);
+        for orphan in &orphans {
+            tracing::warn!(pid = orphan.pid, instance = %orphan.instance, "killing a workload no record accounts for");
+        }
+        crate::orphans::kill(&orphans);
         for record in records {
             let initial = if let Some(f) = &record.finished {
                 Initial::Finished(f.clone())

@@ -361,3 +361,49 @@ async fn a_fresh_instance_is_probed_soon_and_early_failures_count_once_per_inter
     .await;
     sup.detach().await;
 }
+
+/// A workload spawned just before the agent died, before its record was written: the next
+/// supervisor kills it (it would hold the instance's port while the instance starts again),
+/// and leaves alone a process that merely sits in an instance directory.
+#[tokio::test]
+async fn a_workload_without_a_record_is_killed_when_a_supervisor_starts() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let instance_dir = dir.path().join("instances").join("web-orphan");
+    std::fs::create_dir_all(&instance_dir).expect("mkdir");
+    let spawn = |env: bool| {
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("60")
+            .current_dir(&instance_dir)
+            .env_clear()
+            .process_group(0);
+        if env {
+            cmd.env("BERTH_INSTANCE", "web-orphan");
+        }
+        cmd.spawn().expect("spawn sleep")
+    };
+    let mut orphan = spawn(true);
+    let mut bystander = spawn(false);
+    let sup = Supervisor::start(config(dir.path()), std::future::pending())
+        .await
+        .expect("supervisor");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = orphan.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphan still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!status.success(), "killed, not exited: {status:?}");
+    assert!(
+        bystander.try_wait().expect("try_wait").is_none(),
+        "a process without BERTH_INSTANCE is not the agent's"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    drop(sup);
+}
