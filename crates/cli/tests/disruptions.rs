@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::cluster::{api_get, cli_ok, wait_settled};
+use common::cluster::{api_get, cli_ok, nodes_ready, wait_settled};
 use common::docker::Load;
 use common::process::{kill_recorded, stat, Proc};
 use common::up::BerthUp;
@@ -123,15 +123,6 @@ fn n2_workloads(up: &BerthUp) -> BTreeMap<String, (i32, Option<u64>)> {
         }
     }
     out
-}
-
-fn nodes_ready(up: &BerthUp) -> usize {
-    api_get(up, "/v1/nodes")
-        .and_then(|v| {
-            v.as_array()
-                .map(|a| a.iter().filter(|n| n["state"] == "ready").count())
-        })
-        .unwrap_or(0)
 }
 
 /// `web` instances the server wants running and that are healthy.

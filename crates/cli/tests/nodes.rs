@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{api_get, cli_ok};
+use common::cluster::{api_get, cli_ok, nodes_ready};
 use common::process::{kill_recorded, Proc};
 use common::up::BerthUp;
 use common::{command, http, write_file};
@@ -92,15 +92,6 @@ impl Agent {
             }
         }
     }
-}
-
-fn nodes_ready(up: &BerthUp) -> usize {
-    api_get(up, "/v1/nodes")
-        .and_then(|v| {
-            v.as_array()
-                .map(|a| a.iter().filter(|n| n["state"] == "ready").count())
-        })
-        .unwrap_or(0)
 }
 
 /// Healthy instances of `spread/web` that the server wants running, counted per node.

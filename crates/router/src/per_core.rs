@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::server::{
-    attach_steering, detach_steering, listen_socket, listeners_like, LISTEN_BACKLOG,
+    attach_steering, bind_or_join, detach_steering, listen_socket, listeners_like, LISTEN_BACKLOG,
 };
 
 /// How often [`Steering::release_when_alone`] looks whether the old router has gone.
@@ -57,18 +57,7 @@ pub struct Steering {
 pub fn bind_per_core_takeover(addr: SocketAddr, cores: usize) -> io::Result<CoreListeners> {
     let cores = cores.max(1);
     let first = listen_socket(addr)?;
-    // A plain bind fails exactly when another socket listens on the address.
-    let joined = match first.bind(&addr.into()) {
-        Ok(()) => false,
-        Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
-            first.set_reuse_port(true)?;
-            first.bind(&addr.into())?;
-            true
-        }
-        Err(err) => return Err(err),
-    };
-    first.set_reuse_port(true)?;
-    first.listen(LISTEN_BACKLOG)?;
+    let joined = bind_or_join(&first, addr)?;
     // The port actually bound (port 0 picked one), for the other cores to join.
     let bound = first
         .local_addr()?

@@ -118,8 +118,18 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
 /// a Tokio runtime.
 pub fn bind_reuseport_takeover(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = listen_socket(addr)?;
-    // A plain bind fails exactly when another socket listens on the address; only then is
-    // there a group to join and a listener to take over from.
+    let joined = bind_or_join(&socket, addr)?;
+    if joined {
+        steer_new_connections_to(&socket)?;
+    }
+    TcpListener::from_std(socket.into())
+}
+
+/// Binds and listens on `addr`, joining the `SO_REUSEPORT` group of a router that already
+/// listens there; whether one did. A plain bind fails exactly when another socket listens on
+/// the address: only then is there a group to join and a listener to take over from. The
+/// socket is open to sharing either way, so that the next router can take over from it.
+pub(crate) fn bind_or_join(socket: &socket2::Socket, addr: SocketAddr) -> io::Result<bool> {
     let joined = match socket.bind(&addr.into()) {
         Ok(()) => false,
         Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
@@ -129,13 +139,9 @@ pub fn bind_reuseport_takeover(addr: SocketAddr) -> io::Result<TcpListener> {
         }
         Err(err) => return Err(err),
     };
-    // Also after a plain bind: the next router takes over from this one.
     socket.set_reuse_port(true)?;
     socket.listen(LISTEN_BACKLOG)?;
-    if joined {
-        steer_new_connections_to(&socket)?;
-    }
-    TcpListener::from_std(socket.into())
+    Ok(joined)
 }
 
 /// A non-blocking TCP socket for `addr` with `SO_REUSEADDR`, not yet bound.

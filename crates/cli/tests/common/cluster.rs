@@ -35,6 +35,16 @@ pub fn api_get(up: &BerthUp, path: &str) -> Option<Value> {
     (r.status == 200).then(|| r.json())
 }
 
+/// How many nodes `berth nodes` shows as ready.
+pub fn nodes_ready(up: &BerthUp) -> usize {
+    api_get(up, "/v1/nodes")
+        .and_then(|v| {
+            v.as_array()
+                .map(|a| a.iter().filter(|n| n["state"] == "ready").count())
+        })
+        .unwrap_or(0)
+}
+
 /// `GET /v1/status`, or `None` if it did not answer 200.
 pub fn status(up: &BerthUp) -> Option<Value> {
     api_get(up, "/v1/status")
