@@ -96,7 +96,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-pub use per_core::{bind_per_core_takeover, CoreListeners, Steering};
+pub use per_core::{bind_per_core, bind_per_core_takeover, CoreListeners, Steering};
 pub use server::{
     bind_reuseport, bind_reuseport_takeover, serve, serve_with, RouterConfig, FIRST_REQUEST_GRACE,
 };

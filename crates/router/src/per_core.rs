@@ -46,6 +46,41 @@ pub struct Steering {
     ours: usize,
 }
 
+/// Binds `cores` listeners (at least one) on `addr` in one `SO_REUSEPORT` group of its own,
+/// failing with "address in use" when anything already listens there: for a router that must
+/// not share its port with another one by accident (`berth up`: two of them on one machine
+/// must collide loudly). The first socket binds without `SO_REUSEPORT` and opens the group
+/// only once it holds the port.
+pub fn bind_per_core(addr: SocketAddr, cores: usize) -> io::Result<CoreListeners> {
+    let first = listen_socket(addr)?;
+    first.bind(&addr.into())?;
+    first.set_reuse_port(true)?;
+    first.listen(LISTEN_BACKLOG)?;
+    let listeners = join_group(first, cores)?;
+    Ok(CoreListeners {
+        listeners: listeners.into_iter().map(Into::into).collect(),
+        steering: None,
+    })
+}
+
+/// `first`, listening, and `cores - 1` more sockets joining its group on its address.
+fn join_group(first: socket2::Socket, cores: usize) -> io::Result<Vec<socket2::Socket>> {
+    // The port actually bound (port 0 picked one), for the other cores to join.
+    let bound = first
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("the router's socket has no IP address"))?;
+    let mut sockets = vec![first];
+    for _ in 1..cores.max(1) {
+        let socket = listen_socket(bound)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&bound.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
 /// Binds `cores` listeners (at least one) on `addr` in one `SO_REUSEPORT` group.
 ///
 /// When nobody listens on `addr`, that is all: the kernel spreads new connections over them by
@@ -58,19 +93,7 @@ pub fn bind_per_core_takeover(addr: SocketAddr, cores: usize) -> io::Result<Core
     let cores = cores.max(1);
     let first = listen_socket(addr)?;
     let joined = bind_or_join(&first, addr)?;
-    // The port actually bound (port 0 picked one), for the other cores to join.
-    let bound = first
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other("the router's socket has no IP address"))?;
-    let mut sockets = vec![first];
-    for _ in 1..cores {
-        let socket = listen_socket(bound)?;
-        socket.set_reuse_port(true)?;
-        socket.bind(&bound.into())?;
-        socket.listen(LISTEN_BACKLOG)?;
-        sockets.push(socket);
-    }
+    let sockets = join_group(first, cores)?;
     let steering = if joined {
         // Sockets join the group's list in `listen` order: the old router's first, then ours.
         let old = match listeners_like(&sockets[0]) {

@@ -571,3 +571,28 @@ async fn a_per_core_router_takes_over_then_spreads_over_its_cores() {
         "after the release both new cores get connections: {counts:?}"
     );
 }
+
+/// `berth up`'s router (`bind_per_core`): its cores share new connections, and it refuses a
+/// port anybody listens on, even a `SO_REUSEPORT` router's (two `berth up` must collide).
+#[tokio::test]
+async fn a_per_core_router_that_must_not_share_its_port_collides() {
+    let own = berth_router::bind_per_core("127.0.0.1:0".parse().expect("addr"), 2)
+        .expect("bind two cores on a free port");
+    assert!(own.steering.is_none());
+    let own: Vec<TcpListener> = own
+        .listeners
+        .into_iter()
+        .map(|l| TcpListener::from_std(l).expect("register"))
+        .collect();
+    let addr = own[0].local_addr().expect("addr");
+    let _streams = connect_many(addr, CONNECTIONS).await;
+    let counts = accept_counts(&[&own[0], &own[1]], CONNECTIONS).await;
+    assert!(counts.iter().all(|&n| n > 0), "cores share: {counts:?}");
+
+    let err = berth_router::bind_per_core(addr, 2).expect_err("the port is taken");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    let shared = bind_reuseport("127.0.0.1:0".parse().expect("addr")).expect("a node router");
+    let err = berth_router::bind_per_core(shared.local_addr().expect("addr"), 2)
+        .expect_err("a node router's port is taken too");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+}

@@ -216,19 +216,18 @@ pub(crate) async fn start_router(
                 first.base_url()
             )
         })?;
-    // A node's router binds with SO_REUSEPORT, one listener per core, so a restarted agent's
-    // router listens before the old one lets go and no client sees "connection refused".
-    // `berth up` binds plainly: two of them on one machine must collide loudly instead of
-    // sharing a port.
+    // One listener per core in an SO_REUSEPORT group. A node's router joins a running one's
+    // group and takes over, so a restarted agent's router listens before the old one lets go
+    // and no client sees "connection refused". `berth up`'s router takes the port only if
+    // nothing listens there: two of them on one machine must collide loudly, not share a port.
     let listen_error = || format!("cannot listen on {listen} for the router: pick another address");
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let plain = if opts.reuseport {
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        Listeners::PerCore(
-            berth_router::bind_per_core_takeover(listen, cores).with_context(listen_error)?,
-        )
+        berth_router::bind_per_core_takeover(listen, cores)
     } else {
-        Listeners::One(TcpListener::bind(listen).await.with_context(listen_error)?)
-    };
+        berth_router::bind_per_core(listen, cores)
+    }
+    .with_context(listen_error)?;
     let metrics = match opts.metrics {
         Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} for the router's metrics: pick another --metrics")
@@ -256,37 +255,16 @@ pub(crate) async fn start_router(
         berth_router::follow::follow_server_with(clients, id, handle.clone(), async move {
             let _ = s1.wait_for(|s| *s).await;
         });
-    let serving = match plain {
-        Listeners::One(listener) => {
-            let mut stop = stop;
-            tokio::spawn(berth_router::serve_with(
-                listener,
-                handle,
-                config,
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            ))
-        }
-        Listeners::PerCore(group) => {
-            if let Some(steering) = group.steering {
-                tokio::spawn(steering.release_when_alone());
-            }
-            serve_per_core(group.listeners, handle, config, stop)?
-        }
-    };
+    if let Some(steering) = plain.steering {
+        tokio::spawn(steering.release_when_alone());
+    }
+    let serving = serve_per_core(plain.listeners, handle, config, stop)?;
     Ok(tokio::spawn(async move {
         let (_, served) = tokio::join!(follower, serving);
         if let Err(err) = served {
             tracing::error!(%err, "the router stopped abnormally");
         }
     }))
-}
-
-/// The router's plain listeners: one on the process's runtime (`berth up`), or one per core.
-enum Listeners {
-    One(TcpListener),
-    PerCore(berth_router::CoreListeners),
 }
 
 /// Serves each of `listeners` on a thread of its own with a single-threaded runtime (a
