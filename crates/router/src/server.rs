@@ -113,16 +113,21 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
 /// - when nobody listens on `addr` (a first start, or port 0), this is [`bind_reuseport`]:
 ///   nothing to take over, no program attached.
 ///
-/// Not for one listener per core: each call would steer every connection to itself. Linux
-/// only (elsewhere it binds like [`bind_reuseport`], without steering). Must be called inside
-/// a Tokio runtime.
+/// It is [`crate::bind_per_core_takeover`] with one listener; for one listener per core, call
+/// that (calling this once per core would steer every connection to the last one). Linux only
+/// (elsewhere it binds like [`bind_reuseport`], without steering). Must be called inside a
+/// Tokio runtime.
 pub fn bind_reuseport_takeover(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = listen_socket(addr)?;
-    let joined = bind_or_join(&socket, addr)?;
-    if joined {
-        steer_new_connections_to(&socket)?;
-    }
-    TcpListener::from_std(socket.into())
+    // The one-listener case of a per-core takeover. Its steering need not be released: with
+    // one listener of ours, the program's position is past the group's end once the old
+    // router's sockets have gone, and the kernel's hash has only this listener to choose.
+    let group = crate::per_core::bind_per_core_takeover(addr, 1)?;
+    let listener = group
+        .listeners
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::other("no listener bound"))?;
+    TcpListener::from_std(listener)
 }
 
 /// Binds and listens on `addr`, joining the `SO_REUSEPORT` group of a router that already
@@ -156,21 +161,6 @@ pub(crate) fn listen_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
         let _ = socket.set_only_v6(false);
     }
     Ok(socket)
-}
-
-/// Makes the kernel hand every new connection of `socket`'s `SO_REUSEPORT` group to
-/// `socket`, which has just joined it (so is last in the group's list; see
-/// [`bind_reuseport_takeover`]).
-#[cfg(target_os = "linux")]
-fn steer_new_connections_to(socket: &socket2::Socket) -> io::Result<()> {
-    let index = match listeners_like(socket) {
-        Some(count) => count - 1,
-        None => {
-            tracing::warn!("cannot count the listeners on the router's address; assuming one");
-            1
-        }
-    };
-    attach_steering(socket, index)
 }
 
 /// Attaches to `socket`'s `SO_REUSEPORT` group a program that hands every new connection to
@@ -213,11 +203,6 @@ pub(crate) fn attach_steering(socket: &socket2::Socket, index: usize) -> io::Res
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn steer_new_connections_to(_socket: &socket2::Socket) -> io::Result<()> {
-    Ok(())
 }
 
 #[cfg(not(target_os = "linux"))]
