@@ -62,7 +62,7 @@ pub fn find(data_dir: &Path, keep: &HashSet<u32>) -> Vec<Orphan> {
         if !says_it_is(&entry.path(), instance) {
             continue;
         }
-        let Some(pgid) = process_group(pid) else {
+        let Some(pgid) = crate::record::proc_stat(pid).map(|stat| stat.pgrp) else {
             continue;
         };
         if keep.contains(&pgid) {
@@ -104,14 +104,6 @@ fn says_it_is(proc_dir: &Path, instance: &str) -> bool {
     environ
         .split(|&b| b == 0)
         .any(|var| var == wanted.as_bytes())
-}
-
-/// Field 5 of `/proc/PID/stat`: the process group.
-fn process_group(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // `rest` starts at field 3, so field 5 is at index 2.
-    rest.split_whitespace().nth(2)?.parse().ok()
 }
 
 #[cfg(test)]

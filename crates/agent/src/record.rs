@@ -112,11 +112,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The two fields of `/proc/<pid>/stat` the agent needs.
+/// The fields of `/proc/<pid>/stat` the agent needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcStat {
     /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead), …
     pub state: char,
+    /// Field 5: the process group (an instance's, for a workload the agent started).
+    pub pgrp: u32,
     /// Field 22: start time in clock ticks after boot.
     pub start_time: u64,
 }
@@ -135,8 +137,13 @@ pub fn parse_stat(content: &str) -> Option<ProcStat> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3, so field N is at index N - 3.
     let state = fields.first()?.chars().next()?;
+    let pgrp = fields.get(5 - 3)?.parse().ok()?;
     let start_time = fields.get(22 - 3)?.parse().ok()?;
-    Some(ProcStat { state, start_time })
+    Some(ProcStat {
+        state,
+        pgrp,
+        start_time,
+    })
 }
 
 /// Reads `/proc/<pid>/stat`; `None` when the process does not exist (or cannot be read).
@@ -161,6 +168,7 @@ mod tests {
             parse_stat(line),
             Some(ProcStat {
                 state: 'S',
+                pgrp: 4242,
                 start_time: 987654
             })
         );
