@@ -24,6 +24,7 @@ pub mod clock;
 mod error;
 pub mod http;
 pub mod keys;
+pub mod listen;
 pub mod placement;
 pub mod rollouts;
 pub mod state;
@@ -45,6 +46,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub store: Arc<dyn Store>,
     pub clock: Clock,
+    /// When set, the API speaks only TLS with this configuration (see [`listen::serve_api`]).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// What every handler and controller shares.
@@ -128,18 +131,18 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let tls = config.tls.clone();
     let shared = Shared::new(config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let watcher = tokio::spawn(table::follow_revisions(shared.clone(), stop_rx.clone()));
     let controller = tokio::spawn(rollouts::run_controller(shared.clone(), stop_rx.clone()));
     let app = http::router(shared.clone());
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await
-        .map_err(StartError::Serve);
+    let result = listen::serve_api(listener, app, tls, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await
+    .map_err(StartError::Serve);
     let _ = watcher.await;
     let _ = controller.await;
     result

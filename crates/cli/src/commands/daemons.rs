@@ -175,6 +175,7 @@ async fn start_server(
         data_dir: data_dir.to_path_buf(),
         store,
         clock: Clock::system(),
+        tls: None,
     };
     // Create the tokens now, so they exist before anyone needs them.
     berth_server::auth::load_or_create(data_dir, "admin.token")?;

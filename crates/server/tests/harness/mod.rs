@@ -99,6 +99,7 @@ impl Server {
             data_dir: dir.to_path_buf(),
             store: Arc::new(store),
             clock: Clock::system(),
+            tls: None,
         };
         let task = tokio::spawn(berth_server::serve(listener, config, async move {
             let _ = stopped.await;
