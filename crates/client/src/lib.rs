@@ -143,6 +143,24 @@ impl Client {
             .await
     }
 
+    /// `DELETE /v1/nodes/{node}` (admin): removes a node, its token and its instance records
+    /// (replaced elsewhere). A node that is up is refused (409) unless `force`. Answers
+    /// `{"node": NAME, "instances": N}`.
+    pub async fn remove_node(
+        &self,
+        node: &str,
+        force: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let query = if force {
+            vec![("force", "true".to_string())]
+        } else {
+            vec![]
+        };
+        let url = self.url(&["v1", "nodes", node], &query);
+        let what = format!("DELETE {}", url.path());
+        self.json(&what, self.request(Method::DELETE, url)).await
+    }
+
     /// `POST /v1/maintenance/{stack}/{service}` (admin): maintenance mode on or off.
     pub async fn maintenance(
         &self,

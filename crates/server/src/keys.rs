@@ -3,6 +3,8 @@
 //! ```text
 //! /nodes/NAME                      NodeRecord (registration; liveness is kept in memory)
 //! /node-tokens/NAME                hex SHA-256 of the node's credential
+//! /node-seen/NAME                  u64 ms: when a node that is down was last seen (written when
+//!                                  it goes down, deleted when it calls in again)
 //! /releases/STACK/ENV/NNNNNNNNNN   Release (immutable but for its status)
 //! /rollouts/STACK/ENV              RolloutRecord: the current or last rollout
 //! /instances/ID                    InstanceRecord: spec, what the server wants, what the agent saw
@@ -61,9 +63,20 @@ pub fn node(name: &str) -> String {
     format!("{NODES}{name}")
 }
 
+/// Prefix of the marks of nodes that are down.
+pub const NODE_SEEN: &str = "/node-seen/";
+
+/// The mark of a node that is down: when it was last seen (a JSON number of ms).
+pub fn node_seen(name: &str) -> String {
+    format!("{NODE_SEEN}{name}")
+}
+
+/// Prefix of every node credential's hash.
+pub const NODE_TOKENS: &str = "/node-tokens/";
+
 /// A node credential's hash.
 pub fn node_token(name: &str) -> String {
-    format!("/node-tokens/{name}")
+    format!("{NODE_TOKENS}{name}")
 }
 
 /// One instance.

@@ -65,10 +65,19 @@ pub struct Shared {
     /// When this server started (ms): a node not heard from since gets one TTL to call in
     /// before it counts as down (see [`table::node_is_up`]).
     pub started_ms: u64,
-    /// What each router has applied: router id → (table version, when, instances in it).
-    pub router_acks: Mutex<HashMap<String, table::RouterAck>>,
-    /// Node tokens already checked against the store: token hash hex → node name.
+    /// What each router has applied: router id → (table version, when, instances in it),
+    /// bounded and expiring (see [`table::RouterAcks`]).
+    pub router_acks: Mutex<table::RouterAcks>,
+    /// Node tokens known to be valid: token hash hex → node name (loaded at start, then
+    /// filled as tokens are checked against the store).
     pub node_tokens: Mutex<HashMap<String, String>>,
+    /// Failed authentications per source, for logging and throttling (see [`auth`]).
+    pub auth_failures: Mutex<auth::FailureLimiter>,
+    /// Nodes whose "down since" mark is in the store (`/node-seen/NAME`, see
+    /// [`table::follow_liveness`]), so a restarted server does not take them for up.
+    pub marked_down: Mutex<std::collections::HashSet<String>>,
+    /// Orders writes and deletes of those marks against the liveness they describe.
+    pub liveness_marks: tokio::sync::Mutex<()>,
     /// The instances in each recently served routing table, by version, so an acknowledgement
     /// of version V says which instances that router still routes to.
     pub tables: Mutex<table::RecentTables>,
@@ -107,6 +116,7 @@ impl Shared {
         let join = auth::load_or_create(&config.data_dir, "join.token")?;
         let rev = config.store.revision().await?;
         let started_ms = config.clock.now_ms();
+        let known = table::Known::load(config.store.as_ref()).await?;
         Ok(Arc::new(Shared {
             store: config.store,
             admin: auth::TokenHash::of(&admin),
@@ -114,10 +124,13 @@ impl Shared {
             clock: config.clock,
             revision: watch::channel(rev).0,
             kick: Notify::new(),
-            heartbeats: Mutex::new(HashMap::new()),
+            heartbeats: Mutex::new(known.last_seen),
             started_ms,
-            router_acks: Mutex::new(HashMap::new()),
-            node_tokens: Mutex::new(HashMap::new()),
+            router_acks: Mutex::new(table::RouterAcks::default()),
+            node_tokens: Mutex::new(known.node_tokens),
+            auth_failures: Mutex::new(auth::FailureLimiter::default()),
+            marked_down: Mutex::new(known.marked_down),
+            liveness_marks: tokio::sync::Mutex::new(()),
             tables: Mutex::new(table::RecentTables::default()),
             gc_reports: Mutex::new(HashMap::new()),
             pinned: Mutex::new(std::collections::HashSet::new()),
@@ -136,6 +149,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let watcher = tokio::spawn(table::follow_revisions(shared.clone(), stop_rx.clone()));
     let controller = tokio::spawn(rollouts::run_controller(shared.clone(), stop_rx.clone()));
+    let liveness = tokio::spawn(table::follow_liveness(shared.clone(), stop_rx.clone()));
     let app = http::router(shared.clone());
     let result = listen::serve_api(listener, app, tls, async move {
         shutdown.await;
@@ -145,5 +159,6 @@ pub async fn serve(
     .map_err(StartError::Serve);
     let _ = watcher.await;
     let _ = controller.await;
+    let _ = liveness.await;
     result
 }

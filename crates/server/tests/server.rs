@@ -174,8 +174,9 @@ async fn tokens_guard_every_route() {
             .desired("n1", None, Duration::ZERO)
             .await,
     );
-    // Re-registering issues a new token; the old one stops working.
-    let n1_again = joining
+    // Re-registering (with the node's own token: the join token registers only new names)
+    // issues a new token; the old one stops working.
+    let n1_again = node
         .register(&register_request("n1"))
         .await
         .expect("re-register n1")
@@ -211,10 +212,11 @@ async fn a_replaced_node_token_is_refused() {
         .desired("n1", None, Duration::ZERO)
         .await
         .expect("the first token works");
-    joining
+    server
+        .client(Some(&old))
         .register(&register_request("n1"))
         .await
-        .expect("re-register");
+        .expect("re-register with its own token");
     assert_unauthorized(
         "the replaced token",
         server
@@ -450,9 +452,10 @@ async fn a_rolling_update_keeps_capacity_and_drains_before_stopping() {
         timeline.clone(),
     )
     .await;
+    // A node token acknowledges only as the node's own router, `agent-NAME`.
     let router = Router::start(
         &server,
-        "r1",
+        "agent-n1",
         &agent.token,
         Duration::from_millis(300),
         timeline.clone(),

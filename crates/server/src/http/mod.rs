@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 
 use crate::error::ApiError;
@@ -23,6 +23,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/health", get(|| async { "ok\n" }))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/nodes/register", post(nodes::register))
+        .route("/v1/nodes/{name}", delete(nodes::remove))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
         .route("/v1/nodes/{name}/desired", get(nodes::desired))
         .route("/v1/nodes/{name}/{action}", post(nodes::set_draining))
@@ -88,47 +89,158 @@ impl Caller {
 }
 
 impl FromRequestParts<Arc<Shared>> for Caller {
-    type Rejection = ApiError;
+    /// A 401 (or a 429 with `Retry-After` for a source that failed too often), as a response:
+    /// the throttle needs a header an [`ApiError`] does not carry.
+    type Rejection = axum::response::Response;
 
-    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        shared: &Arc<Shared>,
+    ) -> Result<Self, axum::response::Response> {
+        use axum::response::IntoResponse;
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(ApiError::unauthorized)?
-            .trim();
-        if shared.admin.matches(token) {
-            return Ok(Caller::Admin);
+        let token = header.strip_prefix("Bearer ").map(str::trim);
+        if let Some(caller) = token.and_then(|t| known_caller(shared, t)) {
+            return Ok(caller);
         }
-        if shared.join.matches(token) {
-            return Ok(Caller::Joining);
-        }
-        // Node tokens are `NAME.SECRET`; the store keeps the hash of the whole token.
-        let (name, _) = token.split_once('.').ok_or_else(ApiError::unauthorized)?;
-        let hash = crate::auth::TokenHash::of(token);
-        let hex = hash.to_hex();
-        if let Ok(cache) = shared.node_tokens.lock() {
-            if cache.get(&hex).is_some_and(|n| n == name) {
-                return Ok(Caller::Node(name.to_string()));
+        // Not a credential this server holds in memory. A source over the limit gets no
+        // further look (no store read, no log line); a valid credential above was never
+        // refused, so nobody sharing the address with an attacker is locked out.
+        let now = shared.clock.now_ms();
+        if let Some(peer) = peer {
+            let throttled = shared
+                .auth_failures
+                .lock()
+                .ok()
+                .and_then(|l| l.throttled(peer.ip(), now));
+            if let Some(ms) = throttled {
+                return Err(too_many(ms));
             }
         }
-        let stored = shared.store.get(&keys::node_token(name)).await?;
-        let expected = stored
-            .and_then(|kv| String::from_utf8(kv.value).ok())
-            .and_then(|s| crate::auth::TokenHash::from_hex(&s));
-        match expected {
-            Some(expected) if expected.matches(token) => {
-                if let Ok(mut cache) = shared.node_tokens.lock() {
-                    cache.insert(hex, name.to_string());
+        if let Some(token) = token {
+            if let Some(name) = crate::auth::node_token_name(token) {
+                match stored_node_token(shared, name, token).await {
+                    Ok(true) => return Ok(Caller::Node(name.to_string())),
+                    Ok(false) => {}
+                    Err(e) => return Err(e.into_response()),
                 }
-                Ok(Caller::Node(name.to_string()))
             }
-            _ => Err(ApiError::unauthorized()),
         }
+        let why = match token {
+            None if header.is_empty() => "no bearer token",
+            None => "an Authorization header that is not `Bearer TOKEN`",
+            Some(_) => "a wrong token",
+        };
+        Err(auth_failed(shared, peer, parts.uri.path(), why, now))
     }
+}
+
+/// The caller a token names, if it is one the server holds in memory: the admin or join token,
+/// or a node token already checked against the store.
+fn known_caller(shared: &Shared, token: &str) -> Option<Caller> {
+    if shared.admin.matches(token) {
+        return Some(Caller::Admin);
+    }
+    if shared.join.matches(token) {
+        return Some(Caller::Joining);
+    }
+    let name = crate::auth::node_token_name(token)?;
+    let hex = crate::auth::TokenHash::of(token).to_hex();
+    let cache = shared.node_tokens.lock().ok()?;
+    cache
+        .get(&hex)
+        .is_some_and(|n| n == name)
+        .then(|| Caller::Node(name.to_string()))
+}
+
+/// Whether `token` is `name`'s node token as the store has it (remembered once it is).
+async fn stored_node_token(shared: &Shared, name: &str, token: &str) -> Result<bool, ApiError> {
+    let stored = shared.store.get(&keys::node_token(name)).await?;
+    let expected = stored
+        .and_then(|kv| String::from_utf8(kv.value).ok())
+        .and_then(|s| crate::auth::TokenHash::from_hex(&s));
+    match expected {
+        Some(expected) if expected.matches(token) => {
+            if let Ok(mut cache) = shared.node_tokens.lock() {
+                cache.insert(crate::auth::TokenHash::of(token).to_hex(), name.to_string());
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Counts and logs a failed authentication (the source and the path, never the token), and
+/// answers 401, or 429 if this failure crossed the source's limit.
+fn auth_failed(
+    shared: &Shared,
+    peer: Option<std::net::SocketAddr>,
+    path: &str,
+    why: &str,
+    now: u64,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(peer) = peer else {
+        tracing::warn!(%path, "authentication failed: {why}");
+        return ApiError::unauthorized().into_response();
+    };
+    let outcome = shared
+        .auth_failures
+        .lock()
+        .map(|mut l| l.record_failure(peer.ip(), now))
+        .unwrap_or(crate::auth::Failure::Counted);
+    match outcome {
+        crate::auth::Failure::Counted => {
+            tracing::warn!(source = %peer.ip(), %path, "authentication failed: {why}");
+            ApiError::unauthorized().into_response()
+        }
+        crate::auth::Failure::Throttled { penalty_ms } => {
+            tracing::warn!(
+                source = %peer.ip(),
+                %path,
+                "authentication failed: {why}; more than {} failures from this source in {} s: refusing it for {} s (429), without logging each failure",
+                crate::auth::FAILURES_ALLOWED,
+                crate::auth::FAILURE_WINDOW_MS / 1000,
+                penalty_ms / 1000
+            );
+            too_many(penalty_ms)
+        }
+        crate::auth::Failure::Suppressed => too_many(penalty_left(shared, peer, now)),
+    }
+}
+
+fn penalty_left(shared: &Shared, peer: std::net::SocketAddr, now: u64) -> u64 {
+    shared
+        .auth_failures
+        .lock()
+        .ok()
+        .and_then(|l| l.throttled(peer.ip(), now))
+        .unwrap_or(crate::auth::FIRST_PENALTY_MS)
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up).
+fn too_many(ms: u64) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let secs = ms.div_ceil(1000).max(1);
+    let mut response = ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        format!("too many failed authentications from this address: retry in {secs} s with a valid token (see DATA_DIR/admin.token)"),
+    )
+    .into_response();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, value);
+    }
+    response
 }
 
 /// Unwraps a JSON body or answers 400 with serde's message, which names the field and position.

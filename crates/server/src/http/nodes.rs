@@ -23,47 +23,69 @@ use crate::{auth, keys, table, Shared};
 const MAX_WAIT: Duration = Duration::from_secs(25);
 
 /// Registers (or re-registers) a node; answers its node credential.
+///
+/// The join token registers only a name nobody holds (it binds the name to the node token it
+/// issues); re-registering a bound name takes that node's current token or the admin token, so
+/// nobody holding the join token can take an existing node over (its address, its secrets).
+/// Registering does not count the node as up: it is up once it calls in with the new token.
 pub async fn register(
     State(shared): AppState,
     caller: Caller,
     req: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    if !matches!(caller, Caller::Joining | Caller::Admin) {
+    if !matches!(caller, Caller::Joining | Caller::Admin | Caller::Node(_)) {
         return Err(ApiError::unauthorized());
     }
     let req = body(req)?;
-    if req.name.is_empty()
-        || !req
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    {
+    if let Err(why) = auth::validate_node_name(&req.name) {
+        let shown: String = req.name.chars().take(64).collect();
+        let more = if req.name.chars().count() > 64 {
+            "…"
+        } else {
+            ""
+        };
         return Err(ApiError::invalid(
-            format!(
-                "name: `{}` is not a node name: use lower-case letters, digits, `-` and `.`",
-                req.name
-            ),
+            format!("name: `{shown}{more}` is not a node name: {why}"),
             vec![],
         ));
     }
-    let token = format!("{}.{}", req.name, auth::generate());
-    let previous = shared.store.get(&keys::node(&req.name)).await?;
+    if req.name == "register" {
+        return Err(ApiError::invalid(
+            "name: `register` is reserved (it is the registration endpoint's path): choose another node name",
+            vec![],
+        ));
+    }
+    if let Caller::Node(name) = &caller {
+        if *name != req.name {
+            return Err(ApiError::unauthorized());
+        }
+    }
+    let token = auth::new_node_token(&req.name);
+    let key = keys::node(&req.name);
+    let previous = shared.store.get(&key).await?;
+    if previous.is_some() && caller == Caller::Joining {
+        tracing::warn!(node = %req.name, "refused the join token for a node name already registered");
+        return Err(already_registered(&req.name));
+    }
     let mut record = NodeRecord {
         registration: req.clone(),
         registered_ms: shared.clock.now_ms(),
         draining: false,
     };
-    if let Some(kv) = previous {
+    if let Some(kv) = &previous {
         if let Ok(old) = serde_json::from_slice::<NodeRecord>(&kv.value) {
             record.draining = old.draining;
         }
     }
-    shared
+    // The record must still be what was read: two joins of one new name cannot both win, and a
+    // `berth node rm` meanwhile is not undone by a node token it just revoked.
+    let read = previous.as_ref().map(|kv| kv.mod_revision).unwrap_or(0);
+    let written = shared
         .store
         .txn(Txn {
-            compares: vec![],
+            compares: vec![Compare::mod_revision(&key, read)],
             success: vec![
-                Op::put(keys::node(&req.name), encode(&record)),
+                Op::put(&key, encode(&record)),
                 Op::put(
                     keys::node_token(&req.name),
                     auth::TokenHash::of(&token).to_hex().into_bytes(),
@@ -72,19 +94,29 @@ pub async fn register(
             failure: vec![],
         })
         .await?;
+    if !written.succeeded {
+        return Err(if caller == Caller::Joining {
+            already_registered(&req.name)
+        } else {
+            ApiError::conflict(format!(
+                "node {} changed while it registered: try again",
+                req.name
+            ))
+        });
+    }
     // The previous token of this node is no longer in the store: forget that it was checked.
     if let Ok(mut cache) = shared.node_tokens.lock() {
         cache.retain(|_, name| *name != req.name);
     }
-    mark_alive(&shared, &req.name);
     shared.kick.notify_one();
     Ok(Json(RegisterResponse { node_token: token }))
 }
 
-fn mark_alive(shared: &Shared, node: &str) {
-    if let Ok(mut h) = shared.heartbeats.lock() {
-        h.insert(node.to_string(), shared.clock.now_ms());
-    }
+/// 409 for the join token on a name already registered: what to do instead.
+fn already_registered(name: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "node {name} is already registered: re-registering it needs its current node token (its agent keeps it in DATA_DIR/node.token) or the admin token; the join token only registers new names. If the node's data directory was lost, remove the old node first with `berth node rm {name}`"
+    ))
 }
 
 use axum::extract::State;
@@ -98,7 +130,10 @@ pub async fn heartbeat(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_node(&name)?;
     let req = body(req)?;
-    mark_alive(&shared, &name);
+    // Only the node itself proves it is alive (an admin may call on its behalf).
+    if caller == Caller::Node(name.clone()) {
+        table::mark_alive(&shared, &name).await;
+    }
     if let Some(report) = &req.last_gc {
         if let Ok(mut reports) = shared.gc_reports.lock() {
             reports.insert(name.clone(), report.clone());
@@ -349,7 +384,9 @@ pub async fn desired(
     Query(q): Query<PollQuery>,
 ) -> Result<Json<DesiredInstances>, ApiError> {
     caller.require_node(&name)?;
-    mark_alive(&shared, &name);
+    if caller == Caller::Node(name.clone()) {
+        table::mark_alive(&shared, &name).await;
+    }
     // Secret values go to the node itself only; an admin looking at a node's desired set
     // sees the specs without them.
     let to_node = caller == Caller::Node(name.clone());
@@ -399,8 +436,12 @@ pub async fn routes(
     Query(q): Query<PollQuery>,
 ) -> Result<Json<RoutingTable>, ApiError> {
     caller.require_member()?;
+    if let Some(router) = &q.router {
+        table::check_router_id(&caller, router)?;
+    }
+    let by_admin = caller == Caller::Admin;
     if let (Some(router), Some(version)) = (&q.router, &q.version) {
-        table::record_ack(&shared, router, version);
+        table::record_ack(&shared, router, version, by_admin);
     }
     let result = long_poll(&shared, q.version.as_deref(), q.wait, || {
         let shared = shared.clone();
@@ -412,7 +453,7 @@ pub async fn routes(
     })
     .await?;
     if let (Some(router), Some(version)) = (&q.router, &q.version) {
-        table::record_ack(&shared, router, version);
+        table::record_ack(&shared, router, version, by_admin);
     }
     Ok(Json(result))
 }
@@ -517,4 +558,101 @@ pub async fn set_draining(
         .find(|n| n.name == name)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("node {name} vanished")))
+}
+
+/// `?force=true`: remove a node that is still up.
+#[derive(Debug, Deserialize)]
+pub struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// What `DELETE /v1/nodes/{name}` removed.
+#[derive(Debug, serde::Serialize)]
+pub struct Removed {
+    pub node: String,
+    /// Instance records that were on it; the controller places their replacements elsewhere.
+    pub instances: usize,
+}
+
+/// `DELETE /v1/nodes/{name}` (admin), `berth node rm NAME`: removes the node's record, its
+/// token (the name is free for the join token again) and its instance records, which the
+/// controller replaces on other nodes as for a lost node. A node that is up is refused without
+/// `force`: its agent would only register again (stop it first).
+pub async fn remove(
+    State(shared): AppState,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> Result<Json<Removed>, ApiError> {
+    caller.require_admin()?;
+    let key = keys::node(&name);
+    let Some(kv) = shared.store.get(&key).await? else {
+        return Err(ApiError::not_found(format!(
+            "no node named {name}: see `berth nodes`"
+        )));
+    };
+    let now = shared.clock.now_ms();
+    if !q.force && table::node_is_up(&shared, &name, now) {
+        return Err(ApiError::conflict(format!(
+            "node {name} is up: stop its agent first (a running agent registers again, with the join token), or remove it anyway with --force"
+        )));
+    }
+    let snapshot = Snapshot::load(shared.store.as_ref()).await?;
+    let on_node: Vec<&String> = snapshot
+        .instances
+        .iter()
+        .filter(|(_, r)| r.value.spec.node == name)
+        .map(|(id, _)| id)
+        .collect();
+    let mut compares = vec![Compare::mod_revision(&key, kv.mod_revision)];
+    let mut ops = vec![
+        Op::delete(&key),
+        Op::delete(keys::node_token(&name)),
+        Op::delete(keys::node_seen(&name)),
+    ];
+    for id in &on_node {
+        let ikey = keys::instance(id);
+        if let Some(rec) = snapshot.instances.get(*id) {
+            compares.push(Compare::mod_revision(&ikey, rec.mod_revision));
+        }
+        ops.push(Op::delete(ikey));
+    }
+    let done = shared
+        .store
+        .txn(Txn {
+            compares,
+            success: ops,
+            failure: vec![],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict(format!(
+            "node {name} or its instances changed meanwhile: try again"
+        )));
+    }
+    {
+        let _order = shared.liveness_marks.lock().await;
+        if let Ok(mut m) = shared.marked_down.lock() {
+            m.remove(&name);
+        }
+    }
+    if let Ok(mut cache) = shared.node_tokens.lock() {
+        cache.retain(|_, n| *n != name);
+    }
+    if let Ok(mut h) = shared.heartbeats.lock() {
+        h.remove(&name);
+    }
+    if let Ok(mut r) = shared.gc_reports.lock() {
+        r.remove(&name);
+    }
+    if let Ok(mut acks) = shared.router_acks.lock() {
+        acks.forget(&format!("agent-{name}"));
+    }
+    tracing::info!(node = %name, instances = on_node.len(), forced = q.force, "node removed");
+    shared.kick.notify_one();
+    Ok(Json(Removed {
+        node: name,
+        instances: on_node.len(),
+    }))
 }
