@@ -29,8 +29,11 @@ const POLL_WAIT: Duration = Duration::from_secs(20);
 pub struct NodeConfig {
     /// The server's base URL, e.g. `http://127.0.0.1:7070`.
     pub server: String,
-    /// The join token, used only to register.
+    /// The join token, used only to register a name the server does not know yet.
     pub join_token: String,
+    /// The node token of this node's last run, presented to register again (the join token
+    /// cannot re-register a known name). `None`: read `DATA_DIR/node.token`, if any.
+    pub previous_token: Option<String>,
     pub name: String,
     pub labels: BTreeMap<String, String>,
     /// Holds `node.token` and every instance's directory.
@@ -108,7 +111,12 @@ pub async fn run(
     })
     .await?;
     let anonymous = Client::new(&config.server, None)?;
+    let token = config
+        .previous_token
+        .clone()
+        .or_else(|| read_token(&config.data_dir.join("node.token")));
     let node = Node {
+        token: tokio::sync::Mutex::new(token),
         config,
         drivers,
         anonymous,
@@ -137,6 +145,8 @@ struct Node {
     /// What this node can run, as registered.
     drivers: Vec<DriverKind>,
     anonymous: Client,
+    /// The node's current credential, if it has one: what it registers again with.
+    token: tokio::sync::Mutex<Option<String>>,
     /// The client with this node's credential, once registered. A mutex, not a lock for
     /// readers, so two tasks needing a credential at once register only once.
     client: tokio::sync::Mutex<Option<Client>>,
@@ -169,8 +179,11 @@ impl Node {
 
     /// The client with the node credential. The agent registers on its first call after every
     /// start (so the server always has its current drivers, labels and resources), and again
-    /// whenever the server refuses the credential. The credential is also saved in
-    /// `node.token` for the agent's router.
+    /// whenever the server refuses the credential. It registers with its current node token;
+    /// only without one, or when the server no longer knows it (the node was removed, or the
+    /// server's store is new), with the join token, which the server accepts only for a name
+    /// not registered yet. The new credential is saved in `node.token` for the agent's router
+    /// and the next start.
     async fn client(&self, force_register: bool) -> Result<Client, ClientError> {
         let mut cached = self.client.lock().await;
         if !force_register {
@@ -186,10 +199,27 @@ impl Node {
             address: self.config.address.clone(),
             router: self.config.router.clone(),
         };
-        let joining = self
-            .anonymous
-            .with_token(Some(self.config.join_token.clone()))?;
-        let resp = joining.register(&req).await?;
+        let mut current = self.token.lock().await;
+        let mut resp = None;
+        if let Some(token) = current.clone() {
+            match self.anonymous.with_token(Some(token))?.register(&req).await {
+                Ok(r) => resp = Some(r),
+                Err(ClientError::Unauthorized { .. }) => {
+                    tracing::warn!(node = %self.config.name, "the server refused this node's token (was the node removed?): registering with the join token");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let resp = match resp {
+            Some(r) => r,
+            None => {
+                let joining = self
+                    .anonymous
+                    .with_token(Some(self.config.join_token.clone()))?;
+                joining.register(&req).await?
+            }
+        };
+        *current = Some(resp.node_token.clone());
         if let Err(e) = write_secret(&self.token_path(), &resp.node_token) {
             tracing::warn!(error = %e, "cannot save the node token; the agent will register again after a restart");
         }
@@ -389,6 +419,13 @@ impl Node {
             self.last_gc.send_replace(Some(report));
         }
     }
+}
+
+/// The credential in `path`, if there is one.
+fn read_token(path: &std::path::Path) -> Option<String> {
+    let token = std::fs::read_to_string(path).ok()?;
+    let token = token.trim();
+    (!token.is_empty()).then(|| token.to_string())
 }
 
 /// Writes a credential readable only by its owner.

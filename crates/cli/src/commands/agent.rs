@@ -34,9 +34,13 @@ const REGISTRATION_DEADLINE: Duration = Duration::from_secs(30);
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
     // The server's URL is the global `--server` (or BERTH_SERVER).
-    /// The join token (DATA_DIR/join.token on the server).
-    #[arg(long)]
-    join_token: String,
+    /// The join token (DATA_DIR/join.token on the server) on the command line, where every
+    /// local user can read it: prefer --join-token-file or BERTH_JOIN_TOKEN.
+    #[arg(long, value_name = "TOKEN")]
+    join_token: Option<String>,
+    /// A file holding the join token (a copy of the server's DATA_DIR/join.token, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    join_token_file: Option<PathBuf>,
     /// The node's name (default: the host name).
     #[arg(long)]
     name: Option<String>,
@@ -76,6 +80,11 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         "--metrics, --access-log, --tls-listen and --tls-cert configure the node's router: add --router ADDR"
     );
     let labels = parse_labels(&args.labels)?;
+    let join_token = join_token(
+        args.join_token.as_deref(),
+        args.join_token_file.as_deref(),
+        std::env::var("BERTH_JOIN_TOKEN").ok().as_deref(),
+    )?;
     let name = args.name.clone().unwrap_or_else(hostname);
     let router_id = format!("agent-{name}");
     let mut router_opts = args.router_opts.clone();
@@ -105,12 +114,15 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
             }
             Err(err) => return Err(err.into()),
         };
-        // The agent registers on every start and gets a new credential; the router waits for
+        // The agent registers on every start, presenting the credential of its last run (the
+        // join token cannot re-register a known name), and gets a new one; the router waits for
         // it, so the old one must not be mistaken for it.
+        let previous_token = read_token(&data_dir);
         let _ = std::fs::remove_file(data_dir.join("node.token"));
         let node = NodeConfig {
             server: server_url.clone(),
-            join_token: args.join_token.clone(),
+            join_token,
+            previous_token,
             name: name.clone(),
             labels,
             data_dir: data_dir.clone(),
@@ -200,6 +212,56 @@ fn stop_predecessor(pid: Option<u32>, data_dir: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// The join token from exactly one of `--join-token`, `--join-token-file` and
+/// `BERTH_JOIN_TOKEN`. A file others may read, or the token on the command line (where every
+/// local user sees it in `/proc/PID/cmdline`), gets a warning.
+fn join_token(
+    flag: Option<&str>,
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> anyhow::Result<String> {
+    let given = [flag.is_some(), file.is_some(), env.is_some()]
+        .iter()
+        .filter(|g| **g)
+        .count();
+    anyhow::ensure!(
+        given == 1,
+        "berth agent needs the join token (DATA_DIR/join.token on the server) exactly one way: --join-token-file FILE, BERTH_JOIN_TOKEN, or --join-token TOKEN; {}",
+        if given == 0 { "none was given" } else { "more than one was given" }
+    );
+    let token = if let Some(path) = file {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot read the join token file {}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "warning: the join token file {} can be read by other users (mode {mode:o}): run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the join token file {}", path.display()))?
+    } else if let Some(token) = env {
+        token.to_string()
+    } else {
+        eprintln!("warning: --join-token is visible to every local user in the process list; use --join-token-file FILE or BERTH_JOIN_TOKEN");
+        flag.unwrap_or_default().to_string()
+    };
+    let token = token.trim().to_string();
+    let source = match (file, env) {
+        (Some(path), _) => path.display().to_string(),
+        (None, Some(_)) => "BERTH_JOIN_TOKEN".to_string(),
+        _ => "--join-token".to_string(),
+    };
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the join token from {source} is empty: copy the server's DATA_DIR/join.token"
+    );
+    Ok(token)
+}
+
 /// The node token in `data_dir`, if there is one.
 fn read_token(data_dir: &Path) -> Option<String> {
     let token = std::fs::read_to_string(data_dir.join("node.token")).ok()?;
@@ -216,7 +278,7 @@ async fn wait_for_token(data_dir: &Path) -> anyhow::Result<String> {
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "the agent did not register within {REGISTRATION_DEADLINE:?}; check --server and --join-token"
+            "the agent did not register within {REGISTRATION_DEADLINE:?}; check --server, the join token, and the agent's log"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -363,6 +363,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         let node = NodeConfig {
             server: api_url.clone(),
             join_token: join,
+            previous_token: None,
             name: args.name.clone().unwrap_or_else(hostname),
             labels: parse_labels(&args.labels)?,
             data_dir: data_dir.join("agent"),
