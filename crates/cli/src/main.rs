@@ -51,6 +51,9 @@ enum Command {
     Events(cluster::EventsArgs),
     /// The nodes of the cluster.
     Nodes,
+    /// Manage one node: `berth node rm NAME` removes it from the cluster.
+    #[command(subcommand)]
+    Node(commands::node::Node),
     /// Move a node's instances elsewhere with zero downtime; it takes no new ones until undrained.
     Drain(cluster::DrainArgs),
     /// Let a drained node take new instances again.
@@ -98,6 +101,7 @@ fn main() {
         Command::Rollback(args) => cluster::rollback(args, g),
         Command::Events(args) => cluster::events(args, g),
         Command::Nodes => cluster::nodes(g),
+        Command::Node(which) => commands::node::run(which, g),
         Command::Drain(args) => cluster::drain(args, true, g),
         Command::Undrain(args) => cluster::drain(args, false, g),
         Command::Maintenance(args) => cluster::maintenance(args, g),

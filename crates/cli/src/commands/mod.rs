@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cluster;
 pub mod daemons;
 pub mod gc;
+pub mod node;
 pub mod plan;
 pub mod render;
 pub mod router_tls;
