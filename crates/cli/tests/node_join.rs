@@ -188,6 +188,19 @@ fn the_join_token_comes_from_a_file_or_the_environment_and_cannot_take_a_node_ov
         stderr(&out)
     );
 
+    // A name that is not a DNS name is refused before anything starts.
+    let out = common::run_command(
+        agent_command(
+            &up,
+            "web_1",
+            "e",
+            &["--join-token-file", private.to_str().unwrap()],
+        ),
+        Duration::from_secs(20),
+    );
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("not a node name"), "{}", stderr(&out));
+
     // A second agent claiming n2 with the join token (a fresh data dir, no node token) is
     // refused and says why; the real n2 stays ready.
     let mut thief = command([

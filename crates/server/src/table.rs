@@ -47,14 +47,21 @@ pub struct RouterAck {
 /// Every live router's last acknowledgement, by router id: bounded, and a router not heard
 /// from for [`ROUTER_LIVENESS_MS`] is forgotten. A pure core: time is passed in.
 #[derive(Debug, Default)]
-pub struct RouterAcks(HashMap<String, RouterAck>);
+pub struct RouterAcks(HashMap<String, RouterAck>, u64);
+
+/// How often expired acknowledgements are swept (a sweep walks every router).
+const ACK_SWEEP_EVERY_MS: u64 = 1_000;
 
 impl RouterAcks {
-    /// Records `ack` as router `id`'s, forgetting expired routers first and, for an admin
-    /// router beyond [`MAX_ADMIN_ROUTERS`], the admin router heard from longest ago.
+    /// Records `ack` as router `id`'s, forgetting expired routers first (swept at most once a
+    /// second) and, for an admin router beyond [`MAX_ADMIN_ROUTERS`], the admin router heard
+    /// from longest ago.
     pub fn record(&mut self, id: &str, ack: RouterAck, now_ms: u64) {
-        self.0
-            .retain(|_, a| now_ms.saturating_sub(a.at_ms) <= ROUTER_LIVENESS_MS);
+        if now_ms.saturating_sub(self.1) >= ACK_SWEEP_EVERY_MS {
+            self.0
+                .retain(|_, a| now_ms.saturating_sub(a.at_ms) <= ROUTER_LIVENESS_MS);
+            self.1 = now_ms;
+        }
         if ack.by_admin && !self.0.contains_key(id) {
             let admins = self.0.values().filter(|a| a.by_admin).count();
             if admins >= MAX_ADMIN_ROUTERS {

@@ -337,6 +337,37 @@ async fn a_node_down_before_a_restart_gets_no_grace_after_it() {
     server.stop().await;
 }
 
+/// Item 13, without a restart: a node going down is written down in the store within about a
+/// second (so a crash of the server loses at most that), and the mark goes when it returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_going_down_is_marked_in_the_store_and_unmarked_when_it_returns() {
+    use futures::StreamExt;
+    let (_dir, server) = fresh().await;
+    let mut agent = Agent::join(&server, "n1", all_healthy(), Timeline::default()).await;
+    agent.disconnect();
+    let marks = |kind: &'static str| {
+        let admin = server.admin.clone();
+        async move {
+            let events: Vec<_> = admin.events(false, None).collect().await;
+            let n = events
+                .iter()
+                .filter_map(|e| e.as_ref().ok())
+                .filter(|e| e.key == "/node-seen/n1" && e.kind == kind)
+                .count();
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(format!("{n} {kind} events of /node-seen/n1"))
+            }
+        }
+    };
+    eventually("n1's down mark", || marks("put")).await;
+    agent.connect(&server);
+    eventually("n1's mark removed", || marks("delete")).await;
+    assert_eq!(node_state(&server, "n1").await, Some(NodeState::Ready));
+    server.stop().await;
+}
+
 /// Item 1: `DELETE /v1/nodes/NAME` (`berth node rm`) refuses a node that is up unless forced,
 /// then removes the node, its token and its instance records; the instances are replaced on
 /// another node and the name is free for the join token again.

@@ -86,6 +86,16 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         std::env::var("BERTH_JOIN_TOKEN").ok().as_deref(),
     )?;
     let name = args.name.clone().unwrap_or_else(hostname);
+    if let Err(why) = berth_server::auth::validate_node_name(&name) {
+        anyhow::bail!(
+            "`{name}` is not a node name ({}): {why}; pass --name",
+            if args.name.is_some() {
+                "--name"
+            } else {
+                "the host name"
+            }
+        );
+    }
     let router_id = format!("agent-{name}");
     let mut router_opts = args.router_opts.clone();
     router_opts.reuseport = true;
