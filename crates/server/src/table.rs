@@ -398,6 +398,15 @@ async fn mark_down_nodes(shared: &Shared) {
         if node_is_up(shared, name, shared.clock.now_ms()) {
             continue;
         }
+        // Removed (`berth node rm`) since the list was read: nothing to mark.
+        match shared.store.get(&crate::keys::node(name)).await {
+            Ok(Some(_)) => {}
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(node = %name, error = %e, "cannot read the node to mark it down; retrying");
+                continue;
+            }
+        }
         let last = shared
             .heartbeats
             .lock()

@@ -104,9 +104,11 @@ pub async fn register(
             ))
         });
     }
-    // The previous token of this node is no longer in the store: forget that it was checked.
+    // The previous token of this node is no longer in the store: forget it, and know the new
+    // one at once (so its first use needs no store read, even from a throttled address).
     if let Ok(mut cache) = shared.node_tokens.lock() {
         cache.retain(|_, name| *name != req.name);
+        cache.insert(auth::TokenHash::of(&token).to_hex(), req.name.clone());
     }
     shared.kick.notify_one();
     Ok(Json(RegisterResponse { node_token: token }))
@@ -618,21 +620,22 @@ pub async fn remove(
         }
         ops.push(Op::delete(ikey));
     }
-    let done = shared
-        .store
-        .txn(Txn {
-            compares,
-            success: ops,
-            failure: vec![],
-        })
-        .await?;
-    if !done.succeeded {
-        return Err(ApiError::conflict(format!(
-            "node {name} or its instances changed meanwhile: try again"
-        )));
-    }
     {
+        // Under the liveness lock, so no down mark is written for the node meanwhile.
         let _order = shared.liveness_marks.lock().await;
+        let done = shared
+            .store
+            .txn(Txn {
+                compares,
+                success: ops,
+                failure: vec![],
+            })
+            .await?;
+        if !done.succeeded {
+            return Err(ApiError::conflict(format!(
+                "node {name} or its instances changed meanwhile: try again"
+            )));
+        }
         if let Ok(mut m) = shared.marked_down.lock() {
             m.remove(&name);
         }
