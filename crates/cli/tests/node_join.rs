@@ -129,12 +129,15 @@ fn the_join_token_comes_from_a_file_or_the_environment_and_cannot_take_a_node_ov
         up.dir(),
     );
     let token = std::fs::read_to_string(up.data_dir().join("join.token")).unwrap();
-    let mut with_env = agent_command(&up, "n3", "c", &[]);
+    // A dotted name, as EC2 host names are, authenticates like any other (item 7).
+    let mut with_env = agent_command(&up, "n3.example.com", "c", &[]);
     with_env.env("BERTH_JOIN_TOKEN", token.trim());
     let n3 = Proc::spawn(with_env, "n3", up.dir());
-    up.wait_until(Duration::from_secs(20), "n1, n2 and n3 ready", || {
-        nodes_ready(&up) == 3
-    });
+    up.wait_until(
+        Duration::from_secs(20),
+        "n1, n2 and n3.example.com ready",
+        || nodes_ready(&up) == 3,
+    );
     for p in [&n2, &n3] {
         assert!(
             !p.stderr_text().contains("warning"),
