@@ -262,3 +262,175 @@ async fn serve_connection<I>(
         tracing::debug!(%peer, error = %err, "API connection ended with an error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_millis(500);
+    /// A loaded CI machine may wake the guard late; it must still be well under "never".
+    const LATE: Duration = Duration::from_secs(5);
+
+    fn limits() -> ApiLimits {
+        ApiLimits {
+            head_timeout: LIMIT,
+            connections: ConnLimits::new(64, 16, 64),
+        }
+    }
+
+    fn app() -> axum::Router {
+        axum::Router::new()
+            .route("/v1/health", axum::routing::get(|| async { "ok\n" }))
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(LIMIT * 3).await;
+                    "done\n"
+                }),
+            )
+    }
+
+    fn tls_config() -> Arc<rustls::ServerConfig> {
+        let generated =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+        let key = rustls::pki_types::PrivateKeyDer::try_from(generated.signing_key.serialize_der())
+            .expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![generated.cert.der().clone()], key)
+        .expect("certificate");
+        Arc::new(config)
+    }
+
+    async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve_api_with(
+            listener,
+            app(),
+            tls,
+            limits(),
+            std::future::pending(),
+        ));
+        addr
+    }
+
+    /// How long until the server closes `stream`, which sends `first` and then nothing.
+    async fn closed_after(stream: &mut TcpStream, first: &[u8]) -> Duration {
+        let opened = Instant::now();
+        stream.write_all(first).await.expect("write");
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(LATE, async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("the server never closed the connection");
+        opened.elapsed()
+    }
+
+    #[tokio::test]
+    async fn a_stalled_tls_handshake_is_closed_at_the_head_timeout() {
+        let addr = start(Some(tls_config())).await;
+        // Nothing at all, then the start of a TLS record that never completes.
+        for first in [&b""[..], &[0x16, 0x03, 0x01, 0x02][..]] {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let after = closed_after(&mut stream, first).await;
+            assert!(
+                after >= LIMIT - Duration::from_millis(100),
+                "closed early: {after:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_or_slow_head_is_closed_but_a_long_request_is_not() {
+        let addr = start(None).await;
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        let after = closed_after(&mut idle, b"").await;
+        assert!(
+            after >= LIMIT - Duration::from_millis(100),
+            "closed early: {after:?}"
+        );
+        let mut partial = TcpStream::connect(addr).await.expect("connect");
+        closed_after(&mut partial, b"GET /v1/health HTTP/1.1\r\nHost: x\r\n").await;
+
+        // A request that takes three times the limit is answered, and the kept-alive
+        // connection is closed one limit after it.
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(LATE, async {
+            while !String::from_utf8_lossy(&raw).contains("done") {
+                let n = stream.read(&mut buf).await.expect("read");
+                assert!(
+                    n > 0,
+                    "closed during the request: {:?}",
+                    String::from_utf8_lossy(&raw)
+                );
+                raw.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("the long request was answered");
+        assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+        let idle_after = closed_after(&mut stream, b"").await;
+        assert!(
+            idle_after >= LIMIT - Duration::from_millis(100),
+            "the kept-alive connection closed {idle_after:?} after its response"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_cap_closes_an_idle_connection_for_a_newcomer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let limits = ApiLimits {
+            head_timeout: Duration::from_secs(60),
+            connections: ConnLimits::new(4, 0, 4),
+        };
+        tokio::spawn(serve_api_with(
+            listener,
+            app(),
+            None,
+            limits,
+            std::future::pending(),
+        ));
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        // Let the server admit all four before the newcomer.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut newcomer = TcpStream::connect(addr).await.expect("connect");
+        newcomer
+            .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut raw = Vec::new();
+        tokio::time::timeout(LATE, newcomer.read_to_end(&mut raw))
+            .await
+            .expect("answered")
+            .expect("read");
+        assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+        // The oldest idle connection made room: the server closed it.
+        closed_after(&mut idle[0], b"").await;
+    }
+}
