@@ -80,7 +80,6 @@ pub mod error;
 pub mod follow;
 #[doc(hidden)]
 pub mod fuzzing;
-mod head_guard;
 mod metrics;
 mod per_core;
 mod proxy;

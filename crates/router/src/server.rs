@@ -20,7 +20,10 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use tokio_rustls::TlsAcceptor;
 
-use crate::head_guard::{Activity, Tracked};
+use berth_net::head_guard::{Activity, Tracked};
+// The pause after a failed `accept` (e.g. out of file descriptors), shared with the API.
+use berth_net::ACCEPT_BACKOFF;
+
 use crate::proxy::{ConnInfo, Proxy};
 use crate::tls::TlsListener;
 use crate::RouterHandle;
@@ -28,15 +31,13 @@ use crate::RouterHandle;
 /// How long a connection with no request in progress may take to send the next request head
 /// before it is closed (slowloris guard; also the idle keep-alive limit). The default of
 /// [`RouterConfig::head_timeout`].
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HEADER_READ_TIMEOUT: Duration = berth_net::HEADER_READ_TIMEOUT;
 /// The most header fields a request may carry (HTTP/1.1); more gets `431`. hyper's default,
 /// which the router relies on rather than sets (see `serve_with`).
 pub const MAX_HEADERS: usize = 100;
 /// The largest request head, in bytes: hyper's read buffer for HTTP/1.1 (a head that does not
 /// fit gets `431`) and the HTTP/2 header-list limit.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop doesn't spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The listen backlog of [`bind_reuseport`]: room for a burst of connections while a core is
 /// busy (the kernel caps it at `net.core.somaxconn`).
 pub(crate) const LISTEN_BACKLOG: i32 = 4096;

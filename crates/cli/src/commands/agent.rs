@@ -71,6 +71,8 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         .clone()
         .context("berth agent needs --server URL (or BERTH_SERVER): the server it joins")?;
     init_logging();
+    // Every connection is a file: start with the most the system allows (issue 10).
+    berth_net::raise_fd_limit_or_warn();
     let data_dir = args
         .data_dir
         .clone()

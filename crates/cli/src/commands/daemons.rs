@@ -350,6 +350,8 @@ pub(crate) fn hostname() -> String {
 /// `berth up`: server, agent and router in one process.
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
     init_logging();
+    // Every connection is a file: start with the most the system allows (issue 10).
+    berth_net::raise_fd_limit_or_warn();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -416,6 +418,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
 /// `berth server`.
 pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     init_logging();
+    // Every connection is a file: start with the most the system allows (issue 10).
+    berth_net::raise_fd_limit_or_warn();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -434,6 +438,8 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
 /// `berth router`.
 pub fn router(args: RouterArgs, globals: &crate::context::Globals) -> anyhow::Result<()> {
     init_logging();
+    // Every connection is a file: start with the most the system allows (issue 10).
+    berth_net::raise_fd_limit_or_warn();
     let client = globals.client()?;
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
