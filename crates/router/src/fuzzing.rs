@@ -38,7 +38,8 @@
 //! - requests are routed by the target's authority when it has one (absolute-form,
 //!   authority-form, HTTP/2's `:authority`), else by `Host`; the router itself answers 400 to
 //!   more than one `Host` header, to an HTTP/1.1 request with neither `Host` nor an authority,
-//!   and to userinfo in the authority, and 405 with `Allow` to CONNECT, counts those as
+//!   to userinfo in the authority and to an HTTP/2 `Host` other than `:authority`, 431 to an
+//!   HTTP/2 request with more than 100 fields, and 405 with `Allow` to CONNECT, counts those as
 //!   unrouted and forwards none of them;
 //! - every answer is the one its route calls for: 404 with `no route for HOST/PATH` when no
 //!   route matches, the maintenance page with `Retry-After: 120`, `no healthy instance` 503s
@@ -47,7 +48,8 @@
 //!   the answer to *this* request, not another's;
 //! - no hop-by-hop header crosses the proxy in either direction (including those the other
 //!   side's `Connection` names), except `Upgrade` on a protocol switch; the instance gets the
-//!   routed host as `Host` and `X-Forwarded-Host`, `X-Forwarded-For` ending with the client,
+//!   routed host as `Host` and `X-Forwarded-Host` (none without a host), `X-Forwarded-For` that
+//!   is exactly the client (it is no trusted proxy: its own claims and `Forwarded` go),
 //!   `X-Forwarded-Proto`, exactly one `X-Request-Id` (the client's first when it is valid,
 //!   else a valid new one), the origin-form target, HTTP/1.1, and a body as long as the client's
 //!   `Content-Length`;
@@ -386,6 +388,7 @@ fn table(specs: &[RouteSpec], addrs: &Addrs) -> Arc<RouteTable> {
                 .collect(),
             limits: spec.limits,
             maintenance: spec.maintenance.clone(),
+            timeout_ms: None,
         })
         .collect();
     Arc::new(RouteTable { routes })
@@ -521,10 +524,13 @@ async fn exchange(input: &Input<'_>, handle: &RouterHandle, state: &Shared) -> R
             SocketAddr::from((CLIENT_IP, 40_000))
         },
         tls: input.options.tls,
+        trusted: false,
     };
     let proxy = Arc::new(Proxy {
         handle: handle.clone(),
         access_log: input.options.access_log,
+        body_timeout: crate::BODY_TIMEOUT,
+        response_timeout: crate::RESPONSE_TIMEOUT,
     });
     // Exactly as `serve_with` builds it.
     let http = crate::server::http_builder();
@@ -968,7 +974,9 @@ const CONNECT_ALLOW: &[u8] = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// The answer the router must make without routing, if any: 400 to several `Host` headers
 /// (RFC 9112 §3.2), to none on HTTP/1.1 when the target has no authority, to userinfo in the
-/// authority (RFC 9110 §4.2.4); then 405 to CONNECT.
+/// authority (RFC 9110 §4.2.4), to an HTTP/2 `Host` that differs from `:authority` (RFC 9113
+/// §8.3.1); 431 to an HTTP/2 request with more than 100 fields (cookie crumbs as one); then
+/// 405 to CONNECT.
 fn refusal<B>(request: &Request<B>) -> Option<(StatusCode, &'static str)> {
     let hosts = request.headers().get_all(header::HOST).iter().count();
     let authority = request.uri().authority();
@@ -976,8 +984,28 @@ fn refusal<B>(request: &Request<B>) -> Option<(StatusCode, &'static str)> {
         Some((StatusCode::BAD_REQUEST, "more than one Host header\n"))
     } else if authority.is_some_and(|a| a.as_str().contains('@')) {
         Some((StatusCode::BAD_REQUEST, "userinfo in the request target\n"))
+    } else if request.version() == Version::HTTP_2
+        && authority.is_some_and(|a| {
+            request
+                .headers()
+                .get(header::HOST)
+                .is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()))
+        })
+    {
+        Some((
+            StatusCode::BAD_REQUEST,
+            "the Host header differs from :authority\n",
+        ))
     } else if hosts == 0 && authority.is_none() && request.version() == Version::HTTP_11 {
         Some((StatusCode::BAD_REQUEST, "no Host header\n"))
+    } else if request.version() == Version::HTTP_2 && {
+        let cookies = request.headers().get_all(header::COOKIE).iter().count();
+        request.headers().len() - cookies.saturating_sub(1) > crate::server::MAX_HEADERS
+    } {
+        Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many header fields\n",
+        ))
     } else if request.method() == Method::CONNECT {
         Some((
             StatusCode::METHOD_NOT_ALLOWED,
@@ -1293,17 +1321,24 @@ fn check_forwarded(record: &Record, up: &UpRecord, info: ConnInfo) -> Result<(),
             "X-Forwarded-Host {:?}",
             values(h, "x-forwarded-host")
         );
+    } else {
+        // The fuzzed client is no trusted proxy: what it claims is not passed on.
+        ensure!(
+            values(h, "x-forwarded-host").is_empty(),
+            "an untrusted client's X-Forwarded-Host {:?} was forwarded",
+            values(h, "x-forwarded-host")
+        );
     }
+    ensure!(
+        values(h, "forwarded").is_empty(),
+        "an untrusted client's Forwarded {:?} was forwarded",
+        values(h, "forwarded")
+    );
     let forwarded_for = values(h, "x-forwarded-for");
     let client = info.remote.ip().to_canonical().to_string();
     ensure!(
-        forwarded_for.len() == 1
-            && forwarded_for[0]
-                .rsplit(|&b| b == b',')
-                .next()
-                .map(<[u8]>::trim_ascii)
-                == Some(client.as_bytes()),
-        "X-Forwarded-For {forwarded_for:?} does not end with {client}"
+        forwarded_for == [client.as_bytes()],
+        "X-Forwarded-For {forwarded_for:?} is not exactly {client} (the client is not trusted)"
     );
     let proto: &[u8] = if info.tls { b"https" } else { b"http" };
     ensure!(

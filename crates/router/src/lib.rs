@@ -89,6 +89,7 @@ mod service;
 pub mod stats;
 pub mod table;
 pub mod tls;
+pub mod trust;
 mod upstream;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -97,12 +98,14 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 pub use per_core::{bind_per_core, bind_per_core_takeover, CoreListeners, Steering};
+pub use proxy::{BODY_TIMEOUT, MAX_ATTEMPTS, RESPONSE_TIMEOUT};
 pub use server::{
     bind_reuseport, bind_reuseport_takeover, serve, serve_with, RouterConfig, FIRST_REQUEST_GRACE,
 };
 pub use stats::{RouterStats, StatusClasses};
 pub use table::{Endpoint, Limits, Maintenance, RouteEntry, RouteTable};
 pub use tls::{TlsConfig, TlsError, TlsListener};
+pub use trust::{Cidr, CidrError};
 
 use compiled::{CompiledTable, Registry};
 use stats::Counters;
