@@ -662,7 +662,8 @@ async fn answer(
         }
     }
     strip_marker_token(request.headers_mut());
-    let refusal = refusal(&request);
+    // The marker header goes on below, before the proxy counts the fields.
+    let refusal = refusal(&request, 1);
     let host = normalize_host(request_host(&request)).into_owned();
     let path = request.uri().path().to_owned();
     let live = handle.table();
@@ -975,9 +976,10 @@ const CONNECT_ALLOW: &[u8] = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 /// The answer the router must make without routing, if any: 400 to several `Host` headers
 /// (RFC 9112 §3.2), to none on HTTP/1.1 when the target has no authority, to userinfo in the
 /// authority (RFC 9110 §4.2.4), to an HTTP/2 `Host` that differs from `:authority` (RFC 9113
-/// §8.3.1); 431 to an HTTP/2 request with more than 100 fields (cookie crumbs as one); then
+/// §8.3.1); 431 to an HTTP/2 request with more than 100 fields (cookie crumbs as one; `added`
+/// fields the harness puts on before the proxy sees it count too); then
 /// 405 to CONNECT.
-fn refusal<B>(request: &Request<B>) -> Option<(StatusCode, &'static str)> {
+fn refusal<B>(request: &Request<B>, added: usize) -> Option<(StatusCode, &'static str)> {
     let hosts = request.headers().get_all(header::HOST).iter().count();
     let authority = request.uri().authority();
     if hosts > 1 {
@@ -1000,7 +1002,7 @@ fn refusal<B>(request: &Request<B>) -> Option<(StatusCode, &'static str)> {
         Some((StatusCode::BAD_REQUEST, "no Host header\n"))
     } else if request.version() == Version::HTTP_2 && {
         let cookies = request.headers().get_all(header::COOKIE).iter().count();
-        request.headers().len() - cookies.saturating_sub(1) > crate::server::MAX_HEADERS
+        request.headers().len() + added - cookies.saturating_sub(1) > crate::server::MAX_HEADERS
     } {
         Some((
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -332,7 +332,7 @@ pub struct RouterConfig {
     /// head before it is closed: the slowloris guard, which also ends idle keep-alive (and
     /// HTTP/2) connections. `None`: [`HEADER_READ_TIMEOUT`].
     pub head_timeout: Option<Duration>,
-    /// How long a small request body (up to [`crate::proxy::REPLAY_LIMIT`], read before it is
+    /// How long a small request body (up to 64 KiB, read whole before it is
     /// forwarded) may take to arrive; past it the client gets `408` and the instance nothing.
     /// `None`: [`BODY_TIMEOUT`].
     pub body_timeout: Option<Duration>,
