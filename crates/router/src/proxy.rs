@@ -640,15 +640,16 @@ impl Proxy {
                     let now = now_nanos();
                     let next = route.pick(Some(i), now);
                     let elsewhere = next.is_some_and(|n| n != i);
-                    // Failing over from an instance that failed to one the router holds for
-                    // live costs the service no extra work: the budget is for retries when
-                    // the whole service is failing (every endpoint ejected) or on the same one.
-                    let live_elsewhere = next
-                        .is_some_and(|n| n != i && !route.endpoints[n].upstream.is_ejected(now));
-                    let live_elsewhere = live_elsewhere
-                        && next.is_some_and(|n| {
-                            route.endpoints[n].endpoint.addr != target.endpoint.addr
-                        });
+                    // Failing over from an instance that failed to another one the router
+                    // holds for live costs the service no extra work: the budget is for
+                    // retries when the whole service is failing (every endpoint ejected) or on
+                    // the same instance.
+                    let live_elsewhere = next.is_some_and(|n| {
+                        let other = &route.endpoints[n];
+                        n != i
+                            && other.endpoint.addr != target.endpoint.addr
+                            && !other.upstream.is_ejected(now)
+                    });
                     written += u8::from(err.was_written());
                     let retry = !last
                         && written < 2
