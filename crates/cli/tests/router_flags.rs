@@ -5,8 +5,14 @@
 
 mod common;
 
+use std::time::Duration;
+
+use common::process::Proc;
 use common::up::BerthUp;
-use common::{assert_exit, assert_no_panic, free_port, http, run, stderr, temp_dir, write_file};
+use common::{
+    assert_exit, assert_no_panic, command_of, free_port, http, poll_until, run, stderr, temp_dir,
+    write_file,
+};
 
 /// Each daemon that runs a router, with the arguments it needs to get as far as parsing them.
 fn daemons() -> Vec<Vec<&'static str>> {
@@ -91,6 +97,10 @@ fn berth_up_guards_metrics_with_the_token_file() {
         "--trusted-proxy",
         "10.0.0.0/8",
     ]);
+    // /v1/health answers before the router's listeners are up.
+    up.wait_until(Duration::from_secs(30), "the metrics listener", || {
+        http::get(metrics, "/metrics").is_ok()
+    });
     let anonymous = http::get(metrics, "/metrics").expect("scrape without a token");
     assert_eq!(
         anonymous.status,
@@ -110,4 +120,36 @@ fn berth_up_guards_metrics_with_the_token_file() {
         "{}",
         right.text()
     );
+}
+
+#[test]
+fn berth_router_takes_the_metrics_token_from_the_environment() {
+    let up = BerthUp::start();
+    let metrics: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let listen: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut cmd = command_of(
+        &up.dir().join("berth"),
+        [
+            "router",
+            "--listen",
+            &listen.to_string(),
+            "--metrics",
+            &metrics.to_string(),
+        ],
+    );
+    cmd.env("BERTH_SERVER", up.api_url())
+        .env("BERTH_TOKEN", up.token())
+        .env("BERTH_METRICS_TOKEN", "from-the-env");
+    let edge = Proc::spawn(cmd, "berth-router", up.dir());
+    let listening = poll_until(Duration::from_secs(30), || {
+        http::get(metrics, "/metrics").is_ok() || edge.try_exit().is_some()
+    });
+    assert!(
+        listening && edge.try_exit().is_none(),
+        "berth router did not start"
+    );
+    let anonymous = http::get(metrics, "/metrics").expect("scrape without a token");
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    let right = http::get_auth(metrics, "/metrics", "from-the-env").expect("scrape");
+    assert_eq!(right.status, 200, "{}", right.text());
 }
