@@ -191,3 +191,42 @@ impl ProxyError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_slow_client_body_is_the_clients_fault_and_never_retried() {
+        // What the access log's `error` and `fault` fields say for item 12's 408.
+        let err = ProxyError::ClientBodyTimeout {
+            after: Duration::from_secs(30),
+        };
+        assert_eq!(
+            (err.fault(), err.kind()),
+            (Fault::Client, "client_body_timeout")
+        );
+        assert!(!err.retry_safe(true) && !err.ejects());
+    }
+
+    #[test]
+    fn timeouts_and_bad_responses_are_the_instances_and_never_retried() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        for err in [
+            ProxyError::ResponseTimeout {
+                addr,
+                after: Duration::from_secs(1),
+            },
+            ProxyError::BadResponse {
+                addr,
+                reason: "both Content-Length and Transfer-Encoding",
+            },
+        ] {
+            assert_eq!(err.fault(), Fault::Upstream, "{err}");
+            assert!(!err.retry_safe(true), "{err}");
+            assert!(err.was_written(), "{err}");
+            assert!(!err.ejects(), "slow or odd is not dead: {err}");
+        }
+    }
+}
