@@ -54,7 +54,7 @@
 //!   else a valid new one), the origin-form target, HTTP/1.1, and a body as long as the client's
 //!   `Content-Length`;
 //! - the instance receives no request the client did not send (no smuggling), each client
-//!   request at most twice (one retry);
+//!   request at most twice (one retry), an idempotent one at most once per attempt;
 //! - the bytes the client gets are well-formed HTTP/1.x responses, in request order, each with
 //!   the status and body the proxy produced, hop-by-hop free, then at most one of hyper's own
 //!   error answers; after a `101`, exactly the instance's tunnel bytes; or well-formed HTTP/2
@@ -1929,7 +1929,8 @@ fn check_settled(handle: &RouterHandle, state: &State) -> Result<(), String> {
             );
         }
     }
-    // Every upstream request came from a client request, which was sent at most twice.
+    // Every upstream request came from a client request, which was sent at most twice, or
+    // when it is idempotent at most once per attempt.
     let mut forwarded: HashMap<&[u8], usize> = HashMap::new();
     for (seq, up) in state.upstream.iter().enumerate() {
         let markers = values(&up.headers, X_FUZZ_DOWN.as_str());
@@ -1956,9 +1957,22 @@ fn check_settled(handle: &RouterHandle, state: &State) -> Result<(), String> {
                 .any(|r| r.refusal.is_some() && r.marker.as_bytes() == markers[0]),
             "upstream request {seq} is a request the router had to refuse"
         );
+        let idempotent = state
+            .records
+            .iter()
+            .find(|r| r.marker.as_bytes() == markers[0])
+            .is_some_and(|r| {
+                matches!(r.method, Method::GET | Method::HEAD | Method::OPTIONS)
+                    || r.headers.contains_key("idempotency-key")
+            });
+        let most = if idempotent {
+            usize::from(crate::MAX_ATTEMPTS)
+        } else {
+            2
+        };
         let count = forwarded.entry(markers[0]).or_default();
         *count += 1;
-        ensure!(*count <= 2, "a request was sent upstream {count} times");
+        ensure!(*count <= most, "a request was sent upstream {count} times");
     }
     let stats = handle.stats();
     let unrouted = expected.remove(&None).unwrap_or_default();

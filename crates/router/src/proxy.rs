@@ -20,7 +20,8 @@
 //! Failing over to an endpoint that is not ejected is free: the instance that failed is
 //! ejected (or its connection was dead), so the retry adds no load to a failing service, and a
 //! `GET` that meets a killed instance is answered by a live one however many died at once (up
-//! to [`MAX_ATTEMPTS`] endpoints per request). When every other endpoint is ejected too — the
+//! to [`MAX_ATTEMPTS`] endpoints per request; a request that is not idempotent goes out on a
+//! connection at most twice). When every other endpoint is ejected too — the
 //! whole service failing — or the only one is the same, one retry at most, paid from the
 //! service's retry budget (retries add at most 20% to its requests, plus a reserve).
 //!
@@ -528,8 +529,10 @@ impl Proxy {
         let mut returned: Option<Request<UpBody>> = None;
         // The endpoint the retry decision chose, so the retry goes where it was judged safe.
         let mut chosen: Option<usize> = None;
-        // Attempts whose request went out on a connection (at most two), and whether the
-        // retry budget paid for one already (at most once).
+        // Attempts whose request went out on a connection, and whether the retry budget paid
+        // for one already (at most once). A request that is not idempotent goes out at most
+        // twice; an idempotent one may meet as many dying instances as it has attempts.
+        let max_written = if idempotent { max_attempts } else { 2 };
         let mut written = 0u8;
         let mut paid = false;
         let mut head = Some(head);
@@ -652,7 +655,7 @@ impl Proxy {
                     });
                     written += u8::from(err.was_written());
                     let retry = !last
-                        && written < 2
+                        && written < max_written
                         && err.retry_safe(idempotent)
                         && can_replay
                         && (elsewhere || !err.ejects())

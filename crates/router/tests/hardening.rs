@@ -695,3 +695,27 @@ async fn failing_over_from_an_instance_killed_mid_load_is_not_limited_by_the_ret
     }
     assert_eq!(statuses, [(200, N)].into_iter().collect(), "{statuses:?}");
 }
+
+#[tokio::test]
+async fn a_get_that_meets_two_instances_dying_in_turn_is_answered_by_the_third() {
+    // Each of the first two instances reads the request and is killed before answering: the
+    // GET went out twice, and still must not get a 502 while a live instance is there.
+    let first = fake(|_| None).await;
+    let second = fake(|_| None).await;
+    let live = fake(|_| ok()).await;
+    let handle = RouterHandle::with_table(table(&[first.addr, second.addr, live.addr], None));
+    let addr = router(handle, RouterConfig::default()).await;
+    let answer = tokio::spawn(async move { raw(addr, &get("/")).await });
+    for dying in [&first, &second] {
+        within("the request reaches the next dying instance", async {
+            while dying.requests() == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        dying.kill.send_replace(true);
+    }
+    let (status, text) = within("answer", answer).await.expect("task");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(live.requests(), 1);
+}
