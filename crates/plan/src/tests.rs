@@ -247,6 +247,7 @@ fn in_place_fields_do_not_replace() {
         path: "/".into(),
         port: "http".into(),
         limits: None,
+        timeout: None,
     });
     b.rollout.strategy = Strategy::Canary;
     b.depends_on = vec!["api".into()];

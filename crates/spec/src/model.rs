@@ -135,6 +135,10 @@ pub struct Route {
     /// Overload protection in the routers, as Twitter's TFE did: no app is overloaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// `route.timeout`: how long an instance may take to send its response head before the
+    /// router answers 504 (a hung backend must not hold clients). `None`: the router's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
 }
 
 /// At most `concurrency` requests in flight to the service (per router), then up to `queue`

@@ -79,7 +79,7 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         .unwrap_or_else(|| default_data_dir().join("agent"));
     anyhow::ensure!(
         args.router.is_some() || !args.router_opts.any_given(),
-        "--metrics, --access-log, --tls-listen and --tls-cert configure the node's router: add --router ADDR"
+        "--metrics, --metrics-token-file, --access-log, --tls-listen, --tls-cert and --trusted-proxy configure the node's router: add --router ADDR"
     );
     let labels = parse_labels(&args.labels)?;
     let join_token = join_token(

@@ -48,6 +48,22 @@ pub struct RouterOpts {
         requires = "tls_listen"
     )]
     tls_cert: Vec<super::router_tls::TlsCert>,
+    /// A proxy or load balancer in front of the router whose `X-Forwarded-For`,
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` are believed (the router appends the peer to
+    /// `X-Forwarded-For`); repeat it for more. CIDR is a network (`10.0.0.0/8`, `fd00::/8`) or
+    /// one address. Default: none, so the router replaces a client's claims with what it saw.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_trusted_proxy)]
+    trusted_proxies: Vec<berth_router::Cidr>,
+    /// Require `Authorization: Bearer TOKEN` on `/metrics` (else 401), TOKEN being this file's
+    /// first line. Without it, `BERTH_METRICS_TOKEN` holds the token if set; with neither,
+    /// `/metrics` is open to whoever reaches `--metrics`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        value_parser = parse_token_file,
+        requires = "metrics"
+    )]
+    metrics_token_file: Option<MetricsToken>,
     /// Set by `berth agent` and `berth router`, not a flag: bind the router with SO_REUSEPORT.
     #[arg(skip)]
     pub(crate) reuseport: bool,
@@ -61,7 +77,57 @@ impl RouterOpts {
             || self.access_log
             || self.tls_listen.is_some()
             || !self.tls_cert.is_empty()
+            || !self.trusted_proxies.is_empty()
+            || self.metrics_token_file.is_some()
     }
+
+    /// The metrics token: `--metrics-token-file`'s, else `BERTH_METRICS_TOKEN`'s (trimmed;
+    /// empty counts as unset).
+    fn metrics_token(&self) -> Option<String> {
+        if let Some(MetricsToken(token)) = &self.metrics_token_file {
+            return Some(token.clone());
+        }
+        std::env::var(METRICS_TOKEN_ENV)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+/// The environment variable that holds the metrics token when no `--metrics-token-file` is
+/// given (an environment variable, unlike an argument, is not readable by every local user).
+const METRICS_TOKEN_ENV: &str = "BERTH_METRICS_TOKEN";
+
+/// A metrics token read from `--metrics-token-file`. Its `Debug` never shows the token.
+#[derive(Clone)]
+pub struct MetricsToken(String);
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(…)")
+    }
+}
+
+/// `--metrics-token-file FILE`: the token is the file's first line; a missing, unreadable or
+/// empty file is a usage error (exit 2) naming the file.
+fn parse_token_file(path: &str) -> Result<MetricsToken, String> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        format!("cannot read {path}: {err}; put the metrics token on its first line")
+    })?;
+    let token = text.lines().next().unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err(format!(
+            "{path} is empty: put the metrics token on its first line"
+        ));
+    }
+    Ok(MetricsToken(token.to_owned()))
+}
+
+/// `--trusted-proxy CIDR`: a bad network is a usage error (exit 2) that says what is wrong.
+fn parse_trusted_proxy(value: &str) -> Result<berth_router::Cidr, String> {
+    value
+        .parse()
+        .map_err(|err: berth_router::CidrError| err.to_string())
 }
 
 /// A router listener (plain or HTTPS): for a node's router, with SO_REUSEPORT and new
@@ -249,6 +315,8 @@ pub(crate) async fn start_router(
         metrics,
         access_log: opts.access_log,
         tls,
+        trusted_proxies: opts.trusted_proxies.clone(),
+        metrics_token: opts.metrics_token(),
         ..Default::default()
     };
     let mut s1 = stop.clone();
@@ -279,14 +347,11 @@ fn serve_per_core(
     config: berth_router::RouterConfig,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let access_log = config.access_log;
+    let sibling = config.sibling();
     let mut first = Some(config);
     let mut cores = Vec::with_capacity(listeners.len());
     for (core, listener) in listeners.into_iter().enumerate() {
-        let config = first.take().unwrap_or_else(|| berth_router::RouterConfig {
-            access_log,
-            ..Default::default()
-        });
+        let config = first.take().unwrap_or_else(|| sibling.sibling());
         let (handle, mut stop) = (handle.clone(), stop.clone());
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()

@@ -46,7 +46,7 @@ const HEALTH_FIELDS: &[&str] = &[
     "healthy",
     "unhealthy",
 ];
-const ROUTE_FIELDS: &[&str] = &["host", "path", "port", "limits"];
+const ROUTE_FIELDS: &[&str] = &["host", "path", "port", "limits", "timeout"];
 const LIMITS_FIELDS: &[&str] = &["concurrency", "queue", "queue_timeout"];
 const ROLLOUT_FIELDS: &[&str] = &[
     "strategy",
@@ -570,7 +570,7 @@ fn positive_duration(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Duration>
 }
 
 /// `route:` — host, path (default `/`), and an explicit port: exposing a port to the router is
-/// never implicit.
+/// never implicit; optional `limits` and `timeout` (the response-head timeout, above 0).
 fn route(
     ctx: &mut Ctx,
     node: &Node,
@@ -648,11 +648,15 @@ fn route(
     let limits = f
         .get("limits")
         .and_then(|n| limits(ctx, n, &format!("{path}.limits")));
+    let timeout = f
+        .get("timeout")
+        .and_then(|n| positive_duration(ctx, n, &format!("{path}.timeout")));
     let route = Route {
         host,
         path: route_path,
         port: port.unwrap_or_default(),
         limits,
+        timeout,
     };
     (Some(route), at)
 }
