@@ -51,7 +51,7 @@ pub async fn status(
             let desired = release
                 .as_ref()
                 .and_then(|r| r.value.spec.services.get(&name))
-                .map(|s| s.replicas * regions)
+                .map(|s| s.replicas.saturating_mul(regions))
                 .unwrap_or(0);
             let instances: Vec<InstanceView> = snapshot
                 .instances
