@@ -20,7 +20,7 @@ use crate::{keys, Shared};
 /// Builds the API's router.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/v1/health", get(|| async { "ok\n" }))
+        .route("/v1/health", get(status::health))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/nodes/register", post(nodes::register))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))

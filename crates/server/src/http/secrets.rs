@@ -55,6 +55,28 @@ fn check_names(stack: &str, name: Option<&str>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses a value that could not be an environment variable's: longer than
+/// [`MAX_VALUE_BYTES`], or holding a NUL byte (which no environment can carry: the instance
+/// would fail at start with a misleading message). Used by the handler and the fuzz target.
+pub fn check_value(req: &SecretPut) -> Result<(), ApiError> {
+    if req.value.len() > MAX_VALUE_BYTES {
+        return Err(ApiError::invalid(
+            format!(
+                "value: {} bytes is more than the {MAX_VALUE_BYTES} bytes a secret may hold",
+                req.value.len()
+            ),
+            vec![],
+        ));
+    }
+    if let Some(at) = req.value.find('\0') {
+        return Err(ApiError::invalid(
+            format!("value: contains a NUL byte (\\0) at byte {at}, which no environment variable can hold: remove it"),
+            vec![],
+        ));
+    }
+    Ok(())
+}
+
 /// `PUT /v1/secrets/{stack}/{name}` with `{"value": "…"}`: sets the value and bumps the
 /// version. Answers the secret's name and new version (never the value).
 pub async fn put(
@@ -66,15 +88,7 @@ pub async fn put(
     caller.require_admin()?;
     check_names(&stack, Some(&name))?;
     let req = body(req)?;
-    if req.value.len() > MAX_VALUE_BYTES {
-        return Err(ApiError::invalid(
-            format!(
-                "value: {} bytes is more than the {MAX_VALUE_BYTES} bytes a secret may hold",
-                req.value.len()
-            ),
-            vec![],
-        ));
-    }
+    check_value(&req)?;
     let version_key = keys::secret_version(&stack, &name);
     // Two writers racing bump the counter once each: the compare makes the loser retry.
     for _ in 0..5 {
@@ -141,6 +155,10 @@ fn views(
 
 /// `DELETE /v1/secrets/{stack}/{name}`: forgets the value. Running instances keep theirs;
 /// the next deploy of a service that declares it is refused until it is set again.
+///
+/// The value is also erased from the store's history and the file compacted
+/// ([`berth_store::Store::forget`]), so it cannot be read back from `state.redb` afterwards
+/// (instance records of instances started with it keep it while they exist).
 pub async fn delete(
     State(shared): AppState,
     caller: Caller,
@@ -148,11 +166,13 @@ pub async fn delete(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_admin()?;
     check_names(&stack, Some(&name))?;
-    if !shared.store.delete(&keys::secret(&stack, &name)).await? {
+    let key = keys::secret(&stack, &name);
+    if !shared.store.delete(&key).await? {
         return Err(ApiError::not_found(format!(
             "stack {stack} has no secret {name}: see `berth secret list {stack}`"
         )));
     }
+    shared.store.forget(&key).await?;
     Ok(Json(
         serde_json::json!({ "stack": stack, "name": name, "deleted": true }),
     ))
