@@ -84,7 +84,10 @@ fn big_node(up: &BerthUp, name: &str, stop: Arc<AtomicBool>) -> std::thread::Joi
         up.api(),
         "POST",
         "/v1/nodes/register",
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
         body.as_bytes(),
     )
     .expect("register");
@@ -101,7 +104,10 @@ fn big_node(up: &BerthUp, name: &str, stop: Arc<AtomicBool>) -> std::thread::Joi
                 api,
                 "POST",
                 &format!("/v1/nodes/{name}/heartbeat"),
-                &[("Authorization", &auth), ("Content-Type", "application/json")],
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/json"),
+                ],
                 br#"{"statuses":[]}"#,
             );
             std::thread::sleep(Duration::from_millis(200));
@@ -135,10 +141,7 @@ fn the_largest_stack_neither_starves_another_deploy_nor_delays_sigterm() {
 
     let small = write_file(up.dir(), "small.yaml", SMALL);
     let started = Instant::now();
-    let out = cli(
-        &up,
-        &["deploy", "-f", &small, "--env", "local", "--wait"],
-    );
+    let out = cli(&up, &["deploy", "-f", &small, "--env", "local", "--wait"]);
     assert_exit(&out, 0);
     assert!(
         started.elapsed() < Duration::from_secs(30),

@@ -95,7 +95,8 @@ pub(crate) fn place_all(
             .collect();
         // Never in proportion to `need`: it is a count from a stack file, and what can be placed
         // is bounded by the nodes, not by the ask (`replicas: 4294967295` reserved 68 GB here).
-        plan.placements.reserve((gs.need as usize).min(PLACEMENT_RESERVE));
+        plan.placements
+            .reserve((gs.need as usize).min(PLACEMENT_RESERVE));
         let mut placed = 0;
         while placed < gs.need {
             let Some(Reverse((key, tag, b))) = heap.pop() else {

@@ -163,9 +163,11 @@ pub fn place_many(
     let plan = berth_scheduler::schedule(&nodes, &existing, &demands, &SchedulerConfig::new(seed));
     let mut out = vec![Placed::default(); wants.len()];
     for p in &plan.placements {
-        let (Some(slot), Some(want), Some(node)) =
-            (out.get_mut(p.demand), wants.get(p.demand), nodes.get(p.node))
-        else {
+        let (Some(slot), Some(want), Some(node)) = (
+            out.get_mut(p.demand),
+            wants.get(p.demand),
+            nodes.get(p.node),
+        ) else {
             continue;
         };
         // Instances lost on a down node are replaced by the scheduler too; the controller

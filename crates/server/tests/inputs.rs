@@ -33,9 +33,11 @@ async fn a_count_beyond_the_bound_is_refused_with_400_naming_the_field() {
     let (message, details) = invalid(server.admin.plan(&req).await);
     assert!(message.contains("not valid"), "{message}");
     assert!(
-        details.iter().any(|d| d.contains("--set web.replicas=4294967295")
-            && d.contains("services.web.replicas")
-            && d.contains("no larger than 10000")),
+        details
+            .iter()
+            .any(|d| d.contains("--set web.replicas=4294967295")
+                && d.contains("services.web.replicas")
+                && d.contains("no larger than 10000")),
         "{details:?}"
     );
     let (_, details) = invalid(server.admin.deploy(&req).await);
@@ -51,7 +53,13 @@ async fn a_count_beyond_the_bound_is_refused_with_400_naming_the_field() {
         details,
         ["stack.yaml:8:15: services.web.replicas: expected a non-negative integer no larger than 10000, got 10001"]
     );
-    assert!(server.admin.status(None).await.expect("status").stacks.is_empty());
+    assert!(server
+        .admin
+        .status(None)
+        .await
+        .expect("status")
+        .stacks
+        .is_empty());
     server.stop().await;
 }
 
@@ -82,7 +90,8 @@ async fn nul_bytes_are_refused_in_deploys_and_secrets() {
             .await,
     );
     assert!(
-        details.len() == 1 && details[0].contains("services.web.process.command[1]: contains a NUL byte"),
+        details.len() == 1
+            && details[0].contains("services.web.process.command[1]: contains a NUL byte"),
         "{details:?}"
     );
     let (message, _) = invalid(server.admin.set_secret("shop", "TOKEN", "ab\0cd").await);
@@ -112,9 +121,7 @@ async fn a_deleted_secret_value_is_gone_from_the_store_file() {
     let file = dir.path().join("state.redb");
     let contains = |needle: &str| {
         let bytes = std::fs::read(&file).expect("read the store file");
-        bytes
-            .windows(needle.len())
-            .any(|w| w == needle.as_bytes())
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
     };
     assert!(contains(value), "the value is in the file while it is set");
     server

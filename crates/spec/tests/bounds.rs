@@ -77,7 +77,8 @@ fn nul_bytes_are_refused_where_they_are_written() {
     let arg = STACK.replace("[berth, whoami]", "[berth, \"who\\0ami\"]");
     let m = messages(render(arg.as_bytes(), "staging", &[]));
     assert!(
-        m.len() == 1 && m[0].starts_with("f:7:33: services.web.process.command[1]: contains a NUL byte"),
+        m.len() == 1
+            && m[0].starts_with("f:7:33: services.web.process.command[1]: contains a NUL byte"),
         "{m:?}"
     );
     // A raw NUL byte in the file is refused too (by the parser or here), never accepted.

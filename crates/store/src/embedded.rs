@@ -488,9 +488,7 @@ impl Db {
     }
 
     fn init_in(&self, db: &Database) -> Result<(), StoreError> {
-        let wtx = db
-            .begin_write()
-            .map_err(|e| self.err("initialising", e))?;
+        let wtx = db.begin_write().map_err(|e| self.err("initialising", e))?;
         {
             let kv = wtx
                 .open_table(KV)
@@ -687,10 +685,17 @@ fn is_io(e: &StoreError) -> bool {
     match source.downcast_ref::<redb::Error>() {
         Some(redb::Error::Io(_) | redb::Error::PreviousIo) => true,
         Some(_) => false,
-        None => source.downcast_ref::<std::io::Error>().is_some()
-            || source.downcast_ref::<redb::StorageError>().is_some_and(|e| {
-                matches!(e, redb::StorageError::Io(_) | redb::StorageError::PreviousIo)
-            }),
+        None => {
+            source.downcast_ref::<std::io::Error>().is_some()
+                || source
+                    .downcast_ref::<redb::StorageError>()
+                    .is_some_and(|e| {
+                        matches!(
+                            e,
+                            redb::StorageError::Io(_) | redb::StorageError::PreviousIo
+                        )
+                    })
+        }
     }
 }
 
@@ -830,7 +835,8 @@ impl Inner {
                     }
                 }
                 for (rev, bytes) in &rewrites {
-                    log.insert(*rev, bytes.as_slice()).map_err(|e| w(e.into()))?;
+                    log.insert(*rev, bytes.as_slice())
+                        .map_err(|e| w(e.into()))?;
                 }
             }
             wtx.commit().map_err(|e| w(e.into()))

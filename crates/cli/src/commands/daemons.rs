@@ -499,7 +499,9 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
         );
         terminated().await;
         let _ = stop_tx.send(true);
-        within_grace(server).await.context("the server task panicked")?
+        within_grace(server)
+            .await
+            .context("the server task panicked")?
     })
 }
 
