@@ -134,6 +134,25 @@ async fn a_deleted_secret_value_is_gone_from_the_store_file() {
         "the deleted value is still readable in {}",
         file.display()
     );
+    // A rotated value is erased too; the current one stays readable by the server.
+    let first = "berth-issue10-rotated-away-91d0";
+    server
+        .admin
+        .set_secret("shop", "API_KEY", first)
+        .await
+        .expect("set");
+    server
+        .admin
+        .set_secret("shop", "API_KEY", "berth-issue10-current-5b2e")
+        .await
+        .expect("rotate");
+    assert!(!contains(first), "the rotated-away value is still readable");
+    assert!(contains("berth-issue10-current-5b2e"));
+    server
+        .admin
+        .delete_secret("shop", "API_KEY")
+        .await
+        .expect("delete");
     // Other secrets are untouched.
     let names: Vec<String> = server
         .admin

@@ -431,32 +431,101 @@ impl Db {
         }
     }
 
-    /// Compacts the file (redb moves live pages down and truncates the rest), so freed pages
-    /// holding erased values are gone. Waits for open reads to finish; the caller holds the
-    /// store's write lock.
-    fn compact(&self) -> Result<(), StoreError> {
+    /// Rewrites the file: every table is copied into a new file beside it (0600), which then
+    /// replaces the old one. Only live data is copied, so values erased from the tables are gone
+    /// from the file (redb's own compaction leaves freed pages in place). Waits for open reads
+    /// to finish; the caller holds the store's write lock.
+    fn vacuum(&self) -> Result<(), StoreError> {
         let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
-        let Some(handle) = guard.as_mut() else {
+        let Some(old) = guard.as_ref() else {
             return Err(StoreError::Unavailable(format!(
                 "the store file {} is closed after an I/O error",
                 self.path.display()
             )));
         };
-        // Each call moves what it can; a few rounds reach the end.
-        for _ in 0..16 {
-            match handle.compact() {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    return Err(StoreError::Storage {
-                        path: self.path.clone(),
-                        op: "compacting",
-                        source: Box::new(e),
-                    })
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".vacuum");
+        let tmp = PathBuf::from(tmp);
+        let io = |op: &'static str| {
+            let path = self.path.clone();
+            move |e: std::io::Error| StoreError::Storage {
+                path,
+                op,
+                source: Box::new(e),
+            }
+        };
+        let _ = std::fs::remove_file(&tmp);
+        private_file(&tmp).map_err(io("creating the rewritten file"))?;
+        let copied = (|| {
+            let new = Database::create(&tmp).map_err(|e| map_redb(&tmp, "rewriting", e.into()))?;
+            let w = |e: redb::Error| map_redb(&tmp, "rewriting", e);
+            let rtx = old.begin_read().map_err(|e| self.err("rewriting", e))?;
+            let mut wtx = new.begin_write().map_err(|e| w(e.into()))?;
+            wtx.set_durability(Durability::Immediate)
+                .map_err(|e| StoreError::Storage {
+                    path: tmp.clone(),
+                    op: "setting durability",
+                    source: Box::new(e),
+                })?;
+            {
+                let from = rtx.open_table(KV).map_err(|e| self.err("rewriting", e))?;
+                let mut to = wtx.open_table(KV).map_err(|e| w(e.into()))?;
+                for entry in from.iter().map_err(|e| self.err("rewriting", e))? {
+                    let (k, v) = entry.map_err(|e| self.err("rewriting", e))?;
+                    to.insert(k.value(), v.value()).map_err(|e| w(e.into()))?;
+                }
+                let from = rtx
+                    .open_table(CHANGES)
+                    .map_err(|e| self.err("rewriting", e))?;
+                let mut to = wtx.open_table(CHANGES).map_err(|e| w(e.into()))?;
+                for entry in from.iter().map_err(|e| self.err("rewriting", e))? {
+                    let (k, v) = entry.map_err(|e| self.err("rewriting", e))?;
+                    to.insert(k.value(), v.value()).map_err(|e| w(e.into()))?;
+                }
+                let from = rtx.open_table(META).map_err(|e| self.err("rewriting", e))?;
+                let mut to = wtx.open_table(META).map_err(|e| w(e.into()))?;
+                for entry in from.iter().map_err(|e| self.err("rewriting", e))? {
+                    let (k, v) = entry.map_err(|e| self.err("rewriting", e))?;
+                    to.insert(k.value(), v.value()).map_err(|e| w(e.into()))?;
                 }
             }
+            wtx.commit().map_err(|e| w(e.into()))
+        })();
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        Ok(())
+        // Close the old file, put the new one in its place, and open it.
+        drop(guard.take());
+        let renamed =
+            std::fs::rename(&tmp, &self.path).map_err(io("replacing it by the rewritten file"));
+        if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        let reopened = Self::create(&self.path, &self.pid_file);
+        match (renamed, reopened) {
+            (Ok(()), Ok(db)) => {
+                *guard = Some(db);
+                Ok(())
+            }
+            (Err(e), Ok(db)) => {
+                let _ = std::fs::remove_file(&tmp);
+                *guard = Some(db);
+                Err(e)
+            }
+            (_, Err(e)) => {
+                let err = e.to_string();
+                drop(guard);
+                self.mark_broken(&StoreError::Storage {
+                    path: self.path.clone(),
+                    op: "reopening after a rewrite",
+                    source: Box::new(std::io::Error::other(err)),
+                });
+                Err(e)
+            }
+        }
     }
 
     /// A durable write that changes no key and no revision: is the file writable?
@@ -794,8 +863,8 @@ impl Inner {
         db.recover()
     }
 
-    /// See [`Store::forget`]: blanks `key`'s values in every change-log entry, then compacts
-    /// the file so the pages that held them are gone.
+    /// See [`Store::forget`]: blanks `key`'s values in every change-log entry, then rewrites
+    /// the file ([`Db::vacuum`]) so the pages that held them are gone.
     fn forget(&self, key: &str) -> Result<(), StoreError> {
         let db = &*self.db;
         let _serial = self
@@ -845,7 +914,7 @@ impl Inner {
             db.mark_broken(e);
         }
         scrubbed?;
-        db.compact()
+        db.vacuum()
     }
 
     /// Runs one transaction: evaluate, apply, log, compact, commit durably, then publish.

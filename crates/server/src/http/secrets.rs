@@ -78,7 +78,8 @@ pub fn check_value(req: &SecretPut) -> Result<(), ApiError> {
 }
 
 /// `PUT /v1/secrets/{stack}/{name}` with `{"value": "…"}`: sets the value and bumps the
-/// version. Answers the secret's name and new version (never the value).
+/// version. Replacing a value erases the old one from the store's history (as `DELETE` does).
+/// Answers the secret's name and new version (never the value).
 pub async fn put(
     State(shared): AppState,
     caller: Caller,
@@ -113,6 +114,10 @@ pub async fn put(
             })
             .await?;
         if resp.succeeded {
+            // A rotation: the old value must not stay readable in the store's history either.
+            if last > 0 {
+                shared.store.forget(&keys::secret(&stack, &name)).await?;
+            }
             return Ok(Json(SecretView {
                 stack,
                 name,
