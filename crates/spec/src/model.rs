@@ -480,6 +480,13 @@ impl FromStr for Percent {
     }
 }
 
+/// The most replicas a service may ask for in one region (`replicas`, a `max_surge` or
+/// `max_unavailable` count, `--set web.replicas=N`). Far above what one berth cluster runs, and
+/// low enough that nothing sized by a count (the scheduler's placements, the rollout's instance
+/// records, one controller pass) can exhaust memory or time: `replicas: 4294967295` used to
+/// validate and then abort the server on a 68 GB allocation.
+pub const MAX_REPLICAS: u32 = 10_000;
+
 /// A count of instances or a percentage of the desired count (`max_surge: 1`, `max_surge: 25%`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Amount {

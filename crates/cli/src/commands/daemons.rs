@@ -224,6 +224,78 @@ async fn open_store(data_dir: &Path, spec: Option<&str>) -> anyhow::Result<Arc<E
     Ok(Arc::new(store))
 }
 
+/// How long `berth up` and `berth server` wait for their parts to stop after SIGTERM or
+/// SIGINT: the default `stop_grace` of a service. Past it (or on a second signal) the process
+/// exits anyway with status 1 and says so: a stop must never hang on a busy controller.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits for `parts` to finish after a stop was requested, within [`SHUTDOWN_GRACE`]; exits the
+/// process (status 1) past it or on a second signal.
+async fn within_grace<T>(parts: impl std::future::Future<Output = T>) -> T {
+    tokio::select! {
+        out = parts => out,
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            eprintln!("berth: still stopping after {}s; exiting now (the store recovers on the next start)", SHUTDOWN_GRACE.as_secs());
+            std::process::exit(1);
+        }
+        _ = terminated() => {
+            eprintln!("berth: second signal; exiting now");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Creates the data directory with mode 0700, or tightens an existing one to 0700 with a
+/// warning: it holds the store (secret values), the tokens and the agent's instance records.
+/// Tightening rather than refusing, so a directory made by an older berth (0755) keeps working;
+/// the warning says the secrets in it may have been read.
+pub(crate) fn secure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read the data directory {}", dir.display()))?;
+    anyhow::ensure!(
+        meta.is_dir(),
+        "the data directory {} is not a directory: pick another --data-dir",
+        dir.display()
+    );
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| {
+            format!(
+                "the data directory {} is mode {mode:04o}, readable by other users, and cannot be set to 0700: run `chmod 700 {}`",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        eprintln!(
+            "warning: the data directory {} was mode {mode:04o}, readable by other users; set it to 0700. Secrets and tokens stored there may have been read: rotate them if others use this machine.",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes a file of the data directory with mode 0600 (created so, never briefly wider).
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(content.as_bytes())
+}
+
 /// Starts the API server in the background; returns its task.
 async fn start_server(
     data_dir: &Path,
@@ -231,8 +303,7 @@ async fn start_server(
     api: SocketAddr,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    secure_data_dir(data_dir)?;
     let store = open_store(data_dir, store_spec).await?;
     let listener = TcpListener::bind(api).await.with_context(|| {
         format!("cannot listen on {api} for the API: is another berth running? pick another --api")
@@ -422,7 +493,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let server = start_server(&data_dir, None, args.api, stop_rx.clone()).await?;
         let api_url = format!("http://{}", args.api);
-        std::fs::write(data_dir.join("api.url"), &api_url).with_context(|| format!("cannot write {}/api.url", data_dir.display()))?;
+        write_private(&data_dir.join("api.url"), &api_url).with_context(|| format!("cannot write {}/api.url", data_dir.display()))?;
         let admin = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_string();
         let join = std::fs::read_to_string(data_dir.join("join.token"))?.trim().to_string();
         let admin_client = Client::new(&api_url, Some(admin))?;
@@ -473,10 +544,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         terminated().await;
         println!("stopping; instances keep running and are adopted by the next `berth up`");
         let _ = stop_tx.send(true);
-        let _ = agent.await;
-        let _ = router.await;
-        server.await.context("the server task panicked")??;
-        Ok(())
+        within_grace(async move {
+            let _ = agent.await;
+            let _ = router.await;
+            server.await.context("the server task panicked")?
+        })
+        .await
     })
 }
 
@@ -496,7 +569,9 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
         );
         terminated().await;
         let _ = stop_tx.send(true);
-        server.await.context("the server task panicked")?
+        within_grace(server)
+            .await
+            .context("the server task panicked")?
     })
 }
 

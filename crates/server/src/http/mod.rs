@@ -35,7 +35,7 @@ pub fn stack_file_limit() -> String {
 /// Builds the API's router.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/v1/health", get(|| async { "ok\n" }))
+        .route("/v1/health", get(status::health))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/nodes/register", post(nodes::register))
         .route("/v1/nodes/{name}", delete(nodes::remove))
