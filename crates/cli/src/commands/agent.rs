@@ -85,7 +85,10 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         let mut router: Option<Router> = None;
         let lock = match DataDirLock::acquire(&data_dir) {
             Ok(lock) => lock,
-            Err(LockError::Held { pid, .. }) if args.replace => {
+            // Taking over from `berth up` would stop its server and router too: refuse.
+            Err(LockError::Held { pid, holder, .. })
+                if args.replace && holder.as_deref() != Some(berth_agent::lock::HOLDER_UP) =>
+            {
                 if let Some(addr) = args.router {
                     // The predecessor's credential is still valid until this agent registers.
                     let token = read_token(&data_dir).with_context(|| {

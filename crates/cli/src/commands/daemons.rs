@@ -351,6 +351,10 @@ pub(crate) fn hostname() -> String {
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
     init_logging();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    // berth up supervises instances: like every agent it holds DATA_DIR/agent's lock (the
+    // directory a `berth agent` defaults to), so a second agent there is refused instead of
+    // adopting and restarting them. Held until the process ends.
+    let _agent_lock = berth_agent::lock::DataDirLock::acquire_as(&data_dir.join("agent"), berth_agent::lock::HOLDER_UP)?;
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let server = start_server(&data_dir, None, args.api, stop_rx.clone()).await?;
