@@ -77,6 +77,10 @@ pub struct SupervisorConfig {
     pub gc_disk_threshold: f64,
     /// How often that filesystem is looked at (every minute by default).
     pub gc_disk_every: Duration,
+    /// The address this node's instances are reached at (`berth agent --address`; 127.0.0.1
+    /// by default): containers publish their ports on loopback and on it, never on every
+    /// interface (see [`docker::publish_addresses`]).
+    pub node_address: std::net::IpAddr,
 }
 
 impl SupervisorConfig {
@@ -100,6 +104,7 @@ impl SupervisorConfig {
                 .filter(|p| (0.0..=100.0).contains(p))
                 .map_or(0.85, |p| p / 100.0),
             gc_disk_every: Duration::from_secs(60),
+            node_address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -133,6 +138,11 @@ impl Supervisor {
         config: SupervisorConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Supervisor> {
+        let mut config = config;
+        config.docker = config
+            .docker
+            .take()
+            .map(|d| d.with_node_address(config.node_address));
         let mut driver = ProcessDriver::new(&config.data_dir).with_log_config(config.logs);
         if let Some(exe) = &config.self_exe {
             driver = driver.with_self_exe(exe);

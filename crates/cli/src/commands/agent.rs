@@ -121,9 +121,11 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
             router: args.router.map(|a| a.to_string()),
         };
         let mut agent_stop = stop_rx.clone();
+        let mut supervisor = SupervisorConfig::new(&data_dir);
+        supervisor.node_address = publish_address(&args.address);
         let agent = tokio::spawn(berth_agent::node::run(
             node,
-            SupervisorConfig::new(&data_dir),
+            supervisor,
             async move {
                 let _ = agent_stop.wait_for(|s| *s).await;
             },
@@ -160,6 +162,24 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         }
         outcome
     })
+}
+
+/// The IP address `--address` names, on which containers publish their ports besides
+/// loopback (see `berth_agent::docker::publish_addresses`): the address itself, or the first
+/// one a host name resolves to. A name that does not resolve leaves loopback alone (with a
+/// warning): instances are then unreachable from other nodes, never reachable from everywhere.
+fn publish_address(address: &str) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
+    if let Ok(ip) = address.parse::<IpAddr>() {
+        return ip;
+    }
+    match (address, 0).to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => addr.ip(),
+        _ => {
+            tracing::warn!(address, "--address does not resolve: containers publish their ports on 127.0.0.1 only; give the node's IP address");
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+    }
 }
 
 /// The node's router: its task, and where to send a new credential.
