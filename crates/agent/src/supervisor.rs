@@ -11,6 +11,19 @@
 //! a workload that is up in 30 ms gets traffic then, not one `interval` (1 s by default) later.
 //! Until that first success only one failure per `interval` counts against `unhealthy`.
 //!
+//! # Restarts: back-off is for crash loops
+//! An instance that exits is restarted per its policy. One that became healthy in the run that
+//! just ended (an adopted one counts: it was serving) is restarted at once, however often it is
+//! killed: it was serving, and something outside it (an operator, the OOM killer, chaos) ended
+//! it. Only runs that never became healthy are a crash loop, and only those back off (500 ms
+//! doubling to 10 s; a run of 60 s resets the delay). An instance without a health check counts
+//! as healthy once it ran [`SupervisorConfig::served_after`] (1 s).
+//!
+//! While no other instance of its service on this node is healthy, an instance that has served
+//! before waits at most `backoff_base` (500 ms) — never a long delay with the service dark —
+//! and a wait in progress is cut short when the last healthy sibling goes. The 500 ms floor is
+//! kept on purpose: a workload that crashes at start must not make the agent spin.
+//!
 //! # Static stability
 //! Nothing here stops an instance for lack of news. Shutting the supervisor down (its shutdown
 //! future resolving, [`Supervisor::detach`], or dropping the [`Supervisor`]) ends the tasks and
@@ -65,6 +78,9 @@ pub struct SupervisorConfig {
     pub backoff_max: Duration,
     /// A run at least this long resets the delay to `backoff_base`: the instance was working.
     pub backoff_reset: Duration,
+    /// An instance without a health check counts as having served (so it restarts without
+    /// back-off) once it ran this long; one with a check, once the check passed.
+    pub served_after: Duration,
     /// How often log files are checked for rotation.
     pub rotate_every: Duration,
     /// Wall-clock milliseconds for `since_ms` (injectable so tests can pin it).
@@ -84,7 +100,8 @@ pub struct SupervisorConfig {
 }
 
 impl SupervisorConfig {
-    /// Defaults: back-off 500 ms doubling to 10 s, reset after a 60 s run, logs 10 MiB × 3
+    /// Defaults: back-off 500 ms doubling to 10 s, reset after a 60 s run (none at all after a
+    /// run that became healthy, or one of 1 s without a health check), logs 10 MiB × 3
     /// checked every 5 s, the system clock, garbage collection above 85% disk use checked
     /// every minute.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -95,6 +112,7 @@ impl SupervisorConfig {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(10),
             backoff_reset: Duration::from_secs(60),
+            served_after: Duration::from_secs(1),
             rotate_every: Duration::from_secs(5),
             clock: process::now_ms,
             docker: None,
@@ -165,6 +183,7 @@ impl Supervisor {
             config: Arc::new(config),
             statuses: Arc::new(status_tx),
             tasks: HashMap::new(),
+            services: Arc::default(),
             desired: None,
             done: mpsc::unbounded_channel(),
             owner: owner.clone(),
@@ -288,6 +307,16 @@ struct Task {
     _join: JoinHandle<()>,
 }
 
+/// Instance id → its service (`stack/service`), for every instance that has a task: what an
+/// instance waiting to restart looks at to see whether its service has a healthy instance left
+/// on this node.
+type Services = Arc<std::sync::Mutex<HashMap<String, String>>>;
+
+/// The key of `spec`'s service in [`Services`].
+fn service_key(spec: &InstanceSpec) -> String {
+    format!("{}/{}", spec.stack, spec.service)
+}
+
 /// Instance id → its secrets' values, as the server last sent them (in memory only).
 type SecretValues = Arc<HashMap<String, BTreeMap<String, String>>>;
 
@@ -299,6 +328,8 @@ struct Main {
     config: Arc<SupervisorConfig>,
     statuses: Arc<watch::Sender<Statuses>>,
     tasks: HashMap<String, Task>,
+    /// The service of every instance that has a task (see [`Services`]).
+    services: Services,
     desired: Option<BTreeMap<String, InstanceSpec>>,
     done: (
         mpsc::UnboundedSender<String>,
@@ -321,6 +352,10 @@ impl Main {
     ) {
         let (tx, rx) = mpsc::channel(4);
         let id = spec.id.clone();
+        self.services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), service_key(&spec));
         let instance = Instance {
             driver: self.driver.clone(),
             config: self.config.clone(),
@@ -329,6 +364,8 @@ impl Main {
             ports,
             restarts,
             failures: 0,
+            served: false,
+            services: self.services.clone(),
             pid: None,
             commands: rx,
             owner: self.owner.clone(),
@@ -372,6 +409,7 @@ impl Main {
                 }
                 Some(id) = self.done.1.recv() => {
                     self.tasks.remove(&id);
+                    self.services.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                     if let Some(spec) = self.desired.as_ref().and_then(|d| d.get(&id)).cloned() {
                         // Desired again while it was being stopped: start it afresh.
                         self.spawn(spec, None, 0, Initial::Fresh, None);
@@ -444,6 +482,8 @@ enum Phase {
         ok: bool,
         reason: String,
         ran: Duration,
+        /// Whether the instance became healthy during the run (see [`Instance::exited`]).
+        served: bool,
     },
     Idle,
 }
@@ -456,8 +496,12 @@ struct Instance {
     /// Resolved once, then kept for the instance's life.
     ports: Option<BTreeMap<String, u16>>,
     restarts: u32,
-    /// Consecutive short runs, for the back-off.
+    /// Consecutive short runs that never became healthy, for the back-off.
     failures: u32,
+    /// Whether it was ever healthy under this agent (adopted running counts).
+    served: bool,
+    /// Every instance's service, to see whether this one's has a healthy instance left.
+    services: Services,
     pid: Option<u32>,
     commands: mpsc::Receiver<Command>,
     /// The `berth.agent` label for this instance's containers.
@@ -520,6 +564,7 @@ impl Instance {
                 ok: false,
                 reason: Exit::Unknown.to_string(),
                 ran: Duration::ZERO,
+                served: false,
             },
             Initial::Finished(f) => {
                 let state = if f.failed {
@@ -540,7 +585,12 @@ impl Instance {
                     Some(self.start().await)
                 }
                 Phase::Run { running, adopted } => self.supervise(running, adopted).await,
-                Phase::Exited { ok, reason, ran } => self.exited(ok, reason, ran).await,
+                Phase::Exited {
+                    ok,
+                    reason,
+                    ran,
+                    served,
+                } => self.exited(ok, reason, ran, served).await,
                 Phase::Idle => self.idle().await,
             };
             match next {
@@ -620,6 +670,7 @@ impl Instance {
                 ok: false,
                 reason: e.to_string(),
                 ran: Duration::ZERO,
+                served: false,
             }
         }
     }
@@ -637,6 +688,10 @@ impl Instance {
             _ => HealthCheck::for_instance(&self.driver, &self.spec, &ports),
         };
         let mut logs = self.follow_logs(&running);
+        // Whether this run became healthy: then its end is not a crash loop (see `exited`).
+        // Without a health check, running `served_after` counts (decided at the exit).
+        let mut served = adopted;
+        let unchecked = matches!(built, Ok(None));
         let mut check = match built {
             Ok(Some(mut c)) => {
                 if adopted {
@@ -686,10 +741,12 @@ impl Instance {
                     }
                     self.rotate_logs();
                     tracing::info!(id = %self.spec.id, exit = %reason, "instance exited");
+                    let ran = started.elapsed();
                     return Some(Phase::Exited {
                         ok,
                         reason,
-                        ran: started.elapsed(),
+                        ran,
+                        served: served || (unchecked && ran >= self.config.served_after),
                     });
                 }
                 _ = tick(&mut probe_tick) => {
@@ -716,6 +773,7 @@ impl Instance {
                         };
                         match (transition, result) {
                             (Some(Transition::BecameHealthy), _) => {
+                                served = true;
                                 self.publish(InstanceState::Healthy, None)
                             }
                             (Some(Transition::BecameUnhealthy), Err(why)) => {
@@ -778,8 +836,16 @@ impl Instance {
         }
     }
 
-    /// Applies the restart policy after an exit (or a failed start).
-    async fn exited(&mut self, ok: bool, reason: String, ran: Duration) -> Option<Phase> {
+    /// Applies the restart policy after an exit (or a failed start). A run that `served`
+    /// (became healthy) restarts at once and resets the back-off; others back off, by at most
+    /// `backoff_base` while the service has no other healthy instance here (module docs).
+    async fn exited(
+        &mut self,
+        ok: bool,
+        reason: String,
+        ran: Duration,
+        served: bool,
+    ) -> Option<Phase> {
         self.pid = None;
         let restart = match self.spec.spec.restart {
             RestartPolicy::Always => true,
@@ -797,33 +863,70 @@ impl Instance {
             self.publish(state, Some(reason));
             return Some(Phase::Idle);
         }
+        if served {
+            // It was serving: whatever ended it, this is no crash loop.
+            self.served = true;
+            self.failures = 0;
+            self.restarts = self.restarts.saturating_add(1);
+            tracing::info!(id = %self.spec.id, "restarting at once: the instance was healthy");
+            self.publish(
+                InstanceState::Pending,
+                Some(format!("{reason}; restarting now (it was healthy)")),
+            );
+            return Some(Phase::Start);
+        }
         if ran >= self.config.backoff_reset {
             self.failures = 0;
         }
-        let delay = backoff(
+        let long = backoff(
             self.config.backoff_base,
             self.config.backoff_max,
             self.failures,
         );
         self.failures = self.failures.saturating_add(1);
-        self.publish(
-            InstanceState::Pending,
-            Some(format!("{reason}; restarting in {delay:?}")),
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {
-                self.restarts = self.restarts.saturating_add(1);
-                Some(Phase::Start)
-            }
-            command = self.commands.recv() => {
-                if let Some(Command::Stop) = command {
-                    self.remove_container().await;
-                    self.forget();
-                    self.publish(InstanceState::Stopped, Some(format!("stopped while waiting to restart: {reason}")));
+        let waiting = Instant::now();
+        let mut siblings = self.statuses.subscribe();
+        loop {
+            let delay = if self.served && self.service_dark() {
+                long.min(self.config.backoff_base)
+            } else {
+                long
+            };
+            self.publish(
+                InstanceState::Pending,
+                Some(format!("{reason}; restarting in {delay:?}")),
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay.saturating_sub(waiting.elapsed())) => {
+                    self.restarts = self.restarts.saturating_add(1);
+                    return Some(Phase::Start);
                 }
-                None
+                // A sibling's state moved: the service may have gone dark. (The sender lives
+                // as long as this task, so this never ends.)
+                _ = siblings.changed(), if self.served && delay > self.config.backoff_base => {}
+                command = self.commands.recv() => {
+                    if let Some(Command::Stop) = command {
+                        self.remove_container().await;
+                        self.forget();
+                        self.publish(InstanceState::Stopped, Some(format!("stopped while waiting to restart: {reason}")));
+                    }
+                    return None;
+                }
             }
         }
+    }
+
+    /// Whether no other instance of this one's service on this node is healthy.
+    fn service_dark(&self) -> bool {
+        let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mine) = services.get(&self.spec.id) else {
+            return true;
+        };
+        !self.statuses.borrow().values().any(|s| {
+            s.id != self.spec.id
+                && s.state == InstanceState::Healthy
+                && services.get(&s.id) == Some(mine)
+        })
     }
 
     /// Nothing runs; wait to be removed.
