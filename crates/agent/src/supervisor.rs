@@ -97,6 +97,11 @@ pub struct SupervisorConfig {
     /// by default): containers publish their ports on loopback and on it, never on every
     /// interface (see [`docker::publish_addresses`]).
     pub node_address: std::net::IpAddr,
+    /// Which host paths volumes may mount: by default not `/`, `/etc`, `/root`, the Docker
+    /// socket, this data directory nor what holds them; the shell adds berth's other data
+    /// directories and `--allow-host-path`. Checked at every start; a refused volume fails the
+    /// instance, saying which volume and which flag.
+    pub host_paths: crate::host_paths::HostPathPolicy,
 }
 
 impl SupervisorConfig {
@@ -105,8 +110,10 @@ impl SupervisorConfig {
     /// checked every 5 s, the system clock, garbage collection above 85% disk use checked
     /// every minute.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         SupervisorConfig {
-            data_dir: data_dir.into(),
+            host_paths: crate::host_paths::HostPathPolicy::new().protect(&data_dir),
+            data_dir,
             self_exe: None,
             logs: LogConfig::default(),
             backoff_base: Duration::from_millis(500),
@@ -601,6 +608,9 @@ impl Instance {
     }
 
     async fn start(&mut self) -> Phase {
+        if let Err(e) = self.check_volumes() {
+            return self.start_failed(e);
+        }
         let image = self.spec.spec.image.is_some();
         let docker = self.config.docker.clone();
         if image && docker.is_none() {
@@ -657,6 +667,35 @@ impl Instance {
                 self.start_failed(e)
             }
         }
+    }
+
+    /// Refuses a start whose volumes mount a host path this agent does not allow.
+    fn check_volumes(&self) -> Result<()> {
+        let mut policy = self.config.host_paths.clone();
+        if let Some(socket) = self
+            .config
+            .docker
+            .as_ref()
+            .and_then(|d| d.endpoint().strip_prefix("unix://"))
+        {
+            policy = policy.protect(socket);
+        }
+        for v in &self.spec.spec.volumes {
+            policy
+                .check(&v.host)
+                .map_err(|why| Error::HostPathRefused {
+                    id: self.spec.id.clone(),
+                    service: self.spec.service.clone(),
+                    volume: format!(
+                        "{}:{}{}",
+                        v.host,
+                        v.container,
+                        if v.read_only { ":ro" } else { "" }
+                    ),
+                    why,
+                })?;
+        }
+        Ok(())
     }
 
     fn start_failed(&mut self, e: crate::Error) -> Phase {

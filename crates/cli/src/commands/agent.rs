@@ -16,7 +16,6 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_agent::lock::{DataDirLock, LockError};
 use berth_agent::node::NodeConfig;
-use berth_agent::SupervisorConfig;
 use berth_client::Client;
 use tokio::sync::watch;
 
@@ -56,6 +55,11 @@ pub struct AgentArgs {
     /// adopt its instances. Without it, a second agent on one data directory is refused.
     #[arg(long)]
     replace: bool,
+    /// Let volumes mount host paths under PREFIX (repeatable). Given, every host path must be
+    /// under one; protected paths (`/`, `/etc`, `/root`, the Docker socket, berth's data
+    /// directories) only when a prefix names them.
+    #[arg(long = "allow-host-path", value_name = "PREFIX")]
+    allow_host_path: Vec<PathBuf>,
     #[command(flatten)]
     router_opts: RouterOpts,
 }
@@ -121,7 +125,8 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
             router: args.router.map(|a| a.to_string()),
         };
         let mut agent_stop = stop_rx.clone();
-        let mut supervisor = SupervisorConfig::new(&data_dir);
+        let mut supervisor =
+            super::daemons::supervisor_config(&data_dir, &default_data_dir(), &args.allow_host_path);
         supervisor.node_address = publish_address(&args.address);
         let agent = tokio::spawn(berth_agent::node::run(
             node,
