@@ -154,8 +154,7 @@ impl DataDirLock {
 /// them. An older agent wrote the pid alone.
 fn read_holder(file: &mut File) -> (Option<u32>, Option<String>) {
     let mut text = String::new();
-    if file.seek(SeekFrom::Start(0)).is_err() || file.take(128).read_to_string(&mut text).is_err()
-    {
+    if file.seek(SeekFrom::Start(0)).is_err() || file.take(128).read_to_string(&mut text).is_err() {
         return (None, None);
     }
     let mut lines = text.lines();
@@ -198,7 +197,10 @@ mod tests {
         );
         let text = err.to_string();
         assert!(text.starts_with("berth up (pid "), "{text}");
-        assert!(text.contains("--replace takes over only from a berth agent"), "{text}");
+        assert!(
+            text.contains("--replace takes over only from a berth agent"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

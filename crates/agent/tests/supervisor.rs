@@ -487,7 +487,12 @@ async fn a_crash_loop_backs_off_but_never_long_while_its_service_is_dark() {
 
     // Served once (the first run serves; every later run fails at start), alone: the service
     // is dark, so it is retried every 100 ms instead of 200, 400, 800 ms….
-    let once = |id: &str| served(id, &format!("test -e served && exit 1; touch served; {}", http_server()));
+    let once = |id: &str| {
+        served(
+            id,
+            &format!("test -e served && exit 1; touch served; {}", http_server()),
+        )
+    };
     sup.set_desired(vec![once("alone-1")]);
     let s = statuses_where(&mut rx, "alone-1 healthy", |s| {
         state_is(s, "alone-1", InstanceState::Healthy)
@@ -495,9 +500,8 @@ async fn a_crash_loop_backs_off_but_never_long_while_its_service_is_dark() {
     .await;
     kill9(pid_of(&s, "alone-1"));
     let s = statuses_where(&mut rx, "alone-1 waiting after 5 failed restarts", |s| {
-        s.get("alone-1").is_some_and(|x| {
-            x.restarts >= 6 && x.state == InstanceState::Pending
-        })
+        s.get("alone-1")
+            .is_some_and(|x| x.restarts >= 6 && x.state == InstanceState::Pending)
     })
     .await;
     let message = s["alone-1"].message.clone().unwrap_or_default();
@@ -515,9 +519,8 @@ async fn a_crash_loop_backs_off_but_never_long_while_its_service_is_dark() {
     .await;
     kill9(pid_of(&s, "sibling-1"));
     let s = statuses_where(&mut rx, "sibling-1 waiting after 3 failed restarts", |s| {
-        s.get("sibling-1").is_some_and(|x| {
-            x.restarts >= 4 && x.state == InstanceState::Pending
-        })
+        s.get("sibling-1")
+            .is_some_and(|x| x.restarts >= 4 && x.state == InstanceState::Pending)
     })
     .await;
     let message = s["sibling-1"].message.clone().unwrap_or_default();

@@ -34,10 +34,16 @@ fn a_second_agent_on_berth_ups_data_directory_is_refused_and_the_instances_keep_
     );
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(&format!("berth up (pid {}) supervises the instances in", up.pid())),
+        err.contains(&format!(
+            "berth up (pid {}) supervises the instances in",
+            up.pid()
+        )),
         "the error names berth up and its pid: {err}"
     );
-    assert!(err.contains("--data-dir"), "the error says what to do: {err}");
+    assert!(
+        err.contains("--data-dir"),
+        "the error says what to do: {err}"
+    );
 
     // Nothing was adopted, stopped or restarted: the very same processes still run.
     let after = up.workloads();
