@@ -8,7 +8,7 @@
 //!
 //! Every process that supervises instances takes it: `berth agent` on its data directory and
 //! `berth up` on `DATA_DIR/agent` (the directory a `berth agent` defaults to). The file says
-//! which kind of process holds it (`PID\nKIND\n`), so a second agent is told that it met a
+//! which kind of process holds it (`PID\nberth up\n`; a `berth agent` writes its pid alone), so a second agent is told that it met a
 //! `berth up`, which `--replace` cannot take over from (stopping it would stop the server too).
 
 use std::fs::{File, OpenOptions, TryLockError};
@@ -21,9 +21,6 @@ pub const LOCK_FILE: &str = "agent.lock";
 
 /// The holder kind a `berth up` writes into the lock file (see [`DataDirLock::acquire_as`]).
 pub const HOLDER_UP: &str = "berth up";
-
-/// The holder kind a `berth agent` writes (the default of [`DataDirLock::acquire`]).
-pub const HOLDER_AGENT: &str = "berth agent";
 
 /// How often [`DataDirLock::wait`] tries again.
 const RETRY: Duration = Duration::from_millis(20);
@@ -38,7 +35,7 @@ pub enum LockError {
         dir: PathBuf,
         /// The holder's pid, as it wrote it (`None` if it could not be read).
         pid: Option<u32>,
-        /// What kind of process holds it ([`HOLDER_UP`], [`HOLDER_AGENT`]), as it wrote it.
+        /// What kind of process holds it ([`HOLDER_UP`]; `None`: a `berth agent`), as written.
         holder: Option<String>,
     },
     /// The holder did not let go in time.
@@ -91,12 +88,16 @@ impl DataDirLock {
     /// Takes the lock of `dir` (created if missing) for a `berth agent` and records this
     /// process's pid in it, or says who holds it.
     pub fn acquire(dir: &Path) -> Result<DataDirLock, LockError> {
-        DataDirLock::acquire_as(dir, HOLDER_AGENT)
+        DataDirLock::lock(dir, None)
     }
 
-    /// Like [`acquire`](Self::acquire), recording `holder` (e.g. [`HOLDER_UP`]) beside the pid
-    /// so that a process refused the lock can say what it met.
+    /// Like [`acquire`](Self::acquire), recording `holder` (e.g. [`HOLDER_UP`]) on the line
+    /// after the pid so that a process refused the lock can say what it met.
     pub fn acquire_as(dir: &Path, holder: &str) -> Result<DataDirLock, LockError> {
+        DataDirLock::lock(dir, Some(holder))
+    }
+
+    fn lock(dir: &Path, holder: Option<&str>) -> Result<DataDirLock, LockError> {
         let path = dir.join(LOCK_FILE);
         let io = |source| LockError::Io {
             path: path.clone(),
@@ -124,7 +125,10 @@ impl DataDirLock {
         }
         file.set_len(0).map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
-        writeln!(file, "{}\n{holder}", std::process::id()).map_err(io)?;
+        writeln!(file, "{}", std::process::id()).map_err(io)?;
+        if let Some(holder) = holder {
+            writeln!(file, "{holder}").map_err(io)?;
+        }
         file.flush().map_err(io)?;
         Ok(DataDirLock { _file: file })
     }
@@ -178,7 +182,7 @@ mod tests {
         match DataDirLock::acquire(dir.path()) {
             Err(LockError::Held { pid, holder, .. }) => {
                 assert_eq!(pid, Some(std::process::id()));
-                assert_eq!(holder.as_deref(), Some(HOLDER_AGENT));
+                assert_eq!(holder, None, "a berth agent writes its pid alone");
             }
             other => panic!("expected Held, got {other:?}"),
         }

@@ -133,10 +133,14 @@ fn a_healthy_instance_killed_every_two_seconds_restarts_at_once_and_the_service_
     eprintln!("restart delays (ms): {delays:?}\nanswers through the router: {statuses:?}");
 
     assert!(delays.len() >= 8, "killed only {} times", delays.len());
-    // The old back-off: 500 ms, 1 s, 2 s, 4 s… for each instance killed again.
+    // The old back-off: 500 ms, 1 s, 2 s, 4 s… for each instance killed again (median 1 s).
+    // Immediate restarts take milliseconds; a loaded machine may delay one spawn, never
+    // double it kill after kill.
+    let mut ms: Vec<u64> = delays.iter().map(|(_, ms)| *ms).collect();
+    ms.sort_unstable();
     assert!(
-        delays.iter().all(|(_, ms)| *ms < 450),
-        "every killed healthy instance restarts at once (under 450 ms; the old back-off began at 500 ms): {delays:?}"
+        ms[ms.len() / 2] < 100 && ms[ms.len() - 1] < 2_000,
+        "every killed healthy instance restarts at once (median under 100 ms, none 2 s or more): {delays:?}"
     );
     let fewest = fewest.load(Ordering::Relaxed);
     assert!(
