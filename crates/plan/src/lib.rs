@@ -219,11 +219,13 @@ pub fn refused_volumes(target: &Stack) -> Vec<String> {
                 Some("the root filesystem")
             } else if host.starts_with("/etc") || host.starts_with("/root") {
                 Some("a system directory")
+            } else if SOCKETS.iter().any(|s| std::path::Path::new(s) == host) {
+                Some("the Docker socket, root on the node")
             } else if SOCKETS
                 .iter()
                 .any(|s| std::path::Path::new(s).starts_with(host))
             {
-                Some("the Docker socket, root on the node")
+                Some("it holds the Docker socket, root on the node")
             } else {
                 None
             };

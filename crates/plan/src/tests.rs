@@ -457,6 +457,7 @@ fn volumes_every_agent_refuses_are_warned_about_in_the_plan() {
     assert_eq!(p.warnings.len(), 4, "{:#?}", p.warnings);
     assert!(p.warnings[0].starts_with("service web mounts `/` (the root filesystem)"));
     assert!(p.warnings[2].contains("--allow-host-path /var/run/docker.sock"));
+    assert!(p.warnings[3].contains("`/run` (it holds the Docker socket"));
     let text = p.to_string();
     assert!(
         text.contains("warning: service web mounts `/etc/shadow` (a system directory)"),
