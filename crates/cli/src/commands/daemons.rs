@@ -162,8 +162,27 @@ pub struct UpArgs {
     /// The local node's name (default: the host name).
     #[arg(long)]
     name: Option<String>,
+    /// Let volumes mount host paths under PREFIX (repeatable). Given, every host path must be
+    /// under one; protected paths (`/`, `/etc`, `/root`, the Docker socket, the data
+    /// directory) only when a prefix names them.
+    #[arg(long = "allow-host-path", value_name = "PREFIX")]
+    allow_host_path: Vec<PathBuf>,
     #[command(flatten)]
     router_opts: RouterOpts,
+}
+
+/// The agent's supervisor settings for `data_dir`: berth's data directory `berth_dir`
+/// protected from volumes besides the defaults, and the `--allow-host-path` prefixes.
+pub(crate) fn supervisor_config(
+    data_dir: &Path,
+    berth_dir: &Path,
+    allow: &[PathBuf],
+) -> SupervisorConfig {
+    let mut config = SupervisorConfig::new(data_dir);
+    config.host_paths = allow
+        .iter()
+        .fold(config.host_paths.protect(berth_dir), |p, a| p.allow(a));
+    config
 }
 
 /// Arguments of `berth server`.
@@ -489,6 +508,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     // Every connection is a file: start with the most the system allows (issue 10).
     berth_net::raise_fd_limit_or_warn();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    // berth up supervises instances: like every agent it holds DATA_DIR/agent's lock (the
+    // directory a `berth agent` defaults to), so a second agent there is refused instead of
+    // adopting and restarting them. Held until the process ends.
+    let _agent_lock = berth_agent::lock::DataDirLock::acquire_as(
+        &data_dir.join("agent"),
+        berth_agent::lock::HOLDER_UP,
+    )?;
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let server = start_server(&data_dir, None, args.api, stop_rx.clone()).await?;
@@ -509,7 +535,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             router: Some(args.router.to_string()),
         };
         let mut agent_stop = stop_rx.clone();
-        let agent = tokio::spawn(berth_agent::node::run(node, SupervisorConfig::new(data_dir.join("agent")), async move {
+        let agent = tokio::spawn(berth_agent::node::run(node, supervisor_config(&data_dir.join("agent"), &data_dir, &args.allow_host_path), async move {
             let _ = agent_stop.wait_for(|s| *s).await;
         }));
         println!("berth is up");
