@@ -103,7 +103,10 @@ impl FromRequestParts<Arc<Shared>> for Caller {
         if shared.admin.matches(token) {
             return Ok(Caller::Admin);
         }
-        if shared.join.matches(token) {
+        if shared
+            .join
+            .matches(berth_api::join::JoinToken::secret_of(token))
+        {
             return Ok(Caller::Joining);
         }
         // Node tokens are `NAME.SECRET`; the store keeps the hash of the whole token.
