@@ -28,6 +28,16 @@ pub enum ClientError {
         /// The transport error; its innermost cause is in the message.
         source: reqwest::Error,
     },
+    /// TLS refused the server: its certificate is not the cluster's (not signed by the trusted
+    /// CA, no certificate with the join token's fingerprint), not valid for the URL's name, or
+    /// it does not speak TLS. Nothing was sent: no token left this process.
+    #[error("refused to talk to the berth server at {url}: {reason}")]
+    Tls {
+        /// The server's base URL, as configured.
+        url: String,
+        /// Why, in words.
+        reason: String,
+    },
     /// 401 or 403: the token is missing, wrong, or not allowed to make this call.
     #[error("the server refused the token: {message}")]
     Unauthorized {

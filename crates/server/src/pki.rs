@@ -315,7 +315,8 @@ pub fn operator_tls(
 
 /// A certificate as PEM text.
 fn pem_of(der: &CertificateDer<'_>) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der.to_vec()), config)
 }
 
 /// The rustls configuration of the API: TLS 1.2 and 1.3 on ring, ALPN `h2` and `http/1.1`.

@@ -80,6 +80,20 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
     let router_id = format!("agent-{name}");
     let mut router_opts = args.router_opts.clone();
     router_opts.reuseport = true;
+    let node = NodeConfig {
+        server: server_url.clone(),
+        join_token: args.join_token.clone(),
+        ca_file: globals.ca.clone(),
+        name: name.clone(),
+        labels,
+        data_dir: data_dir.clone(),
+        address: args.address.clone(),
+        router: args.router.map(|a| a.to_string()),
+    };
+    // Whom the agent trusts, checked before anything starts: a malformed join token, or an
+    // https server with nothing to trust it by, is an error now rather than a retry loop.
+    let trust = berth_agent::node::server_trust(&node)?;
+    Client::with_trust(&server_url, None, trust)?;
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut router: Option<Router> = None;
@@ -94,7 +108,8 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
                             data_dir.display()
                         )
                     })?;
-                    let client = Client::new(&server_url, Some(token))?;
+                    let trust = berth_agent::node::server_trust(&node)?;
+                    let client = Client::with_trust(&server_url, Some(token), trust)?;
                     router = Some(
                         Router::start(client, router_id.clone(), addr, &router_opts, &stop_rx)
                             .await?,
@@ -108,18 +123,9 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         // The agent registers on every start and gets a new credential; the router waits for
         // it, so the old one must not be mistaken for it.
         let _ = std::fs::remove_file(data_dir.join("node.token"));
-        let node = NodeConfig {
-            server: server_url.clone(),
-            join_token: args.join_token.clone(),
-            name: name.clone(),
-            labels,
-            data_dir: data_dir.clone(),
-            address: args.address.clone(),
-            router: args.router.map(|a| a.to_string()),
-        };
         let mut agent_stop = stop_rx.clone();
         let agent = tokio::spawn(berth_agent::node::run(
-            node,
+            node.clone(),
             SupervisorConfig::new(&data_dir),
             async move {
                 let _ = agent_stop.wait_for(|s| *s).await;
@@ -127,7 +133,9 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         ));
         if let Some(addr) = args.router {
             let token = wait_for_token(&data_dir).await?;
-            let client = Client::new(&server_url, Some(token))?;
+            // After registration: the CA the agent stored, if it pinned one.
+            let trust = berth_agent::node::server_trust(&node)?;
+            let client = Client::with_trust(&server_url, Some(token), trust)?;
             match &router {
                 // The router started with the predecessor's token, revoked by this
                 // registration: switch it to ours without stopping it.
