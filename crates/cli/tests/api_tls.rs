@@ -575,3 +575,70 @@ fn rotate_cert_makes_a_new_leaf_from_the_same_ca_and_joined_agents_keep_working(
         node.log_tail()
     );
 }
+
+#[test]
+fn an_operators_certificate_is_used_for_the_api_and_its_ca_is_the_one_agents_pin() {
+    let tmp = temp_dir();
+    // The operator's CA and a certificate for 127.0.0.1 it signed; the chain file ends with
+    // the CA, which clients are to trust.
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "operator CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
+        .expect("CA certificate");
+    let key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("leaf params")
+        .signed_by(&key, &ca)
+        .expect("leaf certificate");
+    let chain = tmp.path().join("api.crt");
+    let key_file = tmp.path().join("api.key");
+    std::fs::write(&chain, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let cert = format!("127.0.0.1={}:{}", chain.display(), key_file.display());
+
+    let server = Server::start(
+        tmp.path(),
+        "server",
+        &["--api", "127.0.0.1:0", "--tls-cert", &cert],
+    );
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    assert!(
+        !server.data.join("tls").join("ca.key").exists(),
+        "no cluster CA is made when the operator brings a certificate"
+    );
+    let ca_fp = berth_client::fingerprint(ca.der());
+    assert_eq!(
+        first_cert_sha256(&server.ca()),
+        ca_fp,
+        "DATA_DIR/ca.crt is the operator's CA"
+    );
+    let token = server.join_token();
+    assert!(token.starts_with(&format!("berth1-{ca_fp}-")), "{token}");
+    assert_exit(&server.admin(&["nodes"]), 0);
+
+    // An agent pinning it by the token joins; one with the old token form and --ca too.
+    let pinned = agent(tmp.path(), "pinned", &server.url, &token);
+    let secret = token.rsplit('-').next().expect("the secret").to_string();
+    let mut cmd = command(["agent", "--server", &server.url, "--join-token", &secret]);
+    cmd.args(["--name", "legacy", "--data-dir"])
+        .arg(tmp.path().join("legacy"))
+        .arg("--ca")
+        .arg(server.ca());
+    let legacy = Proc::spawn(cmd, "legacy", tmp.path());
+    for (proc, name) in [(&pinned, "pinned"), (&legacy, "legacy")] {
+        proc.wait_until(READY, "the agent to be ready", || {
+            server.node(name).is_some_and(|n| n["state"] == "ready")
+        });
+    }
+    // Without --ca the old form cannot trust an https server: refused at start, with the fix.
+    let mut cmd = command(["agent", "--server", &server.url, "--join-token", &secret]);
+    cmd.args(["--name", "lost", "--data-dir"])
+        .arg(tmp.path().join("lost"))
+        .env_remove("BERTH_CA");
+    let out = run_command(cmd, CMD);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("--ca"), "{}", stderr(&out));
+}
