@@ -118,13 +118,8 @@ impl Client {
         if is_loopback(&base) {
             builder = builder.no_proxy();
         }
-        let mut learned = None;
         match (base.scheme(), &trust) {
-            ("https", Some(trust)) => {
-                let (config, slot) = tls::client_config(trust)?;
-                builder = builder.tls_backend_preconfigured(config).https_only(true);
-                learned = Some(slot);
-            }
+            ("https", Some(_)) => builder = builder.https_only(true),
             ("https", None) => {
                 return Err(ClientError::Config {
                     message: format!(
@@ -141,6 +136,9 @@ impl Client {
             }
             _ => {}
         }
+        let (config, slot) = tls::client_config(trust.as_ref())?;
+        let learned = Some(slot);
+        builder = builder.tls_backend_preconfigured(config);
         let http = builder.build().map_err(|e| ClientError::Config {
             message: format!("cannot set up the HTTP client: {e}"),
         })?;

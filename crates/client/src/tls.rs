@@ -106,13 +106,18 @@ pub(crate) fn install_ring_provider() {
 pub(crate) type Learned = Arc<Mutex<Option<CertificateDer<'static>>>>;
 
 /// The rustls configuration for `trust`, and where a pinned CA will be recorded.
+///
+/// Every client gets one, plain-HTTP ones too (`None`: no certificate is trusted): otherwise
+/// reqwest would build its own from the system's CAs, and fail where there are none (a
+/// container with nothing but berth in it).
 pub(crate) fn client_config(
-    trust: &ServerTrust,
+    trust: Option<&ServerTrust>,
 ) -> Result<(rustls::ClientConfig, Learned), ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let learned: Learned = Arc::new(Mutex::new(None));
     let mode = match trust {
-        ServerTrust::Ca { certs, source } => {
+        None => Mode::None,
+        Some(ServerTrust::Ca { certs, source }) => {
             let verifier = webpki_verifier(certs, &provider).map_err(|e| ClientError::Config {
                 message: format!("{source}: cannot trust it as a CA: {e}; check --ca / BERTH_CA"),
             })?;
@@ -121,7 +126,7 @@ pub(crate) fn client_config(
                 source: source.clone(),
             }
         }
-        ServerTrust::Fingerprint(fp) => Mode::Pin {
+        Some(ServerTrust::Fingerprint(fp)) => Mode::Pin {
             sha256: fp.to_ascii_lowercase(),
             learned: learned.clone(),
         },
@@ -158,6 +163,8 @@ fn webpki_verifier(
 
 #[derive(Debug)]
 enum Mode {
+    /// A plain-HTTP client's: it trusts no certificate at all.
+    None,
     Ca {
         verifier: Arc<WebPkiServerVerifier>,
         source: String,
@@ -229,6 +236,9 @@ impl ServerCertVerifier for BerthVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         match &self.mode {
+            Mode::None => Err(refusal(
+                "this client was set up for a plain-HTTP server and trusts no certificate; use an https:// server URL with --ca".to_string(),
+            )),
             Mode::Ca { verifier, source } => verifier
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
                 .map_err(|e| explain(e, source)),
