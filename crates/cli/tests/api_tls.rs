@@ -334,6 +334,18 @@ fn up_with_api_tls_on_serves_https_and_the_cli_finds_the_ca_beside_api_url() {
     });
     assert!(data.join("agent").join("server-ca.crt").exists());
 
+    // An edge router follows the https server too (it fetches the table before it listens).
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut cmd = command(["router", "--listen", &listen]);
+    cmd.env("BERTH_DATA_DIR", &data).env_remove("BERTH_CA");
+    let edge = Proc::spawn(cmd, "edge", up.dir());
+    edge.wait_until(
+        READY,
+        "the edge router to fetch the table over https",
+        || edge.stdout_text().contains("berth router on http://"),
+    );
+    drop(edge);
+
     // A client without the CA is refused before it sends anything, and told what to pass.
     let tmp = temp_dir();
     let token = up.token();
