@@ -384,6 +384,7 @@ fn up_with_api_tls_on_serves_https_and_the_cli_finds_the_ca_beside_api_url() {
         &["status", "--server", &plain, "--token", &token],
     );
     assert_exit(&out, 1);
+    assert!(stderr(&out).contains("use https://"), "{}", stderr(&out));
 }
 
 #[test]

@@ -446,6 +446,13 @@ impl Client {
 /// A transport error as its variant: [`ClientError::Tls`] when TLS refused the server, else
 /// [`ClientError::Unreachable`].
 fn transport_error(base: &str, source: reqwest::Error) -> ClientError {
+    // A TLS server's first bytes (a handshake record) are not an HTTP status line.
+    if base.starts_with("http://") && error::root_cause(&source).contains("invalid HTTP version") {
+        return ClientError::Tls {
+            url: base.to_string(),
+            reason: "it does not answer plain HTTP; it probably speaks TLS: use https:// in --server (with --ca / BERTH_CA)".to_string(),
+        };
+    }
     match tls::tls_refusal(&source) {
         Some(reason) => ClientError::Tls {
             url: base.to_string(),
