@@ -525,6 +525,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             address: "127.0.0.1".to_string(),
             router: Some(args.router.to_string()),
         };
+        // A CA the local agent stored that is not this server's (DATA_DIR/tls deleted) is an
+        // error now, with what to do, rather than an agent that silently never joins.
+        berth_agent::node::server_trust(&node)?;
         let mut agent_stop = stop_rx.clone();
         let agent = tokio::spawn(berth_agent::node::run(node, SupervisorConfig::new(data_dir.join("agent")), async move {
             let _ = agent_stop.wait_for(|s| *s).await;
