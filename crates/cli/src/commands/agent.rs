@@ -62,6 +62,7 @@ pub struct AgentArgs {
 
 /// `berth agent`.
 pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Result<()> {
+    super::daemons::ignore_sigpipe();
     let server_url = globals
         .server
         .clone()

@@ -197,6 +197,19 @@ pub(crate) async fn terminated() {
     }
 }
 
+/// Makes a long-running command ignore SIGPIPE again. `main` restores its default action so
+/// that `berth status | head -1` ends quietly, but a daemon writes to sockets, and a write to a
+/// connection its peer has closed (a vectored write, which carries no `MSG_NOSIGNAL`; TLS writes
+/// are vectored) would then kill the whole process — server, agent and router at once — where
+/// ignoring it turns it into an `EPIPE` for that one connection. Workloads are unaffected: std's
+/// `Command` resets SIGPIPE to its default in every child.
+pub(crate) fn ignore_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called first thing in each daemon command, before its runtime or any thread
+    // exists, so nothing races on signal dispositions; SIG_IGN installs no Rust handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
+}
+
 pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,berth=info"));
@@ -502,6 +515,7 @@ pub(crate) fn hostname() -> String {
 
 /// `berth up`: server, agent and router in one process.
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    ignore_sigpipe();
     init_logging();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     runtime()?.block_on(async move {
@@ -576,6 +590,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
 
 /// `berth server`.
 pub fn server(args: ServerArgs) -> anyhow::Result<()> {
+    ignore_sigpipe();
     init_logging();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     runtime()?.block_on(async move {
@@ -610,6 +625,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
 
 /// `berth router`.
 pub fn router(args: RouterArgs, globals: &crate::context::Globals) -> anyhow::Result<()> {
+    ignore_sigpipe();
     init_logging();
     let client = globals.client()?;
     runtime()?.block_on(async move {
