@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_api::control::{GcReport, GcTrigger, Heartbeat, NodeResources, RegisterRequest};
-use berth_client::{Client, ClientError};
+use berth_api::join::{JoinToken, JoinTokenError};
+use berth_client::{Client, ClientError, ServerTrust};
 use berth_spec::model::DriverKind;
 use tokio::sync::watch;
 
@@ -24,16 +25,23 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(1000);
 /// How long one long-poll of the desired instances waits.
 const POLL_WAIT: Duration = Duration::from_secs(20);
 
+/// The cluster CA, in the agent's data directory, once the agent verified the server with the
+/// join token's fingerprint: from then on the agent trusts this CA and nothing else.
+pub const SERVER_CA: &str = "server-ca.crt";
+
 /// Where the agent joins and how it presents its node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// The server's base URL, e.g. `http://127.0.0.1:7070`.
+    /// The server's base URL, e.g. `http://127.0.0.1:7070` or `https://berth.internal:7070`.
     pub server: String,
     /// The join token, used only to register a name the server does not know yet.
     pub join_token: String,
     /// The node token of this node's last run, presented to register again (the join token
     /// cannot re-register a known name). `None`: read `DATA_DIR/node.token`, if any.
     pub previous_token: Option<String>,
+    /// A CA file to trust an `https://` server with when the join token carries no fingerprint
+    /// (`--ca` / `BERTH_CA`).
+    pub ca_file: Option<PathBuf>,
     pub name: String,
     pub labels: BTreeMap<String, String>,
     /// Holds `node.token` and every instance's directory.
@@ -55,7 +63,57 @@ pub enum NodeError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]
+    JoinToken(#[from] JoinTokenError),
+    #[error("{path}: {reason}; if the cluster was re-created, delete that file and join again with the new join token")]
+    StoredCa { path: PathBuf, reason: String },
+    #[error(transparent)]
     Supervisor(#[from] crate::Error),
+}
+
+/// Whom the agent trusts for `config.server`:
+/// - with a `berth1-CA-SECRET` token, the CA it stored on its first connection
+///   (`DATA_DIR/server-ca.crt`, which must have that fingerprint), or, before that, the CA
+///   with that fingerprint in the server's chain;
+/// - with a plain token, `config.ca_file`, else the stored CA if there is one;
+/// - else nobody (fine for `http://`; an `https://` client refuses to start without a trust).
+pub fn server_trust(config: &NodeConfig) -> Result<Option<ServerTrust>, NodeError> {
+    let token = JoinToken::parse(&config.join_token)?;
+    let stored = config.data_dir.join(SERVER_CA);
+    let read_stored = || -> Result<Option<ServerTrust>, NodeError> {
+        match std::fs::read(&stored) {
+            Ok(pem) => Ok(Some(
+                ServerTrust::from_pem(&pem, &stored.display().to_string()).map_err(|e| {
+                    NodeError::StoredCa {
+                        path: stored.clone(),
+                        reason: e.to_string(),
+                    }
+                })?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(NodeError::StoredCa {
+                path: stored.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    };
+    match token.ca_sha256 {
+        Some(fp) => match read_stored()? {
+            Some(ServerTrust::Ca { certs, source }) => {
+                if !certs.iter().any(|c| berth_client::fingerprint(c) == fp) {
+                    return Err(NodeError::StoredCa {
+                        path: stored,
+                        reason: "this agent trusts a cluster CA whose fingerprint differs from the join token's".to_string(),
+                    });
+                }
+                Ok(Some(ServerTrust::Ca { certs, source }))
+            }
+            _ => Ok(Some(ServerTrust::Fingerprint(fp))),
+        },
+        None => match &config.ca_file {
+            Some(file) => Ok(Some(ServerTrust::from_pem_file(file)?)),
+            None => read_stored(),
+        },
+    }
 }
 
 /// CPU (millicores) and memory (bytes) of this machine, for the scheduler.
@@ -110,7 +168,8 @@ pub async fn run(
         let _ = sup_stop.wait_for(|s| *s).await;
     })
     .await?;
-    let anonymous = Client::new(&config.server, None)?;
+    let trust = server_trust(&config)?;
+    let anonymous = Client::with_trust(&config.server, None, trust)?;
     let token = config
         .previous_token
         .clone()
@@ -220,6 +279,21 @@ impl Node {
             }
         };
         *current = Some(resp.node_token.clone());
+        // First contact by fingerprint: keep the CA the server was verified with, and trust only
+        // it from the next start on (before node.token, which the agent's router waits for).
+        if let Some(ca) = self.anonymous.learned_ca() {
+            let path = self.config.data_dir.join(SERVER_CA);
+            if !path.exists() {
+                match write_file(&path, &berth_client::to_pem(&ca), 0o644) {
+                    Ok(()) => {
+                        tracing::info!(fingerprint = %berth_client::fingerprint(&ca), "stored the cluster CA in {}", path.display())
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot store the cluster CA in {}; the next start verifies the server by the join token's fingerprint again", path.display())
+                    }
+                }
+            }
+        }
         if let Err(e) = write_secret(&self.token_path(), &resp.node_token) {
             tracing::warn!(error = %e, "cannot save the node token; the agent will register again after a restart");
         }
@@ -430,13 +504,18 @@ fn read_token(path: &std::path::Path) -> Option<String> {
 
 /// Writes a credential readable only by its owner.
 fn write_secret(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    write_file(path, content, 0o600)
+}
+
+/// Writes `path` atomically, created with `mode`.
+fn write_file(path: &std::path::Path, content: &str, mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)?;
     f.write_all(content.as_bytes())?;
     f.sync_all()?;

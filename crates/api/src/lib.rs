@@ -13,6 +13,7 @@
 //! - **resolved port** — a named port after the agent picked a free one for a declared `0`.
 
 pub mod control;
+pub mod join;
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,7 @@
-//! Options every command shares (`--server`, `--token`, `--output`) and how the CLI finds a
-//! local `berth up` by itself: `berth up` writes its API URL to `DATA_DIR/api.url`, and the
-//! admin token lives beside it, so with no flags and no environment the CLI talks to it.
+//! Options every command shares (`--server`, `--token`, `--ca`, `--output`) and how the CLI
+//! finds a local `berth up` by itself: `berth up` writes its API URL to `DATA_DIR/api.url`
+//! (`https://…` when the API speaks TLS), and the admin token and the cluster CA (`ca.crt`)
+//! live beside it, so with no flags and no environment the CLI talks to it.
 
 use std::path::PathBuf;
 
@@ -26,6 +27,11 @@ pub struct Globals {
     /// The API token (default: $BERTH_TOKEN, then the local `berth up`'s admin.token).
     #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The cluster CA certificate (PEM) an `https://` server is trusted by, and nothing else
+    /// (default: $BERTH_CA, then the local `berth up`'s ca.crt beside api.url). It is the
+    /// server's DATA_DIR/ca.crt.
+    #[arg(long, global = true, env = "BERTH_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// `text` for people, `json` for machines.
     #[arg(long, global = true, value_enum, default_value_t)]
     pub output: Output,
@@ -43,14 +49,17 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 impl Globals {
-    /// A client for the chosen server, with the chosen token.
+    /// A client for the chosen server, with the chosen token and CA.
     pub fn client(&self) -> anyhow::Result<Client> {
         let dir = default_data_dir();
+        let local_url = || {
+            std::fs::read_to_string(dir.join("api.url"))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
         let server = match &self.server {
             Some(s) => s.clone(),
-            None => std::fs::read_to_string(dir.join("api.url"))
-                .map(|s| s.trim().to_string())
-                .with_context(|| format!("no server given and no local `berth up` found ({}/api.url): start `berth up`, or pass --server / set BERTH_SERVER", dir.display()))?,
+            None => local_url().with_context(|| format!("no server given and no local `berth up` found ({}/api.url): start `berth up`, or pass --server / set BERTH_SERVER", dir.display()))?,
         };
         let token = match &self.token {
             Some(t) => Some(t.clone()),
@@ -58,7 +67,23 @@ impl Globals {
                 .ok()
                 .map(|s| s.trim().to_string()),
         };
-        Client::new(&server, token).with_context(|| format!("cannot use server URL {server}"))
+        // The local `berth up`'s CA only for the local `berth up`: another server is trusted
+        // by the CA given for it, or not at all.
+        let local = self.server.is_none() || local_url().as_deref() == Some(server.trim());
+        let trust = self.trust(local.then(|| dir.join(berth_server::pki::PUBLIC_CA)))?;
+        Client::with_trust(&server, token, trust)
+            .with_context(|| format!("cannot use server URL {server}"))
+    }
+
+    /// The CA to trust: `--ca` / `BERTH_CA`, else `local_ca` if that file exists.
+    pub fn trust(
+        &self,
+        local_ca: Option<PathBuf>,
+    ) -> anyhow::Result<Option<berth_client::ServerTrust>> {
+        let file = self.ca.clone().or_else(|| local_ca.filter(|p| p.exists()));
+        Ok(file
+            .map(|f| berth_client::ServerTrust::from_pem_file(&f))
+            .transpose()?)
     }
 
     /// Whether output is for machines.

@@ -93,7 +93,17 @@ impl Cluster {
             &net,
             &["-p", "127.0.0.1::7070"],
             &image,
-            &["server", "--api", "0.0.0.0:7070", "--data-dir", "/data"],
+            // Plain HTTP on purpose (this test is about partitions, and reads the API raw).
+            &[
+                "server",
+                "--api",
+                "0.0.0.0:7070",
+                "--api-tls",
+                "off",
+                "--insecure-http",
+                "--data-dir",
+                "/data",
+            ],
         );
         let api = containers::published(&server, 7070);
         let mut tokens = None;

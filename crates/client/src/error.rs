@@ -28,6 +28,17 @@ pub enum ClientError {
         /// The transport error; its innermost cause is in the message.
         source: reqwest::Error,
     },
+    /// TLS refused the server: its certificate is not the cluster's (not signed by the trusted
+    /// CA, no certificate with the join token's fingerprint), not valid for the URL's name, or
+    /// it does not speak TLS; or an `http://` URL names a server that speaks TLS. Nothing was
+    /// sent: no token left this process.
+    #[error("refused to talk to the berth server at {url}: {reason}")]
+    Tls {
+        /// The server's base URL, as configured.
+        url: String,
+        /// Why, in words.
+        reason: String,
+    },
     /// 401 or 403: the token is missing, wrong, or not allowed to make this call.
     #[error("the server refused the token: {message}")]
     Unauthorized {
@@ -138,7 +149,7 @@ fn body_excerpt(body: &[u8], status: u16) -> String {
 
 /// The innermost error in a chain: for a transport error, the part that says what happened
 /// (`Connection refused (os error 111)`, `operation timed out`) rather than reqwest's wrapper.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut current = e;
     while let Some(next) = current.source() {
         current = next;

@@ -24,15 +24,18 @@
 //!   line, ending when the server ends it (`follow=false`) or never (`follow=true`).
 //!
 //! # Transport
-//! Plain HTTP/1.1 with reqwest, no TLS yet (the control plane listens on loopback or a private
-//! network for now); an `https://` URL is refused up front with a clear message rather than
-//! failing on every call. Proxies from the environment (`HTTP_PROXY`, `NO_PROXY`) are honoured
-//! except for loopback servers, which a proxy can never reach on the caller's behalf.
+//! HTTP/1.1 with reqwest, plain (`http://`) or TLS (`https://`, rustls on ring). An `https://`
+//! client trusts only the cluster CA ([`ServerTrust`]: a CA file, or the CA's fingerprint from
+//! the join token), never the system's CAs; one without a trust is refused up front with a
+//! message that says what to pass, rather than failing on every call. Proxies from the
+//! environment (`HTTP_PROXY`, `NO_PROXY`) are honoured except for loopback servers, which a
+//! proxy can never reach on the caller's behalf.
 
 #![warn(missing_docs)]
 
 mod error;
 mod sse;
+mod tls;
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -51,6 +54,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use error::ClientError;
+pub use tls::{fingerprint, to_pem, ServerTrust};
 
 /// How long to wait for a TCP connection: a server on the same network accepts in
 /// milliseconds, so anything longer means it is down or unreachable, and the caller (a person,
@@ -76,6 +80,8 @@ pub struct Client {
     base: Url,
     /// `Bearer TOKEN`, marked sensitive so it never shows in debug output.
     auth: Option<HeaderValue>,
+    /// The CA found in the server's chain by a [`ServerTrust::Fingerprint`] client.
+    learned: Option<tls::Learned>,
 }
 
 impl std::fmt::Debug for Client {
@@ -94,16 +100,61 @@ impl Client {
     /// Checks everything that can be checked without the network, so a typo in `--server` or
     /// a token file with a stray byte is reported once, here, rather than on every call.
     pub fn new(base_url: &str, token: Option<String>) -> Result<Client, ClientError> {
+        Client::with_trust(base_url, token, None)
+    }
+
+    /// Like [`Client::new`], trusting `trust` for an `https://` server. An `https://` URL needs
+    /// one (berth's control plane is trusted by its cluster CA only); a fingerprint with an
+    /// `http://` URL is refused, since the token it came with would travel in clear text.
+    pub fn with_trust(
+        base_url: &str,
+        token: Option<String>,
+        trust: Option<ServerTrust>,
+    ) -> Result<Client, ClientError> {
         let base = parse_base(base_url)?;
         let auth = token.map(|t| bearer(&t)).transpose()?;
+        tls::install_ring_provider();
         let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
         if is_loopback(&base) {
             builder = builder.no_proxy();
         }
+        match (base.scheme(), &trust) {
+            ("https", Some(_)) => builder = builder.https_only(true),
+            ("https", None) => {
+                return Err(ClientError::Config {
+                    message: format!(
+                        "`{base_url}` is an https server and this client has no CA to trust it with: pass --ca FILE or set BERTH_CA (the server's DATA_DIR/ca.crt), or check --server"
+                    ),
+                })
+            }
+            (_, Some(ServerTrust::Fingerprint(_))) => {
+                return Err(ClientError::Config {
+                    message: format!(
+                        "the join token carries the cluster CA's fingerprint (berth1-…), so the server speaks TLS, but `{base_url}` is http://: use https:// in --server (the token is not sent in clear text)"
+                    ),
+                })
+            }
+            _ => {}
+        }
+        let (config, slot) = tls::client_config(trust.as_ref())?;
+        let learned = Some(slot);
+        builder = builder.tls_backend_preconfigured(config);
         let http = builder.build().map_err(|e| ClientError::Config {
             message: format!("cannot set up the HTTP client: {e}"),
         })?;
-        Ok(Client { http, base, auth })
+        Ok(Client {
+            http,
+            base,
+            auth,
+            learned,
+        })
+    }
+
+    /// The cluster CA certificate a [`ServerTrust::Fingerprint`] client found in the server's
+    /// chain and verified the server with, once a connection succeeded: an agent stores it and
+    /// trusts only it from then on.
+    pub fn learned_ca(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        self.learned.as_ref()?.lock().ok()?.clone()
     }
 
     /// The same server with another token, sharing this client's connections: an agent
@@ -114,6 +165,7 @@ impl Client {
             http: self.http.clone(),
             base: self.base.clone(),
             auth,
+            learned: self.learned.clone(),
         })
     }
 
@@ -405,10 +457,29 @@ impl Client {
     }
 
     fn unreachable(&self, source: reqwest::Error) -> ClientError {
-        ClientError::Unreachable {
-            url: self.base_url().to_string(),
+        transport_error(self.base_url(), source)
+    }
+}
+
+/// A transport error as its variant: [`ClientError::Tls`] when TLS refused the server, else
+/// [`ClientError::Unreachable`].
+fn transport_error(base: &str, source: reqwest::Error) -> ClientError {
+    // A TLS server's first bytes (a handshake record) are not an HTTP status line.
+    if base.starts_with("http://") && error::root_cause(&source).contains("invalid HTTP version") {
+        return ClientError::Tls {
+            url: base.to_string(),
+            reason: "it does not answer plain HTTP; it probably speaks TLS: use https:// in --server (with --ca / BERTH_CA)".to_string(),
+        };
+    }
+    match tls::tls_refusal(&source) {
+        Some(reason) => ClientError::Tls {
+            url: base.to_string(),
+            reason,
+        },
+        None => ClientError::Unreachable {
+            url: base.to_string(),
             source,
-        }
+        },
     }
 }
 
@@ -419,10 +490,7 @@ async fn check(response: Response, base: &str) -> Result<Bytes, ClientError> {
     let body = response
         .bytes()
         .await
-        .map_err(|source| ClientError::Unreachable {
-            url: base.to_string(),
-            source,
-        })?;
+        .map_err(|source| transport_error(base, source))?;
     if status.is_success() {
         Ok(body)
     } else {
@@ -451,13 +519,12 @@ fn parse_base(base_url: &str) -> Result<Url, ClientError> {
     };
     let url = Url::parse(base_url.trim()).map_err(|e| bad(&e.to_string()))?;
     match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(bad(
-                "https is not supported yet (the server speaks plain HTTP)",
-            ))
+        "http" | "https" => {}
+        other => {
+            return Err(bad(&format!(
+                "the scheme must be http or https, not `{other}`"
+            )))
         }
-        other => return Err(bad(&format!("the scheme must be http, not `{other}`"))),
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("it names no host"));
@@ -515,10 +582,7 @@ impl EventsState {
                 EventsState::Done => return None,
                 EventsState::Start { request, base } => match request.send().await {
                     Err(source) => {
-                        return Some((
-                            Err(ClientError::Unreachable { url: base, source }),
-                            EventsState::Done,
-                        ))
+                        return Some((Err(transport_error(&base, source)), EventsState::Done))
                     }
                     Ok(response) if !response.status().is_success() => {
                         let error = check(response, &base).await.err().unwrap_or_else(|| {

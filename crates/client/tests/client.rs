@@ -415,3 +415,14 @@ async fn health_needs_no_token_and_a_path_prefix_is_kept() {
     let e = client.health().await.expect_err("no such path");
     assert!(matches!(e, ClientError::NotFound { .. }), "{e:?}");
 }
+
+#[test]
+fn https_needs_a_trust_and_a_pinned_ca_needs_https() {
+    let e = Client::new("https://127.0.0.1:1", None).expect_err("no trust");
+    assert!(matches!(e, ClientError::Config { .. }), "{e:?}");
+    assert!(e.to_string().contains("--ca FILE or set BERTH_CA"), "{e}");
+    let pin = berth_client::ServerTrust::Fingerprint("ab".repeat(32));
+    let e = Client::with_trust("http://127.0.0.1:1", None, Some(pin.clone())).expect_err("http");
+    assert!(e.to_string().contains("use https://"), "{e}");
+    Client::with_trust("https://127.0.0.1:1", None, Some(pin)).expect("https with a pin");
+}

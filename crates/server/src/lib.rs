@@ -5,6 +5,7 @@
 //!
 //! ## Layout
 //! - [`auth`]      — admin, join and node tokens (files on disk, hashes in memory).
+//! - [`pki`]       — the cluster CA, the API's certificate, the join token's CA fingerprint.
 //! - [`keys`]      — the store's key layout.
 //! - [`state`]     — the records kept in the store and a snapshot of them.
 //! - [`http`]      — the API handlers, one module per area.
@@ -27,6 +28,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod keys;
 pub mod listen;
+pub mod pki;
 pub mod placement;
 pub mod rollouts;
 pub mod state;
@@ -48,7 +50,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub store: Arc<dyn Store>,
     pub clock: Clock,
-    /// When set, the API speaks only TLS with this configuration (see [`listen::serve_api`]).
+    /// When set, the API speaks only TLS with this configuration (see [`listen::serve_api`]);
+    /// [`pki::server_tls`] makes it from the cluster CA.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -115,7 +118,8 @@ impl Shared {
             source,
         })?;
         let admin = auth::load_or_create(&config.data_dir, "admin.token")?;
-        let join = auth::load_or_create(&config.data_dir, "join.token")?;
+        // Either form (`berth1-CA-SECRET` or `SECRET`): only the secret is checked.
+        let join = pki::join_secret(&config.data_dir)?;
         let rev = config.store.revision().await?;
         let started_ms = config.clock.now_ms();
         let known = table::Known::load(config.store.as_ref()).await?;

@@ -70,6 +70,7 @@ pub struct AgentArgs {
 
 /// `berth agent`.
 pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Result<()> {
+    super::daemons::ignore_sigpipe();
     let server_url = globals
         .server
         .clone()
@@ -105,6 +106,21 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
     let router_id = format!("agent-{name}");
     let mut router_opts = args.router_opts.clone();
     router_opts.reuseport = true;
+    let mut node = NodeConfig {
+        server: server_url.clone(),
+        join_token,
+        previous_token: None,
+        ca_file: globals.ca.clone(),
+        name: name.clone(),
+        labels,
+        data_dir: data_dir.clone(),
+        address: args.address.clone(),
+        router: args.router.map(|a| a.to_string()),
+    };
+    // Whom the agent trusts, checked before anything starts: a malformed join token, or an
+    // https server with nothing to trust it by, is an error now rather than a retry loop.
+    let trust = berth_agent::node::server_trust(&node)?;
+    Client::with_trust(&server_url, None, trust)?;
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut router: Option<Router> = None;
@@ -122,7 +138,8 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
                             data_dir.display()
                         )
                     })?;
-                    let client = Client::new(&server_url, Some(token))?;
+                    let trust = berth_agent::node::server_trust(&node)?;
+                    let client = Client::with_trust(&server_url, Some(token), trust)?;
                     router = Some(
                         Router::start(client, router_id.clone(), addr, &router_opts, &stop_rx)
                             .await?,
@@ -138,22 +155,13 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         // it, so the old one must not be mistaken for it.
         let previous_token = read_token(&data_dir);
         let _ = std::fs::remove_file(data_dir.join("node.token"));
-        let node = NodeConfig {
-            server: server_url.clone(),
-            join_token,
-            previous_token,
-            name: name.clone(),
-            labels,
-            data_dir: data_dir.clone(),
-            address: args.address.clone(),
-            router: args.router.map(|a| a.to_string()),
-        };
+        node.previous_token = previous_token;
         let mut agent_stop = stop_rx.clone();
         let mut supervisor =
             super::daemons::supervisor_config(&data_dir, &default_data_dir(), &args.allow_host_path);
         supervisor.node_address = publish_address(&args.address);
         let agent = tokio::spawn(berth_agent::node::run(
-            node,
+            node.clone(),
             supervisor,
             async move {
                 let _ = agent_stop.wait_for(|s| *s).await;
@@ -161,7 +169,9 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         ));
         if let Some(addr) = args.router {
             let token = wait_for_token(&data_dir).await?;
-            let client = Client::new(&server_url, Some(token))?;
+            // After registration: the CA the agent stored, if it pinned one.
+            let trust = berth_agent::node::server_trust(&node)?;
+            let client = Client::with_trust(&server_url, Some(token), trust)?;
             match &router {
                 // The router started with the predecessor's token, revoked by this
                 // registration: switch it to ours without stopping it.

@@ -141,6 +141,54 @@ async fn bind_router(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpLi
     }
 }
 
+/// Whether the API speaks TLS (`--api-tls`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ApiTlsMode {
+    /// TLS unless `--api` is a loopback address.
+    #[default]
+    Auto,
+    /// Always TLS, on loopback too.
+    On,
+    /// Plain HTTP (a non-loopback `--api` then needs `--insecure-http`).
+    Off,
+}
+
+/// The API's TLS options, shared by `berth server` and `berth up`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ApiTlsOpts {
+    /// TLS for the API: `auto` = on unless --api is a loopback address, `on`, or `off`. With
+    /// TLS the server creates a cluster CA on first start (DATA_DIR/tls) and a certificate for
+    /// the API signed by it; clients trust DATA_DIR/ca.crt, agents the CA's fingerprint in the
+    /// join token.
+    #[arg(long, value_enum, default_value_t)]
+    api_tls: ApiTlsMode,
+    /// A DNS name or address by which clients and agents reach the API, put in its certificate
+    /// (repeatable); the --api address is always in it, and localhost for a loopback or
+    /// wildcard address.
+    #[arg(long = "api-name", value_name = "NAME")]
+    api_names: Vec<String>,
+    /// Serve plain HTTP on a non-loopback --api anyway: tokens and secret values then cross the
+    /// network in clear text, and anyone in between can run commands on every node. Warned at
+    /// every start.
+    #[arg(long)]
+    insecure_http: bool,
+    /// Make a new API certificate from the same cluster CA at this start (agents trust the CA,
+    /// so none needs to join again).
+    #[arg(long)]
+    rotate_cert: bool,
+}
+
+/// How the API was started: its URL and, with TLS, the CA that clients trust.
+struct ApiStarted {
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// `http://ADDR` or `https://ADDR` (a wildcard address shown as loopback).
+    url: String,
+    /// With TLS: `DATA_DIR/ca.crt`.
+    ca: Option<PathBuf>,
+    /// The join token, as an agent takes it.
+    join: berth_api::join::JoinToken,
+}
+
 /// Arguments of `berth up`.
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
@@ -167,6 +215,8 @@ pub struct UpArgs {
     /// directory) only when a prefix names them.
     #[arg(long = "allow-host-path", value_name = "PREFIX")]
     allow_host_path: Vec<PathBuf>,
+    #[command(flatten)]
+    api_tls: ApiTlsOpts,
     #[command(flatten)]
     router_opts: RouterOpts,
 }
@@ -195,6 +245,18 @@ pub struct ServerArgs {
     api: SocketAddr,
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    api_tls: ApiTlsOpts,
+    /// Use this certificate for the API instead of one from the cluster CA (the router's
+    /// syntax; repeat for more names, chosen by SNI). CERT_PEM should hold the chain up to the
+    /// CA clients are to trust: its last certificate becomes DATA_DIR/ca.crt and the
+    /// fingerprint in the join token. Implies TLS.
+    #[arg(
+        long,
+        value_name = "HOST=CERT_PEM:KEY_PEM",
+        value_parser = super::router_tls::parse_cert
+    )]
+    tls_cert: Vec<super::router_tls::TlsCert>,
 }
 
 /// Arguments of `berth router`.
@@ -218,6 +280,19 @@ pub(crate) async fn terminated() {
         }
         _ => std::future::pending().await,
     }
+}
+
+/// Makes a long-running command ignore SIGPIPE again. `main` restores its default action so
+/// that `berth status | head -1` ends quietly, but a daemon writes to sockets, and a write to a
+/// connection its peer has closed (a vectored write, which carries no `MSG_NOSIGNAL`; TLS writes
+/// are vectored) would then kill the whole process — server, agent and router at once — where
+/// ignoring it turns it into an `EPIPE` for that one connection. Workloads are unaffected: std's
+/// `Command` resets SIGPIPE to its default in every child.
+pub(crate) fn ignore_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called first thing in each daemon command, before its runtime or any thread
+    // exists, so nothing races on signal dispositions; SIG_IGN installs no Rust handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
 }
 
 pub(crate) fn init_logging() {
@@ -315,35 +390,126 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     f.write_all(content.as_bytes())
 }
 
-/// Starts the API server in the background; returns its task.
+/// Whether the API on `api` speaks TLS, refusing plain HTTP on a non-loopback address without
+/// `--insecure-http` (exit 2, before anything is created) and warning when it is given.
+fn tls_wanted(api: SocketAddr, opts: &ApiTlsOpts, own_cert: bool) -> anyhow::Result<bool> {
+    let loopback = api.ip().is_loopback();
+    let tls = match opts.api_tls {
+        ApiTlsMode::On => true,
+        ApiTlsMode::Off => false,
+        ApiTlsMode::Auto => !loopback || own_cert,
+    };
+    if own_cert && !tls {
+        eprintln!("error: --tls-cert gives the API a certificate, but --api-tls off turns TLS off: drop one of them");
+        return Err(crate::exit::Silent(2).into());
+    }
+    if opts.rotate_cert && (!tls || own_cert) {
+        eprintln!("error: --rotate-cert makes a new API certificate from the cluster CA: it needs TLS (--api-tls on) and no --tls-cert");
+        return Err(crate::exit::Silent(2).into());
+    }
+    if !tls && !loopback {
+        if !opts.insecure_http {
+            eprintln!(
+                "error: --api {api} is not a loopback address and TLS is off: join and node tokens, \
+                 secret values and the commands nodes run would cross the network in clear text. \
+                 Drop --api-tls off (TLS is the default there), or pass --insecure-http to accept that."
+            );
+            return Err(crate::exit::Silent(2).into());
+        }
+        eprintln!(
+            "warning: the API on {api} speaks plain HTTP (--insecure-http): anyone on the network \
+             path can read its tokens and secret values and make every node run what they want"
+        );
+    }
+    Ok(tls)
+}
+
+/// `https://` or `http://` and the API's address as clients on this machine dial it (a
+/// wildcard address as the loopback one, which its certificate names).
+fn api_url(api: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let mut dial = api;
+    if api.ip().is_unspecified() {
+        dial.set_ip(if api.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    format!("{scheme}://{dial}")
+}
+
+/// Starts the API server in the background: the tokens, with TLS the cluster CA and the API's
+/// certificate (or the operator's, `own_cert`), then the listener.
 async fn start_server(
     data_dir: &Path,
     store_spec: Option<&str>,
     api: SocketAddr,
+    tls_opts: &ApiTlsOpts,
+    own_cert: &[super::router_tls::TlsCert],
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+) -> anyhow::Result<ApiStarted> {
+    let tls = tls_wanted(api, tls_opts, !own_cert.is_empty())?;
     secure_data_dir(data_dir)?;
     let store = open_store(data_dir, store_spec).await?;
     let listener = TcpListener::bind(api).await.with_context(|| {
         format!("cannot listen on {api} for the API: is another berth running? pick another --api")
     })?;
+    let api = listener.local_addr().unwrap_or(api);
+    let api_tls = if !tls {
+        None
+    } else if let Some(first) = own_cert.first() {
+        let config = berth_router::tls::server_config(&super::router_tls::config_of(own_cert))
+            .context("--tls-cert")?;
+        Some(berth_server::pki::operator_tls(
+            data_dir,
+            config,
+            first.cert_path(),
+        )?)
+    } else {
+        let ca = berth_server::pki::Ca::load_or_create(data_dir)?;
+        let names = berth_server::pki::api_names(api, &tls_opts.api_names, Some(&hostname()));
+        let rotate = if tls_opts.rotate_cert {
+            berth_server::pki::Rotate::Yes
+        } else {
+            berth_server::pki::Rotate::No
+        };
+        let made = berth_server::pki::server_tls(data_dir, &ca, &names, rotate)?;
+        if tls_opts.rotate_cert {
+            println!(
+                "new API certificate {} from the cluster CA {}",
+                made.leaf_fingerprint, made.ca_fingerprint
+            );
+        }
+        Some(made)
+    };
+    // Create the tokens now, so they exist before anyone needs them; the join token carries
+    // the CA's fingerprint when the API speaks TLS.
+    berth_server::auth::load_or_create(data_dir, "admin.token")?;
+    let join = berth_server::pki::write_join_token(
+        data_dir,
+        api_tls.as_ref().map(|t| t.ca_fingerprint.as_str()),
+    )?;
     let config = ServerConfig {
         data_dir: data_dir.to_path_buf(),
         store,
         clock: Clock::system(),
-        tls: None,
+        tls: api_tls.as_ref().map(|t| t.config.clone()),
     };
-    // Create the tokens now, so they exist before anyone needs them.
-    berth_server::auth::load_or_create(data_dir, "admin.token")?;
-    berth_server::auth::load_or_create(data_dir, "join.token")?;
     let mut stop = stop;
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         berth_server::serve(listener, config, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await
         .context("the server stopped")
-    }))
+    });
+    Ok(ApiStarted {
+        task,
+        url: api_url(api, tls),
+        ca: tls.then(|| data_dir.join(berth_server::pki::PUBLIC_CA)),
+        join,
+    })
 }
 
 /// A client that never changes, for [`start_router`].
@@ -504,6 +670,7 @@ pub(crate) fn hostname() -> String {
 
 /// `berth up`: server, agent and router in one process.
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    ignore_sigpipe();
     init_logging();
     // Every connection is a file: start with the most the system allows (issue 10).
     berth_net::raise_fd_limit_or_warn();
@@ -517,29 +684,38 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     )?;
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let server = start_server(&data_dir, None, args.api, stop_rx.clone()).await?;
-        let api_url = format!("http://{}", args.api);
+        let started = start_server(&data_dir, None, args.api, &args.api_tls, &[], stop_rx.clone()).await?;
+        let server = started.task;
+        let api_url = started.url.clone();
         write_private(&data_dir.join("api.url"), &api_url).with_context(|| format!("cannot write {}/api.url", data_dir.display()))?;
         let admin = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_string();
-        let join = std::fs::read_to_string(data_dir.join("join.token"))?.trim().to_string();
-        let admin_client = Client::new(&api_url, Some(admin))?;
+        let trust = started.ca.as_deref().map(berth_client::ServerTrust::from_pem_file).transpose()?;
+        let admin_client = Client::with_trust(&api_url, Some(admin), trust)?;
         let router = start_router(fixed(admin_client.clone()), "up".to_string(), args.router, &args.router_opts, stop_rx.clone()).await?;
         let node = NodeConfig {
             server: api_url.clone(),
-            join_token: join,
+            // The agent verifies this server like any other: by the join token's fingerprint.
+            join_token: started.join.to_string(),
             previous_token: None,
+            ca_file: None,
             name: args.name.clone().unwrap_or_else(hostname),
             labels: parse_labels(&args.labels)?,
             data_dir: data_dir.join("agent"),
             address: "127.0.0.1".to_string(),
             router: Some(args.router.to_string()),
         };
+        // A CA the local agent stored that is not this server's (DATA_DIR/tls deleted) is an
+        // error now, with what to do, rather than an agent that silently never joins.
+        berth_agent::node::server_trust(&node)?;
         let mut agent_stop = stop_rx.clone();
         let agent = tokio::spawn(berth_agent::node::run(node, supervisor_config(&data_dir.join("agent"), &data_dir, &args.allow_host_path), async move {
             let _ = agent_stop.wait_for(|s| *s).await;
         }));
         println!("berth is up");
         println!("  API     {api_url}   (token: {}/admin.token)", data_dir.display());
+        if let Some(ca) = &started.ca {
+            println!("  CA      {}", ca.display());
+        }
         println!("  router  http://{}", args.router);
         if let Some(tls) = args.router_opts.tls_listen {
             println!("  router  https://{tls}");
@@ -581,21 +757,38 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
 
 /// `berth server`.
 pub fn server(args: ServerArgs) -> anyhow::Result<()> {
+    ignore_sigpipe();
     init_logging();
     // Every connection is a file: start with the most the system allows (issue 10).
     berth_net::raise_fd_limit_or_warn();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let server = start_server(&data_dir, args.store.as_deref(), args.api, stop_rx).await?;
-        println!(
-            "berth server on http://{}   (tokens in {})",
+        let started = start_server(
+            &data_dir,
+            args.store.as_deref(),
             args.api,
+            &args.api_tls,
+            &args.tls_cert,
+            stop_rx,
+        )
+        .await?;
+        println!(
+            "berth server on {}   (tokens in {})",
+            started.url,
+            data_dir.display()
+        );
+        if let (Some(ca), Some(fp)) = (&started.ca, &started.join.ca_sha256) {
+            println!("  CA      {} (SHA-256 {fp})", ca.display());
+        }
+        println!(
+            "  join    berth agent --server {} --join-token-file {}/join.token",
+            started.url,
             data_dir.display()
         );
         terminated().await;
         let _ = stop_tx.send(true);
-        within_grace(server)
+        within_grace(started.task)
             .await
             .context("the server task panicked")?
     })
@@ -603,6 +796,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
 
 /// `berth router`.
 pub fn router(args: RouterArgs, globals: &crate::context::Globals) -> anyhow::Result<()> {
+    ignore_sigpipe();
     init_logging();
     // Every connection is a file: start with the most the system allows (issue 10).
     berth_net::raise_fd_limit_or_warn();

@@ -36,6 +36,11 @@ impl TlsCert {
         (self.host.clone(), self.cert.clone(), self.key.clone())
     }
 
+    /// CERT_PEM (`berth server --tls-cert`: its last certificate is the CA clients trust).
+    pub(crate) fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+
     /// A load error as the user can act on it: which file, what is wrong, what it must hold.
     fn explain(&self, error: TlsError) -> String {
         match error {
@@ -116,6 +121,14 @@ fn readable(path: &Path, what: &str) -> Result<(), String> {
             path.display()
         )
     })
+}
+
+/// The certificates of `certs` as the router's TLS configuration (`berth server --tls-cert`
+/// uses it for the API).
+pub(crate) fn config_of(certs: &[TlsCert]) -> TlsConfig {
+    TlsConfig {
+        certs: certs.iter().map(TlsCert::entry).collect(),
+    }
 }
 
 /// The HTTPS listener on `addr` with the certificates of `certs`, bound by `bind` like the

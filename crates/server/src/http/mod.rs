@@ -165,7 +165,10 @@ fn known_caller(shared: &Shared, token: &str) -> Option<Caller> {
     if shared.admin.matches(token) {
         return Some(Caller::Admin);
     }
-    if shared.join.matches(token) {
+    if shared
+        .join
+        .matches(berth_api::join::JoinToken::secret_of(token))
+    {
         return Some(Caller::Joining);
     }
     let name = crate::auth::node_token_name(token)?;
