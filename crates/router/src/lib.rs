@@ -86,6 +86,8 @@
 mod compiled;
 pub mod error;
 pub mod follow;
+/// Test support for the fuzz crate and `tests/fuzz_corpus.rs`, outside the normal build.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod metrics;
