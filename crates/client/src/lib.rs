@@ -30,6 +30,7 @@
 //! except for loopback servers, which a proxy can never reach on the caller's behalf.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod error;
 mod sse;

@@ -10,6 +10,7 @@
 //! - [`HEADER_READ_TIMEOUT`], [`ACCEPT_BACKOFF`], [`LISTEN_BACKLOG`] — the shared defaults.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod conn_limit;
 pub mod fd_limit;

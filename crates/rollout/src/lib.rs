@@ -44,6 +44,7 @@
 //! [`Decision::stop`] is first removed from the routers (marked Draining), then stopped.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod observe;
 pub mod rolling;

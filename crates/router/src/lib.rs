@@ -82,6 +82,7 @@
 //! Not yet: HTTP/2 to instances, certificate reload without a restart, active health checks (the agent does those).
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 mod compiled;
 pub mod error;

@@ -168,6 +168,7 @@ pub(crate) fn listen_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
 /// Attaches to `socket`'s `SO_REUSEPORT` group a program that hands every new connection to
 /// the group's socket at `index`.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code, reason = "setsockopt(SO_ATTACH_REUSEPORT_CBPF) has no safe wrapper; see SAFETY")]
 pub(crate) fn attach_steering(socket: &socket2::Socket, index: usize) -> io::Result<()> {
     let index = u32::try_from(index).unwrap_or(u32::MAX);
     // One instruction, `return index`: the position, in the group, of the socket that gets
@@ -215,6 +216,7 @@ pub(crate) fn attach_steering(_socket: &socket2::Socket, _index: usize) -> io::R
 /// Removes the steering program of `socket`'s `SO_REUSEPORT` group: the kernel spreads new
 /// connections over the group's sockets by hash again.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code, reason = "setsockopt(SO_DETACH_REUSEPORT_BPF) has no safe wrapper; see SAFETY")]
 pub(crate) fn detach_steering(socket: &socket2::Socket) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // asm-generic/socket.h (x86_64, aarch64, riscv); not in every libc release.

@@ -62,6 +62,7 @@
 //!   a feasible placement fail; its explanation covers every node.
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "bench")]
 pub mod bench;

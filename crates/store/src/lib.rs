@@ -38,6 +38,7 @@
 //! Keys are UTF-8 strings (berth uses `/`-separated paths); values are bytes (callers put JSON).
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod codec;
 mod embedded;
