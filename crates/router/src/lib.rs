@@ -96,6 +96,7 @@ mod per_core;
 mod proxy;
 mod server;
 mod service;
+mod socket;
 pub mod stats;
 pub mod table;
 pub mod tls;

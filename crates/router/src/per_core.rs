@@ -13,7 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::server::{
+use crate::socket::{
     attach_steering, bind_or_join, detach_steering, listen_socket, listeners_like, LISTEN_BACKLOG,
 };
 
