@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod clock;
 pub mod conn_limit;
 pub mod fd_limit;
 pub mod head_guard;

@@ -84,6 +84,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+mod clock;
 mod compiled;
 pub mod error;
 pub mod follow;
