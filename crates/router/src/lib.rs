@@ -28,6 +28,11 @@
 //! - `service` (private) — per-service counters, histogram, retry budget, overload limiter.
 //! - `proxy` (private) — one request: admit, rewrite headers, forward, retry once, stream.
 //! - `metrics` (private) — the Prometheus text rendering.
+//! - `socket` (private) — the socket calls under the listeners: `SO_REUSEPORT` groups, counting
+//!   their listeners, the takeover's steering program (`server` and `per_core` both use it).
+//! - `clock` (private) — the only reads of the clock (`clippy.toml` disallows them elsewhere).
+//! - `fuzzing` (feature `fuzzing`) — the fuzz target's harness, for `fuzz/` and
+//!   `tests/fuzz_corpus.rs`; not in the normal build.
 //! - [`stats`] — per-service counters by status class.
 //!
 //! # Vocabulary
