@@ -12,6 +12,8 @@
 //!   and never reused: a new release means new instance ids, so an instance's spec never changes.
 //! - **resolved port** — a named port after the agent picked a free one for a declared `0`.
 
+#![forbid(unsafe_code)]
+
 pub mod control;
 pub mod join;
 

@@ -6,6 +6,8 @@
 //! - `commands/`    — one module per command; each is a thin shell over a library crate.
 //! - `exit.rs`      — exit codes: 0 ok, 1 failure or invalid input, 2 usage, 3 refused by policy.
 
+#![deny(unsafe_code)]
+
 mod commands;
 mod context;
 mod exit;
@@ -76,6 +78,7 @@ enum Command {
 
 /// Restores the default SIGPIPE action, so `berth status | head -1` ends quietly like any Unix
 /// tool instead of panicking on a closed stdout (Rust ignores SIGPIPE by default).
+#[allow(unsafe_code, reason = "signal(2) is unsafe in nix; see SAFETY below")]
 fn restore_sigpipe() {
     use nix::sys::signal::{signal, SigHandler, Signal};
     // SAFETY: called first thing in `main`, before any thread or runtime exists, so no other

@@ -32,6 +32,7 @@
 //! proxy can never reach on the caller's behalf.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod error;
 mod sse;

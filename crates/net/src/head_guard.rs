@@ -32,7 +32,7 @@ const ONE_BUSY: u64 = 1 << IDLE_BITS;
 /// Milliseconds since the first call in this process (monotonic), in [`IDLE_BITS`] bits.
 fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
+    let epoch = *EPOCH.get_or_init(crate::clock::now);
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX) & IDLE_MASK
 }
 

@@ -8,9 +8,12 @@
 //! - [`fd_limit`] — raise `RLIMIT_NOFILE` (soft to hard) at start.
 //! - [`widen_backlog`] — a deep accept queue on a listener bound elsewhere.
 //! - [`HEADER_READ_TIMEOUT`], [`ACCEPT_BACKOFF`], [`LISTEN_BACKLOG`] — the shared defaults.
+//! - `clock` (private) — the only read of the clock (`clippy.toml` disallows it elsewhere).
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
+mod clock;
 pub mod conn_limit;
 pub mod fd_limit;
 pub mod head_guard;

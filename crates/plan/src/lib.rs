@@ -30,6 +30,7 @@
 //!   target; the full hash is kept as well.
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod flatten;
 mod render;

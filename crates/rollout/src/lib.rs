@@ -11,7 +11,8 @@
 //! - [`observe`] — what a machine sees: [`Observed`] instances and their [`ObservedState`].
 //! - [`rolling`] — the rolling rollout: [`RolloutState`], [`step`], [`Decision`], [`Phase`],
 //!   [`rollback_of`]. The rules are listed in the module's documentation.
-//! - [`sim`] — a deterministic world that applies decisions, for tests and replays.
+//! - `sim` (feature `sim`) — a deterministic world that applies decisions, for tests and replays;
+//!   test support, outside the library's normal build (the crate's tests turn it on).
 //!
 //! Blue/green, canary and region waves will live beside `rolling` and reuse [`observe`].
 //!
@@ -43,9 +44,11 @@
 //! [`Decision::stop`] is first removed from the routers (marked Draining), then stopped.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod observe;
 pub mod rolling;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 pub use observe::{Observed, ObservedState};

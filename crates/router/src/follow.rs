@@ -18,7 +18,6 @@ use std::time::Duration;
 use berth_api::control::RoutingTable;
 use berth_client::{Client, ClientError};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::{Endpoint, Limits, Maintenance, RouteEntry, RouteTable, RouterHandle};
 
@@ -80,7 +79,7 @@ pub async fn follow_server_with(
         // Once every sender is gone the client in hand is the last one: stop watching.
         let mut may_change = true;
         loop {
-            let started = Instant::now();
+            let started = crate::clock::tokio_now();
             let client = clients.borrow_and_update().clone();
             let poll = client.routes(Some(&router_id), applied.as_deref(), POLL_WAIT);
             let changed = async {

@@ -28,6 +28,11 @@
 //! - `service` (private) — per-service counters, histogram, retry budget, overload limiter.
 //! - `proxy` (private) — one request: admit, rewrite headers, forward, retry once, stream.
 //! - `metrics` (private) — the Prometheus text rendering.
+//! - `socket` (private) — the socket calls under the listeners: `SO_REUSEPORT` groups, counting
+//!   their listeners, the takeover's steering program (`server` and `per_core` both use it).
+//! - `clock` (private) — the only reads of the clock (`clippy.toml` disallows them elsewhere).
+//! - `fuzzing` (feature `fuzzing`) — the fuzz target's harness, for `fuzz/` and
+//!   `tests/fuzz_corpus.rs`; not in the normal build.
 //! - [`stats`] — per-service counters by status class.
 //!
 //! # Vocabulary
@@ -82,10 +87,14 @@
 //! Not yet: HTTP/2 to instances, certificate reload without a restart, active health checks (the agent does those).
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
+mod clock;
 mod compiled;
 pub mod error;
 pub mod follow;
+/// Test support for the fuzz crate and `tests/fuzz_corpus.rs`, outside the normal build.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod metrics;
@@ -93,6 +102,7 @@ mod per_core;
 mod proxy;
 mod server;
 mod service;
+mod socket;
 pub mod stats;
 pub mod table;
 pub mod tls;

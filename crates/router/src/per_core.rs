@@ -13,7 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::server::{
+use crate::socket::{
     attach_steering, bind_or_join, detach_steering, listen_socket, listeners_like, LISTEN_BACKLOG,
 };
 
@@ -123,7 +123,7 @@ impl Steering {
     /// spread over every core again. Where the listeners cannot be counted, it waits
     /// 30 s instead.
     pub async fn release_when_alone(self) {
-        let started = tokio::time::Instant::now();
+        let started = crate::clock::tokio_now();
         loop {
             match listeners_like(&self.socket) {
                 Some(count) if count <= self.ours => break,

@@ -404,7 +404,7 @@ impl Proxy {
         conn: ConnInfo,
         request: Request<Incoming>,
     ) -> Response<ProxyBody> {
-        let started = Instant::now();
+        let started = crate::clock::now();
         let raw_host = match target_host(&request) {
             Ok(host) => host,
             Err(refusal) => return self.refuse(conn, &request, refusal.answer(), started),

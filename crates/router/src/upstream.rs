@@ -59,7 +59,7 @@ pub const EJECT_MAX: Duration = Duration::from_secs(30);
 /// Nanoseconds since the first call: a monotonic clock that fits in an atomic.
 pub(crate) fn now_nanos() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
+    let epoch = *EPOCH.get_or_init(crate::clock::now);
     // +1 so that 0 can mean "not ejected" even at the epoch.
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX) + 1
 }
@@ -203,7 +203,7 @@ impl Upstream {
         if idle.len() < MAX_IDLE / SHARDS {
             idle.push(Idle {
                 sender,
-                since: Instant::now(),
+                since: crate::clock::now(),
                 home,
             });
         }

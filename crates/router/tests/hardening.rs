@@ -2,6 +2,11 @@
 //! `Content-Length` + `Transfer-Encoding`, an unsolicited `101`, killed mid-request), a raw or
 //! hyper client, and the router's own `serve_with`.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "a real router over real sockets: deadlines and measured durations are wall-clock"
+)]
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

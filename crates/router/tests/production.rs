@@ -5,6 +5,11 @@
 //! Nothing sleeps to wait for something: every wait is on a channel or a polled condition,
 //! bounded by a deadline so a broken router fails the test instead of hanging it.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "a real router over real sockets: deadlines and measured durations are wall-clock"
+)]
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;

@@ -3,6 +3,11 @@
 //! Nothing here sleeps to wait for something: every wait is on a condition or a channel, bounded
 //! by a deadline so a broken router fails the test instead of hanging it.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "a real router over real sockets: deadlines and measured durations are wall-clock"
+)]
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::error::Error as StdError;

@@ -18,6 +18,11 @@
 //! microsecond as the takeover: a handshake the old socket began just before the takeover
 //! still completes there, which takes a loopback round trip.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "a real router over real sockets: deadlines and measured durations are wall-clock"
+)]
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

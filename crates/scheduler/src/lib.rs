@@ -28,10 +28,13 @@
 //! - [`SchedulerConfig`], [`Strategy`] — how to choose (spread or bin-pack, sample size, seed).
 //! - [`Plan`], [`Placement`], [`Stop`], [`StopReason`], [`Failure`] — the decision.
 //! - [`Explanation`], [`Reason`] — why a group could not be placed, counted per node.
-//! - [`harness`] — a recording harness in Nomad's style: a cluster in memory that runs
-//!   [`schedule`], applies each plan and keeps them, for scenario tests and simulations.
-//! - [`bench`] — the in-memory simulation behind `berth bench scheduler`; the only module that
-//!   reads a clock (to time [`schedule`]) and `/proc` (for peak memory).
+//! - `harness` (feature `harness`) — a recording harness in Nomad's style: a cluster in memory
+//!   that runs [`schedule`], applies each plan and keeps them, for scenario tests and simulations.
+//! - `bench` (feature `bench`) — the in-memory simulation behind `berth bench scheduler`; the
+//!   only module that reads a clock (to time [`schedule`]) and `/proc` (for peak memory).
+//!
+//!   Both are test support, outside the library's normal build: this crate's tests and bench turn
+//!   them on through a dev-dependency on itself, the CLI turns `bench` on for its command.
 //! - `index` (private) — node classes and usage; `reconcile`, `place` (private) — the two phases;
 //!   `rng` (private) — the seeded PRNG and the Fx hasher.
 //!
@@ -59,8 +62,11 @@
 //!   a feasible placement fail; its explanation covers every node.
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
+#[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(any(test, feature = "harness"))]
 pub mod harness;
 mod index;
 mod place;

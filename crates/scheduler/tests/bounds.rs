@@ -15,10 +15,14 @@ fn a_huge_count_on_a_small_cluster_fails_quickly_without_a_huge_allocation() {
     }
     // 250m each: four fit on a 1-core node.
     h.demand(group("web"), u32::MAX, service(250, 1 << 20));
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a generous bound that catches a loop per missing instance (billions of passes), not a timing test"
+    )]
     let started = Instant::now();
     let plan = h.run().clone();
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(60),
         "{:?}",
         started.elapsed()
     );

@@ -20,6 +20,8 @@
 //! and writes instance records. Agents long-poll their node's instances and report statuses in
 //! heartbeats; routers long-poll the routing table, which tells the server what they have applied.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod clock;
 mod error;

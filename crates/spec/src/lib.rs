@@ -16,6 +16,8 @@
 //!   `${region}` stays until the stack is instantiated per region wave.
 //! - *override*: a `--set service.path=value` from the command line.
 
+#![forbid(unsafe_code)]
+
 mod decode;
 pub mod diag;
 pub mod model;

@@ -416,7 +416,7 @@ impl Db {
             .unwrap_or_else(PoisonError::into_inner)
             .as_mut()
         {
-            b.last_try = Some(Instant::now());
+            b.last_try = Some(crate::clock::now());
         }
         let probe = self.reopen().and_then(|()| self.probe());
         match probe {
@@ -540,10 +540,7 @@ impl Db {
                 })?;
             {
                 let mut meta = wtx.open_table(META).map_err(|e| self.err("probing", e))?;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0);
+                let now = crate::clock::unix_ms();
                 meta.insert(META_PROBE, now)
                     .map_err(|e| self.err("probing", e))?;
             }

@@ -38,7 +38,9 @@
 //! Keys are UTF-8 strings (berth uses `/`-separated paths); values are bytes (callers put JSON).
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
+mod clock;
 mod codec;
 mod embedded;
 mod error;

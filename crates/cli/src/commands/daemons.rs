@@ -288,6 +288,7 @@ pub(crate) async fn terminated() {
 /// are vectored) would then kill the whole process — server, agent and router at once — where
 /// ignoring it turns it into an `EPIPE` for that one connection. Workloads are unaffected: std's
 /// `Command` resets SIGPIPE to its default in every child.
+#[allow(unsafe_code, reason = "signal(2) is unsafe in nix; see SAFETY below")]
 pub(crate) fn ignore_sigpipe() {
     use nix::sys::signal::{signal, SigHandler, Signal};
     // SAFETY: called first thing in each daemon command, before its runtime or any thread
