@@ -136,6 +136,7 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
             join_token,
             previous_token,
             name: name.clone(),
+            keep_labels: args.labels.is_empty(),
             labels,
             data_dir: data_dir.clone(),
             address: args.address.clone(),
