@@ -239,9 +239,15 @@ impl Node {
             }
         };
         match &resp.previous_labels {
-            Some(old) => tracing::warn!(node = %self.config.name, from = %shown(old), to = %shown(&resp.labels), "registered with the server; node labels changed"),
-            None if self.config.keep_labels => tracing::info!(node = %self.config.name, labels = %shown(&resp.labels), "registered with the server; kept the registered labels (no --labels given)"),
-            None => tracing::info!(node = %self.config.name, labels = %shown(&resp.labels), "registered with the server"),
+            Some(old) => {
+                tracing::warn!(node = %self.config.name, from = %shown(old), to = %shown(&resp.labels), "registered with the server; node labels changed")
+            }
+            None if self.config.keep_labels => {
+                tracing::info!(node = %self.config.name, labels = %shown(&resp.labels), "registered with the server; kept the registered labels (no --labels given)")
+            }
+            None => {
+                tracing::info!(node = %self.config.name, labels = %shown(&resp.labels), "registered with the server")
+            }
         }
         Ok(c)
     }

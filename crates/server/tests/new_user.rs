@@ -8,8 +8,7 @@ use berth_api::control::{DeployRequest, ReleaseStatus, RollbackRequest};
 use berth_api::InstanceState;
 use berth_client::ClientError;
 use harness::{
-    all_healthy, deploy_request, release_reports, wait_release, web_stack, Agent, Server,
-    Timeline,
+    all_healthy, deploy_request, release_reports, wait_release, web_stack, Agent, Server, Timeline,
 };
 
 /// A first release that never becomes healthy fails; deploying the same file again (or
@@ -70,7 +69,10 @@ async fn a_failed_first_release_can_be_retried() {
             .deploy(&deploy_request(&source, "staging"))
             .await
             .expect("the same file once live");
-        assert_eq!(live.release, None, "{stack}: live and healthy: nothing to do");
+        assert_eq!(
+            live.release, None,
+            "{stack}: live and healthy: nothing to do"
+        );
         let why = live.unchanged.unwrap_or_default();
         assert!(
             why.contains("already runs this") && why.contains("release 2 is live"),

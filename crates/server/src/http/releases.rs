@@ -146,7 +146,8 @@ struct FullPlan {
 impl FullPlan {
     fn new(plan: Plan, changes: Vec<(String, String)>, target: &Stack) -> FullPlan {
         let regions: Vec<String> = target.regions().to_vec();
-        let services: std::collections::BTreeSet<&String> = changes.iter().map(|(s, _)| s).collect();
+        let services: std::collections::BTreeSet<&String> =
+            changes.iter().map(|(s, _)| s).collect();
         let secret_instances = services
             .iter()
             .filter_map(|s| target.services.get(*s))
