@@ -1,6 +1,7 @@
 //! Issue 11's node bugs through the real binary: a drained node that is down shows both facts
 //! (and `berth gc` does not wait for it), and an agent restarted without `--labels` keeps the
-//! labels it registered with, while new labels are taken and the change is said.
+//! labels it registered with, while new labels are taken and the change is said. Also the CLI
+//! side of refusing a plan that cannot be placed (exit 3, `--force`).
 
 mod common;
 
@@ -148,4 +149,41 @@ fn an_agent_restarted_without_labels_keeps_them_and_a_change_is_said() {
         third.log_tail()
     );
     assert_eq!(labels(&up), Some(serde_json::json!({"zone": "c"})));
+}
+
+/// The CLI side of the placement refusal (the server side is in crates/server/tests/new_user.rs):
+/// `berth deploy` of a plan that cannot be placed exits 3 naming the reason; `--force` deploys.
+#[test]
+fn an_unplaceable_deploy_exits_3_unless_forced() {
+    let up = BerthUp::start_with(&["--name", "n1"]);
+    up.wait_until(Duration::from_secs(20), "n1 ready", || {
+        state_of(&up, "n1") == "ready"
+    });
+    let dir = common::temp_dir();
+    let file = common::write_file(
+        dir.path(),
+        "mars.yaml",
+        r#"stack: mars
+environments:
+  local:
+    regions: [local]
+services:
+  web:
+    process: {command: [berth, whoami]}
+    ports: { http: 0 }
+    placement: { constraints: ["zone == mars"] }
+"#,
+    );
+    let out = cli(&up, &["deploy", "-f", &file, "--env", "local"]);
+    assert_exit(&out, 3);
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("web in local: 1 of 1 cannot be placed") && err.contains("--force"),
+        "{err}"
+    );
+    let forced = cli_ok(&up, &["deploy", "-f", &file, "--env", "local", "--force"]);
+    assert!(
+        forced.contains("release 1 of mars in local created"),
+        "{forced}"
+    );
 }
