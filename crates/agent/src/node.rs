@@ -44,6 +44,8 @@ pub struct NodeConfig {
     pub ca_file: Option<PathBuf>,
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// No labels were given (no `--labels`): keep the ones the node is registered with.
+    pub keep_labels: bool,
     /// Holds `node.token` and every instance's directory.
     pub data_dir: PathBuf,
     /// The host at which this node's instances are reachable.
@@ -257,6 +259,7 @@ impl Node {
             drivers: self.drivers.clone(),
             address: self.config.address.clone(),
             router: self.config.router.clone(),
+            keep_labels: self.config.keep_labels,
         };
         let mut current = self.token.lock().await;
         let mut resp = None;
@@ -299,7 +302,27 @@ impl Node {
         }
         let c = self.anonymous.with_token(Some(resp.node_token))?;
         *cached = Some(c.clone());
-        tracing::info!(node = %self.config.name, "registered with the server");
+        let shown = |l: &BTreeMap<String, String>| {
+            if l.is_empty() {
+                "none".to_string()
+            } else {
+                l.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        };
+        match &resp.previous_labels {
+            Some(old) => {
+                tracing::warn!(node = %self.config.name, from = %shown(old), to = %shown(&resp.labels), "registered with the server; node labels changed")
+            }
+            None if self.config.keep_labels => {
+                tracing::info!(node = %self.config.name, labels = %shown(&resp.labels), "registered with the server; kept the registered labels (no --labels given)")
+            }
+            None => {
+                tracing::info!(node = %self.config.name, labels = %shown(&resp.labels), "registered with the server")
+            }
+        }
         Ok(c)
     }
 

@@ -30,6 +30,11 @@ pub struct RegisterRequest {
     /// The address of the router the agent runs, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<String>,
+    /// The agent was started without `--labels`: keep the labels the node is registered with
+    /// (an agent restart must not silently drop them, and placement with them); `labels` is
+    /// then ignored for a known node. A new node registers with `labels` as they are.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_labels: bool,
 }
 
 /// CPU and memory on a node, in the units of the stack file's `resources`.
@@ -44,6 +49,13 @@ pub struct NodeResources {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterResponse {
     pub node_token: String,
+    /// The labels the node is registered with now (kept ones included), so the agent can say
+    /// what placement sees.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The labels it was registered with before, when this registration changed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_labels: Option<BTreeMap<String, String>>,
 }
 
 /// An agent's periodic report: it is alive, and this is what its instances are doing.
@@ -104,7 +116,13 @@ pub struct NodeView {
     pub labels: BTreeMap<String, String>,
     pub resources: NodeResources,
     pub drivers: Vec<DriverKind>,
+    /// One word for scripts: `down` when the node misses heartbeats (whether or not it is
+    /// draining: a dead node is the more urgent fact), else `draining` when drained, else
+    /// `ready`. Liveness and drain are two facts; [`NodeView::draining`] carries the second.
     pub state: NodeState,
+    /// Set by `berth drain` (until `berth undrain`), whether the node is up or down.
+    #[serde(default)]
+    pub draining: bool,
     pub instances: usize,
     /// What the instances placed on the node reserve.
     #[serde(default)]
@@ -220,6 +238,10 @@ pub struct DeployRequest {
     /// Only plan; store nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Deploy even though the plan says some instances cannot be placed on the cluster as it
+    /// is now (without it such a plan is refused, exit 3, instead of failing its rollout).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// A plan as the server computed it against the live release.
@@ -244,6 +266,11 @@ pub struct DeployResponse {
     /// The new release, or `None` when the plan was empty or a dry run.
     pub release: Option<u64>,
     pub plan: PlanView,
+    /// Why nothing was stored, for people (`nothing to change: shop in staging already runs
+    /// this (release 3 is live)`); set only when the plan was empty and the live state already
+    /// is (or is rolling out to) the target, not for a dry run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchanged: Option<String>,
 }
 
 /// An API error body: what went wrong, and for a bad spec every `FILE:LINE:COL: message`.

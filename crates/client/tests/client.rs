@@ -68,6 +68,7 @@ fn deploy_request() -> DeployRequest {
         confirm: None,
         plan_id: None,
         dry_run: false,
+        force: false,
     }
 }
 

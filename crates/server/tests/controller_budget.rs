@@ -58,6 +58,7 @@ async fn big_node(server: &Server, name: &str) -> tokio::task::JoinHandle<()> {
             drivers: vec![DriverKind::Process],
             address: "127.0.0.1".to_string(),
             router: None,
+            keep_labels: false,
         })
         .await
         .unwrap_or_else(|e| panic!("register {name}: {e}"))

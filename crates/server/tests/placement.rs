@@ -43,9 +43,13 @@ async fn a_plan_and_the_status_say_why_instances_cannot_be_placed() {
         plan.plan.text
     );
 
+    // Refused without --force (issue 11); forced, the rollout shows why it waits.
     let deployed = server
         .admin
-        .deploy(&deploy_request(NOWHERE, "staging"))
+        .deploy(&berth_api::control::DeployRequest {
+            force: true,
+            ..deploy_request(NOWHERE, "staging")
+        })
         .await
         .expect("deploy");
     assert_eq!(deployed.plan.placement.len(), 1);

@@ -112,6 +112,7 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         previous_token: None,
         ca_file: globals.ca.clone(),
         name: name.clone(),
+        keep_labels: args.labels.is_empty(),
         labels,
         data_dir: data_dir.clone(),
         address: args.address.clone(),

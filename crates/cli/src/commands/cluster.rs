@@ -32,6 +32,9 @@ pub struct DeployArgs {
     /// How long --wait waits, in seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Deploy even though the plan says some instances cannot be placed (else refused, exit 3).
+    #[arg(long)]
+    force: bool,
 }
 
 fn request(
@@ -56,6 +59,7 @@ fn request(
         confirm,
         plan_id,
         dry_run: false,
+        force: false,
     })
 }
 
@@ -84,10 +88,13 @@ fn print_deploy(resp: &DeployResponse, globals: &Globals) -> anyhow::Result<()> 
             "release {n} of {} in {} created; rolling out",
             resp.stack, resp.env
         ),
-        None => println!(
-            "nothing to change: {} in {} already runs this",
-            resp.stack, resp.env
-        ),
+        None => match &resp.unchanged {
+            Some(why) => println!("{why}"),
+            None => println!(
+                "nothing to change: {} in {} already runs this",
+                resp.stack, resp.env
+            ),
+        },
     }
     Ok(())
 }
@@ -95,13 +102,16 @@ fn print_deploy(resp: &DeployResponse, globals: &Globals) -> anyhow::Result<()> 
 /// `berth deploy`.
 pub fn deploy(args: DeployArgs, globals: &Globals) -> anyhow::Result<()> {
     let client = globals.client()?;
-    let req = request(
-        &args.file,
-        &args.env,
-        &args.set,
-        args.confirm.clone(),
-        args.plan_id.clone(),
-    )?;
+    let req = DeployRequest {
+        force: args.force,
+        ..request(
+            &args.file,
+            &args.env,
+            &args.set,
+            args.confirm.clone(),
+            args.plan_id.clone(),
+        )?
+    };
     runtime()?.block_on(async {
         let resp = client.deploy(&req).await.map_err(client_error)?;
         print_deploy(&resp, globals)?;
@@ -396,7 +406,7 @@ pub fn nodes(globals: &Globals) -> anyhow::Result<()> {
             return print_json(&nodes);
         }
         println!(
-            "{:<20} {:<10} {:<10} {:<22} {:<10} LABELS",
+            "{:<20} {:<14} {:<10} {:<22} {:<10} LABELS",
             "NODE", "STATE", "INSTANCES", "ALLOCATED CPU/MEMORY", "LAST SEEN"
         );
         for n in &nodes {
@@ -413,10 +423,15 @@ pub fn nodes(globals: &Globals) -> anyhow::Result<()> {
                 millis: n.resources.cpu_millis,
             };
             let cap_mem = human_bytes(n.resources.memory_bytes);
+            // Liveness first, then drain: `down,draining` for a drained node that died.
+            let mut state = format!("{:?}", n.state).to_lowercase();
+            if n.draining && n.state != berth_api::control::NodeState::Draining {
+                state.push_str(",draining");
+            }
             println!(
-                "{:<20} {:<10} {:<10} {:<22} {:<10} {}",
+                "{:<20} {:<14} {:<10} {:<22} {:<10} {}",
                 n.name,
-                format!("{:?}", n.state).to_lowercase(),
+                state,
                 n.instances,
                 format!("{cpu}/{cap_cpu} {mem}/{cap_mem}"),
                 seen,
@@ -496,7 +511,9 @@ pub fn drain(args: DrainArgs, draining: bool, globals: &Globals) -> anyhow::Resu
         if globals.json() {
             return print_json(&node);
         }
-        if draining {
+        if draining && node.state == berth_api::control::NodeState::Down {
+            println!("node {} is down and draining: it takes no new instances, and its {} instance(s) are replaced elsewhere (a down node's instances are replaced without waiting for it)", node.name, node.instances);
+        } else if draining {
             println!("node {} is draining: it takes no new instances, and its {} instance(s) move elsewhere, each stopped once its replacement is healthy", node.name, node.instances);
         } else {
             println!("node {} takes new instances again", node.name);

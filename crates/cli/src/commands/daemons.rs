@@ -653,6 +653,10 @@ fn serve_per_core(
 pub(crate) fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut labels = BTreeMap::new();
     for l in pairs {
+        // `--labels ''` is given and empty: it clears the labels (no `--labels` keeps them).
+        if l.trim().is_empty() {
+            continue;
+        }
         let (k, v) = l
             .split_once('=')
             .with_context(|| format!("--labels {l}: expected key=value"))?;
@@ -701,6 +705,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             ca_file: None,
             name: args.name.clone().unwrap_or_else(hostname),
             labels: parse_labels(&args.labels)?,
+            keep_labels: args.labels.is_empty(),
             data_dir: data_dir.join("agent"),
             address: "127.0.0.1".to_string(),
             router: Some(args.router.to_string()),
@@ -731,6 +736,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
                 confirm: None,
                 plan_id: None,
                 dry_run: false,
+                force: false,
             };
             match admin_client.deploy(&req).await {
                 Ok(r) => match r.release {

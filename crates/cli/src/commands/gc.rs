@@ -56,16 +56,16 @@ pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
                 .as_ref()
                 .is_some_and(|r| r.generation >= generation)
         };
-        let nodes = loop {
-            let nodes: Vec<NodeView> = client
+        // A down node (drained or not: `state` says `down` first) is not waited for.
+        let (nodes, down) = loop {
+            let (nodes, down): (Vec<NodeView>, Vec<NodeView>) = client
                 .nodes()
                 .await
                 .map_err(client_error)?
                 .into_iter()
-                .filter(|n| n.state != NodeState::Down)
-                .collect();
+                .partition(|n| n.state != NodeState::Down);
             if nodes.iter().all(done) || tokio::time::Instant::now() >= deadline {
-                break nodes;
+                break (nodes, down);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
@@ -81,6 +81,13 @@ pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
                 missing: missing.clone(),
             })?;
         } else {
+            if !down.is_empty() {
+                let names: Vec<&str> = down.iter().map(|n| n.name.as_str()).collect();
+                println!(
+                    "not waiting for down node(s): {} (they collect when they return)",
+                    names.join(", ")
+                );
+            }
             for n in nodes.iter().filter(|n| done(n)) {
                 let Some(r) = &n.last_gc else { continue };
                 let images = if r.images_removed.is_empty() {

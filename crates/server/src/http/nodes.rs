@@ -68,13 +68,23 @@ pub async fn register(
         return Err(already_registered(&req.name));
     }
     let mut record = NodeRecord {
-        registration: req.clone(),
+        registration: RegisterRequest {
+            keep_labels: false,
+            ..req.clone()
+        },
         registered_ms: shared.clock.now_ms(),
         draining: false,
     };
+    let mut previous_labels = None;
     if let Some(kv) = &previous {
         if let Ok(old) = serde_json::from_slice::<NodeRecord>(&kv.value) {
             record.draining = old.draining;
+            let old_labels = old.registration.labels;
+            if req.keep_labels {
+                record.registration.labels = old_labels;
+            } else if old_labels != req.labels {
+                previous_labels = Some(old_labels);
+            }
         }
     }
     // The record must still be what was read: two joins of one new name cannot both win, and a
@@ -110,8 +120,27 @@ pub async fn register(
         cache.retain(|_, name| *name != req.name);
         cache.insert(auth::TokenHash::of(&token).to_hex(), req.name.clone());
     }
+    if let Some(old) = &previous_labels {
+        tracing::info!(node = %req.name, from = %show_labels(old), to = %show_labels(&record.registration.labels), "node labels changed");
+    }
     shared.kick.notify_one();
-    Ok(Json(RegisterResponse { node_token: token }))
+    Ok(Json(RegisterResponse {
+        node_token: token,
+        labels: record.registration.labels,
+        previous_labels,
+    }))
+}
+
+/// Labels as `k=v,k=v` (`none` when empty), for log lines.
+fn show_labels(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "none".to_string();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// 409 for the join token on a name already registered: what to do instead.
@@ -484,12 +513,13 @@ pub async fn list(
         .map(|n| {
             let reg = &n.value.registration;
             let last = beats.get(&reg.name).map(|t| now.saturating_sub(*t));
-            let state = if n.value.draining {
-                NodeState::Draining
-            } else if table::node_is_up(&shared, &reg.name, now) {
-                NodeState::Ready
-            } else {
+            // Down wins: a drained node that died must not look merely drained.
+            let state = if !table::node_is_up(&shared, &reg.name, now) {
                 NodeState::Down
+            } else if n.value.draining {
+                NodeState::Draining
+            } else {
+                NodeState::Ready
             };
             NodeView {
                 name: reg.name.clone(),
@@ -497,6 +527,7 @@ pub async fn list(
                 resources: reg.resources,
                 drivers: reg.drivers.clone(),
                 state,
+                draining: n.value.draining,
                 instances: snapshot
                     .instances
                     .values()

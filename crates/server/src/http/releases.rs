@@ -100,7 +100,7 @@ fn secret_changes(
     base: Option<&Release>,
     target: &Stack,
     versions: &BTreeMap<String, u64>,
-) -> Vec<String> {
+) -> Vec<(String, String)> {
     let Some(base) = base else {
         return Vec::new();
     };
@@ -116,7 +116,10 @@ fn secret_changes(
             let old = base.secrets.get(name).copied().unwrap_or(0);
             let new = versions.get(name).copied().unwrap_or(0);
             if old != new {
-                lines.push(format!("{service}: secret {name}: version {old} → {new}"));
+                lines.push((
+                    service.clone(),
+                    format!("{service}: secret {name}: version {old} → {new}"),
+                ));
             }
         }
     }
@@ -131,10 +134,26 @@ struct FullPlan {
     plan: Plan,
     secrets: Vec<String>,
     id: String,
+    /// Instances replaced because of secret changes alone: the blast radius of a plan whose
+    /// only changes are secrets.
+    secret_instances: u64,
+    /// The target environment's regions, in rollout order.
+    regions: Vec<String>,
+    /// A line for people below the plan (a retry of a release that did not go live).
+    note: Option<String>,
 }
 
 impl FullPlan {
-    fn new(plan: Plan, secrets: Vec<String>) -> FullPlan {
+    fn new(plan: Plan, changes: Vec<(String, String)>, target: &Stack) -> FullPlan {
+        let regions: Vec<String> = target.regions().to_vec();
+        let services: std::collections::BTreeSet<&String> =
+            changes.iter().map(|(s, _)| s).collect();
+        let secret_instances = services
+            .iter()
+            .filter_map(|s| target.services.get(*s))
+            .map(|s| u64::from(s.replicas) * regions.len() as u64)
+            .sum();
+        let secrets: Vec<String> = changes.into_iter().map(|(_, line)| line).collect();
         let id = if secrets.is_empty() {
             plan.id.clone()
         } else {
@@ -148,7 +167,14 @@ impl FullPlan {
             let full = hex::encode(h.finalize());
             full[..plan.id.len().min(full.len())].to_string()
         };
-        FullPlan { plan, secrets, id }
+        FullPlan {
+            plan,
+            secrets,
+            id,
+            secret_instances,
+            regions,
+            note: None,
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -158,24 +184,7 @@ impl FullPlan {
 
 fn view(full: &FullPlan, placement: Vec<String>) -> PlanView {
     let plan = &full.plan;
-    let mut text = if plan.is_empty() && !full.secrets.is_empty() {
-        // The pure plan says "no changes"; the secrets say otherwise.
-        String::new()
-    } else {
-        plan.to_string()
-    };
-    if !full.secrets.is_empty() {
-        text.push_str("secrets (their instances are replaced; values are never shown):\n");
-        for line in &full.secrets {
-            text.push_str(&format!("  ~ {line}\n"));
-        }
-    }
-    if !placement.is_empty() {
-        text.push_str("\nplacement (on the cluster as it is now):\n");
-        for line in &placement {
-            text.push_str(&format!("  ! {line}\n"));
-        }
-    }
+    let text = plan_text(full, &placement);
     let mut detail = serde_json::to_value(plan).unwrap_or_default();
     if let Some(obj) = detail.as_object_mut() {
         obj.insert("id".into(), serde_json::json!(full.id));
@@ -189,14 +198,76 @@ fn view(full: &FullPlan, placement: Vec<String>) -> PlanView {
     }
 }
 
-/// What the scheduler could not place of `target` on the cluster as it is now.
+/// The human plan: the pure plan's rendering with the secrets block before its closing
+/// `plan id:` line, which names the full id (the one `--plan ID` takes). A plan whose only
+/// changes are secrets gets a header, a blast radius (its services' instances are replaced) and
+/// the id, like any other plan.
+fn plan_text(full: &FullPlan, placement: &[String]) -> String {
+    let plan = &full.plan;
+    let mut text = String::new();
+    if full.secrets.is_empty() {
+        text.push_str(&plan.to_string());
+    } else {
+        if plan.is_empty() {
+            let env = plan.environment.as_deref().unwrap_or("(none)");
+            text.push_str(&format!(
+                "plan for stack {}, environment {env}\n\n",
+                plan.stack
+            ));
+        } else {
+            let rendered = plan.to_string();
+            let body = rendered
+                .trim_end_matches('\n')
+                .rsplit_once('\n')
+                .map(|(body, _plan_id_line)| body)
+                .unwrap_or("");
+            text.push_str(body);
+            text.push_str("\n\n");
+        }
+        text.push_str("secrets (their instances are replaced; values are never shown):\n");
+        for line in &full.secrets {
+            text.push_str(&format!("  ~ {line}\n"));
+        }
+        if plan.is_empty() {
+            // Every region runs the replaced services (an empty pure plan touches none itself).
+            let regions = if full.secret_instances > 0 && !full.regions.is_empty() {
+                full.regions.join(", ")
+            } else {
+                "none".to_string()
+            };
+            text.push_str(&format!(
+                "\nblast radius:\n  instances: {n} to start, {n} to stop (replaced with the new secret versions)\n  worst: 0%; allowed without confirmation: {}\n  regions touched: {regions}\n  destructive: no\n",
+                plan.max_capacity_drop,
+                n = full.secret_instances,
+            ));
+        }
+        text.push_str(&format!("plan id: {}\n", full.id));
+    }
+    if let Some(note) = &full.note {
+        text.push_str(note);
+        text.push('\n');
+    }
+    if !placement.is_empty() {
+        text.push_str("\nplacement (on the cluster as it is now):\n");
+        for line in placement {
+            text.push_str(&format!("  ! {line}\n"));
+        }
+    }
+    text
+}
+
+/// What the scheduler could not place of `target` on the cluster as it is now, and whether
+/// the cluster has any node registered at all.
 async fn placement_check(
     shared: &Shared,
     target: &Stack,
     env: &str,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<(Vec<String>, bool), ApiError> {
     let snapshot = crate::state::Snapshot::load(shared.store.as_ref()).await?;
-    Ok(crate::placement::check(shared, &snapshot, target, env))
+    Ok((
+        crate::placement::check(shared, &snapshot, target, env),
+        !snapshot.nodes.is_empty(),
+    ))
 }
 
 fn plan_of(base: Option<&Release>, target: &Stack) -> Result<Plan, ApiError> {
@@ -220,16 +291,19 @@ pub async fn plan(
     let versions = secret_versions(&shared, &target).await?;
     let (base, _) = current(&shared, &target.stack, &req.env).await?;
     let base = base.as_ref().map(|b| &b.value);
-    let plan = FullPlan::new(
+    let mut plan = FullPlan::new(
         plan_of(base, &target)?,
         secret_changes(base, &target, &versions),
+        &target,
     );
-    let placement = placement_check(&shared, &target, &req.env).await?;
+    plan.note = retry_note(base, &plan);
+    let (placement, _) = placement_check(&shared, &target, &req.env).await?;
     Ok(Json(DeployResponse {
         stack: target.stack.clone(),
         env: req.env,
         release: None,
         plan: view(&plan, placement),
+        unchanged: None,
     }))
 }
 
@@ -253,6 +327,7 @@ pub async fn deploy(
             rollback_of: None,
             images: None,
             dry_run: req.dry_run,
+            force: req.force,
         },
     )
     .await?;
@@ -270,6 +345,8 @@ struct Start<'a> {
     /// services whose image reference did not change (see [`carried_pins`]).
     images: Option<std::collections::BTreeMap<String, String>>,
     dry_run: bool,
+    /// Deploy even though the plan says some instances cannot be placed (`--force`).
+    force: bool,
 }
 
 /// How many times a deploy is retried when its write lost a race with a heartbeat pinning an
@@ -340,25 +417,38 @@ async fn try_start_release(
     let stack = target.stack.clone();
     let versions = secret_versions(shared, &target).await?;
     let (base, rollout_rev) = current(shared, &stack, env).await?;
-    let full = FullPlan::new(
+    let mut full = FullPlan::new(
         plan_of(base.as_ref().map(|b| &b.value), &target)?,
         secret_changes(base.as_ref().map(|b| &b.value), &target, &versions),
+        &target,
     );
+    full.note = retry_note(base.as_ref().map(|b| &b.value), &full);
     let plan = &full.plan;
-    let placement = placement_check(shared, &target, env).await?;
+    let (placement, has_nodes) = placement_check(shared, &target, env).await?;
     let respond = |release| DeployResponse {
         stack: stack.clone(),
         env: env.to_string(),
         release,
         plan: view(&full, placement.clone()),
+        unchanged: None,
     };
     if let Some(id) = how.plan_id {
         if id != full.id {
             return Err(ApiError::conflict(format!("the live state moved since plan {id} (the plan is now {}): run `berth plan` again and review it", full.id)));
         }
     }
-    if full.is_empty() || how.dry_run {
-        return Ok(Attempt::Done(respond(None)));
+    // "Already runs this" only when it is live (or on its way there): the same content as a
+    // release that failed is a retry, stored as a new release.
+    let unchanged = if full.is_empty() {
+        unchanged(base.as_ref().map(|b| &b.value), &stack, env)
+    } else {
+        None
+    };
+    if unchanged.is_some() || how.dry_run {
+        return Ok(Attempt::Done(DeployResponse {
+            unchanged,
+            ..respond(None)
+        }));
     }
     if plan.exceeds_capacity_drop && how.confirm != Some(stack.as_str()) {
         let worst = plan.blast_radius.worst_service.clone().unwrap_or_default();
@@ -369,6 +459,14 @@ async fn try_start_release(
     }
     if plan.approval {
         return Err(ApiError::refused(format!("environment {env} requires a second person's approval, which this server does not support yet: remove `approval: true` from {env} to deploy without it")));
+    }
+    // A cluster with no node yet (agents still joining, as at `berth up`'s start) is not
+    // refused: the plan shows the lines, and the rollout places once nodes arrive.
+    if !placement.is_empty() && has_nodes && !how.force {
+        return Err(ApiError::refused(format!(
+            "this plan cannot be placed on the cluster as it is now, so its rollout would fail: {}; nothing was stored. Add or undrain nodes, free capacity or relax the constraints, or deploy anyway with --force",
+            placement.join("; ")
+        )));
     }
     let existing = state::releases(shared.store.as_ref(), &stack, env).await?;
     let number = existing.last().map(|r| r.value.number + 1).unwrap_or(1);
@@ -462,6 +560,45 @@ async fn try_start_release(
     Ok(Attempt::Done(respond(Some(number))))
 }
 
+/// Why a deploy with no changes against `base` stores nothing, or `None` when it must store a
+/// new release anyway: `base` did not go live (it failed), so deploying it again retries it.
+fn unchanged(base: Option<&Release>, stack: &str, env: &str) -> Option<String> {
+    let base = base?;
+    match base.status {
+        ReleaseStatus::Live => Some(format!(
+            "nothing to change: {stack} in {env} already runs this (release {} is live)",
+            base.number
+        )),
+        ReleaseStatus::RollingOut => Some(format!(
+            "nothing to change: release {} of {stack} in {env} is already rolling out exactly this; follow it with `berth status {stack}`",
+            base.number
+        )),
+        ReleaseStatus::Failed | ReleaseStatus::Superseded => None,
+    }
+}
+
+/// For a plan with no changes against a release that did not go live: say that applying it
+/// is a retry, not a no-op.
+fn retry_note(base: Option<&Release>, full: &FullPlan) -> Option<String> {
+    let base = base?;
+    if !full.is_empty() || matches!(base.status, ReleaseStatus::Live | ReleaseStatus::RollingOut) {
+        return None;
+    }
+    let why = base
+        .reason
+        .as_deref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
+    let status = match base.status {
+        ReleaseStatus::Failed => "failed",
+        _ => "superseded before it went live",
+    };
+    Some(format!(
+        "release {} {status}{why}; deploying this again retries it as a new release",
+        base.number
+    ))
+}
+
 /// One line for `berth history`.
 fn summarize(full: &FullPlan, rollback_of: Option<u64>) -> String {
     let plan = &full.plan;
@@ -542,6 +679,8 @@ pub async fn rollback(
             rollback_of: Some(number),
             images: Some(target.value.images.clone()),
             dry_run: false,
+            // A rollback returns to what ran before; it is never held back by placement.
+            force: true,
         },
     )
     .await?;

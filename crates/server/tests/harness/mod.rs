@@ -158,6 +158,7 @@ pub fn deploy_request(source: &str, env: &str) -> DeployRequest {
         confirm: None,
         plan_id: None,
         dry_run: false,
+        force: false,
     }
 }
 
@@ -456,6 +457,7 @@ pub fn register_request(name: &str) -> RegisterRequest {
         drivers: vec![DriverKind::Process],
         address: "127.0.0.1".to_string(),
         router: None,
+        keep_labels: false,
     }
 }
 
