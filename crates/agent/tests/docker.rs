@@ -408,18 +408,35 @@ async fn containers_no_release_wants_are_removed_after_the_first_desired_set() {
     let sup = Supervisor::start(config(dir.path(), &docker), std::future::pending())
         .await
         .unwrap();
-    tokio::task::yield_now().await;
-    assert!(
-        exists(&docker, &ghost).await,
-        "nothing removed before the first desired set"
-    );
+    // Nothing is removed before the first desired set. The supervisor has no timer: a removal
+    // can only come from its start or the first set. Watch the orphan for ORPHAN_WATCH, then
+    // check below that a removal, once allowed, takes less: had the supervisor removed it
+    // on its own, the watch would have seen it.
+    const ORPHAN_WATCH: Duration = Duration::from_secs(2);
+    let watch = std::time::Instant::now();
+    while watch.elapsed() < ORPHAN_WATCH {
+        assert!(
+            exists(&docker, &ghost).await,
+            "the orphan was removed {:?} after the supervisor started, before any desired set",
+            watch.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     sup.set_desired(vec![]);
+    let allowed = std::time::Instant::now();
     within("the orphan's removal", async {
         while exists(&docker, &ghost).await {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
+    let took = allowed.elapsed();
+    eprintln!("the orphan was removed {took:?} after the first desired set");
+    assert!(
+        took < ORPHAN_WATCH,
+        "the removal took {took:?} once allowed: the {ORPHAN_WATCH:?} watched before it would not \
+         have seen an early one"
+    );
     assert!(
         exists(&docker, &foreign).await,
         "another agent's container is kept"
