@@ -27,26 +27,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const V1: &str = "berth-test/busybox:v1";
 
-/// The Engine, with the test images built; `None` (after a loud banner) when there is none and
-/// it is not required.
+/// The Engine, with the test images built; `None` when there is none and it is not required
+/// (the skip is counted: see [`common::docker_engine`]).
 async fn engine() -> Option<DockerDriver> {
-    let required = std::env::var("BERTH_REQUIRE_DOCKER").as_deref() == Ok("1");
-    let docker = match DockerDriver::connect().await {
-        Ok(d) => d,
-        Err(e) if required => panic!("BERTH_REQUIRE_DOCKER=1 but {e}"),
-        Err(e) => {
-            eprintln!("\n{}\n!! SKIPPING Docker driver test: {e}\n!! (set BERTH_REQUIRE_DOCKER=1 to make this a failure)\n{}\n", "!".repeat(78), "!".repeat(78));
-            return None;
-        }
-    };
-    if docker.client().inspect_image(V1).await.is_err() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-images");
-        let status = std::process::Command::new(&script)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(status.success(), "{} failed", script.display());
-    }
-    Some(docker)
+    docker_engine(&[V1]).await
 }
 
 /// Removes every container labelled with this test's data directory when dropped.
