@@ -1,5 +1,6 @@
 //! Helpers shared by the agent's integration tests: specs, polling with a deadline (never
-//! sleep-and-hope), and the Docker Engine or a counted skip ([`docker_engine`]).
+//! sleep-and-hope), a data directory whose workloads die with it ([`workload_dir`]), and the
+//! Docker Engine or a counted skip ([`docker_engine`]).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -215,4 +216,75 @@ pub fn skip(why: &str) {
             Path::new(&path).display()
         );
     }
+}
+
+/// A test's agent data directory (a fresh temporary directory) that takes its workloads with
+/// it: dropping it — at the end of the test, or while a failed test unwinds — SIGKILLs every
+/// workload started under it, then removes it. Some workloads ignore SIGTERM or write forever;
+/// none may outlive its test. Use it where a test would use `tempfile::tempdir()`.
+pub struct WorkloadDir {
+    dir: tempfile::TempDir,
+}
+
+/// A new [`WorkloadDir`].
+pub fn workload_dir() -> WorkloadDir {
+    WorkloadDir {
+        dir: tempfile::tempdir().expect("cannot create a temporary directory"),
+    }
+}
+
+impl WorkloadDir {
+    /// The directory's path (what `SupervisorConfig::new` or `ProcessDriver::new` take).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for WorkloadDir {
+    fn drop(&mut self) {
+        kill_workloads(self.dir.path());
+    }
+}
+
+/// SIGKILLs every workload of the agent data directory `data_dir`: each recorded process that
+/// is still the very process recorded (pid and start time; a session leader with its whole
+/// group), then every process that is one of its instances without a live record (working
+/// directory an instance's directory and `BERTH_INSTANCE` set: [`berth_agent::orphans::find`]).
+/// Never signals this test process or its group.
+pub fn kill_workloads(data_dir: &Path) {
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::{getpgrp, Pid};
+    let own_pid = std::process::id();
+    let own_group = getpgrp().as_raw();
+    let instances = data_dir.join("instances");
+    for entry in std::fs::read_dir(&instances)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(record) =
+            berth_agent::record::InstanceRecord::read(&entry.path().join("instance.json"))
+        else {
+            continue;
+        };
+        let (pid, start_time) = (record.pid, record.start_time);
+        if pid <= 1 || pid == own_pid || !berth_agent::record::is_same_process(pid, start_time) {
+            continue;
+        }
+        let Ok(raw) = i32::try_from(pid) else {
+            continue;
+        };
+        let leader = berth_agent::record::proc_stat(pid).is_some_and(|s| s.pgrp == pid);
+        if leader && raw != own_group {
+            let _ = killpg(Pid::from_raw(raw), Signal::SIGKILL);
+        } else {
+            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+        }
+    }
+    let unrecorded = berth_agent::orphans::find(data_dir, &std::collections::HashSet::new());
+    let unrecorded: Vec<_> = unrecorded
+        .into_iter()
+        .filter(|o| o.pid != own_pid && i32::try_from(o.pgid).is_ok_and(|g| g != own_group))
+        .collect();
+    berth_agent::orphans::kill(&unrecorded);
 }
