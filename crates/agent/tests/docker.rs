@@ -33,7 +33,8 @@ async fn engine() -> Option<DockerDriver> {
     docker_engine(&[V1]).await
 }
 
-/// Removes every container labelled with this test's data directory when dropped.
+/// Removes every container labelled with this test's data directory when dropped (as its
+/// agent, `berth.agent`, or as made by the test, `berth.test`).
 struct Cleanup {
     owner: String,
 }
@@ -60,6 +61,19 @@ impl Drop for Cleanup {
                 };
                 for c in d.list_owned(&owner).await.unwrap_or_default() {
                     let _ = d.remove("cleanup", &c.id).await;
+                }
+                // And what the test made as another agent's (labelled `berth.test=<owner>`),
+                // which a failed test would otherwise leave behind.
+                let filters = HashMap::from([("label", vec![format!("berth.test={owner}")])]);
+                let options = ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build();
+                let made = d.client().list_containers(Some(options)).await;
+                for c in made.unwrap_or_default() {
+                    let Some(id) = c.id else { continue };
+                    let o = RemoveContainerOptionsBuilder::default().force(true).build();
+                    let _ = d.client().remove_container(&id, Some(o)).await;
                 }
             });
         })
