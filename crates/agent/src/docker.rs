@@ -10,7 +10,10 @@
 //!   `berth up` with extra agents);
 //! - restart policy `no`: berth owns restarts, with the same back-off as for processes;
 //! - every declared port published on a host port the agent picks (see [`host_ports`]); the
-//!   host ports are what the instance reports, so the registry and the routers use them;
+//!   host ports are what the instance reports, so the registry and the routers use them. They
+//!   are published on loopback only, plus the node's address when it is another one (what
+//!   routers on other nodes dial, see [`publish_addresses`]), never on every interface: an
+//!   instance is reached through a router, with its limits and its draining, not around it;
 //! - `command` as the container's `Cmd`, `env` plus `PORT`, `PORT_<NAME>` (the *container*
 //!   ports) and `BERTH_*`, volumes as bind mounts, `resources` as CPU (`NanoCpus`) and memory
 //!   limits, `stop_grace` as the stop timeout.
@@ -29,7 +32,7 @@
 //! never are lines lost while the container runs.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -101,6 +104,8 @@ pub struct DockerDriver {
     endpoint: String,
     /// Image ids recently seen present, by reference (see [`DockerDriver::ensure_image`]).
     images: Arc<Mutex<HashMap<String, (String, std::time::Instant)>>>,
+    /// The host addresses every published port binds (see [`publish_addresses`]).
+    publish: Arc<[IpAddr]>,
 }
 
 /// How long an image seen present is trusted without asking the Engine again: a rollout
@@ -244,7 +249,20 @@ impl DockerDriver {
             docker,
             endpoint,
             images: Arc::default(),
+            publish: publish_addresses(IpAddr::V4(Ipv4Addr::LOCALHOST)).into(),
         })
+    }
+
+    /// The same driver publishing ports for a node reachable at `address` (see
+    /// [`publish_addresses`]; loopback alone until this is called).
+    pub fn with_node_address(mut self, address: IpAddr) -> DockerDriver {
+        self.publish = publish_addresses(address).into();
+        self
+    }
+
+    /// The host addresses published ports bind.
+    pub fn publish_addresses(&self) -> &[IpAddr] {
+        &self.publish
     }
 
     /// [`connect`](Self::connect), saying in one warning line why not when there is no
@@ -550,7 +568,7 @@ impl DockerDriver {
         let mut image_id = self.resolve_image(spec, image).await?;
         let name = container_name(&spec.id);
         self.remove(&spec.id, &name).await?;
-        let body = create_body(spec, &host_ports, owner)?;
+        let body = create_body(spec, &host_ports, owner, &self.publish)?;
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = match self
             .docker
@@ -870,12 +888,27 @@ pub fn container_ports(
         .collect()
 }
 
+/// The host addresses a container's ports are published on for a node whose instances are
+/// reached at `address` (`berth agent --address`, 127.0.0.1 by default): loopback, where the
+/// agent's health checks and the node's own router connect, and `address` too when it is
+/// another one, so that routers on other nodes reach the instance. An unspecified `address`
+/// (`0.0.0.0`, `::`) is taken at its word: every interface.
+pub fn publish_addresses(address: IpAddr) -> Vec<IpAddr> {
+    if address.is_loopback() || address.is_unspecified() {
+        vec![address]
+    } else {
+        vec![IpAddr::V4(Ipv4Addr::LOCALHOST), address]
+    }
+}
+
 /// The Engine's create request for an instance: image, command, environment, labels, port
-/// bindings, binds, limits, no restart policy. Pure, so it is tested without an Engine.
+/// bindings on `publish` (see [`publish_addresses`]), binds, limits, no restart policy. Pure,
+/// so it is tested without an Engine.
 pub fn create_body(
     spec: &InstanceSpec,
     host_ports: &BTreeMap<String, u16>,
     owner: &str,
+    publish: &[IpAddr],
 ) -> Result<ContainerCreateBody> {
     let service = &spec.spec;
     let inside = container_ports(&service.ports, host_ports);
@@ -889,13 +922,15 @@ pub fn create_body(
         let key = format!("{port}/tcp");
         let host = host_ports.get(name).copied().unwrap_or(0);
         exposed.push(key.clone());
-        bindings.insert(
-            key,
-            Some(vec![PortBinding {
-                host_ip: None,
+        // Never `host_ip: None`: the Engine would publish on 0.0.0.0, around the router.
+        let on: Vec<PortBinding> = publish
+            .iter()
+            .map(|ip| PortBinding {
+                host_ip: Some(ip.to_string()),
                 host_port: Some(host.to_string()),
-            }]),
-        );
+            })
+            .collect();
+        bindings.insert(key, Some(on));
     }
     let labels = HashMap::from([
         (labels::STACK.to_string(), spec.stack.clone()),
@@ -1194,5 +1229,17 @@ mod tests {
             container_ports(&declared, &host),
             BTreeMap::from([("http".to_string(), 8080), ("admin".to_string(), 40002)])
         );
+    }
+
+    #[test]
+    fn ports_are_published_on_loopback_and_the_node_address_never_everywhere_unless_asked() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("an address");
+        assert_eq!(publish_addresses(ip("127.0.0.1")), [ip("127.0.0.1")]);
+        assert_eq!(publish_addresses(ip("::1")), [ip("::1")]);
+        assert_eq!(
+            publish_addresses(ip("10.0.0.12")),
+            [ip("127.0.0.1"), ip("10.0.0.12")]
+        );
+        assert_eq!(publish_addresses(ip("0.0.0.0")), [ip("0.0.0.0")]);
     }
 }

@@ -39,6 +39,18 @@ pub enum Error {
         /// The port name.
         name: String,
     },
+    /// A volume's host path is one this agent does not mount (see [`crate::host_paths`]).
+    #[error("instance `{id}`: volume `{volume}` of service `{service}` is refused: {why}")]
+    HostPathRefused {
+        /// The instance.
+        id: String,
+        /// Its service.
+        service: String,
+        /// The volume as the stack file wrote it (`/host:/container[:ro]`).
+        volume: String,
+        /// Why, and the flag that allows it.
+        why: crate::host_paths::Refusal,
+    },
     /// A file or directory under the data directory could not be used.
     #[error("cannot {action} `{path}`: {source}; check that the data directory exists, has free space and is writable by the agent")]
     Io {
@@ -159,6 +171,7 @@ impl Error {
                 | Error::NotAContainer { .. }
                 | Error::NoDocker { .. }
                 | Error::ImagePull { .. }
+                | Error::HostPathRefused { .. }
         )
     }
 }

@@ -20,6 +20,7 @@
 //! - [`record`] — `instance.json`, atomic writes, `/proc/<pid>/stat` identity.
 //! - [`gc`] — the ledger of images this agent ran (`images.json`) and the disk usage that
 //!   triggers garbage collection; the Engine side is `DockerDriver::collect_garbage`.
+//! - [`host_paths`] — which host paths volumes may mount (`--allow-host-path`).
 //! - [`lock`] — one agent per data directory (`agent.lock`, with the holder's pid).
 //! - [`orphans`] — workloads no record accounts for (spawned, then the agent died before
 //!   recording them), killed when the agent starts.
@@ -42,7 +43,7 @@
 //! - **detach** — stop supervising without stopping anything (agent exit): static stability.
 //! - **stop grace** — the time between `SIGTERM` and `SIGKILL` when an instance is stopped.
 //! - **back-off** — the growing delay between restarts of a crashing instance (500 ms doubling,
-//!   capped at 10 s by default).
+//!   capped at 10 s by default); only for runs that never became healthy (see [`supervisor`]).
 
 #[warn(missing_docs)]
 pub mod docker;
@@ -52,6 +53,8 @@ pub mod error;
 pub mod gc;
 #[warn(missing_docs)]
 pub mod health;
+#[warn(missing_docs)]
+pub mod host_paths;
 #[warn(missing_docs)]
 pub mod lock;
 #[warn(missing_docs)]

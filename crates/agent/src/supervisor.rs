@@ -11,6 +11,19 @@
 //! a workload that is up in 30 ms gets traffic then, not one `interval` (1 s by default) later.
 //! Until that first success only one failure per `interval` counts against `unhealthy`.
 //!
+//! # Restarts: back-off is for crash loops
+//! An instance that exits is restarted per its policy. One that became healthy in the run that
+//! just ended (an adopted one counts: it was serving) is restarted at once, however often it is
+//! killed: it was serving, and something outside it (an operator, the OOM killer, chaos) ended
+//! it. Only runs that never became healthy are a crash loop, and only those back off (500 ms
+//! doubling to 10 s; a run of 60 s resets the delay). An instance without a health check counts
+//! as healthy once it ran [`SupervisorConfig::served_after`] (1 s).
+//!
+//! While no other instance of its service on this node is healthy, an instance that has served
+//! before waits at most `backoff_base` (500 ms) — never a long delay with the service dark —
+//! and a wait in progress is cut short when the last healthy sibling goes. The 500 ms floor is
+//! kept on purpose: a workload that crashes at start must not make the agent spin.
+//!
 //! # Static stability
 //! Nothing here stops an instance for lack of news. Shutting the supervisor down (its shutdown
 //! future resolving, [`Supervisor::detach`], or dropping the [`Supervisor`]) ends the tasks and
@@ -65,6 +78,9 @@ pub struct SupervisorConfig {
     pub backoff_max: Duration,
     /// A run at least this long resets the delay to `backoff_base`: the instance was working.
     pub backoff_reset: Duration,
+    /// An instance without a health check counts as having served (so it restarts without
+    /// back-off) once it ran this long; one with a check, once the check passed.
+    pub served_after: Duration,
     /// How often log files are checked for rotation.
     pub rotate_every: Duration,
     /// Wall-clock milliseconds for `since_ms` (injectable so tests can pin it).
@@ -77,20 +93,33 @@ pub struct SupervisorConfig {
     pub gc_disk_threshold: f64,
     /// How often that filesystem is looked at (every minute by default).
     pub gc_disk_every: Duration,
+    /// The address this node's instances are reached at (`berth agent --address`; 127.0.0.1
+    /// by default): containers publish their ports on loopback and on it, never on every
+    /// interface (see [`docker::publish_addresses`]).
+    pub node_address: std::net::IpAddr,
+    /// Which host paths volumes may mount: by default not `/`, `/etc`, `/root`, the Docker
+    /// socket, this data directory nor what holds them; the shell adds berth's other data
+    /// directories and `--allow-host-path`. Checked at every start; a refused volume fails the
+    /// instance, saying which volume and which flag.
+    pub host_paths: crate::host_paths::HostPathPolicy,
 }
 
 impl SupervisorConfig {
-    /// Defaults: back-off 500 ms doubling to 10 s, reset after a 60 s run, logs 10 MiB × 3
+    /// Defaults: back-off 500 ms doubling to 10 s, reset after a 60 s run (none at all after a
+    /// run that became healthy, or one of 1 s without a health check), logs 10 MiB × 3
     /// checked every 5 s, the system clock, garbage collection above 85% disk use checked
     /// every minute.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         SupervisorConfig {
-            data_dir: data_dir.into(),
+            host_paths: crate::host_paths::HostPathPolicy::new().protect(&data_dir),
+            data_dir,
             self_exe: None,
             logs: LogConfig::default(),
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(10),
             backoff_reset: Duration::from_secs(60),
+            served_after: Duration::from_secs(1),
             rotate_every: Duration::from_secs(5),
             clock: process::now_ms,
             docker: None,
@@ -100,6 +129,7 @@ impl SupervisorConfig {
                 .filter(|p| (0.0..=100.0).contains(p))
                 .map_or(0.85, |p| p / 100.0),
             gc_disk_every: Duration::from_secs(60),
+            node_address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -133,6 +163,11 @@ impl Supervisor {
         config: SupervisorConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Supervisor> {
+        let mut config = config;
+        config.docker = config
+            .docker
+            .take()
+            .map(|d| d.with_node_address(config.node_address));
         let mut driver = ProcessDriver::new(&config.data_dir).with_log_config(config.logs);
         if let Some(exe) = &config.self_exe {
             driver = driver.with_self_exe(exe);
@@ -155,6 +190,7 @@ impl Supervisor {
             config: Arc::new(config),
             statuses: Arc::new(status_tx),
             tasks: HashMap::new(),
+            services: Arc::default(),
             desired: None,
             done: mpsc::unbounded_channel(),
             owner: owner.clone(),
@@ -278,6 +314,16 @@ struct Task {
     _join: JoinHandle<()>,
 }
 
+/// Instance id → its service (`stack/service`), for every instance that has a task: what an
+/// instance waiting to restart looks at to see whether its service has a healthy instance left
+/// on this node.
+type Services = Arc<std::sync::Mutex<HashMap<String, String>>>;
+
+/// The key of `spec`'s service in [`Services`].
+fn service_key(spec: &InstanceSpec) -> String {
+    format!("{}/{}", spec.stack, spec.service)
+}
+
 /// Instance id → its secrets' values, as the server last sent them (in memory only).
 type SecretValues = Arc<HashMap<String, BTreeMap<String, String>>>;
 
@@ -289,6 +335,8 @@ struct Main {
     config: Arc<SupervisorConfig>,
     statuses: Arc<watch::Sender<Statuses>>,
     tasks: HashMap<String, Task>,
+    /// The service of every instance that has a task (see [`Services`]).
+    services: Services,
     desired: Option<BTreeMap<String, InstanceSpec>>,
     done: (
         mpsc::UnboundedSender<String>,
@@ -311,6 +359,10 @@ impl Main {
     ) {
         let (tx, rx) = mpsc::channel(4);
         let id = spec.id.clone();
+        self.services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), service_key(&spec));
         let instance = Instance {
             driver: self.driver.clone(),
             config: self.config.clone(),
@@ -319,6 +371,8 @@ impl Main {
             ports,
             restarts,
             failures: 0,
+            served: false,
+            services: self.services.clone(),
             pid: None,
             commands: rx,
             owner: self.owner.clone(),
@@ -362,6 +416,7 @@ impl Main {
                 }
                 Some(id) = self.done.1.recv() => {
                     self.tasks.remove(&id);
+                    self.services.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                     if let Some(spec) = self.desired.as_ref().and_then(|d| d.get(&id)).cloned() {
                         // Desired again while it was being stopped: start it afresh.
                         self.spawn(spec, None, 0, Initial::Fresh, None);
@@ -434,6 +489,8 @@ enum Phase {
         ok: bool,
         reason: String,
         ran: Duration,
+        /// Whether the instance became healthy during the run (see [`Instance::exited`]).
+        served: bool,
     },
     Idle,
 }
@@ -446,8 +503,12 @@ struct Instance {
     /// Resolved once, then kept for the instance's life.
     ports: Option<BTreeMap<String, u16>>,
     restarts: u32,
-    /// Consecutive short runs, for the back-off.
+    /// Consecutive short runs that never became healthy, for the back-off.
     failures: u32,
+    /// Whether it was ever healthy under this agent (adopted running counts).
+    served: bool,
+    /// Every instance's service, to see whether this one's has a healthy instance left.
+    services: Services,
     pid: Option<u32>,
     commands: mpsc::Receiver<Command>,
     /// The `berth.agent` label for this instance's containers.
@@ -510,6 +571,7 @@ impl Instance {
                 ok: false,
                 reason: Exit::Unknown.to_string(),
                 ran: Duration::ZERO,
+                served: false,
             },
             Initial::Finished(f) => {
                 let state = if f.failed {
@@ -530,7 +592,12 @@ impl Instance {
                     Some(self.start().await)
                 }
                 Phase::Run { running, adopted } => self.supervise(running, adopted).await,
-                Phase::Exited { ok, reason, ran } => self.exited(ok, reason, ran).await,
+                Phase::Exited {
+                    ok,
+                    reason,
+                    ran,
+                    served,
+                } => self.exited(ok, reason, ran, served).await,
                 Phase::Idle => self.idle().await,
             };
             match next {
@@ -541,6 +608,9 @@ impl Instance {
     }
 
     async fn start(&mut self) -> Phase {
+        if let Err(e) = self.check_volumes() {
+            return self.start_failed(e);
+        }
         let image = self.spec.spec.image.is_some();
         let docker = self.config.docker.clone();
         if image && docker.is_none() {
@@ -599,6 +669,35 @@ impl Instance {
         }
     }
 
+    /// Refuses a start whose volumes mount a host path this agent does not allow.
+    fn check_volumes(&self) -> Result<()> {
+        let mut policy = self.config.host_paths.clone();
+        if let Some(socket) = self
+            .config
+            .docker
+            .as_ref()
+            .and_then(|d| d.endpoint().strip_prefix("unix://"))
+        {
+            policy = policy.protect(socket);
+        }
+        for v in &self.spec.spec.volumes {
+            policy
+                .check(&v.host)
+                .map_err(|why| Error::HostPathRefused {
+                    id: self.spec.id.clone(),
+                    service: self.spec.service.clone(),
+                    volume: format!(
+                        "{}:{}{}",
+                        v.host,
+                        v.container,
+                        if v.read_only { ":ro" } else { "" }
+                    ),
+                    why,
+                })?;
+        }
+        Ok(())
+    }
+
     fn start_failed(&mut self, e: crate::Error) -> Phase {
         tracing::warn!(id = %self.spec.id, error = %e, "cannot start instance");
         if e.is_permanent() {
@@ -610,6 +709,7 @@ impl Instance {
                 ok: false,
                 reason: e.to_string(),
                 ran: Duration::ZERO,
+                served: false,
             }
         }
     }
@@ -627,6 +727,10 @@ impl Instance {
             _ => HealthCheck::for_instance(&self.driver, &self.spec, &ports),
         };
         let mut logs = self.follow_logs(&running);
+        // Whether this run became healthy: then its end is not a crash loop (see `exited`).
+        // Without a health check, running `served_after` counts (decided at the exit).
+        let mut served = adopted;
+        let unchecked = matches!(built, Ok(None));
         let mut check = match built {
             Ok(Some(mut c)) => {
                 if adopted {
@@ -676,10 +780,12 @@ impl Instance {
                     }
                     self.rotate_logs();
                     tracing::info!(id = %self.spec.id, exit = %reason, "instance exited");
+                    let ran = started.elapsed();
                     return Some(Phase::Exited {
                         ok,
                         reason,
-                        ran: started.elapsed(),
+                        ran,
+                        served: served || (unchecked && ran >= self.config.served_after),
                     });
                 }
                 _ = tick(&mut probe_tick) => {
@@ -706,6 +812,7 @@ impl Instance {
                         };
                         match (transition, result) {
                             (Some(Transition::BecameHealthy), _) => {
+                                served = true;
                                 self.publish(InstanceState::Healthy, None)
                             }
                             (Some(Transition::BecameUnhealthy), Err(why)) => {
@@ -768,8 +875,16 @@ impl Instance {
         }
     }
 
-    /// Applies the restart policy after an exit (or a failed start).
-    async fn exited(&mut self, ok: bool, reason: String, ran: Duration) -> Option<Phase> {
+    /// Applies the restart policy after an exit (or a failed start). A run that `served`
+    /// (became healthy) restarts at once and resets the back-off; others back off, by at most
+    /// `backoff_base` while the service has no other healthy instance here (module docs).
+    async fn exited(
+        &mut self,
+        ok: bool,
+        reason: String,
+        ran: Duration,
+        served: bool,
+    ) -> Option<Phase> {
         self.pid = None;
         let restart = match self.spec.spec.restart {
             RestartPolicy::Always => true,
@@ -787,33 +902,70 @@ impl Instance {
             self.publish(state, Some(reason));
             return Some(Phase::Idle);
         }
+        if served {
+            // It was serving: whatever ended it, this is no crash loop.
+            self.served = true;
+            self.failures = 0;
+            self.restarts = self.restarts.saturating_add(1);
+            tracing::info!(id = %self.spec.id, "restarting at once: the instance was healthy");
+            self.publish(
+                InstanceState::Pending,
+                Some(format!("{reason}; restarting now (it was healthy)")),
+            );
+            return Some(Phase::Start);
+        }
         if ran >= self.config.backoff_reset {
             self.failures = 0;
         }
-        let delay = backoff(
+        let long = backoff(
             self.config.backoff_base,
             self.config.backoff_max,
             self.failures,
         );
         self.failures = self.failures.saturating_add(1);
-        self.publish(
-            InstanceState::Pending,
-            Some(format!("{reason}; restarting in {delay:?}")),
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {
-                self.restarts = self.restarts.saturating_add(1);
-                Some(Phase::Start)
-            }
-            command = self.commands.recv() => {
-                if let Some(Command::Stop) = command {
-                    self.remove_container().await;
-                    self.forget();
-                    self.publish(InstanceState::Stopped, Some(format!("stopped while waiting to restart: {reason}")));
+        let waiting = Instant::now();
+        let mut siblings = self.statuses.subscribe();
+        loop {
+            let delay = if self.served && self.service_dark() {
+                long.min(self.config.backoff_base)
+            } else {
+                long
+            };
+            self.publish(
+                InstanceState::Pending,
+                Some(format!("{reason}; restarting in {delay:?}")),
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay.saturating_sub(waiting.elapsed())) => {
+                    self.restarts = self.restarts.saturating_add(1);
+                    return Some(Phase::Start);
                 }
-                None
+                // A sibling's state moved: the service may have gone dark. (The sender lives
+                // as long as this task, so this never ends.)
+                _ = siblings.changed(), if self.served && delay > self.config.backoff_base => {}
+                command = self.commands.recv() => {
+                    if let Some(Command::Stop) = command {
+                        self.remove_container().await;
+                        self.forget();
+                        self.publish(InstanceState::Stopped, Some(format!("stopped while waiting to restart: {reason}")));
+                    }
+                    return None;
+                }
             }
         }
+    }
+
+    /// Whether no other instance of this one's service on this node is healthy.
+    fn service_dark(&self) -> bool {
+        let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mine) = services.get(&self.spec.id) else {
+            return true;
+        };
+        !self.statuses.borrow().values().any(|s| {
+            s.id != self.spec.id
+                && s.state == InstanceState::Healthy
+                && services.get(&s.id) == Some(mine)
+        })
     }
 
     /// Nothing runs; wait to be removed.

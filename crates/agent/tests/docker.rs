@@ -505,3 +505,49 @@ async fn an_image_instance_gets_its_secrets_in_its_env_but_not_in_its_record() {
     })
     .await;
 }
+
+/// Issue 10, item 19: a container's ports are published on loopback, not on 0.0.0.0 where
+/// the network around the router (its limits, its draining) reaches the instance directly.
+#[tokio::test]
+async fn published_ports_listen_on_loopback_only() {
+    let Some(docker) = engine().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup::new(dir.path());
+    let id = &unique("loopback");
+    let sup = Supervisor::start(config(dir.path(), &docker), std::future::pending())
+        .await
+        .unwrap();
+    let mut rx = sup.statuses();
+    sup.set_desired(vec![image(id, V1)]);
+    let s = statuses_where(&mut rx, "healthy", |s| {
+        state_is(s, id, InstanceState::Healthy)
+    })
+    .await;
+    let port = s[id.as_str()].ports["http"];
+    assert_eq!(get(port).await.trim(), "v1", "reachable on loopback");
+
+    let cid = container_of(dir.path(), id);
+    // What the Engine actually bound (`docker port` reads the same).
+    let info = docker.client().inspect_container(&cid, None).await.unwrap();
+    let bound = info
+        .network_settings
+        .and_then(|n| n.ports)
+        .and_then(|p| p.get("8080/tcp").cloned().flatten())
+        .expect("8080/tcp is published");
+    let ips: Vec<String> = bound.iter().filter_map(|b| b.host_ip.clone()).collect();
+    assert_eq!(ips, ["127.0.0.1"], "published on: {bound:?}");
+    assert!(bound
+        .iter()
+        .all(|b| b.host_port.as_deref() == Some(port.to_string().as_str())));
+    let out = std::process::Command::new("docker")
+        .args(["port", &cid, "8080/tcp"])
+        .output()
+        .expect("docker port");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim(), format!("127.0.0.1:{port}"), "docker port says");
+    sup.set_desired(vec![]);
+    statuses_where(&mut rx, "stopped", |s| {
+        state_is(s, id, InstanceState::Stopped)
+    })
+    .await;
+}

@@ -407,3 +407,126 @@ async fn a_workload_without_a_record_is_killed_when_a_supervisor_starts() {
     let _ = bystander.wait();
     drop(sup);
 }
+
+/// A python HTTP server on `$PORT` with a TCP health check every 100 ms.
+fn served(id: &str, script: &str) -> InstanceSpec {
+    let mut spec = sh(id, script);
+    spec.spec.ports = BTreeMap::from([("http".to_string(), 0)]);
+    let mut h = health(100, 1, 3);
+    h.tcp = Some(true);
+    spec.spec.health = Some(h);
+    spec
+}
+
+fn http_server() -> String {
+    format!(
+        "exec {} -m http.server \"$PORT\" --bind 127.0.0.1",
+        python()
+    )
+}
+
+/// Issue 10, item 17: back-off is for crash loops. An instance that became healthy and is then
+/// killed, again and again, restarts at once every time (production back-off: 500 ms doubling).
+#[tokio::test]
+async fn a_healthy_instance_killed_again_and_again_restarts_at_once_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = SupervisorConfig::new(dir.path());
+    c.rotate_every = Duration::from_millis(200);
+    let sup = Supervisor::start(c, std::future::pending()).await.unwrap();
+    let mut rx = sup.statuses();
+    sup.set_desired(vec![served("killed-1", &http_server())]);
+    let mut delays = Vec::new();
+    for round in 0..6u32 {
+        let s = statuses_where(&mut rx, "healthy", |s| {
+            state_is(s, "killed-1", InstanceState::Healthy) && s["killed-1"].restarts == round
+        })
+        .await;
+        let pid = pid_of(&s, "killed-1");
+        let killed = tokio::time::Instant::now();
+        kill9(pid);
+        statuses_where(&mut rx, "a new process", |s| {
+            s.get("killed-1")
+                .and_then(|x| x.pid)
+                .is_some_and(|p| p != pid)
+        })
+        .await;
+        delays.push(killed.elapsed());
+    }
+    // On the old code: 500 ms, 1 s, 2 s, 4 s, 8 s, 10 s.
+    assert!(
+        delays.iter().all(|d| *d < Duration::from_millis(300)),
+        "every restart of a healthy instance is immediate: {delays:?}"
+    );
+    sup.detach().await;
+}
+
+/// A run that never becomes healthy is a crash loop, and still backs off; while its service
+/// has no healthy instance on the node, an instance that served before waits at most
+/// `backoff_base`, and with a healthy sibling it backs off in full.
+#[tokio::test]
+async fn a_crash_loop_backs_off_but_never_long_while_its_service_is_dark() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.backoff_base = Duration::from_millis(100);
+    c.backoff_max = Duration::from_secs(10);
+    let sup = Supervisor::start(c, std::future::pending()).await.unwrap();
+    let mut rx = sup.statuses();
+
+    // Never healthy: 100 + 200 + 400 ms at least before the third restart.
+    let started = tokio::time::Instant::now();
+    sup.set_desired(vec![served("never-ok-1", "exit 1")]);
+    statuses_where(&mut rx, "three restarts", |s| {
+        s.get("never-ok-1").is_some_and(|x| x.restarts >= 3)
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "a crash loop backs off: three restarts in {:?}",
+        started.elapsed()
+    );
+
+    // Served once (the first run serves; every later run fails at start), alone: the service
+    // is dark, so it is retried every 100 ms instead of 200, 400, 800 ms….
+    let once = |id: &str| {
+        served(
+            id,
+            &format!("test -e served && exit 1; touch served; {}", http_server()),
+        )
+    };
+    sup.set_desired(vec![once("alone-1")]);
+    let s = statuses_where(&mut rx, "alone-1 healthy", |s| {
+        state_is(s, "alone-1", InstanceState::Healthy)
+    })
+    .await;
+    kill9(pid_of(&s, "alone-1"));
+    let s = statuses_where(&mut rx, "alone-1 waiting after 5 failed restarts", |s| {
+        s.get("alone-1")
+            .is_some_and(|x| x.restarts >= 6 && x.state == InstanceState::Pending)
+    })
+    .await;
+    let message = s["alone-1"].message.clone().unwrap_or_default();
+    assert!(
+        message.ends_with("restarting in 100ms"),
+        "capped at backoff_base while dark: {message}"
+    );
+
+    // The same with a healthy sibling of its service: the back-off grows as usual.
+    sup.set_desired(vec![once("sibling-1"), served("healthy-1", &http_server())]);
+    let s = statuses_where(&mut rx, "both healthy", |s| {
+        state_is(s, "sibling-1", InstanceState::Healthy)
+            && state_is(s, "healthy-1", InstanceState::Healthy)
+    })
+    .await;
+    kill9(pid_of(&s, "sibling-1"));
+    let s = statuses_where(&mut rx, "sibling-1 waiting after 3 failed restarts", |s| {
+        s.get("sibling-1")
+            .is_some_and(|x| x.restarts >= 4 && x.state == InstanceState::Pending)
+    })
+    .await;
+    let message = s["sibling-1"].message.clone().unwrap_or_default();
+    assert!(
+        message.ends_with("restarting in 800ms"),
+        "a full back-off while the service has a healthy instance: {message}"
+    );
+    sup.detach().await;
+}

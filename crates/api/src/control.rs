@@ -185,6 +185,10 @@ pub struct RouteView {
     pub limits: Option<LimitsView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<MaintenanceView>,
+    /// The stack file's `route.timeout`: how long an instance may take to send its response
+    /// head before routers answer 504. `None`: the router's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// The whole routing table; routers long-poll it with the version they applied, which also

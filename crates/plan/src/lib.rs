@@ -198,6 +198,46 @@ pub struct Plan {
     pub destructive: bool,
     /// The worst capacity loss is above `max_capacity_drop`: `--confirm STACK` is required.
     pub exceeds_capacity_drop: bool,
+    /// What will likely fail although the stack is valid, one line each: volumes that every
+    /// agent refuses by default (see [`refused_volumes`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Host paths every berth agent refuses to mount unless started with `--allow-host-path`:
+/// `/`, `/etc`, `/root` and what is inside them, the Docker socket and what holds it. The plan
+/// can tell only these statically (an agent also protects its data directories and resolves
+/// symlinks); it warns rather than refuses, since an agent may allow them. One line per
+/// volume of the target stack, by service name.
+pub fn refused_volumes(target: &Stack) -> Vec<String> {
+    const SOCKETS: &[&str] = &["/var/run/docker.sock", "/run/docker.sock"];
+    let mut out = Vec::new();
+    for (name, service) in &target.services {
+        for v in &service.volumes {
+            let host = std::path::Path::new(&v.host);
+            let why = if host == std::path::Path::new("/") {
+                Some("the root filesystem")
+            } else if host.starts_with("/etc") || host.starts_with("/root") {
+                Some("a system directory")
+            } else if SOCKETS.iter().any(|s| std::path::Path::new(s) == host) {
+                Some("the Docker socket, root on the node")
+            } else if SOCKETS
+                .iter()
+                .any(|s| std::path::Path::new(s).starts_with(host))
+            {
+                Some("it holds the Docker socket, root on the node")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                out.push(format!(
+                    "service {name} mounts `{}` ({why}): every agent refuses it unless started with --allow-host-path {}, so its instances will fail",
+                    v.host, v.host
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The full hex SHA-256 identifying the move from `base` to `target`. Exposed on its own so that
@@ -283,6 +323,7 @@ impl Plan {
             max_capacity_drop,
             destructive,
             exceeds_capacity_drop,
+            warnings: refused_volumes(target),
         })
     }
 

@@ -166,6 +166,9 @@ impl fmt::Display for Plan {
         if self.approval {
             writeln!(f, "  approval: required before apply")?;
         }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
         writeln!(f, "plan id: {}", self.id)
     }
 }

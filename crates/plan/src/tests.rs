@@ -247,6 +247,7 @@ fn in_place_fields_do_not_replace() {
         path: "/".into(),
         port: "http".into(),
         limits: None,
+        timeout: None,
     });
     b.rollout.strategy = Strategy::Canary;
     b.depends_on = vec!["api".into()];
@@ -433,4 +434,36 @@ fn display_shows_blast_radius() {
     assert!(text.contains("regions touched: eu, us"), "{text}");
     assert!(text.contains("destructive: yes"), "{text}");
     assert!(text.trim_end().ends_with(&format!("plan id: {}", p.id)));
+}
+
+#[test]
+fn volumes_every_agent_refuses_are_warned_about_in_the_plan() {
+    use berth_spec::model::Volume;
+    let vol = |host: &str| Volume {
+        host: host.to_string(),
+        container: "/host".to_string(),
+        read_only: false,
+    };
+    let mut risky = svc(1);
+    risky.volumes = vec![
+        vol("/"),
+        vol("/etc/shadow"),
+        vol("/var/run/docker.sock"),
+        vol("/run"),
+        vol("/srv/cache"),
+        vol("/etcetera"),
+    ];
+    let target = stack(&["eu"], &[("web", risky)]);
+    let p = Plan::new(None, &target).unwrap();
+    assert_eq!(p.warnings.len(), 4, "{:#?}", p.warnings);
+    assert!(p.warnings[0].starts_with("service web mounts `/` (the root filesystem)"));
+    assert!(p.warnings[2].contains("--allow-host-path /var/run/docker.sock"));
+    assert!(p.warnings[3].contains("`/run` (it holds the Docker socket"));
+    let text = p.to_string();
+    assert!(
+        text.contains("warning: service web mounts `/etc/shadow` (a system directory)"),
+        "{text}"
+    );
+    let safe = stack(&["eu"], &[("web", svc(1))]);
+    assert!(Plan::new(None, &safe).unwrap().warnings.is_empty());
 }

@@ -84,6 +84,7 @@ fn main() -> ExitCode {
                 .collect(),
             limits: None,
             maintenance: None,
+            timeout_ms: None,
         }],
     };
     let handle = RouterHandle::with_table(table);

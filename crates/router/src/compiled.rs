@@ -61,6 +61,9 @@ pub(crate) struct Route {
     pub(crate) limiter: Option<Arc<Limiter>>,
     /// The maintenance page, when the route is in maintenance.
     pub(crate) maintenance: Option<Bytes>,
+    /// The route's response-head timeout, when its entry sets one (see
+    /// [`crate::RouteEntry::timeout_ms`]); the router's default otherwise.
+    pub(crate) timeout: Option<std::time::Duration>,
 }
 
 /// The endpoints of one release and their summed weight.
@@ -332,6 +335,7 @@ impl CompiledTable {
                 next,
                 limiter: None,
                 maintenance,
+                timeout: entry.timeout_ms.map(std::time::Duration::from_millis),
             });
         }
         let mut limiters: HashMap<Arc<str>, Option<Arc<Limiter>>> = HashMap::new();
@@ -391,6 +395,7 @@ mod tests {
                 .collect(),
             limits: None,
             maintenance: None,
+            timeout_ms: None,
         }
     }
 

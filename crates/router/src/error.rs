@@ -87,13 +87,42 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// The client did not deliver its (small, buffered) request body within the body timeout:
+    /// answered `408`, and nothing is forwarded (an instance must never get a `Content-Length`
+    /// the body does not fill).
+    #[error("the client did not send its request body within {after:?}")]
+    ClientBodyTimeout {
+        /// The limit that passed.
+        after: std::time::Duration,
+    },
+    /// The request was sent and the instance sent no response head within the route's
+    /// timeout: answered `504`. Not retried (the app may still be working on it) and not
+    /// ejected (slow is not dead).
+    #[error("{addr} sent no response head within {after:?}")]
+    ResponseTimeout {
+        /// The instance.
+        addr: SocketAddr,
+        /// The limit that passed.
+        after: std::time::Duration,
+    },
+    /// The instance answered with a response the router will not forward: both
+    /// `Content-Length` and `Transfer-Encoding` (a request-smuggling shape, RFC 9112 §6.1),
+    /// or a `101` to a request that asked for no protocol switch. Answered `502`; the
+    /// connection is closed, since its framing cannot be trusted.
+    #[error("{addr} sent a malformed response: {reason}")]
+    BadResponse {
+        /// The instance.
+        addr: SocketAddr,
+        /// What was wrong with it.
+        reason: &'static str,
+    },
 }
 
 impl ProxyError {
     /// Whose fault the failure was.
     pub fn fault(&self) -> Fault {
         match self {
-            ProxyError::ClientBody { .. } => Fault::Client,
+            ProxyError::ClientBody { .. } | ProxyError::ClientBodyTimeout { .. } => Fault::Client,
             _ => Fault::Upstream,
         }
     }
@@ -108,7 +137,10 @@ impl ProxyError {
             | ProxyError::NotSent { .. }
             | ProxyError::StaleConnection { .. } => true,
             ProxyError::Exchange { .. } => idempotent,
-            ProxyError::ClientBody { .. } => false,
+            ProxyError::ClientBody { .. }
+            | ProxyError::ClientBodyTimeout { .. }
+            | ProxyError::ResponseTimeout { .. }
+            | ProxyError::BadResponse { .. } => false,
         }
     }
 
@@ -120,6 +152,18 @@ impl ProxyError {
             ProxyError::Connect { .. }
                 | ProxyError::ConnectTimeout { .. }
                 | ProxyError::Exchange { .. }
+        )
+    }
+
+    /// Whether the request's bytes went out on a connection before it failed (so an app may
+    /// have seen it, or at least had the chance): the proxy sends one request at most twice.
+    pub(crate) fn was_written(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::StaleConnection { .. }
+                | ProxyError::Exchange { .. }
+                | ProxyError::ResponseTimeout { .. }
+                | ProxyError::BadResponse { .. }
         )
     }
 
@@ -141,6 +185,48 @@ impl ProxyError {
             ProxyError::StaleConnection { .. } => "stale_connection",
             ProxyError::Exchange { .. } => "exchange",
             ProxyError::ClientBody { .. } => "client_body",
+            ProxyError::ClientBodyTimeout { .. } => "client_body_timeout",
+            ProxyError::ResponseTimeout { .. } => "response_timeout",
+            ProxyError::BadResponse { .. } => "bad_response",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_slow_client_body_is_the_clients_fault_and_never_retried() {
+        // What the access log's `error` and `fault` fields say for item 12's 408.
+        let err = ProxyError::ClientBodyTimeout {
+            after: Duration::from_secs(30),
+        };
+        assert_eq!(
+            (err.fault(), err.kind()),
+            (Fault::Client, "client_body_timeout")
+        );
+        assert!(!err.retry_safe(true) && !err.ejects());
+    }
+
+    #[test]
+    fn timeouts_and_bad_responses_are_the_instances_and_never_retried() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        for err in [
+            ProxyError::ResponseTimeout {
+                addr,
+                after: Duration::from_secs(1),
+            },
+            ProxyError::BadResponse {
+                addr,
+                reason: "both Content-Length and Transfer-Encoding",
+            },
+        ] {
+            assert_eq!(err.fault(), Fault::Upstream, "{err}");
+            assert!(!err.retry_safe(true), "{err}");
+            assert!(err.was_written(), "{err}");
+            assert!(!err.ejects(), "slow or odd is not dead: {err}");
         }
     }
 }

@@ -216,6 +216,7 @@ pub fn to_route_table(table: &RoutingTable) -> RouteTable {
                 maintenance: route.maintenance.as_ref().map(|m| Maintenance {
                     page_html: m.page_html.clone(),
                 }),
+                timeout_ms: route.timeout_ms,
             }
         })
         .collect();
@@ -318,6 +319,7 @@ mod tests {
                     queue_timeout_ms: 250,
                 }),
                 maintenance: Some(MaintenanceView { page_html: None }),
+                timeout_ms: Some(30_000),
             }],
         };
         let routes = to_route_table(&table);
@@ -337,6 +339,11 @@ mod tests {
             .map(|e| e.instance.as_str())
             .collect();
         assert_eq!(instances, ["web-1", "web-3"]);
+        assert_eq!(
+            route.timeout_ms,
+            Some(30_000),
+            "route.timeout reaches the router"
+        );
         assert_eq!(
             route.limits,
             Some(Limits {

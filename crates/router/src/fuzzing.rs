@@ -38,7 +38,8 @@
 //! - requests are routed by the target's authority when it has one (absolute-form,
 //!   authority-form, HTTP/2's `:authority`), else by `Host`; the router itself answers 400 to
 //!   more than one `Host` header, to an HTTP/1.1 request with neither `Host` nor an authority,
-//!   and to userinfo in the authority, and 405 with `Allow` to CONNECT, counts those as
+//!   to userinfo in the authority and to an HTTP/2 `Host` other than `:authority`, 431 to an
+//!   HTTP/2 request with more than 100 fields, and 405 with `Allow` to CONNECT, counts those as
 //!   unrouted and forwards none of them;
 //! - every answer is the one its route calls for: 404 with `no route for HOST/PATH` when no
 //!   route matches, the maintenance page with `Retry-After: 120`, `no healthy instance` 503s
@@ -47,12 +48,13 @@
 //!   the answer to *this* request, not another's;
 //! - no hop-by-hop header crosses the proxy in either direction (including those the other
 //!   side's `Connection` names), except `Upgrade` on a protocol switch; the instance gets the
-//!   routed host as `Host` and `X-Forwarded-Host`, `X-Forwarded-For` ending with the client,
+//!   routed host as `Host` and `X-Forwarded-Host` (none without a host), `X-Forwarded-For` that
+//!   is exactly the client (it is no trusted proxy: its own claims and `Forwarded` go),
 //!   `X-Forwarded-Proto`, exactly one `X-Request-Id` (the client's first when it is valid,
 //!   else a valid new one), the origin-form target, HTTP/1.1, and a body as long as the client's
 //!   `Content-Length`;
 //! - the instance receives no request the client did not send (no smuggling), each client
-//!   request at most twice (one retry);
+//!   request at most twice (one retry), an idempotent one at most once per attempt;
 //! - the bytes the client gets are well-formed HTTP/1.x responses, in request order, each with
 //!   the status and body the proxy produced, hop-by-hop free, then at most one of hyper's own
 //!   error answers; after a `101`, exactly the instance's tunnel bytes; or well-formed HTTP/2
@@ -386,6 +388,7 @@ fn table(specs: &[RouteSpec], addrs: &Addrs) -> Arc<RouteTable> {
                 .collect(),
             limits: spec.limits,
             maintenance: spec.maintenance.clone(),
+            timeout_ms: None,
         })
         .collect();
     Arc::new(RouteTable { routes })
@@ -521,10 +524,13 @@ async fn exchange(input: &Input<'_>, handle: &RouterHandle, state: &Shared) -> R
             SocketAddr::from((CLIENT_IP, 40_000))
         },
         tls: input.options.tls,
+        trusted: false,
     };
     let proxy = Arc::new(Proxy {
         handle: handle.clone(),
         access_log: input.options.access_log,
+        body_timeout: crate::BODY_TIMEOUT,
+        response_timeout: crate::RESPONSE_TIMEOUT,
     });
     // Exactly as `serve_with` builds it.
     let http = crate::server::http_builder();
@@ -656,7 +662,8 @@ async fn answer(
         }
     }
     strip_marker_token(request.headers_mut());
-    let refusal = refusal(&request);
+    // The marker header goes on below, before the proxy counts the fields.
+    let refusal = refusal(&request, 1);
     let host = normalize_host(request_host(&request)).into_owned();
     let path = request.uri().path().to_owned();
     let live = handle.table();
@@ -968,16 +975,39 @@ const CONNECT_ALLOW: &[u8] = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// The answer the router must make without routing, if any: 400 to several `Host` headers
 /// (RFC 9112 §3.2), to none on HTTP/1.1 when the target has no authority, to userinfo in the
-/// authority (RFC 9110 §4.2.4); then 405 to CONNECT.
-fn refusal<B>(request: &Request<B>) -> Option<(StatusCode, &'static str)> {
+/// authority (RFC 9110 §4.2.4), to an HTTP/2 `Host` that differs from `:authority` (RFC 9113
+/// §8.3.1); 431 to an HTTP/2 request with more than 100 fields (cookie crumbs as one; `added`
+/// fields the harness puts on before the proxy sees it count too); then
+/// 405 to CONNECT.
+fn refusal<B>(request: &Request<B>, added: usize) -> Option<(StatusCode, &'static str)> {
     let hosts = request.headers().get_all(header::HOST).iter().count();
     let authority = request.uri().authority();
     if hosts > 1 {
         Some((StatusCode::BAD_REQUEST, "more than one Host header\n"))
     } else if authority.is_some_and(|a| a.as_str().contains('@')) {
         Some((StatusCode::BAD_REQUEST, "userinfo in the request target\n"))
+    } else if request.version() == Version::HTTP_2
+        && authority.is_some_and(|a| {
+            request
+                .headers()
+                .get(header::HOST)
+                .is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()))
+        })
+    {
+        Some((
+            StatusCode::BAD_REQUEST,
+            "the Host header differs from :authority\n",
+        ))
     } else if hosts == 0 && authority.is_none() && request.version() == Version::HTTP_11 {
         Some((StatusCode::BAD_REQUEST, "no Host header\n"))
+    } else if request.version() == Version::HTTP_2 && {
+        let cookies = request.headers().get_all(header::COOKIE).iter().count();
+        request.headers().len() + added - cookies.saturating_sub(1) > crate::server::MAX_HEADERS
+    } {
+        Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many header fields\n",
+        ))
     } else if request.method() == Method::CONNECT {
         Some((
             StatusCode::METHOD_NOT_ALLOWED,
@@ -1293,17 +1323,24 @@ fn check_forwarded(record: &Record, up: &UpRecord, info: ConnInfo) -> Result<(),
             "X-Forwarded-Host {:?}",
             values(h, "x-forwarded-host")
         );
+    } else {
+        // The fuzzed client is no trusted proxy: what it claims is not passed on.
+        ensure!(
+            values(h, "x-forwarded-host").is_empty(),
+            "an untrusted client's X-Forwarded-Host {:?} was forwarded",
+            values(h, "x-forwarded-host")
+        );
     }
+    ensure!(
+        values(h, "forwarded").is_empty(),
+        "an untrusted client's Forwarded {:?} was forwarded",
+        values(h, "forwarded")
+    );
     let forwarded_for = values(h, "x-forwarded-for");
     let client = info.remote.ip().to_canonical().to_string();
     ensure!(
-        forwarded_for.len() == 1
-            && forwarded_for[0]
-                .rsplit(|&b| b == b',')
-                .next()
-                .map(<[u8]>::trim_ascii)
-                == Some(client.as_bytes()),
-        "X-Forwarded-For {forwarded_for:?} does not end with {client}"
+        forwarded_for == [client.as_bytes()],
+        "X-Forwarded-For {forwarded_for:?} is not exactly {client} (the client is not trusted)"
     );
     let proto: &[u8] = if info.tls { b"https" } else { b"http" };
     ensure!(
@@ -1892,7 +1929,8 @@ fn check_settled(handle: &RouterHandle, state: &State) -> Result<(), String> {
             );
         }
     }
-    // Every upstream request came from a client request, which was sent at most twice.
+    // Every upstream request came from a client request, which was sent at most twice, or
+    // when it is idempotent at most once per attempt.
     let mut forwarded: HashMap<&[u8], usize> = HashMap::new();
     for (seq, up) in state.upstream.iter().enumerate() {
         let markers = values(&up.headers, X_FUZZ_DOWN.as_str());
@@ -1919,9 +1957,22 @@ fn check_settled(handle: &RouterHandle, state: &State) -> Result<(), String> {
                 .any(|r| r.refusal.is_some() && r.marker.as_bytes() == markers[0]),
             "upstream request {seq} is a request the router had to refuse"
         );
+        let idempotent = state
+            .records
+            .iter()
+            .find(|r| r.marker.as_bytes() == markers[0])
+            .is_some_and(|r| {
+                matches!(r.method, Method::GET | Method::HEAD | Method::OPTIONS)
+                    || r.headers.contains_key("idempotency-key")
+            });
+        let most = if idempotent {
+            usize::from(crate::MAX_ATTEMPTS)
+        } else {
+            2
+        };
         let count = forwarded.entry(markers[0]).or_default();
         *count += 1;
-        ensure!(*count <= 2, "a request was sent upstream {count} times");
+        ensure!(*count <= most, "a request was sent upstream {count} times");
     }
     let stats = handle.stats();
     let unrouted = expected.remove(&None).unwrap_or_default();

@@ -51,14 +51,16 @@
 //! Requests are routed by the target URI's authority when it has one (an absolute-form target,
 //! HTTP/2's `:authority`; RFC 9112 §3.2.2), else by `Host`; instances get that host as `Host`
 //! and `X-Forwarded-Host`, and exactly one `X-Request-Id` (the client's first if valid, else a
-//! new one). The first five rows are counted as unrouted (and logged without a service), the
-//! next six in the route's service's counters; hyper's own answers (the 431, unparsable
+//! new one). The first seven rows are counted as unrouted (and logged without a service), the
+//! rest in the route's service's counters; hyper's own answers (the HTTP/1.1 431, unparsable
 //! requests) are neither. CONNECT gets a 405 as from nginx (Envoy, unconfigured, answers 404):
 //! the router is no forward proxy and hands no instance a raw tunnel.
 //!
 //! | when | status | body |
 //! | --- | --- | --- |
 //! | more than one `Host` header (any version; RFC 9112 §3.2) | 400 | `more than one Host header` |
+//! | an HTTP/2 `Host` that differs from `:authority` (RFC 9113 §8.3.1) | 400 | `the Host header differs from :authority` |
+//! | an HTTP/2 request with more than 100 header fields (cookie crumbs as one) | 431 | `too many header fields` |
 //! | an HTTP/1.1 request with no `Host` and no authority in its target | 400 | `no Host header` |
 //! | userinfo (`user@`) in the target's authority (RFC 9110 §4.2.4) | 400 | `userinfo in the request target` |
 //! | CONNECT (never forwarded, whatever its host) | 405 + `Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS` | `CONNECT is not supported: this is a reverse proxy` |
@@ -69,9 +71,15 @@
 //! | no endpoint could be connected to (after the retry) | 502 | `upstream SERVICE unreachable` |
 //! | the exchange failed and could not be retried | 502 | `upstream SERVICE failed` |
 //! | the client's body broke off | 400 | the error |
+//! | a small body did not arrive within the body timeout (nothing forwarded) | 408 | the error |
+//! | no response head within the route's timeout after the whole request | 504 | `upstream SERVICE timed out` |
+//! | the instance's answer had both `Content-Length` and `Transfer-Encoding`, or was a `101` to a request without `Upgrade` | 502 | `upstream SERVICE failed` |
 //! | more than 100 header fields or a 64 KiB head | 431 | (hyper's) |
 //!
-//! Not yet: HTTP/2 to instances, certificate reload without a restart, a response-head timeout, active health checks (the agent does those).
+//! `X-Forwarded-For`, `-Proto` and `-Host` are kept (and `X-Forwarded-For` appended to) only
+//! from [`RouterConfig::trusted_proxies`]; from anyone else they are replaced (see [`trust`]).
+//!
+//! Not yet: HTTP/2 to instances, certificate reload without a restart, active health checks (the agent does those).
 
 #![warn(missing_docs)]
 
@@ -80,7 +88,6 @@ pub mod error;
 pub mod follow;
 #[doc(hidden)]
 pub mod fuzzing;
-mod head_guard;
 mod metrics;
 mod per_core;
 mod proxy;
@@ -89,6 +96,7 @@ mod service;
 pub mod stats;
 pub mod table;
 pub mod tls;
+pub mod trust;
 mod upstream;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -97,12 +105,14 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 pub use per_core::{bind_per_core, bind_per_core_takeover, CoreListeners, Steering};
+pub use proxy::{BODY_TIMEOUT, MAX_ATTEMPTS, RESPONSE_TIMEOUT};
 pub use server::{
     bind_reuseport, bind_reuseport_takeover, serve, serve_with, RouterConfig, FIRST_REQUEST_GRACE,
 };
 pub use stats::{RouterStats, StatusClasses};
 pub use table::{Endpoint, Limits, Maintenance, RouteEntry, RouteTable};
 pub use tls::{TlsConfig, TlsError, TlsListener};
+pub use trust::{Cidr, CidrError};
 
 use compiled::{CompiledTable, Registry};
 use stats::Counters;

@@ -14,6 +14,7 @@
 //! | `berth_router_retries_total` | counter | `service` |
 //! | `berth_router_ejections_total` | counter | `service` |
 //! | `berth_router_overload_rejections_total` | counter | `service` |
+//! | `berth_router_upstream_timeouts_total` | counter | `service` |
 //! | `berth_router_queue_depth` | gauge | `service` |
 //! | `berth_router_upstream_outstanding` | gauge | `addr` |
 
@@ -148,7 +149,7 @@ pub(crate) fn render(
         );
     }
 
-    let per_service: [PerService; 5] = [
+    let per_service: [PerService; 6] = [
         (
             "berth_router_requests_in_flight",
             "gauge",
@@ -172,6 +173,12 @@ pub(crate) fn render(
             "counter",
             "Requests answered 503 by the concurrency limit (queue full or queue timeout).",
             |s| s.rejected.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "berth_router_upstream_timeouts_total",
+            "counter",
+            "Requests answered 504: no response head from the instance within the route's timeout.",
+            |s| s.timeouts.load(Ordering::Relaxed) as i64,
         ),
         (
             "berth_router_queue_depth",

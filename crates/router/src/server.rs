@@ -20,23 +20,25 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use tokio_rustls::TlsAcceptor;
 
-use crate::head_guard::{Activity, Tracked};
-use crate::proxy::{ConnInfo, Proxy};
+use berth_net::head_guard::{Activity, Tracked};
+// The pause after a failed `accept` (e.g. out of file descriptors), shared with the API.
+use berth_net::ACCEPT_BACKOFF;
+
+use crate::proxy::{ConnInfo, Proxy, BODY_TIMEOUT, RESPONSE_TIMEOUT};
 use crate::tls::TlsListener;
+use crate::trust::Cidr;
 use crate::RouterHandle;
 
 /// How long a connection with no request in progress may take to send the next request head
 /// before it is closed (slowloris guard; also the idle keep-alive limit). The default of
 /// [`RouterConfig::head_timeout`].
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HEADER_READ_TIMEOUT: Duration = berth_net::HEADER_READ_TIMEOUT;
 /// The most header fields a request may carry (HTTP/1.1); more gets `431`. hyper's default,
 /// which the router relies on rather than sets (see `serve_with`).
 pub const MAX_HEADERS: usize = 100;
 /// The largest request head, in bytes: hyper's read buffer for HTTP/1.1 (a head that does not
 /// fit gets `431`) and the HTTP/2 header-list limit.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop doesn't spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The listen backlog of [`bind_reuseport`]: room for a burst of connections while a core is
 /// busy (the kernel caps it at `net.core.somaxconn`).
 pub(crate) const LISTEN_BACKLOG: i32 = 4096;
@@ -331,6 +333,38 @@ pub struct RouterConfig {
     /// head before it is closed: the slowloris guard, which also ends idle keep-alive (and
     /// HTTP/2) connections. `None`: [`HEADER_READ_TIMEOUT`].
     pub head_timeout: Option<Duration>,
+    /// How long a small request body (up to 64 KiB, read whole before it is
+    /// forwarded) may take to arrive; past it the client gets `408` and the instance nothing.
+    /// `None`: [`BODY_TIMEOUT`].
+    pub body_timeout: Option<Duration>,
+    /// How long an instance may take to send its response head once it has the request, for
+    /// routes whose entry sets no [`crate::RouteEntry::timeout_ms`]; past it, `504`.
+    /// `None`: [`RESPONSE_TIMEOUT`].
+    pub response_timeout: Option<Duration>,
+    /// Peers whose `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` are kept (the
+    /// router appends the peer to `X-Forwarded-For`); from any other peer they are replaced by
+    /// what the router saw. Empty (the default): nobody's claims are trusted. See [`crate::trust`].
+    pub trusted_proxies: Vec<Cidr>,
+    /// A bearer token the metrics listener requires (`Authorization: Bearer TOKEN`, else
+    /// `401`). `None`: `/metrics` is open to whoever can reach the metrics address.
+    pub metrics_token: Option<String>,
+}
+
+impl RouterConfig {
+    /// The same settings without the listeners (metrics and TLS are served once, by the first
+    /// core): what every further per-core router of one process gets.
+    pub fn sibling(&self) -> RouterConfig {
+        RouterConfig {
+            metrics: None,
+            access_log: self.access_log,
+            tls: None,
+            head_timeout: self.head_timeout,
+            body_timeout: self.body_timeout,
+            response_timeout: self.response_timeout,
+            trusted_proxies: self.trusted_proxies.clone(),
+            metrics_token: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for RouterConfig {
@@ -343,6 +377,11 @@ impl std::fmt::Debug for RouterConfig {
             .field("access_log", &self.access_log)
             .field("tls", &self.tls)
             .field("head_timeout", &self.head_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("trusted_proxies", &self.trusted_proxies)
+            // The token itself never goes to a log.
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "…"))
             .finish()
     }
 }
@@ -379,14 +418,18 @@ pub async fn serve_with(
     let proxy = Arc::new(Proxy {
         handle: handle.clone(),
         access_log: config.access_log,
+        body_timeout: config.body_timeout.unwrap_or(BODY_TIMEOUT),
+        response_timeout: config.response_timeout.unwrap_or(RESPONSE_TIMEOUT),
     });
+    let trusted_proxies = config.trusted_proxies;
+    let metrics_token = config.metrics_token.map(Arc::<str>::from);
     let http = http_builder();
     let head_timeout = config.head_timeout.unwrap_or(HEADER_READ_TIMEOUT);
     let (stop, stopped) = watch::channel(false);
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics = config.metrics.map(|listener| {
-        tokio::spawn(serve_metrics(listener, handle, async {
+        tokio::spawn(serve_metrics(listener, handle, metrics_token, async {
             let _ = metrics_stopped.await;
         }))
     });
@@ -399,6 +442,7 @@ pub async fn serve_with(
         let info = ConnInfo {
             remote,
             tls: tls.is_some(),
+            trusted: crate::trust::trusted(&trusted_proxies, remote.ip()),
         };
         let life = Lifeline {
             stop: stopped.clone(),
@@ -621,6 +665,7 @@ fn drain(listener: TcpListener, mut serve: impl FnMut(TcpStream, SocketAddr)) {
 async fn serve_metrics(
     listener: TcpListener,
     handle: RouterHandle,
+    token: Option<Arc<str>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -636,10 +681,17 @@ async fn serve_metrics(
             },
             () = &mut shutdown => return,
         };
-        let handle = handle.clone();
+        let (handle, token) = (handle.clone(), token.clone());
         let service = service_fn(move |request: Request<Incoming>| {
             let handle = handle.clone();
-            async move { Ok::<_, std::convert::Infallible>(metrics_response(&handle, &request)) }
+            let allowed = token.as_deref().is_none_or(|t| bearer_matches(&request, t));
+            async move {
+                Ok::<_, std::convert::Infallible>(if allowed {
+                    metrics_response(&handle, &request)
+                } else {
+                    unauthorized()
+                })
+            }
         });
         tokio::spawn(async move {
             let served = hyper::server::conn::http1::Builder::new()
@@ -652,6 +704,44 @@ async fn serve_metrics(
             }
         });
     }
+}
+
+/// Whether `request` carries `Authorization: Bearer TOKEN` with this token. Compared in time
+/// that does not depend on where the bytes differ.
+fn bearer_matches(request: &Request<Incoming>, token: &str) -> bool {
+    let Some(given) = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    let expected = token.as_bytes();
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+/// The `401` to a metrics request without the configured token.
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(
+        b"the router's metrics need Authorization: Bearer TOKEN (--metrics-token-file)\n",
+    )));
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"berth-router metrics\""),
+    );
+    response
 }
 
 fn metrics_response(handle: &RouterHandle, request: &Request<Incoming>) -> Response<Full<Bytes>> {

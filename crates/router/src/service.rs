@@ -188,6 +188,8 @@ pub(crate) struct ServiceState {
     pub(crate) ejections: AtomicU64,
     /// 503s from the overload limiter.
     pub(crate) rejected: AtomicU64,
+    /// 504s: an instance sent no response head within the route's timeout.
+    pub(crate) timeouts: AtomicU64,
     pub(crate) budget: RetryBudget,
     /// The current limiter, replaced only when the limits change (so queued and running
     /// requests keep their slots across table updates).

@@ -49,6 +49,12 @@ pub struct RouteEntry {
     /// page, and never contacts the instances (they keep running, untouched).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<Maintenance>,
+    /// How long an instance may take to send the response head (after the request was sent)
+    /// before the router gives up with `504` (a hung backend must not hold a client forever).
+    /// `None`: the router's default ([`crate::RouterConfig::response_timeout`]). The body that
+    /// follows the head is not limited: a streamed answer may take as long as it takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// A service's concurrency limit and bounded queue; see [`RouteEntry::limits`].
@@ -126,6 +132,7 @@ mod tests {
         let route = &table.routes[0];
         assert_eq!(route.limits, None);
         assert_eq!(route.maintenance, None);
+        assert_eq!(route.timeout_ms, None);
         assert_eq!(route.endpoints[0].weight, DEFAULT_WEIGHT);
         let back: RouteTable =
             serde_json::from_str(&serde_json::to_string(&table).expect("ser")).expect("de");

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -31,8 +30,9 @@ use tokio::net::TcpStream;
 use crate::error::ProxyError;
 use crate::stats::{shard, SHARDS};
 
-/// The body of a request to an instance: a replayable buffer, or the client's stream.
-pub(crate) type UpBody = Either<Full<Bytes>, Incoming>;
+/// The body of a request to an instance: a replayable buffer, or the client's stream (watched,
+/// so the response timer starts once it has been sent whole).
+pub(crate) type UpBody = Either<Full<Bytes>, crate::proxy::Watched>;
 
 /// A sender on one HTTP/1.1 connection to an instance.
 pub(crate) type Sender = http1::SendRequest<UpBody>;

@@ -121,6 +121,7 @@ fn table(version: &str, endpoints: &[(&str, &str)]) -> RoutingTable {
                 .collect(),
             limits: None,
             maintenance: None,
+            timeout_ms: None,
         }],
     }
 }

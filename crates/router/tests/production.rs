@@ -192,6 +192,7 @@ fn route(endpoints: Vec<Endpoint>) -> RouteEntry {
         endpoints,
         limits: None,
         maintenance: None,
+        timeout_ms: None,
     }
 }
 

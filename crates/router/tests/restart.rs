@@ -112,6 +112,7 @@ fn table(backend: SocketAddr) -> RouteTable {
             }],
             limits: None,
             maintenance: None,
+            timeout_ms: None,
         }],
     }
 }

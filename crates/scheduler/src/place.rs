@@ -17,6 +17,9 @@ use crate::{
     Demand, Explanation, Failure, Node, Placement, Plan, Reason, SchedulerConfig, Strategy,
 };
 
+/// The most placements reserved ahead for one group; beyond it the vector grows as it fills.
+const PLACEMENT_RESERVE: usize = 1024;
+
 /// The feasible nodes of one group that share the values of its spread keys.
 struct Bucket {
     values: Vec<u32>,
@@ -90,7 +93,10 @@ pub(crate) fn place_all(
             .enumerate()
             .map(|(i, b)| Reverse((gs.bucket_key(&b.values), gs.rng.next_u64(), i)))
             .collect();
-        plan.placements.reserve(gs.need as usize);
+        // Never in proportion to `need`: it is a count from a stack file, and what can be placed
+        // is bounded by the nodes, not by the ask (`replicas: 4294967295` reserved 68 GB here).
+        plan.placements
+            .reserve((gs.need as usize).min(PLACEMENT_RESERVE));
         let mut placed = 0;
         while placed < gs.need {
             let Some(Reverse((key, tag, b))) = heap.pop() else {

@@ -22,6 +22,8 @@
 pub mod auth;
 pub mod clock;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod keys;
 pub mod listen;

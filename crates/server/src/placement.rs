@@ -1,5 +1,6 @@
 //! The server's side of placement: turning the store's nodes and instances into the
-//! scheduler's snapshot, placing one instance for the rollout controller, and checking a
+//! scheduler's snapshot, placing a rollout's new instances for the rollout controller (one
+//! scheduler call per rollout and region), and checking a
 //! proposed release's placements for a plan (so a plan says what could not be placed, and why,
 //! before anything is applied).
 
@@ -100,49 +101,97 @@ pub fn existing(snapshot: &Snapshot, pending: &[InstanceRecord]) -> Vec<Existing
     out
 }
 
-/// Chooses the node for one more instance of `service` in `region`: ready nodes in the region
-/// with the driver, room for the resources and fixed ports, meeting the constraints, spread as
-/// the service asks. The scheduler's explanation when no node fits.
+/// New instances one service of a rollout asks for in one region: `count` more of `service`.
+#[derive(Debug, Clone, Copy)]
+pub struct Want<'s> {
+    /// The service's name in its stack.
+    pub name: &'s str,
+    /// The service as rendered for the region.
+    pub service: &'s Service,
+    /// How many more instances it needs now.
+    pub count: u32,
+}
+
+/// Where the instances of one [`Want`] go: a node per placed instance, and the scheduler's
+/// explanation when fewer than asked could be placed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placed {
+    /// The chosen nodes, one per new instance (a node may repeat).
+    pub nodes: Vec<String>,
+    /// Why the rest could not be placed; `None` when every asked instance was placed.
+    pub unplaced: Option<String>,
+}
+
+/// Chooses nodes for every [`Want`] of one rollout in `region`, in one scheduler call with the
+/// whole demand: ready nodes in the region (a node without a `region` label takes any) with the
+/// driver, room for the resources and fixed ports, meeting the constraints, spread as each
+/// service asks. Every instance not being stopped, and `pending` (decided earlier in the same
+/// pass), count against their nodes, and the wants count against each other.
+///
+/// One call per (rollout, region) instead of one per missing instance: the cost is that of one
+/// schedule, not `count` of them (`replicas: 10000000` used to run the scheduler ten million
+/// times inside one controller pass). Never more than `want.count` nodes per want.
 #[allow(clippy::too_many_arguments)]
-pub fn place_one(
+pub fn place_many(
     shared: &Shared,
     snapshot: &Snapshot,
     pending: &[InstanceRecord],
     stack: &str,
     env: &str,
     region: &str,
-    name: &str,
-    service: &Service,
+    wants: &[Want<'_>],
     seed: u64,
-) -> Result<String, String> {
-    let group = group_key(stack, env, region, name, service);
+) -> Vec<Placed> {
+    if wants.iter().all(|w| w.count == 0) {
+        return vec![Placed::default(); wants.len()];
+    }
     let nodes = nodes_for_region(shared, snapshot, region, shared.clock.now_ms());
     let existing = existing(snapshot, pending);
-    let alive = existing.iter().filter(|e| e.group == group).count() as u32;
-    let demand = Demand {
-        group,
-        count: alive + 1,
-        service: service.clone(),
-    };
-    let plan = berth_scheduler::schedule(
-        &nodes,
-        &existing,
-        std::slice::from_ref(&demand),
-        &SchedulerConfig::new(seed),
-    );
-    if let Some(node) = plan.placements.first().and_then(|p| nodes.get(p.node)) {
-        return Ok(node.name.clone());
+    let demands: Vec<Demand> = wants
+        .iter()
+        .map(|w| {
+            let group = group_key(stack, env, region, w.name, w.service);
+            let alive = existing.iter().filter(|e| e.group == group).count();
+            let alive = u32::try_from(alive).unwrap_or(u32::MAX);
+            Demand {
+                group,
+                count: alive.saturating_add(w.count),
+                service: w.service.clone(),
+            }
+        })
+        .collect();
+    let plan = berth_scheduler::schedule(&nodes, &existing, &demands, &SchedulerConfig::new(seed));
+    let mut out = vec![Placed::default(); wants.len()];
+    for p in &plan.placements {
+        let (Some(slot), Some(want), Some(node)) = (
+            out.get_mut(p.demand),
+            wants.get(p.demand),
+            nodes.get(p.node),
+        ) else {
+            continue;
+        };
+        // Instances lost on a down node are replaced by the scheduler too; the controller
+        // drains those separately and asked for exactly `count` more.
+        if slot.nodes.len() < want.count as usize {
+            slot.nodes.push(node.name.clone());
+        }
     }
-    Err(explain(&plan).unwrap_or_else(|| format!("no node in region {region} can take it")))
-}
-
-fn explain(plan: &berth_scheduler::Plan) -> Option<String> {
-    plan.failures.first().map(|f| {
-        f.explanation
-            .as_ref()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| f.reason.clone())
-    })
+    for f in &plan.failures {
+        if let Some(slot) = out.get_mut(f.demand) {
+            let why = f
+                .explanation
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| f.reason.clone());
+            slot.unplaced = Some(why);
+        }
+    }
+    for (slot, want) in out.iter_mut().zip(wants) {
+        if slot.unplaced.is_none() && slot.nodes.len() < want.count as usize {
+            slot.unplaced = Some(format!("no node in region {region} can take it"));
+        }
+    }
+    out
 }
 
 /// For a plan: the services of `target` whose instances could not all be placed on the cluster

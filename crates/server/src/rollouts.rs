@@ -27,6 +27,11 @@ use crate::{keys, placement, table, Shared};
 const TICK: Duration = Duration::from_millis(100);
 /// Longest an instance waits in `drain` for routers to let go before it is stopped anyway.
 pub const DRAIN_DEADLINE_MS: u64 = 5_000;
+/// The most instances one pass creates for one rollout: the per-pass work budget. A stack asking
+/// for thousands of replicas gets them over several passes (a pass every [`TICK`] at least), and
+/// every other stack gets its turn in each of those passes, so one large stack cannot starve the
+/// cluster's other deploys, nor make one store transaction huge.
+pub const CREATE_BUDGET: usize = 256;
 
 /// Where a stack's rollout is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,9 +110,14 @@ impl RolloutRecord {
 }
 
 /// Runs passes until `stop`: on every kick (a deploy, a heartbeat with news) and every tick.
+/// `stop` is also checked between the rollouts of a pass, so a shutdown never waits for more
+/// than one rollout's (budgeted) work.
 pub async fn run_controller(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
-        if let Err(e) = reconcile_once(&shared).await {
+        if *stop.borrow() {
+            return;
+        }
+        if let Err(e) = reconcile_until(&shared, &stop).await {
             tracing::warn!(error = %e, "controller pass failed; retrying");
         }
         tokio::select! {
@@ -120,9 +130,23 @@ pub async fn run_controller(shared: Arc<Shared>, mut stop: tokio::sync::watch::R
 
 /// One pass over every stack, then the drain pipeline.
 pub async fn reconcile_once(shared: &Shared) -> Result<(), StateError> {
+    let (_never, stop) = tokio::sync::watch::channel(false);
+    reconcile_until(shared, &stop).await
+}
+
+/// [`reconcile_once`], ending early (between rollouts) once `stop` is set.
+async fn reconcile_until(
+    shared: &Shared,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), StateError> {
     let snapshot = Snapshot::load(shared.store.as_ref()).await?;
     let now = shared.clock.now_ms();
     for rollout in snapshot.rollouts.values() {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        // A pass is CPU work between store calls: let the API and the signal handler run.
+        tokio::task::yield_now().await;
         let Some(release) = crate::state::release(
             shared.store.as_ref(),
             &rollout.value.stack,
@@ -143,6 +167,8 @@ pub async fn reconcile_once(shared: &Shared) -> Result<(), StateError> {
             ops: vec![],
             compares: vec![],
             created: 0,
+            wanted: Vec::new(),
+            touched: Default::default(),
             unplaced: BTreeMap::new(),
             pins: &release.value.images,
             secrets: &release.value.secrets,
@@ -189,7 +215,7 @@ pub async fn reconcile_once(shared: &Shared) -> Result<(), StateError> {
             }
         }
     }
-    drain(shared, &snapshot, now).await
+    drain(shared, &snapshot, now, stop).await
 }
 
 /// What a pass concluded about the rollout as a whole.
@@ -272,7 +298,13 @@ struct Pass<'a> {
     now: u64,
     ops: Vec<Op>,
     compares: Vec<Compare>,
+    /// Instances created so far in this pass (at most [`CREATE_BUDGET`]).
     created: usize,
+    /// New instances asked for in the region being reconciled, placed together by
+    /// [`Pass::place_wanted`].
+    wanted: Vec<Wanted>,
+    /// Instances whose record this pass already rewrites.
+    touched: std::collections::HashSet<String>,
     /// Why instances of a service could not be placed in this pass, for `berth status`.
     unplaced: BTreeMap<String, String>,
     /// The target release's pinned image ids by service: new instances run exactly those.
@@ -348,9 +380,12 @@ impl<'a> Pass<'a> {
                 .iter()
                 .filter(|o| o.release == record.to && o.state.is_live())
                 .count() as u32;
-            for _ in live_new..decision.new_target {
-                self.create(&record, &name, &region, &service);
-            }
+            self.want(
+                &record,
+                &name,
+                &service,
+                decision.new_target.saturating_sub(live_new),
+            );
             for id in &decision.stop {
                 let snapshot: &'a Snapshot = self.snapshot;
                 if let Some(rec) = snapshot.instances.get(id) {
@@ -377,6 +412,7 @@ impl<'a> Pass<'a> {
             }
             record.services.insert(name, next);
         }
+        self.place_wanted(&record, &region);
         if record.done.len() == target.services.len() {
             record.wave += 1;
             record.services.clear();
@@ -394,6 +430,8 @@ impl<'a> Pass<'a> {
         // Undo whatever this pass decided for the failed target.
         self.ops.clear();
         self.compares.clear();
+        self.wanted.clear();
+        self.touched.clear();
         let failed_release = record.to;
         let next = match record.from {
             Some(previous) if previous != record.to => {
@@ -476,9 +514,13 @@ impl<'a> Pass<'a> {
                 }
             }
             let want = service.replicas as usize;
-            for _ in alive.len()..want {
-                self.create(record, name, region, &service);
-            }
+            let missing = want.saturating_sub(alive.len());
+            self.want(
+                record,
+                name,
+                &service,
+                u32::try_from(missing).unwrap_or(u32::MAX),
+            );
             let healthy_alive = alive
                 .iter()
                 .filter(|r| r.value.state() == InstanceState::Healthy)
@@ -506,6 +548,7 @@ impl<'a> Pass<'a> {
                 }
             }
         }
+        self.place_wanted(record, region);
     }
 
     /// Whether `berth drain` was run on the node.
@@ -556,7 +599,8 @@ impl<'a> Pass<'a> {
     }
 
     fn set_desired(&mut self, rec: &Versioned<InstanceRecord>, desired: Desired) {
-        if rec.value.desired == desired || self.ops.iter().any(|op| matches!(op, Op::Put { key, .. } if *key == keys::instance(&rec.value.spec.id))) {
+        // Once per instance and pass (a set, not a scan of `ops`: a stack may have thousands).
+        if rec.value.desired == desired || !self.touched.insert(rec.value.spec.id.clone()) {
             return;
         }
         let mut next = rec.value.clone();
@@ -570,11 +614,14 @@ impl<'a> Pass<'a> {
             .push(Op::put(keys::instance(&rec.value.spec.id), encode(&next)));
     }
 
-    /// Places a new instance of `service` and records it. Without a feasible node nothing is
-    /// created; the rollout then waits and, past its progress deadline, fails with the reason.
-    fn create(&mut self, record: &RolloutRecord, name: &str, region: &str, service: &Service) {
-        // The current values of the service's secrets (the deploy checked they were set; one
-        // deleted since leaves the instance uncreated, and `berth status` says why).
+    /// Asks for `count` more instances of `service` in the region being reconciled; they are
+    /// placed, all services of the region together, by [`Pass::place_wanted`]. A service whose
+    /// secret was deleted since the deploy gets none, and `berth status` says why.
+    fn want(&mut self, record: &RolloutRecord, name: &str, service: &Service, count: u32) {
+        if count == 0 {
+            return;
+        }
+        // The current values of the service's secrets (the deploy checked they were set).
         let mut secret_env = BTreeMap::new();
         let mut secret_versions = BTreeMap::new();
         for secret in &service.secrets {
@@ -595,14 +642,75 @@ impl<'a> Pass<'a> {
                 }
             }
         }
-        let node = match self.place(record, name, region, service) {
-            Ok(node) => node,
-            Err(why) => {
-                tracing::debug!(stack = %record.stack, service = %name, %region, %why, "no feasible node for a new instance");
-                self.unplaced.insert(name.to_string(), why);
-                return;
+        self.wanted.push(Wanted {
+            name: name.to_string(),
+            service: service.clone(),
+            count,
+            secret_env,
+            secret_versions,
+        });
+    }
+
+    /// Places what [`Pass::want`] collected for `region` with one scheduler call, within what is
+    /// left of the pass's [`CREATE_BUDGET`], and records the new instances. Without a feasible
+    /// node nothing is created for a service; the rollout then waits and, past its progress
+    /// deadline, fails with the reason. What the budget held back is asked for again next pass.
+    fn place_wanted(&mut self, record: &RolloutRecord, region: &str) {
+        let mut wanted = std::mem::take(&mut self.wanted);
+        let mut left = CREATE_BUDGET.saturating_sub(self.created);
+        for w in &mut wanted {
+            let n = (w.count as usize).min(left);
+            left -= n;
+            w.count = n as u32;
+        }
+        wanted.retain(|w| w.count > 0);
+        if wanted.is_empty() {
+            return;
+        }
+        // Instances this pass already decided (an earlier region) hold their nodes too.
+        let pending: Vec<InstanceRecord> = self
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put { key, value } if key.starts_with(keys::INSTANCES) => {
+                    serde_json::from_slice::<InstanceRecord>(value).ok()
+                }
+                _ => None,
+            })
+            .collect();
+        let wants: Vec<placement::Want<'_>> = wanted
+            .iter()
+            .map(|w| placement::Want {
+                name: &w.name,
+                service: &w.service,
+                count: w.count,
+            })
+            .collect();
+        let placed = placement::place_many(
+            self.shared,
+            self.snapshot,
+            &pending,
+            &record.stack,
+            &record.env,
+            region,
+            &wants,
+            self.now ^ self.created as u64,
+        );
+        for (w, placed) in wanted.iter().zip(placed) {
+            if let Some(why) = placed.unplaced {
+                tracing::debug!(stack = %record.stack, service = %w.name, %region, %why, "no feasible node for a new instance");
+                self.unplaced.insert(w.name.clone(), why);
             }
-        };
+            for node in placed.nodes {
+                self.create(record, w, region, node);
+            }
+        }
+    }
+
+    /// Records a new instance of `w` on `node`.
+    fn create(&mut self, record: &RolloutRecord, w: &Wanted, region: &str, node: String) {
+        let name = w.name.as_str();
+        let service = &w.service;
         let mut suffix = [0u8; 4];
         rand::rngs::OsRng.fill_bytes(&mut suffix);
         let id = format!(
@@ -626,7 +734,7 @@ impl<'a> Pass<'a> {
                     .image
                     .as_ref()
                     .and_then(|_| self.pins.get(name).cloned()),
-                secret_env,
+                secret_env: w.secret_env.clone(),
             },
             env: record.env.clone(),
             region: region.to_string(),
@@ -634,47 +742,21 @@ impl<'a> Pass<'a> {
             created_ms: self.now,
             desired_since_ms: None,
             status: None,
-            secret_versions,
+            secret_versions: w.secret_versions.clone(),
         };
         self.created += 1;
         self.compares.push(Compare::absent(keys::instance(&id)));
         self.ops.push(Op::put(keys::instance(&id), encode(&rec)));
     }
+}
 
-    /// Chooses a node for one more instance of `service` in `region` with the scheduler:
-    /// ready (up, not draining) nodes in the region (a node without a `region` label takes any),
-    /// with the driver, room for the resources and ports, meeting the constraints, spread as the
-    /// service asks. Every instance not being stopped, and those this pass already placed, count
-    /// against their nodes. `None` with the scheduler's explanation when no node fits.
-    fn place(
-        &mut self,
-        record: &RolloutRecord,
-        name: &str,
-        region: &str,
-        service: &Service,
-    ) -> Result<String, String> {
-        let pending: Vec<InstanceRecord> = self
-            .ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Put { key, value } if key.starts_with(keys::INSTANCES) => {
-                    serde_json::from_slice::<InstanceRecord>(value).ok()
-                }
-                _ => None,
-            })
-            .collect();
-        placement::place_one(
-            self.shared,
-            self.snapshot,
-            &pending,
-            &record.stack,
-            &record.env,
-            region,
-            name,
-            service,
-            self.now ^ self.created as u64,
-        )
-    }
+/// New instances of one service asked for in one pass, with the secret values they start with.
+struct Wanted {
+    name: String,
+    service: Service,
+    count: u32,
+    secret_env: BTreeMap<String, String>,
+    secret_versions: BTreeMap<String, u64>,
 }
 
 /// The state machine's view of a service's instances. An instance that runs the target's
@@ -776,8 +858,20 @@ pub fn dependency_order(stack: &Stack) -> Vec<String> {
 
 /// Moves drained instances to `stop` once the routers let go (or the deadline passes), and
 /// forgets stopped instances on nodes that are gone.
-async fn drain(shared: &Shared, snapshot: &Snapshot, now: u64) -> Result<(), StateError> {
+///
+/// At most [`CREATE_BUDGET`] writes per pass (each is its own compare-and-swap and fsync); the
+/// rest wait for the next pass, which comes at least every [`TICK`].
+async fn drain(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    now: u64,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), StateError> {
+    let mut writes = 0;
     for rec in snapshot.instances.values() {
+        if writes >= CREATE_BUDGET || *stop.borrow() {
+            return Ok(());
+        }
         let v = &rec.value;
         let since = v.desired_since_ms.unwrap_or(v.created_ms);
         let next = match v.desired {
@@ -790,6 +884,7 @@ async fn drain(shared: &Shared, snapshot: &Snapshot, now: u64) -> Result<(), Sta
             _ => None,
         };
         if let Some(desired) = next {
+            writes += 1;
             let mut updated = v.clone();
             updated.desired = desired;
             updated.desired_since_ms = Some(now);
@@ -806,6 +901,7 @@ async fn drain(shared: &Shared, snapshot: &Snapshot, now: u64) -> Result<(), Sta
             && now.saturating_sub(since) > 60_000
         {
             // Its node is gone; nobody will confirm the stop.
+            writes += 1;
             shared
                 .store
                 .txn(Txn {

@@ -216,6 +216,7 @@ pub async fn build(shared: &Shared, snapshot: &Snapshot) -> Result<RoutingTable,
                     queue_timeout_ms: l.queue_timeout.millis,
                 }),
                 maintenance: maintenance.get(&(stack.clone(), name.clone())).cloned(),
+                timeout_ms: route.timeout.map(|t| t.millis),
             });
         }
     }

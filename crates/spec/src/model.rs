@@ -135,6 +135,10 @@ pub struct Route {
     /// Overload protection in the routers, as Twitter's TFE did: no app is overloaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// `route.timeout`: how long an instance may take to send its response head before the
+    /// router answers 504 (a hung backend must not hold clients). `None`: the router's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
 }
 
 /// At most `concurrency` requests in flight to the service (per router), then up to `queue`
@@ -475,6 +479,13 @@ impl FromStr for Percent {
         Ok(Percent(n))
     }
 }
+
+/// The most replicas a service may ask for in one region (`replicas`, a `max_surge` or
+/// `max_unavailable` count, `--set web.replicas=N`). Far above what one berth cluster runs, and
+/// low enough that nothing sized by a count (the scheduler's placements, the rollout's instance
+/// records, one controller pass) can exhaust memory or time: `replicas: 4294967295` used to
+/// validate and then abort the server on a 68 GB allocation.
+pub const MAX_REPLICAS: u32 = 10_000;
 
 /// A count of instances or a percentage of the desired count (`max_surge: 1`, `max_surge: 25%`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

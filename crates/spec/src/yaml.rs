@@ -26,6 +26,12 @@ use saphyr_parser::{Event, Marker, Parser, ScalarStyle, ScanError, Span, Tag};
 
 use crate::diag::{Diagnostic, Pos};
 
+/// The largest stack file berth accepts, in bytes (8 MiB): the one number behind both
+/// [`Limits::default`]'s `max_bytes` (what `berth validate` and the server's parse refuse) and
+/// the API's request-body limit (`berth-server` allows this plus room for the JSON envelope),
+/// so a file that validates can always be sent, and a larger one is refused naming this limit.
+pub const MAX_STACK_FILE_BYTES: usize = 8 * 1024 * 1024;
+
 /// Bounds that keep memory and time proportional to honest input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -40,7 +46,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_bytes: 8 * 1024 * 1024,
+            max_bytes: MAX_STACK_FILE_BYTES,
             max_depth: 64,
             max_nodes: 1_000_000,
         }

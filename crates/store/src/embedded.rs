@@ -25,7 +25,8 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{
@@ -107,11 +108,30 @@ struct Inner {
 
 /// The file. Watch tasks hold it weakly: they must keep neither the file open nor the broadcast
 /// sender alive once the store is dropped.
+///
+/// The redb handle sits behind a lock so that it can be replaced while the store is shared:
+/// every read and write holds the read side for its whole transaction; reopening after an I/O
+/// error and compacting take the write side, when no transaction is open.
 struct Db {
-    db: Database,
+    db: RwLock<Option<Database>>,
     path: PathBuf,
     pid_file: PathBuf,
+    /// Set by a write that failed with an I/O error (a full disk): redb then refuses every
+    /// further write until the file is reopened. Cleared by a successful reopen and write.
+    broken: Mutex<Option<Broken>>,
 }
+
+/// Why the store stopped accepting writes, and when recovery was last tried.
+struct Broken {
+    why: String,
+    last_try: Option<Instant>,
+}
+
+/// How often [`Store::health`] retries a broken store (a reopen and a probe write).
+const HEALTH_RETRY: Duration = Duration::from_secs(1);
+
+/// The metadata key [`Db::probe`] writes (a timestamp; nothing reads it).
+const META_PROBE: &str = "health_probe";
 
 /// One committed revision, as published to live watchers.
 struct Commit {
@@ -236,6 +256,17 @@ impl Store for EmbeddedStore {
         let db = self.inner.db.clone();
         blocking(move || db.read_meta().map(|m| m.revision)).await
     }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.health()).await
+    }
+
+    async fn forget(&self, key: &str) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        let key = key.to_owned();
+        blocking(move || inner.forget(&key)).await
+    }
 }
 
 /// Refuses what etcd refuses: a key put twice, or put and deleted, in one branch (the result
@@ -293,31 +324,240 @@ impl Db {
         let mut pid_file = path.clone().into_os_string();
         pid_file.push(".pid");
         let pid_file = PathBuf::from(pid_file);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen
-            | redb::DatabaseError::LockProtocolMismatch => StoreError::Locked {
-                path: path.clone(),
-                pid: std::fs::read_to_string(&pid_file)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok()),
-            },
-            e => map_redb(&path, "opening", e.into()),
+        private_file(&path).map_err(|e| StoreError::Storage {
+            path: path.clone(),
+            op: "creating it with mode 0600",
+            source: Box::new(e),
         })?;
+        let db = Self::create(&path, &pid_file)?;
         // Best effort: only read to name the holder in a `Locked` error.
-        if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        if let Err(e) = write_private(&pid_file, &format!("{}\n", std::process::id())) {
             tracing::warn!(file = %pid_file.display(), error = %e, "cannot record the store owner's pid");
         }
-        let db = Db { db, path, pid_file };
+        let db = Db {
+            db: RwLock::new(Some(db)),
+            path,
+            pid_file,
+            broken: Mutex::new(None),
+        };
         db.init()?;
         Ok(db)
     }
 
+    fn create(path: &Path, pid_file: &Path) -> Result<Database, StoreError> {
+        Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen
+            | redb::DatabaseError::LockProtocolMismatch => StoreError::Locked {
+                path: path.to_path_buf(),
+                pid: std::fs::read_to_string(pid_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok()),
+            },
+            e => map_redb(path, "opening", e.into()),
+        })
+    }
+
+    /// Runs `f` on the open database, holding it open (no reopen or compaction meanwhile).
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(StoreError::Unavailable(format!(
+                "the store file {} is closed after an I/O error and could not be reopened yet ({})",
+                self.path.display(),
+                self.broken_reason().unwrap_or_default()
+            ))),
+        }
+    }
+
+    fn broken_reason(&self) -> Option<String> {
+        self.broken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|b| b.why.clone())
+    }
+
+    /// Remembers that a write failed with an I/O error, so the next write reopens the file.
+    fn mark_broken(&self, e: &StoreError) {
+        if is_io(e) {
+            tracing::warn!(file = %self.path.display(), error = %e, "the store cannot write; it reopens the file on the next write");
+            let mut b = self.broken.lock().unwrap_or_else(PoisonError::into_inner);
+            match b.as_mut() {
+                Some(b) => b.why = e.to_string(),
+                None => {
+                    *b = Some(Broken {
+                        why: e.to_string(),
+                        last_try: None,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Closes and reopens the file (redb refuses every write after an I/O error until then).
+    /// The caller holds the store's write lock, so no write is in flight.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // The old handle must be gone first: redb locks the file per handle.
+        drop(guard.take());
+        let db = Self::create(&self.path, &self.pid_file)?;
+        *guard = Some(db);
+        tracing::info!(file = %self.path.display(), "the store file was reopened");
+        Ok(())
+    }
+
+    /// After a failed write: reopen the file, then prove it writable with a probe write.
+    /// Clears the broken state on success. The caller holds the store's write lock.
+    fn recover(&self) -> Result<(), StoreError> {
+        if let Some(b) = self
+            .broken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            b.last_try = Some(Instant::now());
+        }
+        let probe = self.reopen().and_then(|()| self.probe());
+        match probe {
+            Ok(()) => {
+                *self.broken.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.mark_broken(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Rewrites the file: every table is copied into a new file beside it (0600), which then
+    /// replaces the old one. Only live data is copied, so values erased from the tables are gone
+    /// from the file (redb's own compaction leaves freed pages in place). Waits for open reads
+    /// to finish; the caller holds the store's write lock.
+    fn vacuum(&self) -> Result<(), StoreError> {
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(old) = guard.as_ref() else {
+            return Err(StoreError::Unavailable(format!(
+                "the store file {} is closed after an I/O error",
+                self.path.display()
+            )));
+        };
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".vacuum");
+        let tmp = PathBuf::from(tmp);
+        let io = |op: &'static str| {
+            let path = self.path.clone();
+            move |e: std::io::Error| StoreError::Storage {
+                path,
+                op,
+                source: Box::new(e),
+            }
+        };
+        let _ = std::fs::remove_file(&tmp);
+        private_file(&tmp).map_err(io("creating the rewritten file"))?;
+        let copied = (|| {
+            let new = Database::create(&tmp).map_err(|e| map_redb(&tmp, "rewriting", e.into()))?;
+            let w = |e: redb::Error| map_redb(&tmp, "rewriting", e);
+            let rtx = old.begin_read().map_err(|e| self.err("rewriting", e))?;
+            let mut wtx = new.begin_write().map_err(|e| w(e.into()))?;
+            wtx.set_durability(Durability::Immediate)
+                .map_err(|e| StoreError::Storage {
+                    path: tmp.clone(),
+                    op: "setting durability",
+                    source: Box::new(e),
+                })?;
+            {
+                let from = rtx.open_table(KV).map_err(|e| self.err("rewriting", e))?;
+                let mut to = wtx.open_table(KV).map_err(|e| w(e.into()))?;
+                for entry in from.iter().map_err(|e| self.err("rewriting", e))? {
+                    let (k, v) = entry.map_err(|e| self.err("rewriting", e))?;
+                    to.insert(k.value(), v.value()).map_err(|e| w(e.into()))?;
+                }
+                let from = rtx
+                    .open_table(CHANGES)
+                    .map_err(|e| self.err("rewriting", e))?;
+                let mut to = wtx.open_table(CHANGES).map_err(|e| w(e.into()))?;
+                for entry in from.iter().map_err(|e| self.err("rewriting", e))? {
+                    let (k, v) = entry.map_err(|e| self.err("rewriting", e))?;
+                    to.insert(k.value(), v.value()).map_err(|e| w(e.into()))?;
+                }
+                let from = rtx.open_table(META).map_err(|e| self.err("rewriting", e))?;
+                let mut to = wtx.open_table(META).map_err(|e| w(e.into()))?;
+                for entry in from.iter().map_err(|e| self.err("rewriting", e))? {
+                    let (k, v) = entry.map_err(|e| self.err("rewriting", e))?;
+                    to.insert(k.value(), v.value()).map_err(|e| w(e.into()))?;
+                }
+            }
+            wtx.commit().map_err(|e| w(e.into()))
+        })();
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // Close the old file, put the new one in its place, and open it.
+        drop(guard.take());
+        let renamed =
+            std::fs::rename(&tmp, &self.path).map_err(io("replacing it by the rewritten file"));
+        if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        let reopened = Self::create(&self.path, &self.pid_file);
+        match (renamed, reopened) {
+            (Ok(()), Ok(db)) => {
+                *guard = Some(db);
+                Ok(())
+            }
+            (Err(e), Ok(db)) => {
+                let _ = std::fs::remove_file(&tmp);
+                *guard = Some(db);
+                Err(e)
+            }
+            (_, Err(e)) => {
+                let err = e.to_string();
+                drop(guard);
+                self.mark_broken(&StoreError::Storage {
+                    path: self.path.clone(),
+                    op: "reopening after a rewrite",
+                    source: Box::new(std::io::Error::other(err)),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// A durable write that changes no key and no revision: is the file writable?
+    fn probe(&self) -> Result<(), StoreError> {
+        self.with(|db| {
+            let mut wtx = db.begin_write().map_err(|e| self.err("probing", e))?;
+            wtx.set_durability(Durability::Immediate)
+                .map_err(|e| StoreError::Storage {
+                    path: self.path.clone(),
+                    op: "probing",
+                    source: Box::new(e),
+                })?;
+            {
+                let mut meta = wtx.open_table(META).map_err(|e| self.err("probing", e))?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                meta.insert(META_PROBE, now)
+                    .map_err(|e| self.err("probing", e))?;
+            }
+            wtx.commit().map_err(|e| self.err("probing", e))
+        })
+    }
+
     /// Creates the tables and metadata of a new file, or checks an existing file's format.
     fn init(&self) -> Result<(), StoreError> {
-        let wtx = self
-            .db
-            .begin_write()
-            .map_err(|e| self.err("initialising", e))?;
+        self.with(|db| self.init_in(db))
+    }
+
+    fn init_in(&self, db: &Database) -> Result<(), StoreError> {
+        let wtx = db.begin_write().map_err(|e| self.err("initialising", e))?;
         {
             let kv = wtx
                 .open_table(KV)
@@ -378,7 +618,11 @@ impl Db {
     }
 
     fn read_meta(&self) -> Result<Meta, StoreError> {
-        let rtx = self.db.begin_read().map_err(|e| self.err("reading", e))?;
+        self.with(|db| self.read_meta_in(db))
+    }
+
+    fn read_meta_in(&self, db: &Database) -> Result<Meta, StoreError> {
+        let rtx = db.begin_read().map_err(|e| self.err("reading", e))?;
         let meta = rtx.open_table(META).map_err(|e| self.err("reading", e))?;
         Ok(Meta {
             revision: self.meta_value(&meta, META_REVISION)?,
@@ -400,18 +644,22 @@ impl Db {
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let rtx = self.db.begin_read().map_err(|e| self.err("reading", e))?;
-        let kv = rtx.open_table(KV).map_err(|e| self.err("reading", e))?;
-        Ok(self.record(&kv, key)?.map(|r| r.into_kv(key)))
+        self.with(|db| {
+            let rtx = db.begin_read().map_err(|e| self.err("reading", e))?;
+            let kv = rtx.open_table(KV).map_err(|e| self.err("reading", e))?;
+            Ok(self.record(&kv, key)?.map(|r| r.into_kv(key)))
+        })
     }
 
     fn range(&self, prefix: &str) -> Result<RangeResponse, StoreError> {
-        let rtx = self.db.begin_read().map_err(|e| self.err("reading", e))?;
-        let meta = rtx.open_table(META).map_err(|e| self.err("reading", e))?;
-        let kv = rtx.open_table(KV).map_err(|e| self.err("reading", e))?;
-        let revision = self.meta_value(&meta, META_REVISION)?;
-        let kvs = self.scan_prefix(&kv, prefix)?;
-        Ok(RangeResponse { kvs, revision })
+        self.with(|db| {
+            let rtx = db.begin_read().map_err(|e| self.err("reading", e))?;
+            let meta = rtx.open_table(META).map_err(|e| self.err("reading", e))?;
+            let kv = rtx.open_table(KV).map_err(|e| self.err("reading", e))?;
+            let revision = self.meta_value(&meta, META_REVISION)?;
+            let kvs = self.scan_prefix(&kv, prefix)?;
+            Ok(RangeResponse { kvs, revision })
+        })
     }
 
     fn scan_prefix(
@@ -441,8 +689,16 @@ impl Db {
         prefix: &str,
         next: i64,
     ) -> Result<(Vec<WatchEvent>, i64, i64), StoreError> {
-        let rtx = self
-            .db
+        self.with(|db| self.read_changes_in(db, prefix, next))
+    }
+
+    fn read_changes_in(
+        &self,
+        db: &Database,
+        prefix: &str,
+        next: i64,
+    ) -> Result<(Vec<WatchEvent>, i64, i64), StoreError> {
+        let rtx = db
             .begin_read()
             .map_err(|e| self.err("reading the change log", e))?;
         let meta = rtx
@@ -489,6 +745,66 @@ impl Db {
     }
 }
 
+/// Whether `e` is an I/O failure of the file (a full disk, a failing device), after which redb
+/// refuses writes until the file is reopened.
+fn is_io(e: &StoreError) -> bool {
+    let StoreError::Storage { source, .. } = e else {
+        return false;
+    };
+    match source.downcast_ref::<redb::Error>() {
+        Some(redb::Error::Io(_) | redb::Error::PreviousIo) => true,
+        Some(_) => false,
+        None => {
+            source.downcast_ref::<std::io::Error>().is_some()
+                || source
+                    .downcast_ref::<redb::StorageError>()
+                    .is_some_and(|e| {
+                        matches!(
+                            e,
+                            redb::StorageError::Io(_) | redb::StorageError::PreviousIo
+                        )
+                    })
+        }
+    }
+}
+
+/// Creates `path` empty with mode 0600 if it does not exist, or tightens it to 0600 (with a
+/// warning) if other users may read it: the store holds secret values.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                tracing::warn!(file = %path.display(), mode = format!("{mode:04o}"), "the store file was readable by other users; set it to 0600 (rotate the secrets in it if others use this machine)");
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map(drop),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `content` to `path` with mode 0600.
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(content.as_bytes())
+}
+
 impl Drop for Db {
     fn drop(&mut self) {
         // The pid names the holder in a `Locked` error; gone with the holder. Best effort.
@@ -520,6 +836,87 @@ fn map_redb(path: &Path, op: &'static str, e: redb::Error) -> StoreError {
 }
 
 impl Inner {
+    /// `Ok` while writes work. After a failed write, retries (reopen and a probe write) at most
+    /// every [`HEALTH_RETRY`], so the state recovers without a write from anyone, and reports
+    /// the failure meanwhile.
+    fn health(&self) -> Result<(), StoreError> {
+        let db = &*self.db;
+        let due = {
+            let b = db.broken.lock().unwrap_or_else(PoisonError::into_inner);
+            match b.as_ref() {
+                None => return Ok(()),
+                Some(b) => b
+                    .last_try
+                    .is_none_or(|t| t.elapsed() >= HEALTH_RETRY)
+                    .then_some(())
+                    .ok_or_else(|| StoreError::Unavailable(b.why.clone())),
+            }
+        };
+        due?;
+        let _serial = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if db.broken_reason().is_none() {
+            return Ok(()); // a write recovered it meanwhile
+        }
+        db.recover()
+    }
+
+    /// See [`Store::forget`]: blanks `key`'s values in every change-log entry, then rewrites
+    /// the file ([`Db::vacuum`]) so the pages that held them are gone.
+    fn forget(&self, key: &str) -> Result<(), StoreError> {
+        let db = &*self.db;
+        let _serial = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let scrubbed = db.with(|handle| {
+            let w = |e: redb::Error| map_redb(&db.path, "erasing a value from the change log", e);
+            let mut wtx = handle.begin_write().map_err(|e| w(e.into()))?;
+            wtx.set_durability(Durability::Immediate)
+                .map_err(|e| StoreError::Storage {
+                    path: db.path.clone(),
+                    op: "setting durability",
+                    source: Box::new(e),
+                })?;
+            {
+                let mut log = wtx.open_table(CHANGES).map_err(|e| w(e.into()))?;
+                let mut rewrites = Vec::new();
+                for entry in log.iter().map_err(|e| w(e.into()))? {
+                    let (k, v) = entry.map_err(|e| w(e.into()))?;
+                    let rev = k.value();
+                    let mut events =
+                        codec::decode_events(rev, v.value()).map_err(|d| db.corrupt(d))?;
+                    let mut touched = false;
+                    for e in &mut events {
+                        if e.kv.key == key {
+                            touched |= !e.kv.value.is_empty();
+                            e.kv.value.clear();
+                        }
+                        if let Some(prev) = e.prev.as_mut().filter(|p| p.key == key) {
+                            touched |= !prev.value.is_empty();
+                            prev.value.clear();
+                        }
+                    }
+                    if touched {
+                        rewrites.push((rev, codec::encode_events(&events)));
+                    }
+                }
+                for (rev, bytes) in &rewrites {
+                    log.insert(*rev, bytes.as_slice())
+                        .map_err(|e| w(e.into()))?;
+                }
+            }
+            wtx.commit().map_err(|e| w(e.into()))
+        });
+        if let Err(e) = &scrubbed {
+            db.mark_broken(e);
+        }
+        scrubbed?;
+        db.vacuum()
+    }
+
     /// Runs one transaction: evaluate, apply, log, compact, commit durably, then publish.
     fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         let db = &*self.db;
@@ -527,8 +924,19 @@ impl Inner {
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut wtx = db
-            .db
+        // After an I/O error (a full disk), redb refuses writes until the file is reopened.
+        if db.broken_reason().is_some() {
+            db.recover()?;
+        }
+        let result = db.with(|handle| self.txn_in(db, handle, txn));
+        if let Err(e) = &result {
+            db.mark_broken(e);
+        }
+        result
+    }
+
+    fn txn_in(&self, db: &Db, handle: &Database, txn: Txn) -> Result<TxnResponse, StoreError> {
+        let mut wtx = handle
             .begin_write()
             .map_err(|e| db.err("starting a write", e))?;
         wtx.set_durability(Durability::Immediate)

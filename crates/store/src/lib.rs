@@ -91,6 +91,22 @@ pub trait Store: Send + Sync {
     /// The store's current revision (the last committed change).
     async fn revision(&self) -> Result<i64, StoreError>;
 
+    /// Whether the store accepts writes now. `Err` says why not (a full disk, and the file could
+    /// not be written again yet): the server's `/v1/health` answers 503 with it. A backend that
+    /// cannot tell answers `Ok`. May try to recover (the embedded store reopens its file).
+    async fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Erases the values `key` had from the store's history (the change log) and reclaims the
+    /// file's free space, so a deleted value (a secret) cannot be read back from the store's
+    /// files. Call it after deleting `key`; watches replaying that history see empty values
+    /// for it. A backend without local history does nothing.
+    async fn forget(&self, key: &str) -> Result<(), StoreError> {
+        let _ = key;
+        Ok(())
+    }
+
     /// Writes `key` unconditionally; returns the revision of the write.
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<i64, StoreError> {
         let resp = self

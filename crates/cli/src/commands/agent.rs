@@ -16,7 +16,6 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_agent::lock::{DataDirLock, LockError};
 use berth_agent::node::NodeConfig;
-use berth_agent::SupervisorConfig;
 use berth_client::Client;
 use tokio::sync::watch;
 
@@ -60,6 +59,11 @@ pub struct AgentArgs {
     /// adopt its instances. Without it, a second agent on one data directory is refused.
     #[arg(long)]
     replace: bool,
+    /// Let volumes mount host paths under PREFIX (repeatable). Given, every host path must be
+    /// under one; protected paths (`/`, `/etc`, `/root`, the Docker socket, berth's data
+    /// directories) only when a prefix names them.
+    #[arg(long = "allow-host-path", value_name = "PREFIX")]
+    allow_host_path: Vec<PathBuf>,
     #[command(flatten)]
     router_opts: RouterOpts,
 }
@@ -71,13 +75,15 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         .clone()
         .context("berth agent needs --server URL (or BERTH_SERVER): the server it joins")?;
     init_logging();
+    // Every connection is a file: start with the most the system allows (issue 10).
+    berth_net::raise_fd_limit_or_warn();
     let data_dir = args
         .data_dir
         .clone()
         .unwrap_or_else(|| default_data_dir().join("agent"));
     anyhow::ensure!(
         args.router.is_some() || !args.router_opts.any_given(),
-        "--metrics, --access-log, --tls-listen and --tls-cert configure the node's router: add --router ADDR"
+        "--metrics, --metrics-token-file, --access-log, --tls-listen, --tls-cert and --trusted-proxy configure the node's router: add --router ADDR"
     );
     let labels = parse_labels(&args.labels)?;
     let join_token = join_token(
@@ -104,7 +110,10 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         let mut router: Option<Router> = None;
         let lock = match DataDirLock::acquire(&data_dir) {
             Ok(lock) => lock,
-            Err(LockError::Held { pid, .. }) if args.replace => {
+            // Taking over from `berth up` would stop its server and router too: refuse.
+            Err(LockError::Held { pid, holder, .. })
+                if args.replace && holder.as_deref() != Some(berth_agent::lock::HOLDER_UP) =>
+            {
                 if let Some(addr) = args.router {
                     // The predecessor's credential is still valid until this agent registers.
                     let token = read_token(&data_dir).with_context(|| {
@@ -140,9 +149,12 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
             router: args.router.map(|a| a.to_string()),
         };
         let mut agent_stop = stop_rx.clone();
+        let mut supervisor =
+            super::daemons::supervisor_config(&data_dir, &default_data_dir(), &args.allow_host_path);
+        supervisor.node_address = publish_address(&args.address);
         let agent = tokio::spawn(berth_agent::node::run(
             node,
-            SupervisorConfig::new(&data_dir),
+            supervisor,
             async move {
                 let _ = agent_stop.wait_for(|s| *s).await;
             },
@@ -179,6 +191,24 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         }
         outcome
     })
+}
+
+/// The IP address `--address` names, on which containers publish their ports besides
+/// loopback (see `berth_agent::docker::publish_addresses`): the address itself, or the first
+/// one a host name resolves to. A name that does not resolve leaves loopback alone (with a
+/// warning): instances are then unreachable from other nodes, never reachable from everywhere.
+fn publish_address(address: &str) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
+    if let Ok(ip) = address.parse::<IpAddr>() {
+        return ip;
+    }
+    match (address, 0).to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => addr.ip(),
+        _ => {
+            tracing::warn!(address, "--address does not resolve: containers publish their ports on 127.0.0.1 only; give the node's IP address");
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+    }
 }
 
 /// The node's router: its task, and where to send a new credential.

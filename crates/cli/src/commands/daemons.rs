@@ -48,6 +48,22 @@ pub struct RouterOpts {
         requires = "tls_listen"
     )]
     tls_cert: Vec<super::router_tls::TlsCert>,
+    /// A proxy or load balancer in front of the router whose `X-Forwarded-For`,
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` are believed (the router appends the peer to
+    /// `X-Forwarded-For`); repeat it for more. CIDR is a network (`10.0.0.0/8`, `fd00::/8`) or
+    /// one address. Default: none, so the router replaces a client's claims with what it saw.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_trusted_proxy)]
+    trusted_proxies: Vec<berth_router::Cidr>,
+    /// Require `Authorization: Bearer TOKEN` on `/metrics` (else 401), TOKEN being this file's
+    /// first line. Without it, `BERTH_METRICS_TOKEN` holds the token if set; with neither,
+    /// `/metrics` is open to whoever reaches `--metrics`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        value_parser = parse_token_file,
+        requires = "metrics"
+    )]
+    metrics_token_file: Option<MetricsToken>,
     /// Set by `berth agent` and `berth router`, not a flag: bind the router with SO_REUSEPORT.
     #[arg(skip)]
     pub(crate) reuseport: bool,
@@ -61,7 +77,57 @@ impl RouterOpts {
             || self.access_log
             || self.tls_listen.is_some()
             || !self.tls_cert.is_empty()
+            || !self.trusted_proxies.is_empty()
+            || self.metrics_token_file.is_some()
     }
+
+    /// The metrics token: `--metrics-token-file`'s, else `BERTH_METRICS_TOKEN`'s (trimmed;
+    /// empty counts as unset).
+    fn metrics_token(&self) -> Option<String> {
+        if let Some(MetricsToken(token)) = &self.metrics_token_file {
+            return Some(token.clone());
+        }
+        std::env::var(METRICS_TOKEN_ENV)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+/// The environment variable that holds the metrics token when no `--metrics-token-file` is
+/// given (an environment variable, unlike an argument, is not readable by every local user).
+const METRICS_TOKEN_ENV: &str = "BERTH_METRICS_TOKEN";
+
+/// A metrics token read from `--metrics-token-file`. Its `Debug` never shows the token.
+#[derive(Clone)]
+pub struct MetricsToken(String);
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(…)")
+    }
+}
+
+/// `--metrics-token-file FILE`: the token is the file's first line; a missing, unreadable or
+/// empty file is a usage error (exit 2) naming the file.
+fn parse_token_file(path: &str) -> Result<MetricsToken, String> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        format!("cannot read {path}: {err}; put the metrics token on its first line")
+    })?;
+    let token = text.lines().next().unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err(format!(
+            "{path} is empty: put the metrics token on its first line"
+        ));
+    }
+    Ok(MetricsToken(token.to_owned()))
+}
+
+/// `--trusted-proxy CIDR`: a bad network is a usage error (exit 2) that says what is wrong.
+fn parse_trusted_proxy(value: &str) -> Result<berth_router::Cidr, String> {
+    value
+        .parse()
+        .map_err(|err: berth_router::CidrError| err.to_string())
 }
 
 /// A router listener (plain or HTTPS): for a node's router, with SO_REUSEPORT and new
@@ -96,8 +162,27 @@ pub struct UpArgs {
     /// The local node's name (default: the host name).
     #[arg(long)]
     name: Option<String>,
+    /// Let volumes mount host paths under PREFIX (repeatable). Given, every host path must be
+    /// under one; protected paths (`/`, `/etc`, `/root`, the Docker socket, the data
+    /// directory) only when a prefix names them.
+    #[arg(long = "allow-host-path", value_name = "PREFIX")]
+    allow_host_path: Vec<PathBuf>,
     #[command(flatten)]
     router_opts: RouterOpts,
+}
+
+/// The agent's supervisor settings for `data_dir`: berth's data directory `berth_dir`
+/// protected from volumes besides the defaults, and the `--allow-host-path` prefixes.
+pub(crate) fn supervisor_config(
+    data_dir: &Path,
+    berth_dir: &Path,
+    allow: &[PathBuf],
+) -> SupervisorConfig {
+    let mut config = SupervisorConfig::new(data_dir);
+    config.host_paths = allow
+        .iter()
+        .fold(config.host_paths.protect(berth_dir), |p, a| p.allow(a));
+    config
 }
 
 /// Arguments of `berth server`.
@@ -158,6 +243,78 @@ async fn open_store(data_dir: &Path, spec: Option<&str>) -> anyhow::Result<Arc<E
     Ok(Arc::new(store))
 }
 
+/// How long `berth up` and `berth server` wait for their parts to stop after SIGTERM or
+/// SIGINT: the default `stop_grace` of a service. Past it (or on a second signal) the process
+/// exits anyway with status 1 and says so: a stop must never hang on a busy controller.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits for `parts` to finish after a stop was requested, within [`SHUTDOWN_GRACE`]; exits the
+/// process (status 1) past it or on a second signal.
+async fn within_grace<T>(parts: impl std::future::Future<Output = T>) -> T {
+    tokio::select! {
+        out = parts => out,
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            eprintln!("berth: still stopping after {}s; exiting now (the store recovers on the next start)", SHUTDOWN_GRACE.as_secs());
+            std::process::exit(1);
+        }
+        _ = terminated() => {
+            eprintln!("berth: second signal; exiting now");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Creates the data directory with mode 0700, or tightens an existing one to 0700 with a
+/// warning: it holds the store (secret values), the tokens and the agent's instance records.
+/// Tightening rather than refusing, so a directory made by an older berth (0755) keeps working;
+/// the warning says the secrets in it may have been read.
+pub(crate) fn secure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read the data directory {}", dir.display()))?;
+    anyhow::ensure!(
+        meta.is_dir(),
+        "the data directory {} is not a directory: pick another --data-dir",
+        dir.display()
+    );
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| {
+            format!(
+                "the data directory {} is mode {mode:04o}, readable by other users, and cannot be set to 0700: run `chmod 700 {}`",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        eprintln!(
+            "warning: the data directory {} was mode {mode:04o}, readable by other users; set it to 0700. Secrets and tokens stored there may have been read: rotate them if others use this machine.",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes a file of the data directory with mode 0600 (created so, never briefly wider).
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(content.as_bytes())
+}
+
 /// Starts the API server in the background; returns its task.
 async fn start_server(
     data_dir: &Path,
@@ -165,8 +322,7 @@ async fn start_server(
     api: SocketAddr,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    secure_data_dir(data_dir)?;
     let store = open_store(data_dir, store_spec).await?;
     let listener = TcpListener::bind(api).await.with_context(|| {
         format!("cannot listen on {api} for the API: is another berth running? pick another --api")
@@ -249,6 +405,8 @@ pub(crate) async fn start_router(
         metrics,
         access_log: opts.access_log,
         tls,
+        trusted_proxies: opts.trusted_proxies.clone(),
+        metrics_token: opts.metrics_token(),
         ..Default::default()
     };
     let mut s1 = stop.clone();
@@ -279,14 +437,11 @@ fn serve_per_core(
     config: berth_router::RouterConfig,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let access_log = config.access_log;
+    let sibling = config.sibling();
     let mut first = Some(config);
     let mut cores = Vec::with_capacity(listeners.len());
     for (core, listener) in listeners.into_iter().enumerate() {
-        let config = first.take().unwrap_or_else(|| berth_router::RouterConfig {
-            access_log,
-            ..Default::default()
-        });
+        let config = first.take().unwrap_or_else(|| sibling.sibling());
         let (handle, mut stop) = (handle.clone(), stop.clone());
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
@@ -350,12 +505,21 @@ pub(crate) fn hostname() -> String {
 /// `berth up`: server, agent and router in one process.
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
     init_logging();
+    // Every connection is a file: start with the most the system allows (issue 10).
+    berth_net::raise_fd_limit_or_warn();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    // berth up supervises instances: like every agent it holds DATA_DIR/agent's lock (the
+    // directory a `berth agent` defaults to), so a second agent there is refused instead of
+    // adopting and restarting them. Held until the process ends.
+    let _agent_lock = berth_agent::lock::DataDirLock::acquire_as(
+        &data_dir.join("agent"),
+        berth_agent::lock::HOLDER_UP,
+    )?;
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let server = start_server(&data_dir, None, args.api, stop_rx.clone()).await?;
         let api_url = format!("http://{}", args.api);
-        std::fs::write(data_dir.join("api.url"), &api_url).with_context(|| format!("cannot write {}/api.url", data_dir.display()))?;
+        write_private(&data_dir.join("api.url"), &api_url).with_context(|| format!("cannot write {}/api.url", data_dir.display()))?;
         let admin = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_string();
         let join = std::fs::read_to_string(data_dir.join("join.token"))?.trim().to_string();
         let admin_client = Client::new(&api_url, Some(admin))?;
@@ -371,7 +535,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             router: Some(args.router.to_string()),
         };
         let mut agent_stop = stop_rx.clone();
-        let agent = tokio::spawn(berth_agent::node::run(node, SupervisorConfig::new(data_dir.join("agent")), async move {
+        let agent = tokio::spawn(berth_agent::node::run(node, supervisor_config(&data_dir.join("agent"), &data_dir, &args.allow_host_path), async move {
             let _ = agent_stop.wait_for(|s| *s).await;
         }));
         println!("berth is up");
@@ -406,16 +570,20 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         terminated().await;
         println!("stopping; instances keep running and are adopted by the next `berth up`");
         let _ = stop_tx.send(true);
-        let _ = agent.await;
-        let _ = router.await;
-        server.await.context("the server task panicked")??;
-        Ok(())
+        within_grace(async move {
+            let _ = agent.await;
+            let _ = router.await;
+            server.await.context("the server task panicked")?
+        })
+        .await
     })
 }
 
 /// `berth server`.
 pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     init_logging();
+    // Every connection is a file: start with the most the system allows (issue 10).
+    berth_net::raise_fd_limit_or_warn();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -427,13 +595,17 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
         );
         terminated().await;
         let _ = stop_tx.send(true);
-        server.await.context("the server task panicked")?
+        within_grace(server)
+            .await
+            .context("the server task panicked")?
     })
 }
 
 /// `berth router`.
 pub fn router(args: RouterArgs, globals: &crate::context::Globals) -> anyhow::Result<()> {
     init_logging();
+    // Every connection is a file: start with the most the system allows (issue 10).
+    berth_net::raise_fd_limit_or_warn();
     let client = globals.client()?;
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);

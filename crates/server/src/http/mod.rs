@@ -9,7 +9,7 @@ mod status;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
@@ -17,10 +17,25 @@ use axum::{Json, Router};
 use crate::error::ApiError;
 use crate::{keys, Shared};
 
+/// The largest request body the API reads: the stack-file limit
+/// ([`berth_spec::yaml::MAX_STACK_FILE_BYTES`]) twice over — JSON escaping at most doubles a
+/// YAML text (`"`, `\\`, newlines and tabs take two bytes; YAML has no other control
+/// characters) — plus 64 KiB for the rest of the envelope (file name, `--set` values). So every
+/// file `berth validate` accepts fits, and a larger body gets 413 naming the one limit.
+pub const MAX_BODY_BYTES: usize = 2 * berth_spec::yaml::MAX_STACK_FILE_BYTES + 64 * 1024;
+
+/// The stack-file limit as people read it (`8 MiB`), for error messages.
+pub fn stack_file_limit() -> String {
+    format!(
+        "{} MiB",
+        berth_spec::yaml::MAX_STACK_FILE_BYTES / (1024 * 1024)
+    )
+}
+
 /// Builds the API's router.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/v1/health", get(|| async { "ok\n" }))
+        .route("/v1/health", get(status::health))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/nodes/register", post(nodes::register))
         .route("/v1/nodes/{name}", delete(nodes::remove))
@@ -47,6 +62,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/v1/secrets/{stack}/{name}",
             put(secrets::put).delete(secrets::delete),
         )
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
 }
 
@@ -247,6 +263,17 @@ fn too_many(ms: u64) -> axum::response::Response {
 pub fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     match body {
         Ok(Json(v)) => Ok(v),
+        Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than the API's limit of {} bytes; stack files are \
+                     limited to {} (split the stack, or move large data out of it)",
+                    MAX_BODY_BYTES,
+                    stack_file_limit()
+                ),
+            ))
+        }
         Err(rejection) => Err(ApiError::invalid(
             format!("malformed request body: {}", rejection.body_text()),
             vec![],
@@ -256,3 +283,17 @@ pub fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 
 /// The shared state, as handlers take it.
 pub type AppState = State<Arc<Shared>>;
+
+/// 413 for a stack file over [`berth_spec::yaml::MAX_STACK_FILE_BYTES`] inside a body that
+/// fit: the same limit `berth validate` names, checked before anything is parsed.
+pub fn stack_file_too_large(file: &str, len: usize) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "{file}: the stack file is {len} bytes; stack files are limited to {} ({} bytes); \
+             nothing was stored",
+            stack_file_limit(),
+            berth_spec::yaml::MAX_STACK_FILE_BYTES
+        ),
+    )
+}

@@ -37,6 +37,9 @@ async fn current(
 }
 
 fn render(req: &DeployRequest) -> Result<Stack, ApiError> {
+    if req.source.len() > berth_spec::yaml::MAX_STACK_FILE_BYTES {
+        return Err(super::stack_file_too_large(&req.file, req.source.len()));
+    }
     berth_spec::render(req.source.as_bytes(), &req.env, &req.set).map_err(|d| {
         ApiError::invalid(
             format!(

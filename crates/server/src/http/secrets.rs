@@ -55,17 +55,10 @@ fn check_names(stack: &str, name: Option<&str>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `PUT /v1/secrets/{stack}/{name}` with `{"value": "…"}`: sets the value and bumps the
-/// version. Answers the secret's name and new version (never the value).
-pub async fn put(
-    State(shared): AppState,
-    caller: Caller,
-    Path((stack, name)): Path<(String, String)>,
-    req: Result<Json<SecretPut>, JsonRejection>,
-) -> Result<Json<SecretView>, ApiError> {
-    caller.require_admin()?;
-    check_names(&stack, Some(&name))?;
-    let req = body(req)?;
+/// Refuses a value that could not be an environment variable's: longer than
+/// [`MAX_VALUE_BYTES`], or holding a NUL byte (which no environment can carry: the instance
+/// would fail at start with a misleading message). Used by the handler and the fuzz target.
+pub fn check_value(req: &SecretPut) -> Result<(), ApiError> {
     if req.value.len() > MAX_VALUE_BYTES {
         return Err(ApiError::invalid(
             format!(
@@ -75,6 +68,28 @@ pub async fn put(
             vec![],
         ));
     }
+    if let Some(at) = req.value.find('\0') {
+        return Err(ApiError::invalid(
+            format!("value: contains a NUL byte (\\0) at byte {at}, which no environment variable can hold: remove it"),
+            vec![],
+        ));
+    }
+    Ok(())
+}
+
+/// `PUT /v1/secrets/{stack}/{name}` with `{"value": "…"}`: sets the value and bumps the
+/// version. Replacing a value erases the old one from the store's history (as `DELETE` does).
+/// Answers the secret's name and new version (never the value).
+pub async fn put(
+    State(shared): AppState,
+    caller: Caller,
+    Path((stack, name)): Path<(String, String)>,
+    req: Result<Json<SecretPut>, JsonRejection>,
+) -> Result<Json<SecretView>, ApiError> {
+    caller.require_admin()?;
+    check_names(&stack, Some(&name))?;
+    let req = body(req)?;
+    check_value(&req)?;
     let version_key = keys::secret_version(&stack, &name);
     // Two writers racing bump the counter once each: the compare makes the loser retry.
     for _ in 0..5 {
@@ -99,6 +114,10 @@ pub async fn put(
             })
             .await?;
         if resp.succeeded {
+            // A rotation: the old value must not stay readable in the store's history either.
+            if last > 0 {
+                shared.store.forget(&keys::secret(&stack, &name)).await?;
+            }
             return Ok(Json(SecretView {
                 stack,
                 name,
@@ -141,6 +160,10 @@ fn views(
 
 /// `DELETE /v1/secrets/{stack}/{name}`: forgets the value. Running instances keep theirs;
 /// the next deploy of a service that declares it is refused until it is set again.
+///
+/// The value is also erased from the store's history and the file compacted
+/// ([`berth_store::Store::forget`]), so it cannot be read back from `state.redb` afterwards
+/// (instance records of instances started with it keep it while they exist).
 pub async fn delete(
     State(shared): AppState,
     caller: Caller,
@@ -148,11 +171,13 @@ pub async fn delete(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_admin()?;
     check_names(&stack, Some(&name))?;
-    if !shared.store.delete(&keys::secret(&stack, &name)).await? {
+    let key = keys::secret(&stack, &name);
+    if !shared.store.delete(&key).await? {
         return Err(ApiError::not_found(format!(
             "stack {stack} has no secret {name}: see `berth secret list {stack}`"
         )));
     }
+    shared.store.forget(&key).await?;
     Ok(Json(
         serde_json::json!({ "stack": stack, "name": name, "deleted": true }),
     ))

@@ -16,6 +16,19 @@ use crate::error::ApiError;
 use crate::state::{Desired, Snapshot};
 use crate::{keys, state};
 
+/// `GET /v1/health` (no token): `ok` while the store accepts writes; 503 with
+/// `store: unwritable (…)` after a write failed (a full disk) until the store has recovered,
+/// which it retries by itself. The healthy body stays `ok\n`: scripts and tests read it.
+pub async fn health(State(shared): AppState) -> (axum::http::StatusCode, String) {
+    match shared.store.health().await {
+        Ok(()) => (axum::http::StatusCode::OK, "ok\n".to_string()),
+        Err(e) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("store: unwritable ({e})\n"),
+        ),
+    }
+}
+
 /// `?stack=NAME`
 #[derive(Debug, Deserialize)]
 pub struct StatusQuery {
@@ -51,7 +64,7 @@ pub async fn status(
             let desired = release
                 .as_ref()
                 .and_then(|r| r.value.spec.services.get(&name))
-                .map(|s| s.replicas * regions)
+                .map(|s| s.replicas.saturating_mul(regions))
                 .unwrap_or(0);
             let instances: Vec<InstanceView> = snapshot
                 .instances

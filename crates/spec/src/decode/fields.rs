@@ -262,10 +262,22 @@ impl<'v> Ctx<'v> {
     }
 
     /// A string. Plain numbers and bools are taken as written (`VERSION: 1.10` is "1.10").
+    ///
+    /// A NUL byte (`"\0"` in a double-quoted string, or from a value) is refused here, where the
+    /// position is known: no environment value, argument or path can hold one, and the agent
+    /// would otherwise fail at start with a message blaming the program.
     pub fn string(&mut self, node: &Node, path: &str, region: Region) -> Option<String> {
         let s = self.scalar(node, path, "a string", region)?;
         if s.class() == Class::Null {
             self.error(s.pos, format!("{path}: expected a string, got {}", s.got()));
+            return None;
+        }
+        if let Some(at) = s.text.find('\0') {
+            let from = s.from.map(|f| format!(" (from {f})")).unwrap_or_default();
+            self.error(
+                s.pos,
+                format!("{path}: contains a NUL byte (\\0) at byte {at}{from}; environment values, arguments and paths cannot hold one: remove it"),
+            );
             return None;
         }
         Some(s.text.into_owned())

@@ -46,7 +46,7 @@ const HEALTH_FIELDS: &[&str] = &[
     "healthy",
     "unhealthy",
 ];
-const ROUTE_FIELDS: &[&str] = &["host", "path", "port", "limits"];
+const ROUTE_FIELDS: &[&str] = &["host", "path", "port", "limits", "timeout"];
 const LIMITS_FIELDS: &[&str] = &["concurrency", "queue", "queue_timeout"];
 const ROLLOUT_FIELDS: &[&str] = &[
     "strategy",
@@ -61,7 +61,7 @@ const PROCESS_FIELDS: &[&str] = &["command"];
 const COUNT: IntSpec = IntSpec {
     what: "a non-negative integer",
     lo: 0,
-    hi: u32::MAX as i128,
+    hi: crate::model::MAX_REPLICAS as i128,
     say_max: true,
 };
 const THRESHOLD: IntSpec = IntSpec {
@@ -323,7 +323,8 @@ fn command_list(ctx: &mut Ctx, node: &Node, path: &str) -> Vec<String> {
     let Some(list) = ctx.strings(node, path, "a list of arguments", Region::Deny) else {
         return Vec::new();
     };
-    if list.is_empty() && matches!(node.kind, crate::yaml::NodeKind::Seq(_)) {
+    // Only an empty list: items refused one by one were reported already.
+    if matches!(&node.kind, crate::yaml::NodeKind::Seq(items) if items.is_empty()) {
         ctx.error(
             node.pos,
             format!("{path}: expected at least the program to run"),
@@ -570,7 +571,7 @@ fn positive_duration(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Duration>
 }
 
 /// `route:` — host, path (default `/`), and an explicit port: exposing a port to the router is
-/// never implicit.
+/// never implicit; optional `limits` and `timeout` (the response-head timeout, above 0).
 fn route(
     ctx: &mut Ctx,
     node: &Node,
@@ -648,11 +649,15 @@ fn route(
     let limits = f
         .get("limits")
         .and_then(|n| limits(ctx, n, &format!("{path}.limits")));
+    let timeout = f
+        .get("timeout")
+        .and_then(|n| positive_duration(ctx, n, &format!("{path}.timeout")));
     let route = Route {
         host,
         path: route_path,
         port: port.unwrap_or_default(),
         limits,
+        timeout,
     };
     (Some(route), at)
 }
@@ -783,8 +788,21 @@ fn amount(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Amount> {
     if s.class() == Class::Int
         || (!s.plain && s.text.bytes().all(|b| b.is_ascii_digit()) && !s.text.is_empty())
     {
-        if let Ok(n) = s.text.parse::<u32>() {
-            return Some(Amount::Count(n));
+        match s.text.parse::<u32>() {
+            Ok(n) if n <= crate::model::MAX_REPLICAS => return Some(Amount::Count(n)),
+            // Too large (including beyond u32): say the bound.
+            _ if s.text.bytes().all(|b| b.is_ascii_digit()) => {
+                ctx.error(
+                    s.pos,
+                    format!(
+                        "{path}: expected a count no larger than {} or a percentage like 25%, got {}",
+                        crate::model::MAX_REPLICAS,
+                        s.got()
+                    ),
+                );
+                return None;
+            }
+            _ => {}
         }
     } else if let Ok(p) = s.text.parse::<Percent>() {
         return Some(Amount::Percent(p));

@@ -10,49 +10,62 @@
 //!
 //! An HTTP/2 stream that starts on another thread in the instant the guard decides to close an
 //! idle connection may be cut; that takes the limit (30 s) of idleness first.
+//!
+//! The same activity word tells [`crate::conn_limit`] which connections are idle (and since
+//! when), so a full listener can close the one idle longest instead of refusing a newcomer.
+//!
+//! Used by the router's listeners and the control plane's API.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Frame, SizeHint};
-
-use crate::upstream::now_nanos;
 
 /// Bits of [`Activity::state`] holding the idle-since time (ms); the rest count busy requests.
 const IDLE_BITS: u32 = 48;
 const IDLE_MASK: u64 = (1 << IDLE_BITS) - 1;
 const ONE_BUSY: u64 = 1 << IDLE_BITS;
 
+/// Milliseconds since the first call in this process (monotonic), in [`IDLE_BITS`] bits.
 fn now_ms() -> u64 {
-    (now_nanos() / 1_000_000) & IDLE_MASK
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX) & IDLE_MASK
 }
 
 /// One connection's activity: how many requests are in progress, and since when it is idle.
 /// One word, so the guard reads both at once.
 #[derive(Debug)]
-pub(crate) struct Activity {
+pub struct Activity {
     state: AtomicU64,
 }
 
 impl Activity {
     /// A connection accepted now: idle, since now.
-    pub(crate) fn new() -> Arc<Activity> {
+    pub fn new() -> Arc<Activity> {
         Arc::new(Activity {
             state: AtomicU64::new(now_ms()),
         })
     }
 
     /// A request has arrived: the connection is busy until the returned mark is dropped.
-    pub(crate) fn begin(self: &Arc<Self>) -> Busy {
+    pub fn begin(self: &Arc<Self>) -> Busy {
         self.state.fetch_add(ONE_BUSY, Ordering::Relaxed);
         Busy(self.clone())
     }
 
+    /// `None` while a request is in progress; else since when the connection has been idle
+    /// (milliseconds on this process's monotonic clock: only for comparing connections).
+    pub fn idle_since_ms(&self) -> Option<u64> {
+        let state = self.state.load(Ordering::Relaxed);
+        (state >> IDLE_BITS == 0).then_some(state & IDLE_MASK)
+    }
+
     /// Resolves once the connection has had no request in progress for `limit`.
-    pub(crate) async fn idle_for(&self, limit: Duration) {
+    pub async fn idle_for(&self, limit: Duration) {
         let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         loop {
             let state = self.state.load(Ordering::Relaxed);
@@ -74,7 +87,7 @@ impl Activity {
 /// A request in progress; its drop (when the response has been sent, or abandoned) makes the
 /// connection idle from that moment if no other request is in progress.
 #[derive(Debug)]
-pub(crate) struct Busy(Arc<Activity>);
+pub struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -91,13 +104,14 @@ impl Drop for Busy {
 
 /// A response body that keeps its request's [`Busy`] mark until it is dropped (hyper drops it
 /// once it has been sent, or when the connection goes).
-pub(crate) struct Tracked<B> {
+pub struct Tracked<B> {
     inner: B,
     _busy: Busy,
 }
 
 impl<B> Tracked<B> {
-    pub(crate) fn new(inner: B, busy: Busy) -> Self {
+    /// Wraps a response body so that `busy` is dropped with it.
+    pub fn new(inner: B, busy: Busy) -> Self {
         Tracked { inner, _busy: busy }
     }
 }
