@@ -429,7 +429,7 @@ fn http_server() -> String {
 /// killed, again and again, restarts at once every time (production back-off: 500 ms doubling).
 #[tokio::test]
 async fn a_healthy_instance_killed_again_and_again_restarts_at_once_every_time() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let mut c = SupervisorConfig::new(dir.path());
     c.rotate_every = Duration::from_millis(200);
     let sup = Supervisor::start(c, std::future::pending()).await.unwrap();
@@ -465,7 +465,7 @@ async fn a_healthy_instance_killed_again_and_again_restarts_at_once_every_time()
 /// `backoff_base`, and with a healthy sibling it backs off in full.
 #[tokio::test]
 async fn a_crash_loop_backs_off_but_never_long_while_its_service_is_dark() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let mut c = config(dir.path());
     c.backoff_base = Duration::from_millis(100);
     c.backoff_max = Duration::from_secs(10);
