@@ -27,29 +27,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const V1: &str = "berth-test/busybox:v1";
 
-/// The Engine, with the test images built; `None` (after a loud banner) when there is none and
-/// it is not required.
+/// The Engine, with the test images built; `None` when there is none and it is not required
+/// (the skip is counted: see [`common::docker_engine`]).
 async fn engine() -> Option<DockerDriver> {
-    let required = std::env::var("BERTH_REQUIRE_DOCKER").as_deref() == Ok("1");
-    let docker = match DockerDriver::connect().await {
-        Ok(d) => d,
-        Err(e) if required => panic!("BERTH_REQUIRE_DOCKER=1 but {e}"),
-        Err(e) => {
-            eprintln!("\n{}\n!! SKIPPING Docker driver test: {e}\n!! (set BERTH_REQUIRE_DOCKER=1 to make this a failure)\n{}\n", "!".repeat(78), "!".repeat(78));
-            return None;
-        }
-    };
-    if docker.client().inspect_image(V1).await.is_err() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-images");
-        let status = std::process::Command::new(&script)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(status.success(), "{} failed", script.display());
-    }
-    Some(docker)
+    docker_engine(&[V1]).await
 }
 
-/// Removes every container labelled with this test's data directory when dropped.
+/// Removes every container labelled with this test's data directory when dropped (as its
+/// agent, `berth.agent`, or as made by the test, `berth.test`).
 struct Cleanup {
     owner: String,
 }
@@ -76,6 +61,19 @@ impl Drop for Cleanup {
                 };
                 for c in d.list_owned(&owner).await.unwrap_or_default() {
                     let _ = d.remove("cleanup", &c.id).await;
+                }
+                // And what the test made as another agent's (labelled `berth.test=<owner>`),
+                // which a failed test would otherwise leave behind.
+                let filters = HashMap::from([("label", vec![format!("berth.test={owner}")])]);
+                let options = ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build();
+                let made = d.client().list_containers(Some(options)).await;
+                for c in made.unwrap_or_default() {
+                    let Some(id) = c.id else { continue };
+                    let o = RemoveContainerOptionsBuilder::default().force(true).build();
+                    let _ = d.client().remove_container(&id, Some(o)).await;
                 }
             });
         })
@@ -408,18 +406,35 @@ async fn containers_no_release_wants_are_removed_after_the_first_desired_set() {
     let sup = Supervisor::start(config(dir.path(), &docker), std::future::pending())
         .await
         .unwrap();
-    tokio::task::yield_now().await;
-    assert!(
-        exists(&docker, &ghost).await,
-        "nothing removed before the first desired set"
-    );
+    // Nothing is removed before the first desired set. The supervisor has no timer: a removal
+    // can only come from its start or the first set. Watch the orphan for ORPHAN_WATCH, then
+    // check below that a removal, once allowed, takes less: had the supervisor removed it
+    // on its own, the watch would have seen it.
+    const ORPHAN_WATCH: Duration = Duration::from_secs(2);
+    let watch = std::time::Instant::now();
+    while watch.elapsed() < ORPHAN_WATCH {
+        assert!(
+            exists(&docker, &ghost).await,
+            "the orphan was removed {:?} after the supervisor started, before any desired set",
+            watch.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     sup.set_desired(vec![]);
+    let allowed = std::time::Instant::now();
     within("the orphan's removal", async {
         while exists(&docker, &ghost).await {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
+    let took = allowed.elapsed();
+    eprintln!("the orphan was removed {took:?} after the first desired set");
+    assert!(
+        took < ORPHAN_WATCH,
+        "the removal took {took:?} once allowed: the {ORPHAN_WATCH:?} watched before it would not \
+         have seen an early one"
+    );
     assert!(
         exists(&docker, &foreign).await,
         "another agent's container is kept"

@@ -26,30 +26,10 @@ use futures::StreamExt;
 const V1: &str = "berth-test/busybox:v1";
 const V2: &str = "berth-test/busybox:v2";
 
-/// The Engine with the test images; `None` after a loud banner when there is none and none is
-/// required.
+/// The Engine, with the test images built; `None` when there is none and it is not required
+/// (the skip is counted: see [`common::docker_engine`]).
 async fn engine() -> Option<DockerDriver> {
-    let required = std::env::var("BERTH_REQUIRE_DOCKER").as_deref() == Ok("1");
-    let docker = match DockerDriver::connect().await {
-        Ok(d) => d,
-        Err(e) if required => panic!("BERTH_REQUIRE_DOCKER=1 but {e}"),
-        Err(e) => {
-            eprintln!("\n{}\n!! SKIPPING Docker garbage-collection test: {e}\n!! (set BERTH_REQUIRE_DOCKER=1 to make this a failure)\n{}\n", "!".repeat(78), "!".repeat(78));
-            return None;
-        }
-    };
-    let mut missing = false;
-    for image in [V1, V2] {
-        missing |= docker.client().inspect_image(image).await.is_err();
-    }
-    if missing {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-images");
-        let status = std::process::Command::new(&script)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(status.success(), "{} failed", script.display());
-    }
-    Some(docker)
+    docker_engine(&[V1, V2]).await
 }
 
 /// Removes, when dropped, every container and image (tag or id) the test made.

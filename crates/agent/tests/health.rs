@@ -79,7 +79,7 @@ async fn http_probe_against_python_http_server() {
         .local_addr()
         .unwrap()
         .port();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let mut server = tokio::process::Command::new(python())
         .args([
             "-m",
@@ -130,7 +130,7 @@ async fn tcp_probe_needs_a_listener() {
 
 #[tokio::test]
 async fn exec_probe_exits_zero_gets_the_instance_env_and_is_killed_on_timeout() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let driver = ProcessDriver::new(dir.path());
     let mut spec = sh("exec-1", "true");
     spec.spec.ports = BTreeMap::from([("http".to_string(), 1234)]);
@@ -180,7 +180,7 @@ async fn exec_probe_exits_zero_gets_the_instance_env_and_is_killed_on_timeout() 
 
 #[tokio::test]
 async fn checks_that_cannot_be_built_say_what_to_fix() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let driver = ProcessDriver::new(dir.path());
     let mut spec = sh("bad-1", "true");
     let mut h = health(100, 1, 1);

@@ -27,7 +27,7 @@ fn session_of(pid: u32) -> i64 {
 
 #[tokio::test]
 async fn starts_in_its_own_session_with_env_ports_and_logs() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let driver = ProcessDriver::new(dir.path());
     let mut spec = sh(
         "web-1",
@@ -101,7 +101,7 @@ async fn starts_in_its_own_session_with_env_ports_and_logs() {
 
 #[tokio::test]
 async fn berth_as_the_command_means_the_agents_own_binary() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let driver = ProcessDriver::new(dir.path()).with_self_exe("/bin/echo");
     let mut spec = sh("self-1", "");
     spec.spec.process.as_mut().unwrap().command = vec!["berth".into(), "whoami-ish".into()];
@@ -112,7 +112,7 @@ async fn berth_as_the_command_means_the_agents_own_binary() {
 
 #[tokio::test]
 async fn bad_specs_are_refused_with_the_instance_named() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let driver = ProcessDriver::new(dir.path());
     let e = driver
         .start(&sh("../etc", "true"), BTreeMap::new(), 0)
@@ -136,7 +136,7 @@ async fn bad_specs_are_refused_with_the_instance_named() {
 
 #[tokio::test]
 async fn logs_rotate_by_copy_truncate_past_the_size_limit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let driver = ProcessDriver::new(dir.path()).with_log_config(LogConfig {
         max_bytes: 2_000,
         files: 3,
@@ -179,7 +179,7 @@ async fn logs_rotate_by_copy_truncate_past_the_size_limit() {
 
 #[tokio::test]
 async fn stop_sends_term_then_kill_after_the_grace() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let driver = ProcessDriver::new(dir.path());
     let stubborn = sh(
         "stubborn-1",
@@ -246,7 +246,7 @@ async fn helper_agent_process() {
 
 #[tokio::test]
 async fn workloads_survive_the_agents_death_and_are_adopted() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     // The "agent": this test binary running only `helper_agent_process`, in its own process
     // group so that `kill -9` of the whole group is like an agent killed with its unit.
     let mut agent = std::process::Command::new(std::env::current_exe().unwrap())
@@ -294,7 +294,7 @@ async fn workloads_survive_the_agents_death_and_are_adopted() {
 
 #[tokio::test]
 async fn a_live_pid_with_another_start_time_is_not_adopted() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let driver = ProcessDriver::new(dir.path());
     let mut other = std::process::Command::new("sleep")
         .arg("30")

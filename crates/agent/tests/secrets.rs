@@ -49,7 +49,7 @@ fn secrets_come_after_env_and_before_berths_variables() {
 
 #[tokio::test]
 async fn a_process_sees_its_secret_which_never_touches_the_disk() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = workload_dir();
     let outdir = tempfile::tempdir().expect("temp dir");
     let out = outdir.path().join("secret.out");
     let sup = Supervisor::start(SupervisorConfig::new(dir.path()), std::future::pending())

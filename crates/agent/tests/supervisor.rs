@@ -36,7 +36,7 @@ fn pid_of(s: &Statuses, id: &str) -> u32 {
 
 #[tokio::test]
 async fn kill_9_restarts_under_always_not_under_never() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let sup = Supervisor::start(config(dir.path()), std::future::pending())
         .await
         .unwrap();
@@ -102,7 +102,7 @@ async fn kill_9_restarts_under_always_not_under_never() {
 
 #[tokio::test]
 async fn clean_exit_under_on_failure_stops_and_a_crash_loop_backs_off() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let sup = Supervisor::start(config(dir.path()), std::future::pending())
         .await
         .unwrap();
@@ -131,7 +131,7 @@ async fn clean_exit_under_on_failure_stops_and_a_crash_loop_backs_off() {
 
 #[tokio::test]
 async fn a_new_supervisor_adopts_running_instances_without_restarting_them() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let mut tcp = sh(
         "tcp-1",
         &format!(
@@ -238,7 +238,7 @@ async fn a_new_supervisor_adopts_running_instances_without_restarting_them() {
 
 #[tokio::test]
 async fn shutdown_leaves_instances_running() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sup = Supervisor::start(config(dir.path()), async move {
         let _ = stop_rx.await;
@@ -266,7 +266,7 @@ async fn shutdown_leaves_instances_running() {
 
 #[tokio::test]
 async fn http_health_moves_starting_to_healthy_and_failing_checks_to_unhealthy() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let server = |id: &str, path: &str| {
         let mut spec = sh(
             id,
@@ -314,7 +314,7 @@ async fn http_health_moves_starting_to_healthy_and_failing_checks_to_unhealthy()
 
 #[tokio::test]
 async fn a_fresh_instance_is_probed_soon_and_early_failures_count_once_per_interval() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     // A 10 s interval: at the normal pace the first probe would come after 10 s.
     let checked = |id: &str, script: &str| {
         let mut spec = sh(id, script);
@@ -368,7 +368,7 @@ async fn a_fresh_instance_is_probed_soon_and_early_failures_count_once_per_inter
 #[tokio::test]
 async fn a_workload_without_a_record_is_killed_when_a_supervisor_starts() {
     use std::os::unix::process::CommandExt;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = workload_dir();
     let instance_dir = dir.path().join("instances").join("web-orphan");
     std::fs::create_dir_all(&instance_dir).expect("mkdir");
     let spawn = |env: bool| {
@@ -429,7 +429,7 @@ fn http_server() -> String {
 /// killed, again and again, restarts at once every time (production back-off: 500 ms doubling).
 #[tokio::test]
 async fn a_healthy_instance_killed_again_and_again_restarts_at_once_every_time() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let mut c = SupervisorConfig::new(dir.path());
     c.rotate_every = Duration::from_millis(200);
     let sup = Supervisor::start(c, std::future::pending()).await.unwrap();
@@ -465,7 +465,7 @@ async fn a_healthy_instance_killed_again_and_again_restarts_at_once_every_time()
 /// `backoff_base`, and with a healthy sibling it backs off in full.
 #[tokio::test]
 async fn a_crash_loop_backs_off_but_never_long_while_its_service_is_dark() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let mut c = config(dir.path());
     c.backoff_base = Duration::from_millis(100);
     c.backoff_max = Duration::from_secs(10);

@@ -49,11 +49,18 @@ services:
     stop_grace: 1s
 "#;
 
-/// Load generators and the pace of each: together ≥ 200 requests per second.
+/// Load generators and the pace of each: together 300 requests per second asked.
 const LOADERS: usize = 3;
 const PACE: Duration = Duration::from_millis(10);
-/// The least request rate the whole run must have sustained.
-const MIN_RATE: f64 = 200.0;
+/// What is asserted is a count of requests per phase, not a rate (a slow debug build on a busy
+/// machine sends fewer per second and still passes; a load generator that sent nothing while a
+/// disruption happened cannot): before the first disruption…
+const MIN_BEFORE: usize = 200;
+/// …during each disruption (the agent restart may last only 200 ms: at a quarter of the asked
+/// pace it still saw 12)…
+const MIN_PER_DISRUPTION: usize = 5;
+/// …and during the 10 s of routing-table changes.
+const MIN_DURING_CHURN: usize = 300;
 
 /// The routing-table changes: 10 per second for 10 s.
 const TABLE_CHANGES: usize = 100;
@@ -212,32 +219,42 @@ fn zero_failed_requests_through_deploys_rollbacks_kills_an_agent_restart_and_tab
         .map(|_| Load::start(router, PACE, 200_000, Duration::from_secs(600)))
         .collect();
     let started = Instant::now();
-    let checkpoint = |what: &str, loads: &[Load]| {
-        let failed: usize = loads.iter().map(|l| l.snapshot().failed).sum();
-        let sent: usize = loads.iter().map(Load::sent).sum();
-        eprintln!(
-            "{:>6.1} s  {what}: {sent} requests sent, {failed} failed",
-            started.elapsed().as_secs_f64()
-        );
-    };
+    let sent = |loads: &[Load]| loads.iter().map(Load::sent).sum::<usize>();
     // Some traffic before the first disruption.
     assert!(
-        poll_until(WAIT, || loads.iter().map(Load::sent).sum::<usize>() >= 200),
+        poll_until(WAIT, || sent(&loads) >= MIN_BEFORE),
         "the load generators do not get through"
     );
+    // Each phase must have had at least `min` requests sent since the previous checkpoint.
+    let mut mark = sent(&loads);
+    let mut checkpoint = |what: &str, loads: &[Load], min: usize| {
+        let failed: usize = loads.iter().map(|l| l.snapshot().failed).sum();
+        let now = sent(loads);
+        let during = now - mark;
+        mark = now;
+        eprintln!(
+            "{:>6.1} s  {what}: {during} requests sent during it, {now} in all, {failed} failed",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(
+            during >= min,
+            "only {during} requests were sent during the {what}, at least {min} asked \
+             (are the load generators stuck?)"
+        );
+    };
 
     // 1. A rolling deploy: the answers move to v2.
     let v2 = stack_file(&up, "v2");
     cli_ok(&up, &["deploy", "-f", &v2, "--env", "local", "--wait"]);
     wait_settled(&up, "disrupt", "web", 4, Some(2));
     assert_serving(router, "v2", 2);
-    checkpoint("rolling deploy v1 -> v2", &loads);
+    checkpoint("rolling deploy v1 -> v2", &loads, MIN_PER_DISRUPTION);
 
     // 2. A rollback: release 3 runs v1 again.
     cli_ok(&up, &["rollback", "disrupt", "--env", "local", "--wait"]);
     wait_settled(&up, "disrupt", "web", 4, Some(3));
     assert_serving(router, "v1", 3);
-    checkpoint("rollback to v1", &loads);
+    checkpoint("rollback to v1", &loads, MIN_PER_DISRUPTION);
 
     // 3. kill -9 of one instance on n2: replaced, nothing fails.
     let before = n2_workloads(&up);
@@ -249,7 +266,7 @@ fn zero_failed_requests_through_deploys_rollbacks_kills_an_agent_restart_and_tab
         let now = n2_workloads(&up);
         now.len() == 2 && !now.values().any(|w| w == &(*pid, *start_time)) && healthy_web(&up) == 4
     });
-    checkpoint("kill -9 of an instance", &loads);
+    checkpoint("kill -9 of an instance", &loads, MIN_PER_DISRUPTION);
 
     // 4. The agent and its router restart: the new agent binds beside the old one, stops it,
     //    and adopts its instances (same processes).
@@ -283,7 +300,7 @@ fn zero_failed_requests_through_deploys_rollbacks_kills_an_agent_restart_and_tab
         "the new agent must adopt n2's instances, not restart them"
     );
     assert_serving(router, "v1", 3);
-    checkpoint("agent restart with --replace", &loads);
+    checkpoint("agent restart with --replace", &loads, MIN_PER_DISRUPTION);
 
     // 5. 10 routing-table changes per second for 10 s: `side` in and out of maintenance, each
     //    change seen through n2's router before the next.
@@ -301,7 +318,7 @@ fn zero_failed_requests_through_deploys_rollbacks_kills_an_agent_restart_and_tab
             std::thread::sleep(rest);
         }
     }
-    checkpoint("100 routing-table changes", &loads);
+    checkpoint("100 routing-table changes", &loads, MIN_DURING_CHURN);
 
     let seen: Vec<_> = loads.into_iter().map(Load::finish).collect();
     let sent: usize = seen.iter().map(|s| s.sent).sum();
@@ -310,10 +327,6 @@ fn zero_failed_requests_through_deploys_rollbacks_kills_an_agent_restart_and_tab
     let failures: Vec<&String> = seen.iter().flat_map(|s| &s.failures).collect();
     eprintln!("{sent} requests at {rate:.0} req/s, {failed} failed");
     assert_eq!(failed, 0, "failed requests: {failures:#?}");
-    assert!(
-        rate >= MIN_RATE,
-        "the load ran at {rate:.0} req/s, below the {MIN_RATE} the test demands"
-    );
     // The answers moved: releases 1, 2 and 3 all answered during the run.
     let mut releases = BTreeMap::<String, usize>::new();
     for s in &seen {

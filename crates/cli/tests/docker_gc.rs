@@ -1,9 +1,9 @@
 //! Issue 5's image digests and garbage collection, end to end through the real `berth up` on
 //! the real Docker Engine:
 //!
-//! 1. a release pins the image id its instances run; `berth gc` keeps the images of every
-//!    retained release; after the tag moved to other bytes, a rollback still runs the pinned
-//!    bytes, with no registry reachable;
+//! 1. a release pins the image id its instances run; `berth gc` removes the image of the
+//!    expired release and keeps the images of every retained release, even one whose tag moved
+//!    to other bytes; a rollback then still runs the pinned bytes, with no registry reachable;
 //! 2. with `history: 1`, an image only an expired release used is removed by `berth gc` once no
 //!    container uses it, while the retained ones stay and a rollback to them works.
 //!
@@ -177,6 +177,38 @@ fn gc(up: &DockerUp) -> String {
     cli_ok(up, &["gc", "--timeout", "60"])
 }
 
+/// The images the one node's report in `berth gc`'s output names as removed, from its line
+/// `NODE: removed C container(s), N image(s) (REF, …), M MiB reclaimed`; panics if there is
+/// not exactly one such line or N is not the number of references listed.
+#[track_caller]
+fn images_removed(out: &str) -> Vec<String> {
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains(": removed ")).collect();
+    let [line] = lines[..] else {
+        panic!("berth gc should print one report line (one node):\n{out}");
+    };
+    let after = line
+        .split_once(" container(s), ")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no container count in {line:?}"));
+    let (count, rest) = after
+        .split_once(" image(s)")
+        .unwrap_or_else(|| panic!("no image count in {line:?}"));
+    let count: usize = count
+        .parse()
+        .unwrap_or_else(|e| panic!("image count {count:?} in {line:?}: {e}"));
+    let named: Vec<String> = rest
+        .strip_prefix(" (")
+        .and_then(|r| r.split_once(')'))
+        .map(|(list, _)| list.split(", ").map(str::to_string).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        named.len(),
+        count,
+        "{line:?}: the count and the list differ"
+    );
+    named
+}
+
 /// `n` answers through the router, each `version`.
 #[track_caller]
 fn assert_answers(up: &DockerUp, n: usize, version: &str) {
@@ -199,46 +231,62 @@ fn gc_keeps_every_retained_release_image_and_a_rollback_runs_the_pinned_bytes() 
         return;
     }
     let mut images = Images::new("keep");
+    let old = images.make(V1, "old");
     let app = images.make(V1, "app");
     let next = images.make(V2, "next");
     let up = DockerUp::start();
 
-    deploy(&up, &images.reference("app"), 10, 1);
-    wait_pinned(&up, 1, &app);
-    deploy(&up, &images.reference("next"), 10, 2);
-    wait_pinned(&up, 2, &next);
+    // `history: 1` retains the live release and the one it replaced: releases 3 and 2. Release
+    // 1 expires, so a collection has an image it must remove (a collection that removes
+    // nothing cannot pass for one that keeps the right images).
+    deploy(&up, &images.reference("old"), 1, 1);
+    wait_pinned(&up, 1, &old);
+    deploy(&up, &images.reference("app"), 1, 2);
+    wait_pinned(&up, 2, &app);
+    deploy(&up, &images.reference("next"), 1, 3);
+    wait_pinned(&up, 3, &next);
     assert_answers(&up, 10, "v2");
+    let kept: Vec<u64> = releases(&up, STACK, "local")
+        .iter()
+        .filter_map(|r| r["number"].as_u64())
+        .collect();
+    assert_eq!(kept, [3, 2], "history 1 retains releases 3 and 2");
 
-    // The tag of release 1 now names other bytes (v2's), as after a re-push.
+    // The tag of release 2 now names other bytes (v2's), as after a re-push.
     images.retag(V2, "app");
     assert_ne!(images.id_of(&images.reference("app")), Some(app.clone()));
 
     let out = gc(&up);
-    assert!(out.contains("removed"), "berth gc should report:\n{out}");
+    assert_eq!(
+        images_removed(&out),
+        [images.reference("old")],
+        "berth gc should remove exactly the expired release's image:\n{out}"
+    );
+    assert_eq!(images.id_of(&old), None, "release 1's bytes are removed");
     assert_eq!(
         images.id_of(&app),
         Some(app.clone()),
-        "release 1's bytes are kept"
+        "release 2's bytes are kept, though its tag moved"
     );
     assert_eq!(images.id_of(&images.reference("next")), Some(next.clone()));
 
     // No registry is reachable: the rollback runs from the bytes on the node, the pinned ones.
-    cli_ok(&up, &["rollback", STACK, "--env", "local", "1"]);
-    wait_settled(&up, STACK, SVC, 2, Some(3));
+    cli_ok(&up, &["rollback", STACK, "--env", "local", "2"]);
+    wait_settled(&up, STACK, SVC, 2, Some(4));
     assert_answers(&up, 20, "v1");
     let running = up.containers().running();
     assert_eq!(running.len(), 2, "{running:?}");
     for c in &running {
         assert_eq!(images.container_image(&c.id), Some(app.clone()), "{c:?}");
     }
-    let three = releases(&up, STACK, "local")
+    let four = releases(&up, STACK, "local")
         .into_iter()
-        .find(|r| r["number"] == 3)
-        .expect("release 3");
+        .find(|r| r["number"] == 4)
+        .expect("release 4");
     assert_eq!(
-        three["images"][SVC],
+        four["images"][SVC],
         app.as_str(),
-        "the rollback copies the pin: {three:#}"
+        "the rollback copies the pin: {four:#}"
     );
 }
 
@@ -258,7 +306,12 @@ fn gc_removes_an_image_only_an_expired_release_used() {
     deploy(&up, &images.reference("b"), 1, 2);
     wait_pinned(&up, 2, &b);
     // history 1 keeps release 1 until the next deploy (never the one being replaced).
-    gc(&up);
+    let out = gc(&up);
+    assert_eq!(
+        images_removed(&out),
+        Vec::<String>::new(),
+        "both releases are retained:\n{out}"
+    );
     assert_eq!(images.id_of(&images.reference("a")), Some(a.clone()));
     assert_eq!(images.id_of(&images.reference("b")), Some(b.clone()));
 
@@ -275,9 +328,10 @@ fn gc_removes_an_image_only_an_expired_release_used() {
     );
     let keep = api_get(&up, "/v1/nodes").expect("nodes");
     let out = gc(&up);
-    assert!(
-        out.contains(&images.reference("a")),
-        "berth gc should name the image it removed:\n{out}\nnodes: {keep:#}"
+    assert_eq!(
+        images_removed(&out),
+        [images.reference("a")],
+        "berth gc should remove exactly a, and name it:\n{out}\nnodes: {keep:#}"
     );
     assert_eq!(
         images.id_of(&images.reference("a")),

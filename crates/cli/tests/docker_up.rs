@@ -30,8 +30,16 @@ const SVC: &str = "web";
 /// How long a replacement, an adoption or a failed release may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Load: one request every 5 ms (200 req/s asked, ≥ 100 req/s asserted), at most 2 minutes.
+/// Load: one request every 5 ms (200 req/s asked), at most 2 minutes. What is asserted is a
+/// count per phase, not a rate: [`LOAD_BEFORE`] requests before the watched event, at least
+/// [`LOAD_DURING`] while it happens, [`LOAD_AFTER`] after it. A slow debug build on a busy
+/// machine sends fewer requests per second and still passes; a load generator that sent nothing
+/// while the event happened (stuck, or started too late) cannot.
 const LOAD_EVERY: Duration = Duration::from_millis(5);
+const LOAD_BEFORE: usize = 50;
+/// (A failed release of a missing image may be over in 300 ms: 44 requests at ~140 req/s.)
+const LOAD_DURING: usize = 5;
+const LOAD_AFTER: usize = 50;
 const LOAD_MAX: usize = 24_000;
 const LOAD_FOR: Duration = Duration::from_secs(120);
 
@@ -140,26 +148,38 @@ fn wait_containers_match_status(up: &DockerUp) -> Vec<(String, String)> {
     found
 }
 
-/// Starts constant load through the router and waits until it is under way.
+/// Starts constant load through the router and waits until it has sent [`LOAD_BEFORE`]
+/// requests; returns it with the count at which the watched event begins.
 #[track_caller]
-fn start_load(up: &DockerUp) -> Load {
+fn start_load(up: &DockerUp) -> (Load, usize) {
     let load = Load::start(up.router(), LOAD_EVERY, LOAD_MAX, LOAD_FOR);
     up.wait_until(
-        Duration::from_secs(10),
-        "the load to send 50 requests",
-        || load.sent() >= 50,
+        Duration::from_secs(30),
+        &format!("the load to send {LOAD_BEFORE} requests"),
+        || load.sent() >= LOAD_BEFORE,
     );
-    load
+    let mark = load.sent();
+    (load, mark)
 }
 
-/// Keeps the load going for 50 more requests (so it covers the end of what it watched), then
-/// stops it; asserts no request failed and the pace was ≥ 100 req/s.
+/// Called when the watched event is over (`mark`: the count when it began): asserts at least
+/// [`LOAD_DURING`] requests were sent meanwhile, keeps the load going for [`LOAD_AFTER`] more
+/// (so it covers the end of what it watched), then stops it; asserts no request failed.
 #[track_caller]
-fn finish_load(up: &DockerUp, load: Load, during: &str) -> Seen {
-    let target = load.sent() + 50;
-    up.wait_until(Duration::from_secs(10), "50 more requests of load", || {
-        load.sent() >= target
-    });
+fn finish_load(up: &DockerUp, (load, mark): (Load, usize), during: &str) -> Seen {
+    let sent_during = load.sent() - mark;
+    assert!(
+        sent_during >= LOAD_DURING,
+        "only {sent_during} requests were sent during {during}; at least {LOAD_DURING} asked \
+         (is the load generator stuck?)\n{}",
+        up.log_tail()
+    );
+    let target = load.sent() + LOAD_AFTER;
+    up.wait_until(
+        Duration::from_secs(30),
+        &format!("{LOAD_AFTER} more requests of load"),
+        || load.sent() >= target,
+    );
     let seen = load.finish();
     assert!(
         seen.failed == 0,
@@ -169,15 +189,8 @@ fn finish_load(up: &DockerUp, load: Load, during: &str) -> Seen {
         seen.failures,
         up.log_tail()
     );
-    assert!(
-        seen.rate() >= 100.0,
-        "the load ran at {:.0} req/s ({} in {:?}) during {during}; at least 100 asked",
-        seen.rate(),
-        seen.sent,
-        seen.elapsed
-    );
     eprintln!(
-        "load during {during}: {} requests in {:.1} s ({:.0} req/s), answers {:?}",
+        "load around {during}: {} requests ({sent_during} during it) in {:.1} s ({:.0} req/s), answers {:?}",
         seen.sent,
         seen.elapsed.as_secs_f64(),
         seen.rate(),

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{api_get, cli_ok, nodes_ready};
-use common::process::{kill_recorded, Proc};
+use common::cluster::{api_get, cli_ok, nodes_ready, wait_settled};
+use common::process::{kill_recorded, stat, Proc};
 use common::up::BerthUp;
 use common::{command, http, write_file};
 use serde_json::Value;
@@ -92,6 +92,54 @@ impl Agent {
             }
         }
     }
+}
+
+/// The workloads alive on node `name` as its agent recorded them: instance id → (pid, start
+/// time). Read from the agent's data directory and checked against `/proc`, so it shows what
+/// really runs there, whatever the server believes.
+fn live_workloads(up: &BerthUp, name: &str) -> BTreeMap<String, (i32, Option<u64>)> {
+    let mut out = BTreeMap::new();
+    let instances = Agent::data_dir(up, name).join("instances");
+    for entry in std::fs::read_dir(instances).into_iter().flatten().flatten() {
+        let Ok(bytes) = std::fs::read(entry.path().join("instance.json")) else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_slice::<Value>(&bytes) else {
+            continue;
+        };
+        let (Some(pid), Some(id)) = (record["pid"].as_i64(), record["spec"]["id"].as_str()) else {
+            continue;
+        };
+        let Ok(pid) = i32::try_from(pid) else {
+            continue;
+        };
+        let start_time = record["start_time"].as_u64();
+        if stat(pid).is_some_and(|(_, started)| Some(started) == start_time) {
+            out.insert(id.to_string(), (pid, start_time));
+        }
+    }
+    out
+}
+
+/// The stack with `replicas` instances and `ROUND` in their environment (a new release each
+/// round).
+fn stack_round(replicas: usize, round: u32) -> String {
+    STACK.replace(
+        "    replicas: 6\n",
+        &format!("    replicas: {replicas}\n    env: {{ ROUND: \"{round}\" }}\n"),
+    )
+}
+
+/// The ids of `spread/web`'s instances of `release` on `node` in a status document, whatever
+/// their state or what the server wants of them.
+fn instances_of_release_on(status: &Value, release: u64, node: &str) -> Vec<String> {
+    common::cluster::service(status, "spread", "web")
+        .map(common::cluster::instances)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i["release"] == release && i["node"] == node)
+        .filter_map(|i| i["id"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// Healthy instances of `spread/web` that the server wants running, counted per node.
@@ -202,7 +250,7 @@ fn six_instances_spread_two_per_zone_and_survive_the_loss_of_a_node() {
 
 #[test]
 fn drain_moves_instances_with_zero_failed_requests_under_load() {
-    let (up, _agents, _dir) = cluster();
+    let (up, _agents, dir) = cluster();
     let router = up.router();
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
@@ -230,6 +278,21 @@ fn drain_moves_instances_with_zero_failed_requests_under_load() {
         ok.load(Ordering::Relaxed) > 50
     });
 
+    // What n2 runs before the drain: its 2 of the 6 (spread over zones a, b, c), as the server
+    // sees it and as processes alive on the machine.
+    assert_eq!(
+        wanted_per_node(&up).get("n2"),
+        Some(&2),
+        "n2 should run 2 instances before the drain: {:?}",
+        wanted_per_node(&up)
+    );
+    let drained = live_workloads(&up, "n2");
+    assert_eq!(
+        drained.len(),
+        2,
+        "n2 should have 2 live workloads before the drain: {drained:?}"
+    );
+
     cli_ok(&up, &["drain", "n2"]);
     up.wait_until(
         Duration::from_secs(60),
@@ -239,6 +302,22 @@ fn drain_moves_instances_with_zero_failed_requests_under_load() {
             let healthy = healthy_per_node(&up);
             !wanted.contains_key("n2") && healthy.values().sum::<usize>() == 6
         },
+    );
+    // The processes n2 ran really stopped (not only the server's view of them, nor only their
+    // records), and nothing else runs there.
+    let still_running = || -> Vec<&String> {
+        drained
+            .iter()
+            .filter(|(_, (pid, start_time))| {
+                stat(*pid).is_some_and(|(_, started)| Some(started) == *start_time)
+            })
+            .map(|(id, _)| id)
+            .collect()
+    };
+    up.wait_until(
+        Duration::from_secs(30),
+        "n2's workloads to stop after the drain",
+        || still_running().is_empty() && live_workloads(&up, "n2").is_empty(),
     );
     // A few more requests after the move, then stop.
     let after = ok.load(Ordering::Relaxed) + 50;
@@ -257,19 +336,74 @@ fn drain_moves_instances_with_zero_failed_requests_under_load() {
         "too little load to mean anything"
     );
 
-    let nodes = api_get(&up, "/v1/nodes").expect("nodes");
-    let n2 = nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["name"] == "n2")
-        .expect("n2");
-    assert_eq!(n2["state"], "draining");
-    // A drained node takes nothing new until undrained.
+    let n2_state = |up: &BerthUp| {
+        api_get(up, "/v1/nodes")
+            .and_then(|nodes| {
+                nodes
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|n| n["name"] == "n2")
+                    .map(|n| n["state"].clone())
+            })
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(n2_state(&up), "draining");
+
+    // A drained node takes nothing new until undrained: a release of 9 instances spread over
+    // zones lands on n1 and n3 only (zone b has no eligible node). Watched all through the
+    // rollout, not only at its end: an instance placed on n2 and moved off again by the drain
+    // would not show at the end.
+    let file = write_file(dir.path(), "spread-2.yaml", stack_round(9, 2));
+    cli_ok(&up, &["deploy", "-f", &file, "--env", "local"]);
+    let mut placed_on_n2 = std::collections::BTreeSet::new();
+    up.wait_until(
+        common::cluster::ROLLOUT_TIMEOUT,
+        "release 2 live with 9 healthy instances",
+        || {
+            let Some(status) = common::cluster::status(&up) else {
+                return false;
+            };
+            placed_on_n2.extend(instances_of_release_on(&status, 2, "n2"));
+            common::cluster::settled(&status, "spread", "web", 9, Some(2))
+        },
+    );
+    assert!(
+        placed_on_n2.is_empty(),
+        "instances of release 2 were placed on the draining n2: {placed_on_n2:?}"
+    );
+    let wanted = wanted_per_node(&up);
+    assert!(
+        !wanted.contains_key("n2") && wanted.values().sum::<usize>() == 9,
+        "the draining n2 was given instances: {wanted:?}"
+    );
+    assert!(
+        live_workloads(&up, "n2").is_empty(),
+        "a workload runs on the draining n2: {:?}",
+        live_workloads(&up, "n2")
+    );
+    assert_eq!(n2_state(&up), "draining");
+
+    // …while once undrained, the same kind of release puts n2's share (3 of 9) there again: the
+    // check above could fail.
     cli_ok(&up, &["undrain", "n2"]);
     up.wait_until(Duration::from_secs(10), "n2 ready again", || {
         nodes_ready(&up) == 3
     });
+    let file = write_file(dir.path(), "spread-3.yaml", stack_round(9, 3));
+    cli_ok(&up, &["deploy", "-f", &file, "--env", "local", "--wait"]);
+    wait_settled(&up, "spread", "web", 9, Some(3));
+    let wanted = wanted_per_node(&up);
+    assert_eq!(
+        wanted.get("n2"),
+        Some(&3),
+        "an undrained n2 should take its zone's share again: {wanted:?}"
+    );
+    up.wait_until(
+        Duration::from_secs(30),
+        "3 live workloads on the undrained n2",
+        || live_workloads(&up, "n2").len() == 3,
+    );
 }
 
 #[test]

@@ -30,13 +30,8 @@ pub const BUILD_SCRIPT: &str = concat!(
     "/../../scripts/build-berth-image"
 );
 
-/// Whether an Engine is required (CI): then a missing one fails instead of skipping.
-pub fn required() -> bool {
-    std::env::var("BERTH_REQUIRE_DOCKER").as_deref() == Ok("1")
-}
-
-/// Whether `docker info` answers. `false` after a loud banner naming `test` when it does not and
-/// none is required; panics when one is required.
+/// Whether `docker info` answers. `false` when it does not and none is required, after
+/// [`super::skip::skip`] recorded the skip of `test`; panics when one is required.
 pub fn engine_or_skip(test: &str) -> bool {
     let why = match Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
@@ -47,13 +42,7 @@ pub fn engine_or_skip(test: &str) -> bool {
         Ok(out) => format!("`docker info` failed: {}", stderr(&out).trim()),
         Err(e) => format!("cannot run `docker`: {e}"),
     };
-    if required() {
-        panic!("BERTH_REQUIRE_DOCKER=1 but {why}");
-    }
-    let bar = "!".repeat(78);
-    eprintln!(
-        "\n{bar}\n!! SKIPPING {test}: {why}\n!! (set BERTH_REQUIRE_DOCKER=1 to make this a failure)\n{bar}\n"
-    );
+    super::skip::skip(test, &why);
     false
 }
 

@@ -22,11 +22,6 @@ use super::up::BerthUp;
 pub const V1: &str = "berth-test/busybox:v1";
 pub const V2: &str = "berth-test/busybox:v2";
 
-/// Whether an Engine is required (CI): then a missing one fails instead of skipping.
-pub fn required() -> bool {
-    std::env::var("BERTH_REQUIRE_DOCKER").as_deref() == Ok("1")
-}
-
 /// A small runtime for the Engine calls of a blocking test.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -35,19 +30,15 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("cannot build a tokio runtime")
 }
 
-/// Whether an Engine answers and the test images exist (building them if not). `false` after
-/// a loud banner naming `test` when there is no Engine and none is required; panics when one is
-/// required.
+/// Whether an Engine answers and the test images exist (building them if not). `false` when
+/// there is none and none is required, after [`super::skip::skip`] recorded the skip of `test`;
+/// panics when one is required.
 pub fn engine_or_skip(test: &str) -> bool {
     let rt = runtime();
     let docker = match rt.block_on(DockerDriver::connect()) {
         Ok(d) => d,
-        Err(e) if required() => panic!("BERTH_REQUIRE_DOCKER=1 but {e}"),
         Err(e) => {
-            let bar = "!".repeat(78);
-            eprintln!(
-                "\n{bar}\n!! SKIPPING {test}: {e}\n!! (set BERTH_REQUIRE_DOCKER=1 to make this a failure)\n{bar}\n"
-            );
+            super::skip::skip(test, &e.to_string());
             return false;
         }
     };

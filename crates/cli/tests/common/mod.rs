@@ -12,6 +12,8 @@
 //!   `kill9`/`restart`, and cleanup of the workloads it started.
 //! - [`cluster`]   — what a running `berth up` shows: its API read over raw HTTP, requests
 //!   through its router, waits for a stack to settle.
+//! - [`skip`]      — skipping a Docker test when no Engine answers: a banner, and a line in
+//!   `$BERTH_TEST_SKIPS` that `scripts/test` counts (a failure under `BERTH_REQUIRE_DOCKER=1`).
 //!
 //! ## Rules (STYLE.md: tests own every process and port they start)
 //! - Nothing global, no `pkill`: a process is stopped through the handle that started it.
@@ -26,6 +28,7 @@ pub mod containers;
 pub mod docker;
 pub mod http;
 pub mod process;
+pub mod skip;
 pub mod startup;
 pub mod up;
 
