@@ -205,10 +205,15 @@ impl Demand {
     /// The host ports each instance holds: every non-zero value of `service.ports`, sorted and
     /// without repeats.
     ///
-    /// This deliberately covers process services too: a process listens on the host's network
-    /// directly, so two instances asking for port 8080 conflict whatever their driver. `0` means
-    /// the agent picks a free port, which never conflicts.
+    /// A process listens on the host's network directly, so two process instances asking for
+    /// port 8080 conflict. A container's ports are inside its own network namespace: the agent
+    /// publishes each on a host port it picks, so an `image:` service holds no fixed host port
+    /// (as the server counts its running instances). `0` means the agent picks a free port,
+    /// which never conflicts.
     pub fn host_ports(&self) -> Vec<u16> {
+        if self.service.image.is_some() {
+            return Vec::new();
+        }
         let mut ports: Vec<u16> = self
             .service
             .ports

@@ -238,3 +238,18 @@ fn the_same_seed_gives_the_same_plan() {
     };
     assert_eq!(build(), build());
 }
+
+#[test]
+fn a_containers_port_holds_no_host_port() {
+    // The agent publishes a container's ports on host ports it picks: two containers that
+    // listen on 8080 inside fit on one node (a plan refused them once it checked placement).
+    let mut h = Harness::new(SchedulerConfig::new(4));
+    h.add_node("n1", &[], capacity(4, 8));
+    let mut svc = service(100, 1 << 20);
+    svc.image = Some("registry.example/web:v1".to_string());
+    svc.ports.insert("http".into(), 8080);
+    h.demand(group("web"), 2, svc);
+    let plan = h.run().clone();
+    assert_eq!(plan.placements.len(), 2, "{:?}", plan.failures);
+    assert!(plan.failures.is_empty());
+}
