@@ -56,3 +56,35 @@ fn a_second_agent_on_berth_ups_data_directory_is_refused_and_the_instances_keep_
         );
     }
 }
+
+/// Issue 10, item 6: a standalone agent creates its data directory 0700 and its node token
+/// 0600, like `berth up` (it was 0755 from `create_dir_all`).
+#[test]
+fn a_standalone_agents_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let up = BerthUp::start_with(&[]);
+    let parent = common::temp_dir();
+    let dir = parent.path().join("solo-agent");
+    let mut cmd = command([
+        "agent",
+        "--name",
+        "solo",
+        "--join-token-file",
+        &up.data_dir().join("join.token").display().to_string(),
+    ]);
+    cmd.arg("--data-dir")
+        .arg(&dir)
+        .env("BERTH_SERVER", up.api_url());
+    let agent = common::process::Proc::spawn(cmd, "solo-agent", parent.path());
+    agent.wait_until(Duration::from_secs(30), "the agent to register", || {
+        dir.join("node.token").exists()
+    });
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    assert_eq!(mode(&dir), 0o700, "the agent's data directory");
+    assert_eq!(mode(&dir.join("node.token")), 0o600, "the node token");
+    drop(agent);
+}

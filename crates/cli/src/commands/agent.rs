@@ -122,6 +122,9 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
     // https server with nothing to trust it by, is an error now rather than a retry loop.
     let trust = berth_agent::node::server_trust(&node)?;
     Client::with_trust(&server_url, None, trust)?;
+    // The agent's data directory holds its node token and the instances' records and secret
+    // environment: 0700, as `berth up`'s (issue 10, item 6).
+    super::daemons::secure_data_dir(&data_dir)?;
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut router: Option<Router> = None;
