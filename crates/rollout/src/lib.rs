@@ -11,6 +11,8 @@
 //! - [`observe`] — what a machine sees: [`Observed`] instances and their [`ObservedState`].
 //! - [`rolling`] — the rolling rollout: [`RolloutState`], [`step`], [`Decision`], [`Phase`],
 //!   [`rollback_of`]. The rules are listed in the module's documentation.
+//! - [`rollback`] — which release a failed rollout returns to: [`rollback_target`] (only one
+//!   that once went live, at most one automatic rollback in a row).
 //! - [`sim`] — a deterministic world that applies decisions, for tests and replays.
 //!
 //! Blue/green, canary and region waves will live beside `rolling` and reuse [`observe`].
@@ -45,8 +47,10 @@
 #![warn(missing_docs)]
 
 pub mod observe;
+pub mod rollback;
 pub mod rolling;
 pub mod sim;
 
 pub use observe::{Observed, ObservedState};
+pub use rollback::{rollback_target, NoRollback};
 pub use rolling::{rollback_of, step, Decision, Phase, RolloutError, RolloutState, MAX_RESTARTS};
