@@ -93,7 +93,9 @@ async fn a_release_that_never_went_live_is_no_rollback_target_and_failed_instanc
         "release 2 says why it failed: {:?}",
         r2.reason
     );
-    let r1 = release(&server, "shop", 1).await.expect("release 1 retained");
+    let r1 = release(&server, "shop", 1)
+        .await
+        .expect("release 1 retained");
     assert_eq!(r1.status, ReleaseStatus::Failed, "release 1 is not retried");
 
     // Nothing of release 1 was started again: no rollback to it at all.
@@ -107,12 +109,18 @@ async fn a_release_that_never_went_live_is_no_rollback_target_and_failed_instanc
     );
 
     // Every instance failed, so none holds the node any more.
-    eventually("the failed instances to free their reservations", || async {
-        match reserved_cpu(&server, "n1").await? {
-            0 => Ok(()),
-            cpu => Err(format!("{cpu}m still reserved; status: {}", rollout(&server).await)),
-        }
-    })
+    eventually(
+        "the failed instances to free their reservations",
+        || async {
+            match reserved_cpu(&server, "n1").await? {
+                0 => Ok(()),
+                cpu => Err(format!(
+                    "{cpu}m still reserved; status: {}",
+                    rollout(&server).await
+                )),
+            }
+        },
+    )
     .await;
     server.stop().await;
 }
