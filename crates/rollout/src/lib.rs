@@ -11,6 +11,8 @@
 //! - [`observe`] — what a machine sees: [`Observed`] instances and their [`ObservedState`].
 //! - [`rolling`] — the rolling rollout: [`RolloutState`], [`step`], [`Decision`], [`Phase`],
 //!   [`rollback_of`]. The rules are listed in the module's documentation.
+//! - [`rollback`] — which release a failed rollout returns to: [`rollback_target`] (only one
+//!   that once went live, at most one automatic rollback in a row).
 //! - `sim` (feature `sim`) — a deterministic world that applies decisions, for tests and replays;
 //!   test support, outside the library's normal build (the crate's tests turn it on).
 //!
@@ -47,9 +49,11 @@
 #![forbid(unsafe_code)]
 
 pub mod observe;
+pub mod rollback;
 pub mod rolling;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 pub use observe::{Observed, ObservedState};
+pub use rollback::{rollback_target, NoRollback};
 pub use rolling::{rollback_of, step, Decision, Phase, RolloutError, RolloutState, MAX_RESTARTS};

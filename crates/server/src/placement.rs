@@ -7,7 +7,7 @@
 use berth_scheduler::{Capacity, Demand, Existing, GroupKey, Node as SchedNode, SchedulerConfig};
 use berth_spec::model::{Service, Stack};
 
-use crate::state::{Desired, InstanceRecord, Snapshot};
+use crate::state::{InstanceRecord, Snapshot};
 use crate::{table, Shared};
 
 /// The scheduler's group of an instance: its service in one stack, environment and region,
@@ -62,7 +62,8 @@ pub fn nodes_for_region(
 }
 
 /// Every instance that holds resources on a node: `pending` (decided but not yet stored) first,
-/// then those in the snapshot not being stopped.
+/// then those in the snapshot that [hold resources](InstanceRecord::holds_resources) (not being
+/// stopped, and not failed and given up on).
 pub fn existing(snapshot: &Snapshot, pending: &[InstanceRecord]) -> Vec<Existing> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
@@ -70,7 +71,7 @@ pub fn existing(snapshot: &Snapshot, pending: &[InstanceRecord]) -> Vec<Existing
         .iter()
         .chain(snapshot.instances.values().map(|v| &v.value))
     {
-        if r.desired == Desired::Stop || !seen.insert(r.spec.id.clone()) {
+        if !r.holds_resources() || !seen.insert(r.spec.id.clone()) {
             continue;
         }
         let host_ports = if r.spec.spec.image.is_some() {

@@ -41,7 +41,9 @@ pub enum Phase {
     Progressing,
     /// The target release runs everywhere; the controller keeps its counts.
     Succeeded,
-    /// A first deploy failed and there was nothing to roll back to.
+    /// The rollout failed and there was nothing to roll back to (no other release went live, or
+    /// this was an automatic rollback that failed too); the reason says which. Its instances are
+    /// stopped.
     Failed { reason: String },
 }
 
@@ -160,6 +162,21 @@ async fn reconcile_until(
         };
         let secret_values =
             crate::state::secrets(shared.store.as_ref(), &rollout.value.stack).await?;
+        // Only a progressing rollout can fail and need a rollback target.
+        let went_live = if rollout.value.phase == Phase::Progressing {
+            crate::state::releases(
+                shared.store.as_ref(),
+                &rollout.value.stack,
+                &rollout.value.env,
+            )
+            .await?
+            .iter()
+            .filter(|r| crate::state::went_live(&r.value))
+            .map(|r| r.value.number)
+            .collect()
+        } else {
+            BTreeSet::new()
+        };
         let mut pass = Pass {
             shared,
             snapshot: &snapshot,
@@ -173,6 +190,7 @@ async fn reconcile_until(
             pins: &release.value.images,
             secrets: &release.value.secrets,
             secret_values: &secret_values,
+            went_live: &went_live,
         };
         let mut next = pass.reconcile(&rollout.value, &release.value.spec);
         // Remember why instances could not be placed, so `berth status` can say it.
@@ -265,15 +283,22 @@ async fn release_ops(
                     set(r, ReleaseStatus::Live, None, ops);
                 }
             }
-            // Every other release that was live or rolling out is now superseded.
+            // Every other release that was live or rolling out is now superseded. One that was
+            // still rolling out says so: it never went live, so it is no rollback target.
             for r in crate::state::releases(store, &record.stack, &record.env).await? {
-                if r.value.number != record.to
-                    && matches!(
-                        r.value.status,
-                        ReleaseStatus::Live | ReleaseStatus::RollingOut
-                    )
-                {
-                    set(r, ReleaseStatus::Superseded, None, ops);
+                if r.value.number == record.to {
+                    continue;
+                }
+                match r.value.status {
+                    ReleaseStatus::Live => set(r, ReleaseStatus::Superseded, None, ops),
+                    ReleaseStatus::RollingOut => {
+                        let why = format!(
+                            "replaced by release {} before its rollout finished",
+                            record.to
+                        );
+                        set(r, ReleaseStatus::Superseded, Some(why), ops)
+                    }
+                    ReleaseStatus::Superseded | ReleaseStatus::Failed => {}
                 }
             }
         }
@@ -314,6 +339,8 @@ struct Pass<'a> {
     secrets: &'a BTreeMap<String, u64>,
     /// The stack's secrets as stored now: new instances get these values.
     secret_values: &'a BTreeMap<String, Versioned<SecretRecord>>,
+    /// The stack's retained releases that once went live: the only rollback targets.
+    went_live: &'a BTreeSet<u64>,
 }
 
 impl<'a> Pass<'a> {
@@ -373,6 +400,17 @@ impl<'a> Pass<'a> {
             for r in lost {
                 self.set_desired(r, Desired::Drain);
             }
+            // An old instance that failed is given up on at once: it serves nothing, and the
+            // state machine ignores dead instances, so left alone it would keep its reservation
+            // for as long as the rollout (or a rollback after it) lasts.
+            for r in &kept {
+                if r.value.desired == Desired::Run
+                    && r.value.state() == InstanceState::Failed
+                    && !r.value.runs(&service, self.secrets)
+                {
+                    self.set_desired(r, Desired::Drain);
+                }
+            }
             let instances = kept;
             let observed = observe(&instances, &service, self.secrets, record.to);
             let (next, decision) = berth_rollout::step(&state, &observed, self.now);
@@ -425,7 +463,9 @@ impl<'a> Pass<'a> {
         (record, Outcome::Nothing)
     }
 
-    /// The target failed: roll back to the previous release, or give up on a first deploy.
+    /// The target failed: roll back to a release that once went live, or stop and say why there
+    /// is none (see [`berth_rollout::rollback_target`]: never to a release that did not go live,
+    /// and never a second automatic rollback in a row, so two failed releases cannot alternate).
     fn fail(&mut self, record: RolloutRecord, reason: String) -> (RolloutRecord, Outcome) {
         // Undo whatever this pass decided for the failed target.
         self.ops.clear();
@@ -433,8 +473,14 @@ impl<'a> Pass<'a> {
         self.wanted.clear();
         self.touched.clear();
         let failed_release = record.to;
-        let next = match record.from {
-            Some(previous) if previous != record.to => {
+        let target = berth_rollout::rollback_target(
+            failed_release,
+            record.from,
+            record.rollback_reason.is_some(),
+            self.went_live,
+        );
+        let next = match target {
+            Ok(previous) => {
                 let mut back = RolloutRecord::new(
                     &record.stack,
                     &record.env,
@@ -446,10 +492,11 @@ impl<'a> Pass<'a> {
                 back.rollback = true;
                 back
             }
-            _ => {
+            Err(none) => {
+                tracing::warn!(stack = %record.stack, env = %record.env, release = failed_release, why = %none, "no automatic rollback");
                 let mut failed = record.clone();
                 failed.phase = Phase::Failed {
-                    reason: reason.clone(),
+                    reason: format!("{reason}; {none}"),
                 };
                 failed
             }

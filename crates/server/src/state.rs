@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_api::control::{RegisterRequest, Release};
+use berth_api::control::{RegisterRequest, Release, ReleaseStatus};
 use berth_api::{InstanceSpec, InstanceState, InstanceStatus};
 use berth_store::{Store, StoreError};
 use serde::de::DeserializeOwned;
@@ -91,6 +91,31 @@ impl InstanceRecord {
             .as_ref()
             .map(|s| s.state)
             .unwrap_or(InstanceState::Pending)
+    }
+
+    /// Whether the instance holds its node's resources: the scheduler counts it against the
+    /// node, and `berth nodes` shows it as reserved. One being stopped does not, nor one the
+    /// controller has given up on (drained) whose process is already gone (failed or stopped):
+    /// a failed instance must not keep its node full until the drain's deadline, or each failed
+    /// round of a rollout would take more of the node.
+    pub fn holds_resources(&self) -> bool {
+        match self.desired {
+            Desired::Run => true,
+            Desired::Drain => !self.state().is_terminal(),
+            Desired::Stop => false,
+        }
+    }
+}
+
+/// Whether a release once went live (was fully rolled out): it is live, or it was live and a
+/// later release replaced it. Only such a release is a rollback target (see
+/// [`berth_rollout::rollback_target`]). A release replaced before its rollout finished is
+/// `superseded` too, but carries the reason saying so; a failed one never counts.
+pub fn went_live(release: &Release) -> bool {
+    match release.status {
+        ReleaseStatus::Live => true,
+        ReleaseStatus::Superseded => release.reason.is_none(),
+        ReleaseStatus::RollingOut | ReleaseStatus::Failed => false,
     }
 }
 

@@ -536,7 +536,7 @@ pub async fn list(
                 allocated: snapshot
                     .instances
                     .values()
-                    .filter(|i| i.value.spec.node == reg.name && i.value.desired != Desired::Stop)
+                    .filter(|i| i.value.spec.node == reg.name && i.value.holds_resources())
                     .fold(NodeResources::default(), |acc, i| NodeResources {
                         cpu_millis: acc.cpu_millis + i.value.spec.spec.resources.cpu.millis,
                         memory_bytes: acc.memory_bytes + i.value.spec.spec.resources.memory.bytes,
