@@ -485,7 +485,8 @@ async fn a_sent_non_idempotent_request_is_never_retried_but_a_get_is() {
         "the GET went to the black hole first"
     );
     // An Idempotency-Key opts a POST in.
-    let (hole3, _) = black_hole().await;
+    let (hole3, seen3) = black_hole().await;
+    let normal_before = normal_hits.load(Ordering::SeqCst);
     r2.handle.update(RouteTable {
         routes: vec![route(vec![
             endpoint(hole3, 1, 100),
@@ -504,6 +505,18 @@ async fn a_sent_non_idempotent_request_is_never_retried_but_a_get_is() {
         .await
         .expect("response");
     assert_eq!(response.status(), StatusCode::OK);
+    // It went to the black hole first and was retried: without the retry it would have had
+    // to be answered 502 there (issue 11: this test once passed with no retry at all).
+    assert_eq!(
+        seen3.load(Ordering::SeqCst),
+        1,
+        "the keyed POST went to the black hole first"
+    );
+    assert_eq!(
+        normal_hits.load(Ordering::SeqCst),
+        normal_before + 1,
+        "the keyed POST was retried on the live instance"
+    );
 }
 
 #[tokio::test]
