@@ -25,6 +25,8 @@
 pub mod auth;
 pub mod clock;
 mod error;
+/// Test support for the fuzz crate and `tests/fuzz_corpus.rs`, outside the normal build.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
