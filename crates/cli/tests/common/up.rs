@@ -174,6 +174,14 @@ impl BerthUp {
         self.wait_until(HEALTH_TIMEOUT, "GET /v1/health to answer 200", || {
             http::is_ok(api, "/v1/health")
         });
+        // `berth up` serves its API before its router has fetched the table and bound (it
+        // prints "berth is up" after both): a test that sends traffic right after a restart
+        // must not race the router's bind (docker_up's kill -9 test once met "connection
+        // refused" there).
+        let router = self.router;
+        self.wait_until(HEALTH_TIMEOUT, "the router to accept connections", || {
+            std::net::TcpStream::connect_timeout(&router, Duration::from_millis(200)).is_ok()
+        });
     }
 
     /// Waits until `condition` holds, polling every 20 ms; panics with berth's log tail on
