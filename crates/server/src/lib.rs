@@ -8,6 +8,8 @@
 //! - [`pki`]       — the cluster CA, the API's certificate, the join token's CA fingerprint.
 //! - [`keys`]      — the store's key layout.
 //! - [`state`]     — the records kept in the store and a snapshot of them.
+//! - [`view`]      — the cluster view: every record at one revision, built by list-then-watch.
+//! - [`live`]      — the view kept current from the store's watch, shared by every reader.
 //! - [`http`]      — the API handlers, one module per area.
 //! - [`placement`] — the scheduler's snapshot from the store; placement checks for plans.
 //! - [`rollouts`]  — the rollout controller: releases → instances, through `berth-rollout`.
@@ -32,11 +34,13 @@ pub mod fuzzing;
 pub mod http;
 pub mod keys;
 pub mod listen;
+pub mod live;
 pub mod pki;
 pub mod placement;
 pub mod rollouts;
 pub mod state;
 pub mod table;
+pub mod view;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -62,6 +66,9 @@ pub struct ServerConfig {
 /// What every handler and controller shares.
 pub struct Shared {
     pub store: Arc<dyn Store>,
+    /// The cluster view, kept current from the store by [`live::LiveView::follow`]: what
+    /// handlers, long-polls and controllers read instead of scanning the store.
+    pub view: live::LiveView,
     pub admin: auth::TokenHash,
     pub join: auth::TokenHash,
     pub clock: Clock,
@@ -110,6 +117,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] berth_store::StoreError),
+    #[error("cannot read the cluster state: {0}")]
+    State(state::StateError),
     #[error("the API server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -124,11 +133,15 @@ impl Shared {
         let admin = auth::load_or_create(&config.data_dir, "admin.token")?;
         // Either form (`berth1-CA-SECRET` or `SECRET`): only the secret is checked.
         let join = pki::join_secret(&config.data_dir)?;
+        let view = view::View::load(config.store.as_ref())
+            .await
+            .map_err(StartError::State)?;
         let rev = config.store.revision().await?;
         let started_ms = config.clock.now_ms();
         let known = table::Known::load(config.store.as_ref()).await?;
         Ok(Arc::new(Shared {
             store: config.store,
+            view: live::LiveView::new(view),
             admin: auth::TokenHash::of(&admin),
             join: auth::TokenHash::of(&join),
             clock: config.clock,
@@ -158,6 +171,10 @@ pub async fn serve(
     let shared = Shared::new(config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let watcher = tokio::spawn(table::follow_revisions(shared.clone(), stop_rx.clone()));
+    let follower = {
+        let (shared, stop) = (shared.clone(), stop_rx.clone());
+        tokio::spawn(async move { shared.view.follow(shared.store.as_ref(), stop).await })
+    };
     let controller = tokio::spawn(rollouts::run_controller(shared.clone(), stop_rx.clone()));
     let liveness = tokio::spawn(table::follow_liveness(shared.clone(), stop_rx.clone()));
     let app = http::router(shared.clone());
@@ -168,6 +185,7 @@ pub async fn serve(
     .await
     .map_err(StartError::Serve);
     let _ = watcher.await;
+    let _ = follower.await;
     let _ = controller.await;
     let _ = liveness.await;
     result
