@@ -12,7 +12,11 @@
 //! - [`live`]      — the view kept current from the store's watch, shared by every reader.
 //! - [`http`]      — the API handlers, one module per area.
 //! - [`placement`] — the scheduler's snapshot from the store; placement checks for plans.
-//! - [`rollouts`]  — the rollout controller: releases → instances, through `berth-rollout`.
+//! - [`controllers`] — one controller per concern (rollout, replicas, drain, liveness), each a
+//!   pure function of the view returning effects, and the shell that applies them. A new
+//!   controller goes there.
+//! - [`leadership`] — whether this server runs the controllers, and the fence their writes carry.
+//! - [`rollouts`]  — old paths of the rollout controller's items, re-exported.
 //! - [`table`]     — the routing table and draining: which instances routers may use.
 //! - [`clock`]     — time as an injected value, so controllers can be driven in tests.
 //!
@@ -26,6 +30,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod controllers;
 mod error;
 /// Test support for the fuzz crate and `tests/fuzz_corpus.rs`, outside the normal build.
 #[cfg(feature = "fuzzing")]
@@ -33,6 +38,7 @@ mod error;
 pub mod fuzzing;
 pub mod http;
 pub mod keys;
+pub mod leadership;
 pub mod listen;
 pub mod live;
 pub mod pki;
@@ -66,6 +72,9 @@ pub struct ServerConfig {
 /// What every handler and controller shares.
 pub struct Shared {
     pub store: Arc<dyn Store>,
+    /// Whether this server runs the controllers, and the fence their writes carry (see
+    /// [`leadership`]; the embedded store always leads).
+    pub leadership: Arc<dyn leadership::Leadership>,
     /// The cluster view, kept current from the store by [`live::LiveView::follow`]: what
     /// handlers, long-polls and controllers read instead of scanning the store.
     pub view: live::LiveView,
@@ -141,6 +150,7 @@ impl Shared {
         let known = table::Known::load(config.store.as_ref()).await?;
         Ok(Arc::new(Shared {
             store: config.store,
+            leadership: Arc::new(leadership::SoleLeader::new()),
             view: live::LiveView::new(view),
             admin: auth::TokenHash::of(&admin),
             join: auth::TokenHash::of(&join),
@@ -175,7 +185,7 @@ pub async fn serve(
         let (shared, stop) = (shared.clone(), stop_rx.clone());
         tokio::spawn(async move { shared.view.follow(shared.store.as_ref(), stop).await })
     };
-    let controller = tokio::spawn(rollouts::run_controller(shared.clone(), stop_rx.clone()));
+    let controller = tokio::spawn(controllers::run_controller(shared.clone(), stop_rx.clone()));
     let liveness = tokio::spawn(table::follow_liveness(shared.clone(), stop_rx.clone()));
     let app = http::router(shared.clone());
     let result = listen::serve_api(listener, app, tls, async move {

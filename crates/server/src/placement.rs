@@ -7,7 +7,7 @@
 use berth_scheduler::{Capacity, Demand, Existing, GroupKey, Node as SchedNode, SchedulerConfig};
 use berth_spec::model::{Service, Stack};
 
-use crate::state::{InstanceRecord, Snapshot};
+use crate::state::{InstanceRecord, NodeRecord, Snapshot};
 use crate::{table, Shared};
 
 /// The scheduler's group of an instance: its service in one stack, environment and region,
@@ -35,22 +35,32 @@ pub fn nodes_for_region(
     region: &str,
     now: u64,
 ) -> Vec<SchedNode> {
-    snapshot
-        .nodes
-        .values()
+    region_nodes(snapshot.nodes.values().map(|n| &n.value), region, &|n| {
+        node_usable(shared, snapshot, &n.registration.name, now)
+    })
+}
+
+/// The scheduler's nodes of one region wave from any set of node records (a node without a
+/// `region` label takes any region); `ready` says which may take new instances (the caller's
+/// facts: up and not draining). Pure, so the controllers call it on a view.
+pub fn region_nodes<'a>(
+    nodes: impl Iterator<Item = &'a NodeRecord>,
+    region: &str,
+    ready: &dyn Fn(&NodeRecord) -> bool,
+) -> Vec<SchedNode> {
+    nodes
         .filter(|n| {
-            n.value
-                .registration
+            n.registration
                 .labels
                 .get("region")
                 .is_none_or(|r| r == region)
         })
         .map(|n| {
-            let reg = &n.value.registration;
+            let reg = &n.registration;
             SchedNode {
                 name: reg.name.clone(),
                 labels: reg.labels.clone(),
-                ready: node_usable(shared, snapshot, &reg.name, now),
+                ready: ready(n),
                 drivers: reg.drivers.clone(),
                 capacity: Capacity {
                     cpu_millis: reg.resources.cpu_millis,
@@ -65,41 +75,57 @@ pub fn nodes_for_region(
 /// then those in the snapshot that [hold resources](InstanceRecord::holds_resources) (not being
 /// stopped, and not failed and given up on).
 pub fn existing(snapshot: &Snapshot, pending: &[InstanceRecord]) -> Vec<Existing> {
+    existing_of(snapshot.instances.values().map(|v| &v.value), pending)
+}
+
+/// [`existing`] from any set of instance records (a view's, in the controllers).
+pub fn existing_of<'a>(
+    instances: impl Iterator<Item = &'a InstanceRecord>,
+    pending: &'a [InstanceRecord],
+) -> Vec<Existing> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
-    for r in pending
-        .iter()
-        .chain(snapshot.instances.values().map(|v| &v.value))
-    {
+    for r in pending.iter().chain(instances) {
         if !r.holds_resources() || !seen.insert(r.spec.id.clone()) {
             continue;
         }
-        let host_ports = if r.spec.spec.image.is_some() {
-            Vec::new()
-        } else {
-            r.spec
-                .spec
-                .ports
-                .values()
-                .copied()
-                .filter(|p| *p != 0)
-                .collect()
-        };
-        out.push(Existing {
-            id: r.spec.id.clone(),
-            node: r.spec.node.clone(),
-            group: group_key(
-                &r.spec.stack,
-                &r.env,
-                &r.region,
-                &r.spec.service,
-                &r.spec.spec,
-            ),
-            resources: Capacity::from(&r.spec.spec.resources),
-            host_ports,
-        });
+        out.push(existing_one(r));
     }
     out
+}
+
+/// One instance as the scheduler sees it.
+pub fn existing_one(r: &InstanceRecord) -> Existing {
+    let host_ports = if r.spec.spec.image.is_some() {
+        Vec::new()
+    } else {
+        r.spec
+            .spec
+            .ports
+            .values()
+            .copied()
+            .filter(|p| *p != 0)
+            .collect()
+    };
+    let mut group = group_key(
+        &r.spec.stack,
+        &r.env,
+        &r.region,
+        &r.spec.service,
+        &r.spec.spec,
+    );
+    // One being drained still holds its node until its process is gone, but it is no longer
+    // one of its group's instances: counted there, it would stand in for its own replacement.
+    if r.desired != crate::state::Desired::Run {
+        group.service.push_str("#leaving");
+    }
+    Existing {
+        id: r.spec.id.clone(),
+        node: r.spec.node.clone(),
+        group,
+        resources: Capacity::from(&r.spec.spec.resources),
+        host_ports,
+    }
 }
 
 /// New instances one service of a rollout asks for in one region: `count` more of `service`.
@@ -134,9 +160,8 @@ pub struct Placed {
 /// times inside one controller pass). Never more than `want.count` nodes per want.
 #[allow(clippy::too_many_arguments)]
 pub fn place_many(
-    shared: &Shared,
-    snapshot: &Snapshot,
-    pending: &[InstanceRecord],
+    nodes: &[SchedNode],
+    existing: &[Existing],
     stack: &str,
     env: &str,
     region: &str,
@@ -146,8 +171,6 @@ pub fn place_many(
     if wants.iter().all(|w| w.count == 0) {
         return vec![Placed::default(); wants.len()];
     }
-    let nodes = nodes_for_region(shared, snapshot, region, shared.clock.now_ms());
-    let existing = existing(snapshot, pending);
     let demands: Vec<Demand> = wants
         .iter()
         .map(|w| {
@@ -161,7 +184,7 @@ pub fn place_many(
             }
         })
         .collect();
-    let plan = berth_scheduler::schedule(&nodes, &existing, &demands, &SchedulerConfig::new(seed));
+    let plan = berth_scheduler::schedule(nodes, existing, &demands, &SchedulerConfig::new(seed));
     let mut out = vec![Placed::default(); wants.len()];
     for p in &plan.placements {
         let (Some(slot), Some(want), Some(node)) = (
@@ -211,7 +234,7 @@ pub fn check(shared: &Shared, snapshot: &Snapshot, target: &Stack, env: &str) ->
                 let service = target.service_for_region(name, region)?;
                 Some(Demand {
                     group: group_key(&target.stack, env, region, name, &service),
-                    count: service.replicas,
+                    count: berth_spec::model::desired_replicas(&service),
                     service,
                 })
             })
