@@ -57,12 +57,14 @@ impl View {
         Ok(view)
     }
 
-    /// Folds one watch event in. Events must come in revision order, each newer than
-    /// [`View::revision`]; an older one is ignored (a re-watch may replay it). A record that
+    /// Folds one watch event in. Events must come in revision order, none older than
+    /// [`View::revision`]; an older one is ignored (a re-watch may replay it). Every op of one
+    /// transaction comes as its own event at the same revision, so an event *at* the view's
+    /// revision is applied (a replayed one is a put or delete already applied: no change). A record that
     /// cannot be decoded fails with the key named, and the view keeps the record's previous
     /// value (it never holds a half-applied event).
     pub fn apply(&mut self, event: &WatchEvent) -> Result<(), StateError> {
-        if event.revision <= self.revision {
+        if event.revision < self.revision {
             return Ok(());
         }
         self.revision = event.revision;

@@ -113,3 +113,89 @@ fn keep_counts(work: &mut Work<'_>, record: &RolloutRecord, region: &str) {
     }
     work.place_wanted(record, region);
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::controllers::testing::{shop, World};
+    use crate::state::Desired;
+
+    fn live(w: &mut World, replicas: u32) {
+        w.deploy(&shop(replicas, "local", "1"), 1, None, false);
+        w.settle(20);
+    }
+
+    #[test]
+    fn an_instance_on_a_lost_node_is_replaced_elsewhere() {
+        let mut w = World::new();
+        w.node("a", None);
+        live(&mut w, 1);
+        w.node("b", None);
+        let lost = w.running("web")[0].spec.id.clone();
+        let on = w.running("web")[0].spec.node.clone();
+        w.up.remove(&on);
+        w.settle(20);
+        let web = w.running("web");
+        assert_eq!(web.len(), 1);
+        assert_ne!(web[0].spec.node, on);
+        assert_ne!(
+            w.view.instance(&lost).map(|r| r.value.desired),
+            Some(Desired::Run)
+        );
+    }
+
+    #[test]
+    fn a_drained_node_keeps_its_instances_until_replacements_are_healthy() {
+        let mut w = World::new();
+        w.node("a", None);
+        live(&mut w, 2);
+        w.node("b", None);
+        w.drain_node("a");
+        // One pass: replacements are asked for, nothing on `a` stops yet.
+        w.pass(1);
+        let on_a = w.running("web").iter().filter(|r| r.spec.node == "a").count();
+        assert_eq!(on_a, 2, "nothing stops before a replacement is healthy");
+        assert_eq!(w.running("web").len(), 4);
+        w.settle(20);
+        let web = w.running("web");
+        assert_eq!(web.len(), 2);
+        assert!(web.iter().all(|r| r.spec.node == "b"), "{web:?}");
+    }
+
+    #[test]
+    fn instances_of_a_service_the_release_dropped_are_stopped() {
+        let mut w = World::new();
+        w.node("a", None);
+        live(&mut w, 1);
+        let two = r#"stack: shop
+environments:
+  prod:
+    regions: [local]
+services:
+  api:
+    process: {command: [sleep, "1"]}
+"#;
+        w.deploy(two, 2, Some(1), false);
+        w.settle(20);
+        assert!(w.running("web").is_empty());
+        assert_eq!(w.running("api").len(), 1);
+    }
+
+    #[test]
+    fn a_failed_instance_is_replaced() {
+        let mut w = World::new();
+        w.node("a", None);
+        live(&mut w, 1);
+        let id = w.running("web")[0].spec.id.clone();
+        let mut r = w.view.instance(&id).expect("instance").value.clone();
+        r.status = Some(crate::controllers::testing::status(
+            &id,
+            berth_api::InstanceState::Failed,
+            w.now,
+        ));
+        w.put(&crate::keys::instance(&id), crate::state::encode(&r));
+        w.settle(20);
+        let web = w.running("web");
+        assert_eq!(web.len(), 1);
+        assert_ne!(web[0].spec.id, id);
+    }
+}

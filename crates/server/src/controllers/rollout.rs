@@ -372,3 +372,145 @@ fn new_state(
         RolloutState::for_service(record.from, record.to, service, now)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_api::control::ReleaseStatus;
+
+    use crate::controllers::testing::{shop, World};
+    use crate::state::RolloutPhase;
+
+    fn status(w: &World, n: u64) -> ReleaseStatus {
+        w.view.release("shop", "prod", n).expect("release").value.status
+    }
+
+    #[test]
+    fn a_first_deploy_goes_live_with_its_replicas() {
+        let mut w = World::new();
+        w.node("a", None);
+        w.node("b", None);
+        w.deploy(&shop(3, "local", "1"), 1, None, false);
+        w.settle(20);
+        assert_eq!(w.running("web").len(), 3);
+        assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
+        assert_eq!(status(&w, 1), ReleaseStatus::Live);
+    }
+
+    #[test]
+    fn a_new_release_replaces_the_old_and_supersedes_it() {
+        let mut w = World::new();
+        w.node("a", None);
+        w.deploy(&shop(2, "local", "1"), 1, None, false);
+        w.settle(20);
+        w.deploy(&shop(2, "local", "2"), 2, Some(1), false);
+        w.settle(30);
+        let web = w.running("web");
+        assert_eq!(web.len(), 2);
+        assert!(web.iter().all(|r| r.spec.release == 2), "{web:?}");
+        assert_eq!(status(&w, 1), ReleaseStatus::Superseded);
+        assert_eq!(status(&w, 2), ReleaseStatus::Live);
+    }
+
+    #[test]
+    fn a_failed_first_release_stops_and_says_there_is_nothing_to_roll_back_to() {
+        let mut w = World::new();
+        w.node("a", None);
+        w.failing.insert(1);
+        w.deploy(&shop(1, "local", "1"), 1, None, false);
+        w.settle(20);
+        match &w.rollout().phase {
+            RolloutPhase::Failed { reason } => {
+                assert!(reason.contains("nothing to roll back to"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(status(&w, 1), ReleaseStatus::Failed);
+        assert!(w.running("web").is_empty());
+    }
+
+    #[test]
+    fn a_failed_release_rolls_back_to_the_one_that_went_live() {
+        let mut w = World::new();
+        w.node("a", None);
+        w.deploy(&shop(2, "local", "1"), 1, None, false);
+        w.settle(20);
+        w.failing.insert(2);
+        w.deploy(&shop(2, "local", "2"), 2, Some(1), false);
+        for _ in 0..10 {
+            w.pass(7);
+            w.agents();
+            w.now += 1_000;
+            if w.rollout().rollback {
+                break;
+            }
+        }
+        let r = w.rollout().clone();
+        assert!(r.rollback, "{r:?}");
+        assert_eq!((r.from, r.to), (Some(2), 1));
+        assert_eq!(status(&w, 2), ReleaseStatus::Failed);
+        w.settle(30);
+        assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
+        let web = w.running("web");
+        assert_eq!(web.len(), 2);
+        assert!(web.iter().all(|r| r.spec.release == 1), "{web:?}");
+    }
+
+    #[test]
+    fn waves_reach_one_region_at_a_time() {
+        let mut w = World::new();
+        w.node("e", Some("eu"));
+        w.node("u", Some("us"));
+        w.deploy(&shop(1, "eu, us", "1"), 1, None, false);
+        w.pass(1);
+        let first: Vec<_> = w.running("web").iter().map(|r| r.region.clone()).collect();
+        assert_eq!(first, ["eu"]);
+        w.settle(20);
+        let mut regions: Vec<_> = w.running("web").iter().map(|r| r.region.clone()).collect();
+        regions.sort();
+        assert_eq!(regions, ["eu", "us"]);
+        assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
+    }
+
+    #[test]
+    fn a_pass_from_a_view_older_than_its_own_write_changes_nothing() {
+        let mut w = World::new();
+        w.node("a", None);
+        w.deploy(&shop(2, "local", "1"), 1, None, false);
+        let batches = w.decide(1);
+        assert_eq!(w.apply(&batches), batches.len());
+        // The same decisions again (a pass that read the view before the first one's write).
+        assert_eq!(w.apply(&batches), 0);
+        assert_eq!(w.running("web").len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use crate::controllers::testing::World;
+    use crate::controllers::CREATE_BUDGET;
+
+    #[test]
+    fn a_huge_stack_gets_a_budget_of_instances_per_pass() {
+        let mut w = World::new();
+        w.node("a", None);
+        let yaml = format!(
+            r#"stack: shop
+environments:
+  prod:
+    regions: [local]
+services:
+  web:
+    process: {{command: [sleep, "1000"]}}
+    replicas: {}
+    resources: {{ cpu: 1m, memory: 1Mi }}
+    rollout: {{ progress_deadline: 1h }}
+"#,
+            berth_spec::model::MAX_REPLICAS
+        );
+        w.deploy(&yaml, 1, None, false);
+        w.pass(1);
+        assert_eq!(w.running("web").len(), CREATE_BUDGET);
+        w.pass(2);
+        assert_eq!(w.running("web").len(), 2 * CREATE_BUDGET);
+    }
+}
