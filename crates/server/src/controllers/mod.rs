@@ -37,6 +37,8 @@
 //! pass costs one transaction (one fsync); with it, one per batch, as before the split.
 
 pub mod drain;
+#[cfg(test)]
+mod properties;
 pub mod replicas;
 pub mod rollout;
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::state::{encode, Desired, InstanceRecord, NodeRecord, RolloutRecord};
 use crate::view::View;
 
 /// A cluster in memory.
+#[derive(Clone)]
 pub(crate) struct World {
     pub view: View,
     /// Every key's mod_revision, for the compares.
@@ -116,6 +117,17 @@ impl World {
     /// `from`, as a deploy does. `rollback` makes it a rollback (surge 100%).
     pub fn deploy(&mut self, yaml: &str, number: u64, from: Option<u64>, rollback: bool) {
         let spec = berth_spec::render(yaml.as_bytes(), "prod", &[]).expect("a valid stack");
+        self.deploy_spec(spec, number, from, rollback);
+    }
+
+    /// [`World::deploy`] of an already rendered stack.
+    pub fn deploy_spec(
+        &mut self,
+        spec: berth_spec::model::Stack,
+        number: u64,
+        from: Option<u64>,
+        rollback: bool,
+    ) {
         let release = Release {
             number,
             stack: spec.stack.clone(),
@@ -206,6 +218,8 @@ impl World {
             }
             match v.desired {
                 Desired::Stop => deletes.push(keys::instance(&v.spec.id)),
+                // An agent that gave up on an instance does not take it back.
+                Desired::Run if v.state() == InstanceState::Failed => {}
                 Desired::Run => {
                     let state = if self.failing.contains(&v.spec.release) {
                         InstanceState::Failed
