@@ -5,11 +5,14 @@
 //! stopped, and so is anything of a service or region the release no longer has. A rollout that
 //! failed for good keeps no instances. Pure: a function of the view, the facts and the clock.
 
+use std::collections::BTreeMap;
+
 use berth_api::InstanceState;
+use berth_scheduler::StopReason;
 use berth_spec::model::Service;
 
 use super::rollout::{finish, target_release};
-use super::work::Work;
+use super::work::{RegionDemand, Work};
 use super::{Batch, Pass};
 use crate::state::{Desired, InstanceRecord, RolloutPhase, RolloutRecord, Versioned};
 use crate::view::View;
@@ -50,45 +53,84 @@ pub fn decide(view: &View, pass: Pass<'_>, rollout: &Versioned<RolloutRecord>) -
     }
 }
 
-/// Holds the replica count of every service of `record` in `region`.
+/// Holds the replica count of every service of `record` in `region`, with one scheduler call
+/// for the region's whole demand. Instances that are not the release's (another spec, older
+/// secrets) or that their agent gave up on are stopped first; the scheduler then counts what
+/// is left on usable nodes against each service's desired count, places what is missing and
+/// names the rest to stop: lost (node down or gone), misplaced, surplus — and, on a draining
+/// node, lost too, but those are kept until enough replacements are healthy.
 fn keep_counts(work: &mut Work<'_>, record: &RolloutRecord, region: &str) {
     let target = work.target();
+    let mut demands: Vec<RegionDemand> = Vec::new();
+    let mut members: BTreeMap<String, Vec<&Versioned<InstanceRecord>>> = BTreeMap::new();
     for name in target.services.keys() {
         let Some(service) = target.service_for_region(name, region) else {
             continue;
         };
-        let instances = work.instances(record, name, region);
-        let mut alive: Vec<&Versioned<InstanceRecord>> = Vec::new();
-        let mut on_draining: Vec<&Versioned<InstanceRecord>> = Vec::new();
-        for inst in instances {
+        let mut kept = Vec::new();
+        for inst in work.instances(record, name, region) {
             let v = &inst.value;
             if v.desired != Desired::Run {
                 continue;
             }
-            if !work.runs(v, &service)
-                || v.state() == InstanceState::Failed
-                || !work.node_up(&v.spec.node)
-            {
+            if !work.runs(v, &service) || v.state() == InstanceState::Failed {
                 work.set_desired(inst, Desired::Drain);
-            } else if work.node_draining(&v.spec.node) {
-                on_draining.push(inst);
             } else {
-                alive.push(inst);
+                kept.push(inst);
             }
         }
-        let want = desired(work.view, &record.stack, &record.env, &service) as usize;
-        let missing = want.saturating_sub(alive.len());
-        work.want(
-            record,
-            name,
-            &service,
-            u32::try_from(missing).unwrap_or(u32::MAX),
-        );
+        members.insert(name.clone(), kept);
+        let want = desired(work.view, &record.stack, &record.env, &service);
+        demands.push(RegionDemand {
+            name: name.clone(),
+            service,
+            total: Some(want),
+            more: want,
+        });
+    }
+    let stops = work.schedule_region(record, region, &demands, false);
+    for d in &demands {
+        let group = members.remove(&d.name).unwrap_or_default();
+        let stopped = |id: &str| {
+            stops
+                .iter()
+                .find(|(r, _)| r.value.spec.id == id)
+                .map(|(_, why)| *why)
+        };
+        let mut on_draining = Vec::new();
+        let mut surplus = Vec::new();
+        let mut alive = Vec::new();
+        for r in group {
+            match stopped(&r.value.spec.id) {
+                None => alive.push(r),
+                Some(StopReason::Surplus) => surplus.push(r),
+                Some(StopReason::Lost)
+                    if work.node_up(&r.value.spec.node) && work.node_draining(&r.value.spec.node) =>
+                {
+                    on_draining.push(r)
+                }
+                Some(_) => work.set_desired(r, Desired::Drain),
+            }
+        }
+        // The scheduler chose which surplus to stop for spread; among those and the rest, stop
+        // what does not serve first, so a scale-down never stops a healthy instance while one
+        // that is not healthy stays.
+        let n = surplus.len();
+        let mut pool: Vec<(&Versioned<InstanceRecord>, bool)> = surplus
+            .into_iter()
+            .map(|r| (r, true))
+            .chain(alive.into_iter().map(|r| (r, false)))
+            .collect();
+        pool.sort_by_key(|(r, chosen)| (r.value.state() == InstanceState::Healthy, !chosen));
+        let (stop, alive) = pool.split_at(n.min(pool.len()));
+        for (r, _) in stop {
+            work.set_desired(r, Desired::Drain);
+        }
         let healthy_alive = alive
             .iter()
-            .filter(|r| r.value.state() == InstanceState::Healthy)
+            .filter(|(r, _)| r.value.state() == InstanceState::Healthy)
             .count();
-        let keep = want.saturating_sub(healthy_alive);
+        let keep = (d.total.unwrap_or(0) as usize).saturating_sub(healthy_alive);
         // Keep the healthy ones on draining nodes as long as they are needed.
         on_draining.sort_by_key(|r| {
             (
@@ -99,19 +141,7 @@ fn keep_counts(work: &mut Work<'_>, record: &RolloutRecord, region: &str) {
         for extra in on_draining.iter().skip(keep) {
             work.set_desired(extra, Desired::Drain);
         }
-        if alive.len() > want {
-            alive.sort_by_key(|r| {
-                (
-                    r.value.state() == InstanceState::Healthy,
-                    std::cmp::Reverse(r.value.spec.id.clone()),
-                )
-            });
-            for extra in &alive[..alive.len() - want] {
-                work.set_desired(extra, Desired::Drain);
-            }
-        }
     }
-    work.place_wanted(record, region);
 }
 
 #[cfg(test)]

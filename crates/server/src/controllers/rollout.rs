@@ -11,7 +11,7 @@ use berth_api::InstanceState;
 use berth_rollout::{ObservedState, Phase as StepPhase, RolloutState, Strategy, WaveStep};
 use berth_spec::model::Service;
 
-use super::work::Work;
+use super::work::{RegionDemand, Work};
 use super::{Batch, Effect, Pass};
 use crate::state::{went_live, Desired, InstanceRecord, RolloutPhase, RolloutRecord, Versioned};
 use crate::view::View;
@@ -158,6 +158,7 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
         return (record, Outcome::Live);
     };
     work.stop_unknown(&record, Some(&region));
+    let mut demands: Vec<RegionDemand> = Vec::new();
     for name in berth_rollout::dependency_order(target) {
         if record.done.contains(&name) {
             continue;
@@ -178,19 +179,18 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
         let instances = work.instances(&record, &name, &region);
         for r in &instances {
             let v = &r.value;
-            if v.desired != Desired::Run {
-                continue;
-            }
-            // Instances on a node that is down are lost: stop them and let the rollout replace
-            // them. An old instance that failed is given up on at once: it serves nothing, and
-            // the state machine ignores dead instances, so left alone it would keep its
-            // reservation for as long as the rollout (or a rollback after it) lasts.
-            if !work.node_up(&v.spec.node)
-                || (v.state() == InstanceState::Failed && !work.runs(v, &service))
+            // An old instance that failed is given up on at once: it serves nothing, and the
+            // state machine ignores dead instances, so left alone it would keep its reservation
+            // for as long as the rollout (or a rollback after it) lasts.
+            if v.desired == Desired::Run
+                && v.state() == InstanceState::Failed
+                && !work.runs(v, &service)
             {
                 work.set_desired(r, Desired::Drain);
             }
         }
+        // An instance on a node that is down is lost: the state machine does not see it (it
+        // starts a replacement), and the scheduler's call below stops it.
         let node_up = work.pass.facts.node_up;
         let instances: Vec<_> = instances
             .into_iter()
@@ -202,12 +202,12 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
             .iter()
             .filter(|o| o.release == record.to && o.state.is_live())
             .count() as u32;
-        work.want(
-            &record,
-            &name,
-            &service,
-            step.decision.new_target.saturating_sub(live_new),
-        );
+        demands.push(RegionDemand {
+            name: name.clone(),
+            service: service.clone(),
+            total: None,
+            more: step.decision.new_target.saturating_sub(live_new),
+        });
         for id in &step.decision.stop {
             if let Some(rec) = work.view.instance(id) {
                 work.set_desired(rec, Desired::Drain);
@@ -233,7 +233,12 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
         }
         record.services.insert(name, step.state);
     }
-    work.place_wanted(&record, &region);
+    // One scheduler call for the wave's whole demand: it places the new instances and stops
+    // the lost and misplaced ones (a draining node keeps what runs there while a rollout runs;
+    // the replicas controller moves it once the rollout is done).
+    for (lost, _) in work.schedule_region(&record, &region, &demands, true) {
+        work.set_desired(lost, Desired::Drain);
+    }
     match berth_rollout::waves::advance(record.wave, record.done.len(), target) {
         WaveStep::Stay => {}
         WaveStep::Next(wave) => {

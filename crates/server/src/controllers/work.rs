@@ -1,11 +1,13 @@
 //! What the rollout and replicas controllers decide for one rollout in one pass, collected as
-//! [`Effect`]s: instance changes and creations, with the placement of new instances (one
-//! scheduler call per rollout and region, within [`CREATE_BUDGET`]).
+//! [`Effect`]s: instance changes and creations. New instances and the stops of lost, misplaced
+//! and surplus ones come from one scheduler call per rollout and region with the whole demand
+//! ([`Work::schedule_region`]), within [`CREATE_BUDGET`].
 
 use std::collections::{BTreeMap, HashSet};
 
 use berth_api::control::Release;
 use berth_api::InstanceSpec;
+use berth_scheduler::{Demand, SchedulerConfig, StopReason};
 use berth_spec::model::{Service, Stack};
 
 use super::{Effect, Pass, CREATE_BUDGET};
@@ -27,11 +29,21 @@ pub(crate) struct Work<'a> {
     pending: Vec<InstanceRecord>,
     /// Instances created so far in this pass (at most [`CREATE_BUDGET`]).
     created: usize,
-    /// New instances asked for in the region being reconciled, placed together by
-    /// [`Work::place_wanted`].
-    wanted: Vec<Wanted>,
     /// Why instances of a service could not be placed in this pass, for `berth status`.
     pub unplaced: BTreeMap<String, String>,
+}
+
+/// What one service asks of the scheduler in one region.
+pub(crate) struct RegionDemand {
+    /// The service's name in its stack.
+    pub name: String,
+    /// The service as rendered for the region.
+    pub service: Service,
+    /// How many instances its group should have; `None`: the ones it has plus `more` (the
+    /// state machine decided how many new ones to start, and counts the old ones itself).
+    pub total: Option<u32>,
+    /// The most new instances this pass may start for it.
+    pub more: u32,
 }
 
 /// New instances of one service asked for in one pass, with the secret values they start with.
@@ -53,7 +65,6 @@ impl<'a> Work<'a> {
             touched: HashSet::new(),
             pending: Vec::new(),
             created: 0,
-            wanted: Vec::new(),
             unplaced: BTreeMap::new(),
         }
     }
@@ -63,7 +74,6 @@ impl<'a> Work<'a> {
         self.effects.clear();
         self.touched.clear();
         self.pending.clear();
-        self.wanted.clear();
     }
 
     /// The target's rendered stack.
@@ -150,14 +160,15 @@ impl<'a> Work<'a> {
         });
     }
 
-    /// Asks for `count` more instances of `service` in the region being reconciled; they are
-    /// placed, all services of the region together, by [`Work::place_wanted`]. A service whose
-    /// secret was deleted since the deploy gets none, and `berth status` says why.
-    pub fn want(&mut self, record: &RolloutRecord, name: &str, service: &Service, count: u32) {
-        if count == 0 {
-            return;
-        }
-        // The current values of the service's secrets (the deploy checked they were set).
+    /// The current values of a service's secrets (the deploy checked they were set), or `None`
+    /// when one was deleted since: the service then gets no new instance, and `berth status`
+    /// says why.
+    fn secret_values(
+        &mut self,
+        record: &RolloutRecord,
+        name: &str,
+        service: &Service,
+    ) -> Option<(BTreeMap<String, String>, BTreeMap<String, u64>)> {
         let values = self.view.secrets_of(&record.stack);
         let mut secret_env = BTreeMap::new();
         let mut secret_versions = BTreeMap::new();
@@ -175,77 +186,138 @@ impl<'a> Work<'a> {
                             record.stack
                         ),
                     );
-                    return;
+                    return None;
                 }
             }
         }
-        self.wanted.push(Wanted {
-            name: name.to_string(),
-            service: service.clone(),
-            count,
-            secret_env,
-            secret_versions,
-        });
+        Some((secret_env, secret_versions))
     }
 
-    /// Places what [`Work::want`] collected for `region` with one scheduler call, within what is
-    /// left of the pass's [`CREATE_BUDGET`], and records the new instances. Without a feasible
-    /// node nothing is created for a service; the rollout then waits and, past its progress
-    /// deadline, fails with the reason. What the budget held back is asked for again next pass.
-    pub fn place_wanted(&mut self, record: &RolloutRecord, region: &str) {
-        let mut wanted = std::mem::take(&mut self.wanted);
+    /// Calls the scheduler once for one rollout in `region` with every service's demand, records
+    /// the new instances it places (within what is left of the pass's [`CREATE_BUDGET`]) and
+    /// returns the instances it stops, with why: lost (on a node that is down — or draining,
+    /// unless `cordon_draining` keeps what runs there — or gone), misplaced (the node no longer
+    /// passes the service's constraints) or surplus. What to do with each stop is the caller's.
+    ///
+    /// Without a feasible node nothing is created for a service, and why is kept for `berth
+    /// status`; a rollout then waits and, past its progress deadline, fails with the reason.
+    /// What the budget held back is asked for again next pass.
+    pub fn schedule_region(
+        &mut self,
+        record: &RolloutRecord,
+        region: &str,
+        demands: &[RegionDemand],
+        cordon_draining: bool,
+    ) -> Vec<(&'a Versioned<InstanceRecord>, StopReason)> {
         let mut left = CREATE_BUDGET.saturating_sub(self.created);
-        for w in &mut wanted {
-            let n = (w.count as usize).min(left);
-            left -= n;
-            w.count = n as u32;
+        let mut wanted: Vec<Wanted> = Vec::with_capacity(demands.len());
+        for d in demands {
+            let secrets = if d.more == 0 {
+                Some((BTreeMap::new(), BTreeMap::new()))
+            } else {
+                self.secret_values(record, &d.name, &d.service)
+            };
+            let (more, secret_env, secret_versions) = match secrets {
+                Some((env, versions)) => ((d.more as usize).min(left), env, versions),
+                None => (0, BTreeMap::new(), BTreeMap::new()),
+            };
+            left -= more;
+            wanted.push(Wanted {
+                name: d.name.clone(),
+                service: d.service.clone(),
+                count: more as u32,
+                secret_env,
+                secret_versions,
+            });
         }
-        wanted.retain(|w| w.count > 0);
-        if wanted.is_empty() {
-            return;
-        }
-        let wants: Vec<placement::Want<'_>> = wanted
-            .iter()
-            .map(|w| placement::Want {
-                name: &w.name,
-                service: &w.service,
-                count: w.count,
-            })
-            .collect();
-        let nodes = self.region_nodes(region);
-        // Instances this pass already decided (an earlier region) hold their nodes too.
+        let nodes = self.region_nodes(region, cordon_draining);
+        // Instances this pass already decided (an earlier region, a stop) count as decided.
         let existing = placement::existing_of(
             self.view.instances().values().map(|v| &v.value),
             &self.pending,
         );
-        let placed = placement::place_many(
+        let groups: Vec<_> = demands
+            .iter()
+            .map(|d| placement::group_key(&record.stack, &record.env, region, &d.name, &d.service))
+            .collect();
+        let scheduled: Vec<Demand> = demands
+            .iter()
+            .zip(&wanted)
+            .zip(&groups)
+            .map(|((d, w), group)| {
+                let count = match d.total {
+                    Some(total) => total,
+                    None => {
+                        let members = existing.iter().filter(|e| e.group == *group).count();
+                        u32::try_from(members)
+                            .unwrap_or(u32::MAX)
+                            .saturating_add(w.count)
+                    }
+                };
+                Demand {
+                    group: group.clone(),
+                    count,
+                    service: d.service.clone(),
+                }
+            })
+            .collect();
+        let plan = berth_scheduler::schedule(
             &nodes,
             &existing,
-            &record.stack,
-            &record.env,
-            region,
-            &wants,
-            self.pass.seed ^ self.created as u64,
+            &scheduled,
+            &SchedulerConfig::new(self.pass.seed ^ self.created as u64),
         );
-        for (w, placed) in wanted.iter().zip(placed) {
-            if let Some(why) = placed.unplaced {
+        let mut placed = vec![0u32; wanted.len()];
+        for p in &plan.placements {
+            let (Some(w), Some(node)) = (wanted.get(p.demand), nodes.get(p.node)) else {
+                continue;
+            };
+            if placed[p.demand] < w.count {
+                placed[p.demand] += 1;
+                self.create(record, w, region, node.name.clone());
+            }
+        }
+        for f in &plan.failures {
+            if let Some(w) = wanted.get(f.demand) {
+                let why = f
+                    .explanation
+                    .as_ref()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| f.reason.clone());
                 tracing::debug!(stack = %record.stack, service = %w.name, %region, %why, "no feasible node for a new instance");
                 self.unplaced.insert(w.name.clone(), why);
             }
-            for node in placed.nodes {
-                self.create(record, w, region, node);
+        }
+        for ((d, w), n) in demands.iter().zip(&wanted).zip(&placed) {
+            if d.total.is_none() && *n < w.count && !self.unplaced.contains_key(&w.name) {
+                self.unplaced.insert(
+                    w.name.clone(),
+                    format!("no node in region {region} can take it"),
+                );
             }
         }
+        let view: &'a View = self.view;
+        plan.stops
+            .iter()
+            .filter_map(|s| {
+                let e = existing.get(s.existing)?;
+                Some((view.instance(&e.id)?, s.reason))
+            })
+            .collect()
     }
 
-    /// The scheduler's nodes of a region: ready when up and not draining.
-    pub fn region_nodes(&self, region: &str) -> Vec<berth_scheduler::Node> {
+    /// The scheduler's nodes of a region: ready when up and not draining; with
+    /// `cordon_draining`, a draining node that is up keeps what runs there but takes nothing.
+    pub fn region_nodes(&self, region: &str, cordon_draining: bool) -> Vec<berth_scheduler::Node> {
         let node_up = self.pass.facts.node_up;
-        placement::region_nodes(
-            self.view.nodes().values().map(|n| &n.value),
-            region,
-            &|n| !n.draining && node_up(&n.registration.name),
-        )
+        placement::region_nodes(self.view.nodes().values().map(|n| &n.value), region, &|n| {
+            let up = node_up(&n.registration.name);
+            if cordon_draining {
+                (up, n.draining)
+            } else {
+                (up && !n.draining, false)
+            }
+        })
     }
 
     /// A new instance id: `STACK-SERVICE-RELEASE-xxxxxxxx`, the suffix from the pass's seed.
