@@ -36,7 +36,10 @@ pub fn nodes_for_region(
     now: u64,
 ) -> Vec<SchedNode> {
     region_nodes(snapshot.nodes.values().map(|n| &n.value), region, &|n| {
-        (node_usable(shared, snapshot, &n.registration.name, now), false)
+        (
+            node_usable(shared, snapshot, &n.registration.name, now),
+            false,
+        )
     })
 }
 

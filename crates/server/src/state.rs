@@ -173,7 +173,9 @@ impl RolloutRecord {
     /// How `berth status` describes it.
     pub fn describe(&self) -> String {
         match (&self.phase, &self.rollback_reason) {
-            (RolloutPhase::Progressing, Some(why)) => format!("rolling back to {} ({why})", self.to),
+            (RolloutPhase::Progressing, Some(why)) => {
+                format!("rolling back to {} ({why})", self.to)
+            }
             (RolloutPhase::Progressing, None) => match self.from {
                 Some(from) => format!("rolling out {from} → {}", self.to),
                 None => format!("rolling out {}", self.to),
@@ -297,8 +299,7 @@ impl Snapshot {
     pub async fn load(store: &dyn Store) -> Result<Snapshot, StateError> {
         let (r1, nodes) = read_prefix::<NodeRecord>(store, keys::NODES).await?;
         let (r2, instances) = read_prefix::<InstanceRecord>(store, keys::INSTANCES).await?;
-        let (r3, rollouts) =
-            read_prefix::<RolloutRecord>(store, keys::ROLLOUTS).await?;
+        let (r3, rollouts) = read_prefix::<RolloutRecord>(store, keys::ROLLOUTS).await?;
         Ok(Snapshot {
             revision: r1.min(r2).min(r3),
             nodes: nodes

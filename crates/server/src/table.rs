@@ -199,7 +199,10 @@ pub async fn build(shared: &Shared, snapshot: &Snapshot) -> Result<RoutingTable,
                         addr: format!("{}:{port}", node.value.registration.address),
                         instance: r.spec.id.clone(),
                         release: r.spec.release,
-                        weight: crate::controllers::rollout::endpoint_weight(&rollout.value, r.spec.release),
+                        weight: crate::controllers::rollout::endpoint_weight(
+                            &rollout.value,
+                            r.spec.release,
+                        ),
                     })
                 })
                 .collect();

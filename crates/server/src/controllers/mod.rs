@@ -35,6 +35,11 @@
 //! [`CREATE_BUDGET`] creations (and drain by as many writes per pass), so a pass is bounded work
 //! however large a stack is, and one busy stack cannot starve the others. Without contention a
 //! pass costs one transaction (one fsync); with it, one per batch, as before the split.
+//!
+//! A rollout's batch writes its rollout record last and always compares it: a pass that read a
+//! view older than the previous pass's write of that rollout (or a view the follower had
+//! applied only part of a transaction to) fails on that compare instead of creating the same
+//! instances twice.
 
 pub mod drain;
 #[cfg(test)]
@@ -260,7 +265,14 @@ async fn reconcile_until(
             released: &released,
         };
         let view = shared.view.read();
-        decide(&view, Pass { facts: &facts, now, seed })
+        decide(
+            &view,
+            Pass {
+                facts: &facts,
+                now,
+                seed,
+            },
+        )
     };
     // A pass is CPU work between store calls: let the API and the signal handler run.
     tokio::task::yield_now().await;

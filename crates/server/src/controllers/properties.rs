@@ -84,8 +84,7 @@ fn stopped_healthy(w: &World, before: &World, service: &str) -> bool {
             && v.desired == Desired::Run
             && v.state() == InstanceState::Healthy
             && before.up.contains(&v.spec.node)
-            && w
-                .view
+            && w.view
                 .instance(&v.spec.id)
                 .is_none_or(|now| now.value.desired != Desired::Run)
     })
@@ -187,10 +186,12 @@ fn run(events: &[Event]) -> Result<(), TestCaseError> {
     prop_assert_eq!(running.len(), want, "rollout {:?}: {:?}", r, running);
     prop_assert!(
         running.iter().all(|i| i.spec.release == r.to
-            || w.view.release("shop", "prod", i.spec.release).is_some_and(|rel| {
-                let target = &w.view.release("shop", "prod", r.to).expect("target").value;
-                rel.value.spec.services.get("web") == target.spec.services.get("web")
-            })),
+            || w.view
+                .release("shop", "prod", i.spec.release)
+                .is_some_and(|rel| {
+                    let target = &w.view.release("shop", "prod", r.to).expect("target").value;
+                    rel.value.spec.services.get("web") == target.spec.services.get("web")
+                })),
         "instances of another release remain: {:?}",
         running
     );
@@ -199,7 +200,10 @@ fn run(events: &[Event]) -> Result<(), TestCaseError> {
         "instances remain on drained nodes: {:?}",
         w.running("web")
     );
-    prop_assert!(w.decide(9_999).is_empty(), "a pass on its own result changes something");
+    prop_assert!(
+        w.decide(9_999).is_empty(),
+        "a pass on its own result changes something"
+    );
     Ok(())
 }
 

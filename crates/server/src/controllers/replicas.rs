@@ -105,7 +105,8 @@ fn keep_counts(work: &mut Work<'_>, record: &RolloutRecord, region: &str) {
                 None => alive.push(r),
                 Some(StopReason::Surplus) => surplus.push(r),
                 Some(StopReason::Lost)
-                    if work.node_up(&r.value.spec.node) && work.node_draining(&r.value.spec.node) =>
+                    if work.node_up(&r.value.spec.node)
+                        && work.node_draining(&r.value.spec.node) =>
                 {
                     on_draining.push(r)
                 }
@@ -182,7 +183,11 @@ mod tests {
         w.drain_node("a");
         // One pass: replacements are asked for, nothing on `a` stops yet.
         w.pass(1);
-        let on_a = w.running("web").iter().filter(|r| r.spec.node == "a").count();
+        let on_a = w
+            .running("web")
+            .iter()
+            .filter(|r| r.spec.node == "a")
+            .count();
         assert_eq!(on_a, 2, "nothing stops before a replacement is healthy");
         assert_eq!(w.running("web").len(), 4);
         w.settle(20);

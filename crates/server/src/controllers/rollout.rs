@@ -71,7 +71,8 @@ pub(crate) fn finish(
 ) -> Option<Batch> {
     let unplaced = std::mem::take(&mut work.unplaced);
     if unplaced != stored.value.unplaced {
-        let (mut record, outcome) = next.unwrap_or_else(|| (stored.value.clone(), Outcome::Nothing));
+        let (mut record, outcome) =
+            next.unwrap_or_else(|| (stored.value.clone(), Outcome::Nothing));
         record.unplaced = unplaced;
         next = Some((record, outcome));
     } else if let Some((record, _)) = &mut next {
@@ -386,7 +387,11 @@ mod tests {
     use crate::state::RolloutPhase;
 
     fn status(w: &World, n: u64) -> ReleaseStatus {
-        w.view.release("shop", "prod", n).expect("release").value.status
+        w.view
+            .release("shop", "prod", n)
+            .expect("release")
+            .value
+            .status
     }
 
     #[test]

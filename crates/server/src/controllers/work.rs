@@ -278,15 +278,22 @@ impl<'a> Work<'a> {
             }
         }
         for f in &plan.failures {
-            if let Some(w) = wanted.get(f.demand) {
-                let why = f
-                    .explanation
-                    .as_ref()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| f.reason.clone());
-                tracing::debug!(stack = %record.stack, service = %w.name, %region, %why, "no feasible node for a new instance");
-                self.unplaced.insert(w.name.clone(), why);
+            let (Some(d), Some(w)) = (demands.get(f.demand), wanted.get(f.demand)) else {
+                continue;
+            };
+            // A demand counted from its members asks the scheduler for replacements of its
+            // lost ones too, but only `w.count` are wanted: a shortfall beyond them is none.
+            if d.total.is_none() && placed[f.demand] >= w.count {
+                continue;
             }
+            let why = f
+                .explanation
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| f.reason.clone());
+            tracing::debug!(stack = %record.stack, service = %w.name, %region, %why, "no feasible node for a new instance");
+            // A missing secret, said first, stays the reason.
+            self.unplaced.entry(w.name.clone()).or_insert(why);
         }
         for ((d, w), n) in demands.iter().zip(&wanted).zip(&placed) {
             if d.total.is_none() && *n < w.count && !self.unplaced.contains_key(&w.name) {
