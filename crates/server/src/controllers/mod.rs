@@ -318,3 +318,142 @@ async fn apply(
     let _ = tokio::time::timeout(CATCH_UP, shared.view.caught_up(revision)).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::testing::{shop, World};
+    use crate::leadership::Leadership;
+    use crate::state::Desired;
+    use berth_store::EmbeddedStore;
+
+    /// A server's shared state on an embedded store in `dir`, its view followed until the
+    /// returned sender is dropped or set.
+    async fn shared(
+        dir: &std::path::Path,
+        leadership: Option<Arc<dyn Leadership>>,
+    ) -> (Arc<Shared>, tokio::sync::watch::Sender<bool>) {
+        let store = EmbeddedStore::open(dir.join("state.redb"))
+            .await
+            .expect("store");
+        let mut shared = Shared::new(crate::ServerConfig {
+            data_dir: dir.to_path_buf(),
+            store: Arc::new(store),
+            clock: crate::Clock::from_fn(|| 1_000_000),
+            tls: None,
+        })
+        .await
+        .expect("shared");
+        if let Some(l) = leadership {
+            Arc::get_mut(&mut shared)
+                .expect("not shared yet")
+                .leadership = l;
+        }
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let s = shared.clone();
+        tokio::spawn(async move { s.view.follow(s.store.as_ref(), stop).await });
+        (shared, stop_tx)
+    }
+
+    /// The batches a world's first pass decides for a fresh deploy, with the world's records
+    /// written to `shared`'s store first.
+    async fn seeded(shared: &Shared) -> Vec<Batch> {
+        let mut w = World::new();
+        w.node("a", None);
+        w.deploy(&shop(2, "local", "1"), 1, None, false);
+        for (key, value) in w.records() {
+            shared.store.put(&key, value).await.expect("put");
+        }
+        let rev = shared.store.revision().await.expect("revision");
+        shared.view.caught_up(rev).await;
+        let view = shared.view.read().clone();
+        let node_up = |_: &str| true;
+        let released = |_: &str| true;
+        decide(
+            &view,
+            Pass {
+                facts: &Facts {
+                    node_up: &node_up,
+                    released: &released,
+                },
+                now: 1_000_000,
+                seed: 1,
+            },
+        )
+    }
+
+    fn instances(shared: &Shared) -> usize {
+        shared
+            .view
+            .read()
+            .instances()
+            .values()
+            .filter(|r| r.value.desired == Desired::Run)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_conflict_drops_only_the_batch_whose_records_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (shared, _stop) = shared(dir.path(), None).await;
+        let mut batches = seeded(&shared).await;
+        assert_eq!(batches.len(), 1);
+        // A second batch decided from a record that has changed since.
+        batches.push(Batch {
+            effects: vec![Effect::DeleteInstance {
+                id: "gone".into(),
+                from_revision: 12_345,
+            }],
+        });
+        let (_never, stop) = tokio::sync::watch::channel(false);
+        apply(&shared, &batches, &stop).await.expect("apply");
+        assert_eq!(instances(&shared), 2, "the good batch applied alone");
+    }
+
+    /// Leads when its sender says so; fenced on a key nobody wrote while it does not.
+    struct Elected(tokio::sync::watch::Sender<bool>);
+
+    impl Leadership for Elected {
+        fn is_leading(&self) -> bool {
+            *self.0.borrow()
+        }
+        fn leading(&self) -> tokio::sync::watch::Receiver<bool> {
+            self.0.subscribe()
+        }
+        fn fence(&self) -> Option<Compare> {
+            (!self.is_leading()).then(|| Compare::value("/leader", b"someone else".to_vec()))
+        }
+    }
+
+    #[tokio::test]
+    async fn controllers_run_only_while_leading_and_their_writes_carry_the_fence() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let elected = tokio::sync::watch::channel(false).0;
+        let (shared, _stop) = shared(dir.path(), Some(Arc::new(Elected(elected.clone())))).await;
+        let batches = seeded(&shared).await;
+        // A write made while not leading fails on the fence.
+        let (_never, stop) = tokio::sync::watch::channel(false);
+        apply(&shared, &batches, &stop).await.expect("apply");
+        assert_eq!(instances(&shared), 0, "the fence held the write back");
+        // The loop waits while not leading, kicks or not, and runs once elected.
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let run = tokio::spawn(run_controller(shared.clone(), stop));
+        for _ in 0..10 {
+            shared.kick.notify_one();
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(instances(&shared), 0, "a follower decided nothing");
+        elected.send_replace(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while instances(&shared) < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the leader never placed the instances"
+            );
+            let mut changed = shared.view.subscribe();
+            let _ = tokio::time::timeout(TICK, changed.changed()).await;
+        }
+        stop_tx.send(true).expect("stop");
+        run.await.expect("the loop ends");
+    }
+}

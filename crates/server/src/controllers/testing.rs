@@ -305,3 +305,28 @@ impl World {
         panic!("no fixed point after {rounds} rounds: {:?}", self.rollout());
     }
 }
+
+impl World {
+    /// Every record as a store key and value, to seed a real store with the same world.
+    pub fn records(&self) -> Vec<(String, Vec<u8>)> {
+        let v = &self.view;
+        let mut out = Vec::new();
+        for n in v.nodes().values() {
+            out.push((keys::node(&n.value.registration.name), encode(&n.value)));
+        }
+        for r in v.all_releases() {
+            let key = keys::release(&r.value.stack, &r.value.env, r.value.number);
+            out.push((key, encode(&r.value)));
+        }
+        for r in v.rollouts().values() {
+            out.push((
+                keys::rollout(&r.value.stack, &r.value.env),
+                encode(&r.value),
+            ));
+        }
+        for r in v.instances().values() {
+            out.push((keys::instance(&r.value.spec.id), encode(&r.value)));
+        }
+        out
+    }
+}
