@@ -13,6 +13,7 @@ use berth_spec::model::Service;
 
 use super::work::{RegionDemand, Work};
 use super::{Batch, Effect, Pass};
+use crate::placement::group_key;
 use crate::state::{went_live, Desired, InstanceRecord, RolloutPhase, RolloutRecord, Versioned};
 use crate::view::View;
 
@@ -160,6 +161,8 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
     };
     work.stop_unknown(&record, Some(&region));
     let mut demands: Vec<RegionDemand> = Vec::new();
+    let mut old_demands: Vec<RegionDemand> = Vec::new();
+    let mut old_groups = std::collections::BTreeSet::new();
     for name in berth_rollout::dependency_order(target) {
         if record.done.contains(&name) {
             continue;
@@ -188,6 +191,22 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
                 && !work.runs(v, &service)
             {
                 work.set_desired(r, Desired::Drain);
+            }
+        }
+        // The old instances' groups are demanded as they are (no new instance for them), so
+        // the scheduler's call below stops those of them that are lost too; after every
+        // target demand, so they never take room from the new instances.
+        let target_group = group_key(&record.stack, &record.env, &region, &name, &service);
+        for r in &instances {
+            let v = &r.value;
+            let group = group_key(&record.stack, &record.env, &region, &name, &v.spec.spec);
+            if v.desired == Desired::Run && group != target_group && old_groups.insert(group) {
+                old_demands.push(RegionDemand {
+                    name: name.clone(),
+                    service: v.spec.spec.clone(),
+                    total: None,
+                    more: 0,
+                });
             }
         }
         // An instance on a node that is down is lost: the state machine does not see it (it
@@ -237,6 +256,7 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
     // One scheduler call for the wave's whole demand: it places the new instances and stops
     // the lost and misplaced ones (a draining node keeps what runs there while a rollout runs;
     // the replicas controller moves it once the rollout is done).
+    demands.append(&mut old_demands);
     for (lost, _) in work.schedule_region(&record, &region, &demands, true) {
         work.set_desired(lost, Desired::Drain);
     }
@@ -479,6 +499,30 @@ mod tests {
         regions.sort();
         assert_eq!(regions, ["eu", "us"]);
         assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
+    }
+
+    #[test]
+    fn an_old_instance_on_a_lost_node_is_stopped_while_a_rollout_runs() {
+        let mut w = World::new();
+        w.node("a", None);
+        w.node("b", None);
+        w.deploy(&shop(2, "local", "1"), 1, None, false);
+        w.settle(20);
+        let on_b: Vec<String> = w
+            .running("web")
+            .iter()
+            .filter(|r| r.spec.node == "b")
+            .map(|r| r.spec.id.clone())
+            .collect();
+        assert!(!on_b.is_empty(), "the scheduler spreads over both nodes");
+        w.up.remove("b");
+        w.deploy(&shop(2, "local", "2"), 2, Some(1), false);
+        w.pass(1);
+        assert_eq!(w.rollout().phase, RolloutPhase::Progressing);
+        for id in on_b {
+            let r = &w.view.instance(&id).expect("still known").value;
+            assert_eq!(r.desired, crate::state::Desired::Drain, "{id} is lost");
+        }
     }
 
     #[test]
