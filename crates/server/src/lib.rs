@@ -21,9 +21,10 @@
 //! - [`clock`]     — time as an injected value, so controllers can be driven in tests.
 //!
 //! ## Flow
-//! `deploy` stores release N and a rollout record. The controller, woken by every store change
-//! and by a tick, reads a snapshot, asks `berth-rollout` what to do for each service and region,
-//! and writes instance records. Agents long-poll their node's instances and report statuses in
+//! `deploy` stores release N and a rollout record. The controllers, woken by a kick and by a
+//! tick while this server leads, read the cluster view, ask `berth-rollout` (strategy, waves)
+//! and `berth-scheduler` (one call per rollout and region) what to do, and their shell writes
+//! the resulting effects — instance records, rollout and release status — in one transaction. Agents long-poll their node's instances and report statuses in
 //! heartbeats; routers long-poll the routing table, which tells the server what they have applied.
 
 #![forbid(unsafe_code)]

@@ -1,8 +1,8 @@
 //! The records the server keeps in the store, and a consistent snapshot of them.
 //!
-//! Controllers read a [`Snapshot`], call a pure core, and write back with compare-and-swap on
-//! the `mod_revision`s they read, so a concurrent change makes the write fail instead of being
-//! lost, and the next pass decides again.
+//! Readers decide from records at known `mod_revision`s (a [`Snapshot`], or the cluster view
+//! the controllers read) and write back with compare-and-swap on them, so a concurrent change
+//! makes the write fail instead of being lost, and the next pass decides again.
 
 use std::collections::BTreeMap;
 

@@ -45,15 +45,21 @@ fn event() -> impl Strategy<Value = Event> {
     ]
 }
 
-/// Stack `shop`: `web` with `replicas`, rolled one at a time with no capacity lost.
+/// Stack `shop` in two region waves: `db`, and `web` with `replicas` once `db` is healthy,
+/// each rolled one at a time with no capacity lost.
 fn stack(replicas: u32, version: u64) -> String {
     format!(
         r#"stack: shop
 environments:
   prod:
-    regions: [local]
+    regions: [eu, us]
 services:
+  db:
+    process: {{command: [sleep, "{version}"]}}
+    resources: {{ cpu: 100m, memory: 64Mi }}
+    rollout: {{ max_surge: 1, max_unavailable: 0, progress_deadline: 1m }}
   web:
+    depends_on: [db]
     process: {{command: [sleep, "{version}"]}}
     replicas: {replicas}
     resources: {{ cpu: 100m, memory: 64Mi }}
@@ -90,7 +96,8 @@ fn stopped_healthy(w: &World, before: &World, service: &str) -> bool {
     })
 }
 
-/// The desired count of `service` in the rollout's target (0 when it failed for good).
+/// The desired count of `service` in the rollout's target, over every region (0 when it
+/// failed for good).
 fn desired(w: &World, service: &str) -> usize {
     let r = w.rollout();
     if matches!(r.phase, RolloutPhase::Failed { .. }) {
@@ -98,8 +105,10 @@ fn desired(w: &World, service: &str) -> usize {
     }
     w.view
         .release("shop", "prod", r.to)
-        .and_then(|rel| rel.value.spec.services.get(service))
-        .map(|s| s.replicas as usize)
+        .and_then(|rel| {
+            let regions = rel.value.spec.regions().len();
+            Some(rel.value.spec.services.get(service)?.replicas as usize * regions)
+        })
         .unwrap_or(0)
 }
 
@@ -177,29 +186,31 @@ fn run(events: &[Event]) -> Result<(), TestCaseError> {
     w.settle(200);
     let r = w.rollout().clone();
     prop_assert!(r.phase != RolloutPhase::Progressing, "{r:?}");
-    let want = desired(&w, "web");
-    let running: Vec<_> = w
-        .running("web")
-        .into_iter()
-        .filter(|i| !w.view.node(&i.spec.node).is_some_and(|n| n.value.draining))
-        .collect();
-    prop_assert_eq!(running.len(), want, "rollout {:?}: {:?}", r, running);
-    prop_assert!(
-        running.iter().all(|i| i.spec.release == r.to
-            || w.view
-                .release("shop", "prod", i.spec.release)
-                .is_some_and(|rel| {
-                    let target = &w.view.release("shop", "prod", r.to).expect("target").value;
-                    rel.value.spec.services.get("web") == target.spec.services.get("web")
-                })),
-        "instances of another release remain: {:?}",
-        running
-    );
-    prop_assert!(
-        w.running("web").len() == want,
-        "instances remain on drained nodes: {:?}",
-        w.running("web")
-    );
+    for service in ["db", "web"] {
+        let want = desired(&w, service);
+        let running: Vec<_> = w
+            .running(service)
+            .into_iter()
+            .filter(|i| !w.view.node(&i.spec.node).is_some_and(|n| n.value.draining))
+            .collect();
+        prop_assert_eq!(running.len(), want, "rollout {:?}: {:?}", r, running);
+        prop_assert!(
+            running.iter().all(|i| i.spec.release == r.to
+                || w.view
+                    .release("shop", "prod", i.spec.release)
+                    .is_some_and(|rel| {
+                        let target = &w.view.release("shop", "prod", r.to).expect("target").value;
+                        rel.value.spec.services.get(service) == target.spec.services.get(service)
+                    })),
+            "instances of another release remain: {:?}",
+            running
+        );
+        prop_assert!(
+            w.running(service).len() == want,
+            "instances remain on drained nodes: {:?}",
+            w.running(service)
+        );
+    }
     prop_assert!(
         w.decide(9_999).is_empty(),
         "a pass on its own result changes something"
