@@ -26,9 +26,10 @@
 //! rollout's instance changes, its record and its releases' statuses), or a single drain step.
 //! The pass is first tried as **one** store transaction, fenced by [`crate::leadership`].
 //!
-//! At scale that transaction may keep failing: heartbeats rewrite instance records all the
-//! time (100,000 instances at 1 Hz), and one changed record among the thousands a pass compares
-//! fails it all. So on a conflict the shell **splits**: each batch is tried alone, and only the
+//! At scale that transaction may keep failing: heartbeats rewrite an instance's record whenever
+//! its status changes (100,000 instances starting at once are 100,000 such writes, spread over
+//! the seconds the controllers work in), and one changed record among the thousands a pass
+//! compares fails it all. So on a conflict the shell **splits**: each batch is tried alone, and only the
 //! batches whose own records changed are dropped (the next pass decides them again from the
 //! newer view). A batch compares only what its decision read — the instances it rewrites, the
 //! rollout record, the releases whose status it sets — and its size is bounded by
