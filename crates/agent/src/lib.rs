@@ -50,6 +50,10 @@
 //! - **back-off** — the growing delay between restarts of a crashing instance (500 ms doubling,
 //!   capped at 10 s by default); only for runs that never became healthy (see [`supervisor`]).
 
+// The one `unsafe` (the `setsid` before a workload's `exec`, in `process`) is allowed where it
+// stands, with its SAFETY comment; anything new must do the same.
+#![deny(unsafe_code)]
+
 #[warn(missing_docs)]
 pub mod clock;
 #[warn(missing_docs)]

@@ -350,6 +350,10 @@ impl ProcessDriver {
         // read, and `io::Error::from_raw_os_error` builds an error without allocating. It touches
         // no memory shared with the parent. `setsid` cannot fail with EPERM here because the child
         // is not yet a process-group leader (no `process_group` is set on this command).
+        #[allow(
+            unsafe_code,
+            reason = "a new session for the workload needs pre_exec, which is unsafe; see SAFETY"
+        )]
         unsafe {
             cmd.pre_exec(|| {
                 nix::unistd::setsid()

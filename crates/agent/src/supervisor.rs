@@ -4,6 +4,12 @@
 //! (exit, health, log size), restarts it per its policy and stops it when asked. Statuses are
 //! published as one map in a [`watch`] channel, so a slow reader only ever sees the latest state.
 //!
+//! # Drivers
+//! What runs an instance is its [`Driver`] (the first of [`Drivers`] that runs its spec: the
+//! process driver, and with an Engine the Docker driver); the supervisor only decides — what
+//! to start, adopt, restart, stop and report — and never asks which runtime it talks to.
+//! Its decisions are unit-tested on a recording double (`supervisor/decisions.rs`).
+//!
 //! # Health checks
 //! An adopted instance is probed at once and keeps its `healthy` verdict until `unhealthy`
 //! failures say otherwise. A fresh one is probed after [`FIRST_PROBE`] (50 ms, or its
@@ -170,10 +176,7 @@ impl Supervisor {
             .docker
             .take()
             .map(|d| d.with_node_address(config.node_address));
-        let mut paths = ProcessDriver::new(&config.data_dir).with_log_config(config.logs);
-        if let Some(exe) = &config.self_exe {
-            paths = paths.with_self_exe(exe);
-        }
+        let paths = process_driver(&config);
         let owner = owner(&config);
         // The process driver runs what is not an image; with an Engine, the Docker driver
         // runs images (without one, they fail saying so: see `Drivers::pick`).
@@ -188,19 +191,16 @@ impl Supervisor {
         Self::start_with(config, Drivers::new(drivers), shutdown).await
     }
 
-    /// [`start`](Self::start) on the given `drivers` instead of the ones `config` names: the
-    /// seam for a runtime berth does not ship, and for the supervisor's tests (a recording
-    /// double). Instance records still live under `config.data_dir`.
+    /// [`start`](Self::start) on the given `drivers` instead of the ones `config` names
+    /// (`config.docker` is not looked at): the seam for a runtime berth does not ship, and for
+    /// the supervisor's tests (a recording double). Instance records and logs still live under
+    /// `config.data_dir`.
     pub async fn start_with(
         config: SupervisorConfig,
         drivers: Drivers,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Supervisor> {
-        let mut paths = ProcessDriver::new(&config.data_dir).with_log_config(config.logs);
-        if let Some(exe) = &config.self_exe {
-            paths = paths.with_self_exe(exe);
-        }
-        let paths = Arc::new(paths);
+        let paths = Arc::new(process_driver(&config));
         let records = paths.records()?;
         let owner = owner(&config);
         let ledger = Arc::new(ImageLedger::open(&config.data_dir));
@@ -301,6 +301,16 @@ impl Supervisor {
         if let Some(task) = task {
             let _ = task.await;
         }
+    }
+}
+
+/// The process driver of `config`'s data directory: it runs `process:` services, and keeps
+/// every instance's record and logs (whatever runs it).
+fn process_driver(config: &SupervisorConfig) -> ProcessDriver {
+    let driver = ProcessDriver::new(&config.data_dir).with_log_config(config.logs);
+    match &config.self_exe {
+        Some(exe) => driver.with_self_exe(exe),
+        None => driver,
     }
 }
 
