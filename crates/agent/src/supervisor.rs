@@ -583,7 +583,7 @@ impl Instance {
                 }
                 command = self.commands.recv() => {
                     if let Some(Command::Stop) = command {
-                        self.remove_container().await;
+                        self.discard().await;
                         self.forget();
                         self.publish(InstanceState::Stopped, Some("stopped while waiting for its secrets".to_string()));
                     }
@@ -886,7 +886,7 @@ impl Instance {
             RestartPolicy::Never => false,
         };
         if !restart {
-            self.remove_container().await;
+            self.discard().await;
             self.finish(!ok, &reason);
             let state = if ok {
                 InstanceState::Stopped
@@ -939,7 +939,7 @@ impl Instance {
                 _ = siblings.changed(), if self.served && delay > self.config.backoff_base => {}
                 command = self.commands.recv() => {
                     if let Some(Command::Stop) = command {
-                        self.remove_container().await;
+                        self.discard().await;
                         self.forget();
                         self.publish(InstanceState::Stopped, Some(format!("stopped while waiting to restart: {reason}")));
                     }
@@ -965,7 +965,7 @@ impl Instance {
     /// Nothing runs; wait to be removed.
     async fn idle(&mut self) -> Option<Phase> {
         if let Some(Command::Stop) = self.commands.recv().await {
-            self.remove_container().await;
+            self.discard().await;
             self.forget();
             let message = self.current().and_then(|s| s.message);
             self.publish(InstanceState::Stopped, message);
@@ -1007,7 +1007,7 @@ impl Instance {
 
     /// Removes what its driver left of the instance (its container, for an image instance):
     /// it will not run again.
-    async fn remove_container(&self) {
+    async fn discard(&self) {
         if let Ok(driver) = self.drivers.pick(&self.spec) {
             driver.discard(&self.spec).await;
         }

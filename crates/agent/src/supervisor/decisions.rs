@@ -504,3 +504,69 @@ async fn each_instance_goes_to_the_driver_that_runs_it_and_none_fails_saying_why
     assert_eq!(images.starts("once-1"), 1, "restart: never");
     sup.detach().await;
 }
+
+#[tokio::test]
+async fn a_failing_check_makes_a_healthy_instance_unhealthy_without_restarting_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let double = Recording::new("double", not_an_image, dir.path());
+    let (sup, mut rx) = supervise(config(dir.path()), &[&double]).await;
+    let mut web = checked("web-1", port);
+    if let Some(h) = web.spec.health.as_mut() {
+        h.unhealthy = 2;
+    }
+    sup.set_desired(vec![web]);
+    statuses_where(&mut rx, "web-1 healthy", |s| {
+        state_is(s, "web-1", InstanceState::Healthy)
+    })
+    .await;
+    drop(listener);
+    let s = statuses_where(&mut rx, "web-1 unhealthy", |s| {
+        state_is(s, "web-1", InstanceState::Unhealthy)
+    })
+    .await;
+    assert!(
+        message(&s, "web-1").contains(&format!("127.0.0.1:{port}")),
+        "says what failed: {}",
+        message(&s, "web-1")
+    );
+    // Unhealthy is reported, not acted on: the server decides; the workload keeps running.
+    assert_eq!(double.starts("web-1"), 1);
+    assert!(!double
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::Stop { .. })));
+    sup.detach().await;
+}
+
+#[tokio::test]
+async fn after_an_agent_restart_an_instance_with_secrets_starts_only_once_the_server_sends_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut secretive = spec("api-1");
+    secretive.spec.secrets = vec!["DB_PASSWORD".into()];
+    // What instance.json holds: the spec without the values.
+    ProcessDriver::new(dir.path())
+        .save_record(&record(secretive.clone(), 4545, 0))
+        .expect("record");
+    let double = Recording::new("double", not_an_image, dir.path());
+    let mut c = config(dir.path());
+    c.backoff_base = Duration::from_millis(10);
+    let (sup, mut rx) = supervise(c, &[&double]).await;
+    // It died while no agent ran; its restart waits for the values.
+    let s = statuses_where(&mut rx, "api-1 waiting for its secrets", |s| {
+        state_is(s, "api-1", InstanceState::Pending)
+            && message(s, "api-1").starts_with("waiting for the server to send its secrets")
+    })
+    .await;
+    assert_eq!(s["api-1"].restarts, 1);
+    assert_eq!(double.starts("api-1"), 0);
+    secretive.secret_env = BTreeMap::from([("DB_PASSWORD".to_string(), "s3cret".to_string())]);
+    sup.set_desired(vec![secretive]);
+    statuses_where(&mut rx, "api-1 healthy", |s| {
+        state_is(s, "api-1", InstanceState::Healthy)
+    })
+    .await;
+    assert_eq!(double.starts("api-1"), 1);
+    sup.detach().await;
+}
