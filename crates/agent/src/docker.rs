@@ -18,6 +18,11 @@
 //!   ports) and `BERTH_*`, volumes as bind mounts, `resources` as CPU (`NanoCpus`) and memory
 //!   limits, `stop_grace` as the stop timeout.
 //!
+//! # As the supervisor's driver
+//! [`DockerDriver`] is the Engine client; [`Containers`] (the client, the agent's data
+//! directory for the records, and its `berth.agent` label) is the
+//! [`Driver`](crate::driver::Driver) the supervisor runs `image:` services through.
+//!
 //! # Restarts and exits
 //! A restart creates a fresh container (the old one is removed by name first), like a fresh
 //! process: nothing written inside a container survives a restart. A container that exits and is
