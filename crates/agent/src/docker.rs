@@ -21,7 +21,7 @@
 //! # As the supervisor's driver
 //! [`DockerDriver`] is the Engine client; [`Containers`] (the client, the agent's data
 //! directory for the records, and its `berth.agent` label) is the
-//! [`Driver`](crate::driver::Driver) the supervisor runs `image:` services through.
+//! [`Driver`] the supervisor runs `image:` services through.
 //!
 //! # Restarts and exits
 //! A restart creates a fresh container (the old one is removed by name first), like a fresh
@@ -305,7 +305,7 @@ impl DockerDriver {
     /// A failed pull is [`Error::ImagePull`] with the Engine's reason (unknown image,
     /// unreachable registry, …).
     ///
-    /// An image seen present within the last [`IMAGE_TRUST`] is not inspected again.
+    /// An image seen present within the last 10 s (`IMAGE_TRUST`) is not inspected again.
     pub async fn ensure_image(&self, id: &str, image: &str) -> Result<String> {
         if let Some(known) = self.known_image(image) {
             return Ok(known);

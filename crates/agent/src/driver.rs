@@ -159,7 +159,7 @@ impl LogFollower {
     }
 
     /// The workload stopped: let the copy reach the end of its output (bounded by
-    /// [`LOG_DRAIN`]), then end it.
+    /// 2 s), then end it.
     pub async fn finish(mut self) {
         if tokio::time::timeout(LOG_DRAIN, &mut self.task)
             .await
