@@ -177,6 +177,57 @@ fn a_release_that_never_becomes_healthy_is_rolled_back_while_the_previous_one_se
     assert_every_answer_has_version(&up, HOST, 30, "1");
 }
 
+/// A first release that never becomes healthy has nothing to roll back to: `berth deploy
+/// --wait` says so, with the server's reason, instead of claiming a previous release was
+/// restored (there was none).
+#[test]
+fn a_failed_first_release_says_nothing_was_rolled_back_to() {
+    let up = BerthUp::start();
+    let file = impatient_demo(&up);
+    let out = cli(
+        &up,
+        &[
+            "deploy",
+            "-f",
+            &file,
+            "--env",
+            "local",
+            "--set",
+            "web.health.http=/status/503",
+            "--wait",
+        ],
+    );
+    assert_exit(&out, 1);
+    assert_no_panic(&out);
+    let err = stderr(&out);
+    assert!(
+        stdout(&out).contains("rolling out 1"),
+        "berth deploy --wait should show progress:\n{}",
+        stdout(&out)
+    );
+    assert!(
+        err.contains("release 1 failed: "),
+        "berth deploy --wait should say the release failed:\n{err}"
+    );
+    assert!(
+        !err.contains("restored"),
+        "there was no previous release to restore:\n{err}"
+    );
+    assert!(
+        err.contains("nothing to roll back to"),
+        "berth deploy --wait should say nothing was rolled back to, and why:\n{err}"
+    );
+    let list = releases(&up, "demo", "local");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["status"], "failed", "{list:?}");
+    let reason = list[0]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(!reason.is_empty(), "a failed release says why: {list:?}");
+    assert!(
+        err.contains(&reason),
+        "the message carries the server's reason {reason:?}:\n{err}"
+    );
+}
+
 /// `berth ARGS…` against `up` with `token` instead of the admin token.
 fn with_token(up: &BerthUp, token: &str, args: &[&str]) -> std::process::Output {
     let mut cmd = command(args);
