@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{
     api_get, assert_every_answer_has_version, cli, cli_ok, releases, stack, status, wait_settled,
@@ -54,7 +54,7 @@ fn load(
     deadline: Duration,
 ) -> std::thread::JoinHandle<Load> {
     std::thread::spawn(move || {
-        let started = Instant::now();
+        let started = common::clock::now();
         let mut seen = Load::default();
         while !stop.load(Ordering::Relaxed) && seen.ok + seen.failures.len() < max {
             if started.elapsed() > deadline {
