@@ -228,6 +228,80 @@ fn a_failed_first_release_says_nothing_was_rolled_back_to() {
     );
 }
 
+/// A failed release after a live one: `berth deploy --wait` names the release the server rolls
+/// back to, with the failure's reason.
+#[test]
+fn a_failed_release_names_the_release_it_rolls_back_to() {
+    let up = BerthUp::start();
+    let file = impatient_demo(&up);
+    assert_exit(
+        &cli(&up, &["deploy", "-f", &file, "--env", "local", "--wait"]),
+        0,
+    );
+    let out = cli(
+        &up,
+        &[
+            "deploy",
+            "-f",
+            &file,
+            "--env",
+            "local",
+            "--set",
+            "web.env.VERSION=2",
+            "--set",
+            "web.health.http=/status/503",
+            "--wait",
+        ],
+    );
+    assert_exit(&out, 1);
+    assert_no_panic(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("release 2 failed: ")
+            && (err.contains("; rolling back to release 1")
+                || err.contains("; release 1 was restored")),
+        "berth deploy --wait should name the release rolled back to:\n{err}"
+    );
+    assert!(
+        !err.contains("nothing was rolled back"),
+        "release 1 went live, so there was something to roll back to:\n{err}"
+    );
+    wait_settled(&up, "demo", "web", 3, Some(1));
+}
+
+/// `--timeout` bounds `berth deploy --wait`: a release still rolling out when it passes ends the
+/// wait with exit 1 and a pointer to `berth status`, and is left rolling out.
+#[test]
+fn deploy_wait_gives_up_after_its_timeout() {
+    let up = BerthUp::start();
+    // Never healthy, and the default progress deadline (60 s) is far away.
+    let out = cli(
+        &up,
+        &[
+            "deploy",
+            "-f",
+            DEMO,
+            "--env",
+            "local",
+            "--set",
+            "web.health.http=/status/503",
+            "--wait",
+            "--timeout",
+            "1",
+        ],
+    );
+    assert_exit(&out, 1);
+    assert_no_panic(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("release 1 did not finish within 1 s; see `berth status demo`"),
+        "berth deploy --wait should give up after --timeout:\n{err}"
+    );
+    let list = releases(&up, "demo", "local");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["status"], "rolling_out", "{list:?}");
+}
+
 /// `berth ARGS…` against `up` with `token` instead of the admin token.
 fn with_token(up: &BerthUp, token: &str, args: &[&str]) -> std::process::Output {
     let mut cmd = command(args);
