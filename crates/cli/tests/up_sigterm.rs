@@ -244,3 +244,39 @@ fn a_second_signal_while_stopping_exits_1_at_once_and_says_so() {
     assert_alive(&workloads);
     let _ = held.join();
 }
+
+/// The same promise for `berth server`, with a `berth router` long-polling its table.
+#[test]
+fn berth_server_with_a_following_router_stops_with_exit_0_on_sigterm() {
+    let dir = common::temp_dir();
+    let bin = common::stable_binary(dir.path());
+    let data = dir.path().join("data");
+    let api = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let mut cmd = common::command_of(&bin, ["server", "--api", &api.to_string(), "--data-dir"]);
+    cmd.arg(&data);
+    let server = Proc::spawn(cmd, "berth-server", dir.path());
+    server.wait_until(Duration::from_secs(30), "the server's health", || {
+        http::is_ok(api, "/v1/health")
+    });
+    let token = std::fs::read_to_string(data.join("admin.token")).expect("admin.token");
+    let listen = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let mut cmd = common::command_of(&bin, ["router", "--listen", &listen.to_string()]);
+    cmd.env("BERTH_SERVER", format!("http://{api}"))
+        .env("BERTH_TOKEN", token.trim());
+    let router = Proc::spawn(cmd, "berth-router", dir.path());
+    router.wait_until(Duration::from_secs(30), "the router to listen", || {
+        listening(listen)
+    });
+
+    let asked = Instant::now();
+    server.signal(Signal::SIGTERM);
+    let exit = server.wait_exit(GRACE + Duration::from_secs(5));
+    let took = asked.elapsed();
+    assert!(
+        exit.success() && took < GRACE,
+        "berth server: {} after {took:?}\n{}",
+        common::describe_status(exit),
+        server.log_tail()
+    );
+    assert!(!listening(api), "the API still listens");
+}
