@@ -128,7 +128,7 @@ fn a_stop_sends_sigterm_then_sigkill_after_stop_grace() {
     let mut asked: BTreeMap<String, Instant> = BTreeMap::new();
     let mut ended: BTreeMap<String, Instant> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    // Until the stubborn one ended and the patient one ended or has been stopping for 5 s.
+    // Until the stubborn one ended and the patient one ended or has been stopping for 15 s.
     while Instant::now() < deadline {
         let s = status(&up);
         for (svc, id) in &old {
@@ -158,7 +158,7 @@ fn a_stop_sends_sigterm_then_sigkill_after_stop_grace() {
         let patient_done = ended.contains_key("patient")
             || asked
                 .get("patient")
-                .is_some_and(|t| t.elapsed() > Duration::from_secs(5));
+                .is_some_and(|t| t.elapsed() > Duration::from_secs(15));
         if ended.contains_key("stubborn") && patient_done {
             break;
         }
@@ -184,9 +184,10 @@ fn a_stop_sends_sigterm_then_sigkill_after_stop_grace() {
         stubborn >= Duration::from_millis(700) && stubborn < Duration::from_secs(8),
         "stubborn (stop_grace 1s, ignores SIGTERM) ended {stubborn:?} after its stop"
     );
-    // Handling SIGTERM, it ends at once: the signal came first, the 30 s grace was not waited.
+    // Handling SIGTERM, it ends at once (~0.3 s here; the bound leaves room for a busy
+    // Engine): the signal came first, the 30 s grace was not waited.
     assert!(
-        patient < Duration::from_secs(4),
+        patient < Duration::from_secs(15),
         "patient (stop_grace 30s, exits on SIGTERM) ended {patient:?} after its stop"
     );
 }
