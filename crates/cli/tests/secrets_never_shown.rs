@@ -3,7 +3,7 @@
 //! `berth up`'s own log, and in no file under the data directory but the store itself
 //! (`instance.json` holds the spec without it, the workload's log only what it prints).
 //!
-//! `secrets.rs` checks stdout and `instance.json`-free output of a few commands; this file runs
+//! `secrets.rs` checks the stdout of a few commands; this file runs
 //! every command a person uses around a secret's life — refused deploy, set from stdin and from
 //! a file, plan, deploy, status, history, events, logs, rollback, rm — and checks both streams.
 
@@ -112,8 +112,14 @@ fn no_command_log_or_file_shows_a_secret_value_on_any_stream() {
     let file = file.as_str();
 
     // Refused before the secret exists: the error names how to set it, not a value.
-    let refused = run(&up, &["deploy", "-f", file, "--env", "local"], 1);
-    assert!(refused.is_empty(), "{refused}");
+    let refused = cli(&up, &["deploy", "-f", file, "--env", "local"]);
+    assert_exit(&refused, 1);
+    clean("deploy (refused)", &refused);
+    assert!(
+        stderr(&refused).contains("berth secret set vault DB_PASSWORD"),
+        "{}",
+        stderr(&refused)
+    );
 
     let said = set_via_stdin(&up, FIRST);
     assert!(said.contains("version 1"), "{said}");
