@@ -170,7 +170,20 @@ fn no_command_log_or_file_shows_a_secret_value_on_any_stream() {
         plan.contains("secret DB_PASSWORD: version 1 → 2"),
         "the secrets-only plan:\n{plan}"
     );
-    run(&up, &["deploy", "-f", file, "--env", "local", "--wait"], 0);
+    // A whole plan (README, deploy rules): its id is what `--plan ID` takes.
+    let id = plan
+        .lines()
+        .find_map(|l| l.strip_prefix("plan id: "))
+        .unwrap_or_else(|| panic!("no plan id in the secrets-only plan:\n{plan}"))
+        .trim()
+        .to_string();
+    run(
+        &up,
+        &[
+            "deploy", "-f", file, "--env", "local", "--plan", &id, "--wait",
+        ],
+        0,
+    );
     wait_settled(&up, "vault", "db-user", 1, Some(2));
     run(
         &up,
