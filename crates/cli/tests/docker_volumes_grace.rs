@@ -127,9 +127,9 @@ fn a_stop_sends_sigterm_then_sigkill_after_stop_grace() {
     cli_ok(&up, &["deploy", "-f", &file, "--env", "local"]);
     let mut asked: BTreeMap<String, Instant> = BTreeMap::new();
     let mut ended: BTreeMap<String, Instant> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = common::clock::now() + Duration::from_secs(60);
     // Until the stubborn one ended and the patient one ended or has been stopping for 15 s.
-    while Instant::now() < deadline {
+    while common::clock::now() < deadline {
         let s = status(&up);
         for (svc, id) in &old {
             let wanted_stop = s
@@ -141,7 +141,7 @@ fn a_stop_sends_sigterm_then_sigkill_after_stop_grace() {
                 .find(|i| i["id"] == id.as_str())
                 .is_none_or(|i| i["desired"] == "stop");
             if wanted_stop {
-                asked.entry(svc.clone()).or_insert_with(Instant::now);
+                asked.entry(svc.clone()).or_insert_with(common::clock::now);
             }
         }
         let running: Vec<String> = up
@@ -152,7 +152,7 @@ fn a_stop_sends_sigterm_then_sigkill_after_stop_grace() {
             .collect();
         for (svc, id) in &old {
             if asked.contains_key(svc) && !running.contains(id) {
-                ended.entry(svc.clone()).or_insert_with(Instant::now);
+                ended.entry(svc.clone()).or_insert_with(common::clock::now);
             }
         }
         let patient_done = ended.contains_key("patient")

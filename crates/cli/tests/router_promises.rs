@@ -12,7 +12,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{
     cli, cli_ok, instances, service, status, through_router, wait_distinct_instances, wait_settled,
@@ -237,7 +237,7 @@ fn route_limits_from_the_stack_file_admit_queue_and_refuse_the_excess_at_once() 
         gauge(metrics, "berth_router_queue_depth", "fast") == Some(1)
     });
     // …and a fourth is refused at once, with the documented answer.
-    let asked = Instant::now();
+    let asked = common::clock::now();
     let r = through_router(&up, "fast.localhost", "/").expect("an answer");
     let took = asked.elapsed();
     assert_eq!(r.status, 503, "{}\n{}", r.text(), show());
@@ -272,7 +272,7 @@ fn route_limits_from_the_stack_file_admit_queue_and_refuse_the_excess_at_once() 
         "1 request in flight on brief",
         || gauge(metrics, "berth_router_requests_in_flight", "brief") == Some(1),
     );
-    let asked = Instant::now();
+    let asked = common::clock::now();
     let r = through_router(&up, "brief.localhost", "/").expect("an answer");
     let took = asked.elapsed();
     assert_eq!(r.status, 503, "{}\n{}", r.text(), show());

@@ -9,7 +9,7 @@
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{cli_ok, instances, service, status, wait_distinct_instances, wait_settled};
 use common::process::{stat, Proc};
@@ -81,7 +81,7 @@ fn assert_alive(workloads: &[Workload]) {
 #[track_caller]
 fn stop_cleanly(up: &BerthUp, sig: Signal, workloads: &[Workload]) {
     let pid = up.pid();
-    let asked = Instant::now();
+    let asked = common::clock::now();
     up.proc().signal(sig);
     let exit = up.proc().wait_exit(GRACE + Duration::from_secs(5));
     let took = asked.elapsed();
@@ -224,7 +224,7 @@ fn a_second_signal_while_stopping_exits_1_at_once_and_says_so() {
                 .contains("stopping; instances keep running")
         },
     );
-    let second = Instant::now();
+    let second = common::clock::now();
     up.proc().signal(Signal::SIGTERM);
     let exit = up.proc().wait_exit(Duration::from_secs(5));
     assert_eq!(exit.code(), Some(1), "{}", up.log_tail());
@@ -268,7 +268,7 @@ fn berth_server_with_a_following_router_stops_with_exit_0_on_sigterm() {
         listening(listen)
     });
 
-    let asked = Instant::now();
+    let asked = common::clock::now();
     server.signal(Signal::SIGTERM);
     let exit = server.wait_exit(GRACE + Duration::from_secs(5));
     let took = asked.elapsed();
