@@ -189,7 +189,6 @@ fn logs_follow_streams_new_lines_and_ends_on_a_signal() {
 /// `STACK/SERVICE`". Two stacks with a `web`: the bare name is ambiguous for `berth logs` as it
 /// is for `berth maintenance`, and `STACK/web` picks one.
 #[test]
-#[ignore = "bug: `berth logs web` with two deployed stacks having a service web merges both stacks' instances instead of asking for STACK/web (commands/cluster.rs logs filters instances by service name across all stacks; maintenance says `several stacks have a service web: name it as STACK/web`)"]
 fn a_service_name_two_stacks_share_must_be_given_as_stack_slash_service() {
     let up = BerthUp::start();
     for stack in ["one", "two"] {

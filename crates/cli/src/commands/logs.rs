@@ -33,6 +33,17 @@ pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
         .unwrap_or_else(|| crate::context::default_data_dir().join("agent"));
     runtime()?.block_on(async {
         let view = client.status(stack_filter.as_deref()).await.map_err(client_error)?;
+        // A bare service name must name one stack's service (as `berth maintenance` asks).
+        let owners: std::collections::BTreeSet<&str> = view
+            .stacks
+            .iter()
+            .filter(|s| s.services.iter().any(|v| v.name == service))
+            .map(|s| s.stack.as_str())
+            .collect();
+        anyhow::ensure!(
+            stack_filter.is_some() || owners.len() <= 1,
+            "several stacks have a service {service}: name it as STACK/{service}"
+        );
         let ids: Vec<String> = view.stacks.iter().flat_map(|s| s.services.iter()).filter(|s| s.name == service).flat_map(|s| s.instances.iter().map(|i| i.id.clone())).collect();
         anyhow::ensure!(!ids.is_empty(), "no instance of service {service} found: see `berth status`");
         let mut streams = futures::stream::SelectAll::new();
