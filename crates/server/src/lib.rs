@@ -10,7 +10,10 @@
 //! - [`state`]     — the records kept in the store and a snapshot of them.
 //! - [`view`]      — the cluster view: every record at one revision, built by list-then-watch.
 //! - [`live`]      — the view kept current from the store's watch, shared by every reader.
-//! - [`http`]      — the API handlers, one module per area.
+//! - [`http`]      — the API handlers, one module per area: parse, call, answer.
+//! - [`releases`]  — deploy, plan, retention, history and rollback rules (service functions).
+//! - [`secrets`]   — secret names, values and versions (service functions).
+//! - [`pins`]      — image ids agents report, pinned in their own keys (first report wins).
 //! - [`placement`] — the scheduler's snapshot from the store; placement checks for plans.
 //! - [`rollouts`]  — the rollout controller: releases → instances, through `berth-rollout`.
 //! - [`table`]     — the routing table and draining: which instances routers may use.
@@ -35,9 +38,12 @@ pub mod http;
 pub mod keys;
 pub mod listen;
 pub mod live;
+pub mod pins;
 pub mod pki;
 pub mod placement;
+pub mod releases;
 pub mod rollouts;
+pub mod secrets;
 pub mod state;
 pub mod table;
 pub mod view;
