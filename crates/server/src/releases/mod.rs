@@ -4,7 +4,7 @@
 //!
 //! - [`plan`]      — the plan as the server shows, identifies and summarises it (pure).
 //! - [`deploy`]    — plan against the live release, check policy, store release N (and its
-//!                   rollout, supersessions and retirements) in one transaction.
+//!   rollout, supersessions and retirements) in one transaction.
 //! - [`retention`] — which releases a new one retires, and their deletion with their pins.
 //! - [`rollback`]  — which release a rollback returns to; the rollback itself.
 //! - [`history`]   — the retained releases, newest first.
