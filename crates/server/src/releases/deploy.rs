@@ -177,7 +177,7 @@ pub async fn deploy(
         .map_err(crate::state::StateError::from)?;
     for _ in 0..RACE_RETRIES {
         shared.view.caught_up(seen).await;
-        match try_deploy(shared, env, target, how).await? {
+        match try_deploy(shared, env, target, how, seen).await? {
             Attempt::Done(response) => return Ok(response),
             Attempt::Raced(revision) => seen = revision,
         }
@@ -255,6 +255,7 @@ async fn try_deploy(
     env: &str,
     target: &Stack,
     how: &Start<'_>,
+    seen: i64,
 ) -> Result<Attempt, ReleaseError> {
     let stack = target.stack.clone();
     let read = Read::from(shared, &shared.view.read(), target, env)?;
@@ -327,7 +328,7 @@ async fn try_deploy(
         .await
         .map_err(crate::state::StateError::from)?;
     if !resp.succeeded {
-        return lost(shared, &stack, env, number, &read, resp.revision).await;
+        return lost(shared, &stack, env, number, &read, seen, resp.revision).await;
     }
     shared.kick.notify_one();
     // Read-your-writes: `berth history` right after sees this release.
@@ -378,36 +379,40 @@ fn release_txn(read: &Read, release: &Release, record: &RolloutRecord, keep: usi
     }
 }
 
-/// After a lost compare: another deploy if release `number` is taken or the rollout now
-/// targets another release (409); otherwise the controller moved the rollout or an older
-/// release along meanwhile, and the deploy is tried again.
+/// After a lost compare: another deploy if, since `seen` (the revision this try's view was
+/// caught up to), release `number` was taken or the rollout moved to another release (409).
+/// Otherwise try again: the controller moved the rollout or an older release along meanwhile,
+/// or the view had not applied all of a transaction made before `seen` (a transaction's keys
+/// arrive as several watch events at one revision).
 async fn lost(
     shared: &Shared,
     stack: &str,
     env: &str,
     number: u64,
     read: &Read,
+    seen: i64,
     revision: i64,
 ) -> Result<Attempt, ReleaseError> {
-    let release_taken = shared
+    let taken = shared
         .store
         .get(&keys::release(stack, env, number))
         .await
         .map_err(crate::state::StateError::from)?
-        .is_some();
+        .is_some_and(|kv| kv.mod_revision > seen);
     let key = keys::rollout(stack, env);
-    let rollout = shared
+    let moved = match shared
         .store
         .get(&key)
         .await
-        .map_err(crate::state::StateError::from)?;
-    let to_now = match &rollout {
-        Some(kv) => Some(crate::state::decode::<RolloutRecord>(&key, &kv.value)?.to),
-        None => None,
+        .map_err(crate::state::StateError::from)?
+    {
+        Some(kv) if kv.mod_revision > seen => {
+            Some(crate::state::decode::<RolloutRecord>(&key, &kv.value)?.to) != read.rollout_to
+        }
+        _ => false,
     };
-    let rollout_kept = to_now == read.rollout_to;
-    if rollout_kept && !release_taken {
-        return Ok(Attempt::Raced(revision));
+    if taken || moved {
+        return Err(ReleaseError::ConcurrentDeploy);
     }
-    Err(ReleaseError::ConcurrentDeploy)
+    Ok(Attempt::Raced(revision))
 }

@@ -23,3 +23,6 @@ pub use deploy::{deploy, plan, Start};
 pub use error::ReleaseError;
 pub use history::history;
 pub use rollback::rollback;
+
+#[cfg(test)]
+mod tests;
