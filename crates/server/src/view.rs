@@ -380,4 +380,102 @@ mod tests {
         assert_eq!(view.secrets_of("shop").len(), 1);
         assert!(view.maintenance().is_empty());
     }
+
+    /// Image pins: their own keys, merged into their release's `images` whichever comes
+    /// first, kept out of nothing else; a transaction's several events (one revision) all
+    /// apply; a pin deleted with its release leaves nothing behind.
+    #[tokio::test]
+    async fn pins_merge_into_their_release_from_a_watch_as_from_a_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path().join("s.redb"))
+            .await
+            .expect("store");
+        let source = "stack: shop\nenvironments:\n  staging:\n    regions: [local]\nservices:\n  web:\n    image: example/web:1\n";
+        let spec = berth_spec::render(source.as_bytes(), "staging", &[]).expect("stack");
+        let release = |number| Release {
+            number,
+            stack: "shop".into(),
+            env: "staging".into(),
+            created_ms: 0,
+            who: "admin".into(),
+            status: berth_api::control::ReleaseStatus::Live,
+            summary: String::new(),
+            plan_id: String::new(),
+            rollback_of: None,
+            reason: None,
+            images: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            spec: spec.clone(),
+        };
+        let mut view = View::load(&store).await.expect("load");
+        let mut events = store.watch("/", view.revision + 1).await.expect("watch");
+        let txn = |ops| Txn {
+            compares: vec![],
+            success: ops,
+            failure: vec![],
+        };
+        let id = |s: &str| crate::state::encode(&s.to_string());
+        // Release 1 and its pin in one transaction; release 2, then its pin.
+        let writes = vec![
+            txn(vec![
+                Op::put(
+                    keys::release("shop", "staging", 1),
+                    crate::state::encode(&release(1)),
+                ),
+                Op::put(keys::pin("shop", "staging", 1, "web"), id("sha256:one")),
+            ]),
+            txn(vec![Op::put(
+                keys::release("shop", "staging", 2),
+                crate::state::encode(&release(2)),
+            )]),
+            txn(vec![Op::put(
+                keys::pin("shop", "staging", 2, "web"),
+                id("sha256:two"),
+            )]),
+        ];
+        for t in writes {
+            store.txn(t).await.expect("write");
+        }
+        let last = store.revision().await.expect("revision");
+        while view.revision < last {
+            let event = events.next().await.expect("event").expect("ok");
+            view.apply(&event).expect("apply");
+        }
+        // Drain what is left at the last revision (a transaction is several events).
+        while let Ok(Some(Ok(event))) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), events.next()).await
+        {
+            view.apply(&event).expect("apply");
+        }
+        let fresh = View::load(&store).await.expect("reload");
+        assert_eq!(fingerprint(&view), fingerprint(&fresh));
+        for (number, pinned) in [(1, "sha256:one"), (2, "sha256:two")] {
+            let r = view.release("shop", "staging", number).expect("release");
+            assert_eq!(r.value.images["web"], pinned, "release {number}");
+        }
+        // Retention: the release and its pins in one transaction.
+        store
+            .txn(txn(vec![
+                Op::delete(keys::release("shop", "staging", 1)),
+                Op::delete_prefix(keys::release_pins("shop", "staging", 1)),
+            ]))
+            .await
+            .expect("retire");
+        let last = store.revision().await.expect("revision");
+        while view.revision < last {
+            let event = events.next().await.expect("event").expect("ok");
+            view.apply(&event).expect("apply");
+        }
+        while let Ok(Some(Ok(event))) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), events.next()).await
+        {
+            view.apply(&event).expect("apply");
+        }
+        assert!(view.release("shop", "staging", 1).is_none());
+        assert!(view.pins_of("shop", "staging", 1).is_none());
+        assert_eq!(
+            format!("{:?}", view.pins),
+            format!("{:?}", View::load(&store).await.expect("reload").pins)
+        );
+    }
 }
