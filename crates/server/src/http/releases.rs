@@ -64,7 +64,7 @@ pub async fn plan(
     caller.require_admin()?;
     let req = body(req)?;
     let target = render(&req)?;
-    Ok(Json(releases::plan(&shared, &req.env, &target)?))
+    Ok(Json(releases::plan(&shared, &req.env, &target).await?))
 }
 
 /// `POST /v1/deploy`: plan, check policy, store the release and start its rollout.

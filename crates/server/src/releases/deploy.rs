@@ -144,7 +144,14 @@ fn full_plan(read: &Read, target: &Stack) -> Result<FullPlan, ReleaseError> {
 }
 
 /// `berth plan`: the plan of `target` in `env` against the live release; stores nothing.
-pub fn plan(shared: &Shared, env: &str, target: &Stack) -> Result<DeployResponse, ReleaseError> {
+/// Planned on a view with every write made before the call (as [`deploy`] is), so the plan a
+/// `--plan ID` names is the one a deploy right after computes.
+pub async fn plan(
+    shared: &Shared,
+    env: &str,
+    target: &Stack,
+) -> Result<DeployResponse, ReleaseError> {
+    catch_up(shared).await?;
     let read = Read::from(shared, &shared.view.read(), target, env)?;
     let full = full_plan(&read, target)?;
     Ok(DeployResponse {
@@ -170,11 +177,7 @@ pub async fn deploy(
 ) -> Result<DeployResponse, ReleaseError> {
     // Decide on a view that has every write made before this call (the store's revision is
     // one read, not a scan).
-    let mut seen = shared
-        .store
-        .revision()
-        .await
-        .map_err(crate::state::StateError::from)?;
+    let mut seen = catch_up(shared).await?;
     for _ in 0..RACE_RETRIES {
         shared.view.caught_up(seen).await;
         match try_deploy(shared, env, target, how, seen).await? {
@@ -183,6 +186,18 @@ pub async fn deploy(
         }
     }
     Err(ReleaseError::KeptChanging)
+}
+
+/// Waits until the live view has every write the store had when called (reading the store's
+/// revision, one read, not a scan); answers that revision.
+pub async fn catch_up(shared: &Shared) -> Result<i64, ReleaseError> {
+    let revision = shared
+        .store
+        .revision()
+        .await
+        .map_err(crate::state::StateError::from)?;
+    shared.view.caught_up(revision).await;
+    Ok(revision)
 }
 
 /// The outcome of one try at storing a release.

@@ -4,7 +4,7 @@ use berth_api::control::{DeployResponse, Release};
 
 use super::deploy::{self, Start};
 use super::ReleaseError;
-use crate::state::{went_live, StateError, Versioned};
+use crate::state::{went_live, Versioned};
 use crate::Shared;
 
 /// The release a rollback returns to, among the retained `releases` (oldest first) of a
@@ -48,8 +48,7 @@ pub async fn rollback(
     env: &str,
     requested: Option<u64>,
 ) -> Result<DeployResponse, ReleaseError> {
-    let revision = shared.store.revision().await.map_err(StateError::from)?;
-    shared.view.caught_up(revision).await;
+    deploy::catch_up(shared).await?;
     let (spec, number, images) = {
         let view = shared.view.read();
         let releases: Vec<Versioned<Release>> = view

@@ -102,7 +102,9 @@ async fn a_deploy_stores_a_release_that_history_shows_at_once() {
         "{again:?}"
     );
     // A plan stores nothing.
-    let planned = plan(&f.shared, "staging", &stack(2, 10, &[])).expect("plan");
+    let planned = plan(&f.shared, "staging", &stack(2, 10, &[]))
+        .await
+        .expect("plan");
     assert_eq!(planned.release, None);
     assert_eq!(numbers(&f.shared).await, vec![1]);
     assert!(matches!(
