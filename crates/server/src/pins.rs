@@ -133,3 +133,147 @@ pub async fn write(shared: &Shared, pin: &Pin, release_rev: i64) -> Result<bool,
         .await?;
     Ok(resp.succeeded)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use berth_api::control::{Release, ReleaseStatus};
+    use berth_api::{InstanceSpec, InstanceState, InstanceStatus};
+    use berth_store::{EmbeddedStore, Store};
+
+    use super::*;
+    use crate::rollouts::RolloutRecord;
+    use crate::state::{Desired, InstanceRecord};
+
+    fn stack(tag: &str) -> berth_spec::Stack {
+        let source = format!(
+            "stack: shop\nenvironments:\n  staging:\n    regions: [local]\nservices:\n  web:\n    image: example/web:{tag}\n"
+        );
+        berth_spec::render(source.as_bytes(), "staging", &[]).expect("stack")
+    }
+
+    fn release(number: u64, spec: berth_spec::Stack) -> Release {
+        Release {
+            number,
+            stack: "shop".into(),
+            env: "staging".into(),
+            created_ms: 0,
+            who: "admin".into(),
+            status: ReleaseStatus::Live,
+            summary: String::new(),
+            plan_id: String::new(),
+            rollback_of: None,
+            reason: None,
+            images: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            spec,
+        }
+    }
+
+    fn instance(id: &str, number: u64, node: &str, spec: &berth_spec::Stack) -> InstanceRecord {
+        InstanceRecord {
+            spec: InstanceSpec {
+                id: id.into(),
+                stack: "shop".into(),
+                service: "web".into(),
+                release: number,
+                node: node.into(),
+                spec: spec.service_for_region("web", "local").expect("web"),
+                image_id: None,
+                secret_env: BTreeMap::new(),
+            },
+            env: "staging".into(),
+            region: "local".into(),
+            desired: Desired::Run,
+            created_ms: 0,
+            desired_since_ms: None,
+            status: None,
+            secret_versions: BTreeMap::new(),
+        }
+    }
+
+    fn status(id: &str, image: &str) -> InstanceStatus {
+        InstanceStatus {
+            id: id.into(),
+            state: InstanceState::Healthy,
+            pid: None,
+            ports: BTreeMap::new(),
+            restarts: 0,
+            message: None,
+            since_ms: 0,
+            image_id: Some(image.into()),
+        }
+    }
+
+    async fn view_of(records: Vec<(String, Vec<u8>)>) -> View {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path().join("s.redb"))
+            .await
+            .expect("store");
+        for (key, value) in records {
+            store.put(&key, value).await.expect("put");
+        }
+        View::load(&store).await.expect("load")
+    }
+
+    #[tokio::test]
+    async fn a_report_pins_its_release_and_the_target_it_carries_over_into() {
+        let (v1, v2) = (stack("1"), stack("1"));
+        let mut r2 = release(2, v2);
+        r2.status = ReleaseStatus::RollingOut;
+        let view = view_of(vec![
+            (
+                keys::release("shop", "staging", 1),
+                encode(&release(1, v1.clone())),
+            ),
+            (keys::release("shop", "staging", 2), encode(&r2)),
+            (
+                keys::rollout("shop", "staging"),
+                encode(&RolloutRecord::new("shop", "staging", Some(1), 2, 0)),
+            ),
+            (keys::instance("a"), encode(&instance("a", 1, "n1", &v1))),
+            (keys::instance("b"), encode(&instance("b", 1, "n2", &v1))),
+        ])
+        .await;
+        let wanted = wanted(
+            &view,
+            "n1",
+            &[status("a", "sha256:a"), status("a", "sha256:late")],
+        );
+        let got: Vec<(u64, &str)> = wanted
+            .iter()
+            .map(|(p, _)| (p.release, p.image_id.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(1, "sha256:a"), (2, "sha256:a")],
+            "first report wins"
+        );
+        // Another node's instance is not this node's to report.
+        assert!(wanted_of(&view, "n1", "b").is_empty());
+    }
+
+    fn wanted_of(view: &View, node: &str, id: &str) -> Vec<(Pin, i64)> {
+        wanted(view, node, &[status(id, "sha256:x")])
+    }
+
+    #[tokio::test]
+    async fn nothing_is_pinned_twice_nor_into_a_release_with_another_spec() {
+        let (v1, v2) = (stack("1"), stack("2"));
+        let mut r1 = release(1, v1.clone());
+        r1.images.insert("web".into(), "sha256:kept".into());
+        let view = view_of(vec![
+            // An older version's record, with its pin inside.
+            (keys::release("shop", "staging", 1), encode(&r1)),
+            (keys::release("shop", "staging", 2), encode(&release(2, v2))),
+            (
+                keys::rollout("shop", "staging"),
+                encode(&RolloutRecord::new("shop", "staging", Some(1), 2, 0)),
+            ),
+            (keys::instance("a"), encode(&instance("a", 1, "n1", &v1))),
+        ])
+        .await;
+        assert!(wanted_of(&view, "n1", "a").is_empty());
+    }
+}

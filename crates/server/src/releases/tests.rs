@@ -317,3 +317,28 @@ fn a_record_written_by_an_older_version_keeps_its_pins() {
     state::record_images(&mut merged, &pins);
     assert_eq!(merged.images, old.images);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_written_by_an_older_version_reads_its_pins_from_the_record() {
+    let f = fixture().await;
+    let mut old = release(1, ReleaseStatus::Live, None, 1).value;
+    old.images.insert("web".into(), "sha256:old".into());
+    f.shared
+        .store
+        .put(&keys::release("shop", "staging", 1), state::encode(&old))
+        .await
+        .expect("put");
+    let read = state::release(f.shared.store.as_ref(), "shop", "staging", 1)
+        .await
+        .expect("read")
+        .expect("release 1");
+    assert_eq!(read.value.images["web"], "sha256:old");
+    let all = state::all_releases(f.shared.store.as_ref())
+        .await
+        .expect("all");
+    assert_eq!(all[0].value.images["web"], "sha256:old");
+    deploy::catch_up(&f.shared).await.expect("catch up");
+    let shown = history(&f.shared.view.read(), "shop", "staging").expect("history");
+    assert_eq!(shown[0].images["web"], "sha256:old");
+    assert!(f.shared.view.read().pins_of("shop", "staging", 1).is_none());
+}
