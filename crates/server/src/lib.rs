@@ -106,9 +106,6 @@ pub struct Shared {
     /// Each node's last garbage-collection report, from its heartbeats (in memory, like
     /// liveness: it is for people and for `berth gc` to wait on).
     pub gc_reports: Mutex<HashMap<String, berth_api::control::GcReport>>,
-    /// `STACK/ENV/NUMBER/SERVICE` of the releases known to have an image id pinned for the
-    /// service, so heartbeats do not read a release again for every report.
-    pub pinned: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Errors that stop the server from starting.
@@ -162,7 +159,6 @@ impl Shared {
             liveness_marks: tokio::sync::Mutex::new(()),
             tables: Mutex::new(table::RecentTables::default()),
             gc_reports: Mutex::new(HashMap::new()),
-            pinned: Mutex::new(std::collections::HashSet::new()),
         }))
     }
 }

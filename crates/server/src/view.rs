@@ -236,6 +236,22 @@ impl View {
         self.pins.get(&(stack.to_string(), env.to_string(), number))
     }
 
+    /// One retained release as its record holds it: without the image ids only its pin keys
+    /// hold. What a writer of the release (a status change) starts from, so that writing it
+    /// back does not copy pins into the record; readers use [`View::release`].
+    pub fn release_record(
+        &self,
+        stack: &str,
+        env: &str,
+        number: u64,
+    ) -> Option<Versioned<Release>> {
+        let mut release = self.release(stack, env, number)?.clone();
+        if let Some(pins) = self.pins_of(stack, env, number) {
+            crate::state::record_images(&mut release.value, pins);
+        }
+        Some(release)
+    }
+
     /// Every node, by name.
     pub fn nodes(&self) -> &BTreeMap<String, Versioned<NodeRecord>> {
         &self.nodes
@@ -452,6 +468,14 @@ mod tests {
         for (number, pinned) in [(1, "sha256:one"), (2, "sha256:two")] {
             let r = view.release("shop", "staging", number).expect("release");
             assert_eq!(r.value.images["web"], pinned, "release {number}");
+            let record = view
+                .release_record("shop", "staging", number)
+                .expect("record");
+            assert!(
+                record.value.images.is_empty(),
+                "a writer starts from the record"
+            );
+            assert_eq!(record.mod_revision, r.mod_revision);
         }
         // Retention: the release and its pins in one transaction.
         store
