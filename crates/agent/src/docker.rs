@@ -18,6 +18,11 @@
 //!   ports) and `BERTH_*`, volumes as bind mounts, `resources` as CPU (`NanoCpus`) and memory
 //!   limits, `stop_grace` as the stop timeout.
 //!
+//! # As the supervisor's driver
+//! [`DockerDriver`] is the Engine client; [`Containers`] (the client, the agent's data
+//! directory for the records, and its `berth.agent` label) is the
+//! [`Driver`] the supervisor runs `image:` services through.
+//!
 //! # Restarts and exits
 //! A restart creates a fresh container (the old one is removed by name first), like a fresh
 //! process: nothing written inside a container survives a restart. A container that exits and is
@@ -50,11 +55,14 @@ use bollard::query_parameters::{
     WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
+use crate::driver::{Driver, LogFollower, Workload};
 use crate::error::{io_err, Error, Result};
+use crate::health::HealthCheck;
 use crate::process::{instance_env, ProcessDriver};
 use crate::record::InstanceRecord;
 
@@ -103,7 +111,7 @@ pub struct DockerDriver {
     docker: Docker,
     endpoint: String,
     /// Image ids recently seen present, by reference (see [`DockerDriver::ensure_image`]).
-    images: Arc<Mutex<HashMap<String, (String, std::time::Instant)>>>,
+    images: Arc<Mutex<HashMap<String, (String, tokio::time::Instant)>>>,
     /// The host addresses every published port binds (see [`publish_addresses`]).
     publish: Arc<[IpAddr]>,
 }
@@ -297,7 +305,7 @@ impl DockerDriver {
     /// A failed pull is [`Error::ImagePull`] with the Engine's reason (unknown image,
     /// unreachable registry, …).
     ///
-    /// An image seen present within the last [`IMAGE_TRUST`] is not inspected again.
+    /// An image seen present within the last 10 s (`IMAGE_TRUST`) is not inspected again.
     pub async fn ensure_image(&self, id: &str, image: &str) -> Result<String> {
         if let Some(known) = self.known_image(image) {
             return Ok(known);
@@ -306,10 +314,7 @@ impl DockerDriver {
         self.images
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                image.to_string(),
-                (found.clone(), std::time::Instant::now()),
-            );
+            .insert(image.to_string(), (found.clone(), crate::clock::now()));
         Ok(found)
     }
 
@@ -360,10 +365,7 @@ impl DockerDriver {
         self.images
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                pinned.to_string(),
-                (found.clone(), std::time::Instant::now()),
-            );
+            .insert(pinned.to_string(), (found.clone(), crate::clock::now()));
         Ok(found)
     }
 
@@ -593,7 +595,7 @@ impl DockerDriver {
             start_time: 0,
             ports: host_ports,
             restarts,
-            started_at_ms: crate::process::now_ms(),
+            started_at_ms: crate::clock::now_ms(),
             finished: None,
             container: Some(created.id.clone()),
             image_id: Some(image_id.clone()),
@@ -849,6 +851,205 @@ impl DockerDriver {
     }
 }
 
+/// The Docker driver as the supervisor's [`Driver`]: this agent's containers on one Engine.
+/// It runs `image:` services; the instance records live in the process driver's data
+/// directory (`paths`), and `owner` (the agent's data directory) labels every container.
+#[derive(Debug, Clone)]
+pub struct Containers {
+    engine: DockerDriver,
+    paths: ProcessDriver,
+    owner: Arc<str>,
+}
+
+impl Containers {
+    /// The containers of the agent `owner` on `engine`, recorded under `paths`' data
+    /// directory.
+    pub fn new(engine: DockerDriver, paths: ProcessDriver, owner: Arc<str>) -> Containers {
+        Containers {
+            engine,
+            paths,
+            owner,
+        }
+    }
+
+    /// The Engine client.
+    pub fn engine(&self) -> &DockerDriver {
+        &self.engine
+    }
+
+    fn workload(
+        &self,
+        instance: &str,
+        container: Container,
+        image_id: Option<String>,
+    ) -> Box<dyn Workload> {
+        Box::new(ContainerWorkload {
+            engine: self.engine.clone(),
+            instance: instance.to_string(),
+            container,
+            image_id,
+        })
+    }
+}
+
+impl Driver for Containers {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn runs(&self, spec: &InstanceSpec) -> bool {
+        spec.spec.image.is_some()
+    }
+
+    /// The Engine's socket: a container that mounts it owns the node.
+    fn protected_paths(&self) -> Vec<PathBuf> {
+        self.engine
+            .endpoint()
+            .strip_prefix("unix://")
+            .map(PathBuf::from)
+            .into_iter()
+            .collect()
+    }
+
+    fn ports(&self, spec: &InstanceSpec) -> Result<BTreeMap<String, u16>> {
+        host_ports(&spec.id, &spec.spec.ports)
+    }
+
+    /// The Engine refused the container because one of its host ports is taken: by another
+    /// program, or by another container the Engine's own allocator gave it first.
+    fn port_taken(&self, error: &Error) -> bool {
+        matches!(error, Error::Docker { message, .. } if port_taken(message))
+    }
+
+    fn start<'a>(
+        &'a self,
+        spec: &'a InstanceSpec,
+        ports: BTreeMap<String, u16>,
+        restarts: u32,
+    ) -> BoxFuture<'a, Result<Box<dyn Workload>>> {
+        Box::pin(async move {
+            let (container, image_id) = self
+                .engine
+                .start(&self.paths, spec, ports, restarts, &self.owner)
+                .await?;
+            Ok(self.workload(&spec.id, container, Some(image_id)))
+        })
+    }
+
+    /// Adopts the container the record names (a record without one, or a container that no
+    /// longer runs as this instance, or an Engine that does not answer: `None`, the instance
+    /// died).
+    fn adopt<'a>(&'a self, record: &'a InstanceRecord) -> BoxFuture<'a, Option<Box<dyn Workload>>> {
+        Box::pin(async move {
+            let id = &record.spec.id;
+            let container = record.container.as_deref()?;
+            match self.engine.adopt(id, container).await {
+                Ok(Some(c)) => {
+                    tracing::info!(id = %id, container = %c.id(), "adopted container");
+                    Some(self.workload(id, c, record.image_id.clone()))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(id = %id, error = %e, "cannot adopt container");
+                    None
+                }
+            }
+        })
+    }
+
+    /// Removes every container of this agent whose instance no task knows: left by an
+    /// instance whose record was lost, or by a crash between creating a container and
+    /// recording it.
+    fn remove_unknown(&self, known: std::collections::HashSet<String>) -> BoxFuture<'static, ()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let owned = match this.engine.list_owned(&this.owner).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for orphan containers");
+                    return;
+                }
+            };
+            for orphan in owned.into_iter().filter(|o| !known.contains(&o.instance)) {
+                tracing::info!(instance = %orphan.instance, container = %orphan.id, "removing orphan container");
+                if let Err(e) = this.engine.remove(&orphan.instance, &orphan.id).await {
+                    tracing::warn!(error = %e, "cannot remove orphan container");
+                }
+            }
+        })
+    }
+
+    /// Removes the instance's container by name: a container that will not run again only
+    /// holds disk space; its output is in the log file.
+    fn discard<'a>(&'a self, spec: &'a InstanceSpec) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let name = container_name(&spec.id);
+            if let Err(e) = self.engine.remove(&spec.id, &name).await {
+                tracing::warn!(id = %spec.id, error = %e, "cannot remove container");
+            }
+        })
+    }
+}
+
+/// An `image:` instance handed to the supervisor: its container, the image it runs, and the
+/// Engine that stops it, runs its `exec` checks and streams its logs.
+#[derive(Debug)]
+struct ContainerWorkload {
+    engine: DockerDriver,
+    instance: String,
+    container: Container,
+    image_id: Option<String>,
+}
+
+impl Workload for ContainerWorkload {
+    fn pid(&self) -> Option<u32> {
+        self.container.pid()
+    }
+
+    fn image_id(&self) -> Option<String> {
+        self.image_id.clone()
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, (bool, String)> {
+        Box::pin(async move {
+            let exit = self.container.wait().await;
+            (exit.success(), exit.to_string())
+        })
+    }
+
+    fn stop(&mut self, grace: Duration) -> BoxFuture<'_, Result<String>> {
+        Box::pin(async move {
+            self.engine
+                .stop(&self.instance, &mut self.container, grace)
+                .await
+                .map(|e| e.to_string())
+        })
+    }
+
+    fn health_check(
+        &self,
+        spec: &InstanceSpec,
+        ports: &BTreeMap<String, u16>,
+    ) -> Result<Option<HealthCheck>> {
+        HealthCheck::for_container(&self.engine, self.container.id(), spec, ports)
+    }
+
+    fn follow_logs(&self, dir: &Path) -> Option<LogFollower> {
+        let (engine, id) = (self.engine.clone(), self.container.id().to_string());
+        let (log, cursor) = (dir.join(crate::logs::LOG_FILE), dir.join(LOG_CURSOR_FILE));
+        Some(LogFollower::spawn(move |stop| {
+            follow_logs(engine, id, log, cursor, stop)
+        }))
+    }
+}
+
+/// Whether the Engine refused a container because one of its host ports is taken: by another
+/// program ("address already in use") or by another container that Docker's own allocator
+/// gave it first ("port is already allocated").
+fn port_taken(message: &str) -> bool {
+    message.contains("address already in use") || message.contains("port is already allocated")
+}
+
 /// Picks a free host port for every declared port (binding `127.0.0.1:0`; the same accepted
 /// race as [`crate::process::resolve_ports`]). Pick them once per instance and reuse them on
 /// restarts, so its endpoints do not move.
@@ -1025,7 +1226,7 @@ pub async fn follow_logs(
         }
     };
     let mut stream = driver.docker.logs(&container, Some(options));
-    let mut saved = tokio::time::Instant::now();
+    let mut saved = crate::clock::now();
     let mut dirty = false;
     loop {
         let item = tokio::select! {
@@ -1050,7 +1251,7 @@ pub async fn follow_logs(
         }
         if dirty && saved.elapsed() >= CURSOR_EVERY {
             write_cursor(&cursor, &container, last);
-            saved = tokio::time::Instant::now();
+            saved = crate::clock::now();
             dirty = false;
         }
     }
@@ -1181,6 +1382,15 @@ fn engine(id: &str, action: &'static str, source: EngineError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_engine_messages_for_a_taken_host_port_are_recognised() {
+        assert!(port_taken(
+            "listen tcp4 0.0.0.0:8080: bind: address already in use"
+        ));
+        assert!(port_taken("driver failed programming external connectivity on endpoint x: Bind for 0.0.0.0:35199 failed: port is already allocated"));
+        assert!(!port_taken("no such image"));
+    }
 
     #[test]
     fn references_split_into_name_and_tag() {

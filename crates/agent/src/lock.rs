@@ -135,7 +135,7 @@ impl DataDirLock {
 
     /// Waits up to `deadline` for the holder of `dir`'s lock to let go, then takes it.
     pub async fn wait(dir: &Path, deadline: Duration) -> Result<DataDirLock, LockError> {
-        let started = tokio::time::Instant::now();
+        let started = crate::clock::now();
         loop {
             match DataDirLock::acquire(dir) {
                 Err(LockError::Held { dir, pid, .. }) => {

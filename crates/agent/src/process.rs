@@ -26,14 +26,17 @@ use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use berth_api::InstanceSpec;
+use futures::future::BoxFuture;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+use crate::driver::{Driver, Workload};
 use crate::error::{io_err, Error, Result};
+use crate::health::HealthCheck;
 use crate::logs::{self, LogConfig, LOG_FILE};
 use crate::record::{self, InstanceRecord};
 
@@ -347,6 +350,10 @@ impl ProcessDriver {
         // read, and `io::Error::from_raw_os_error` builds an error without allocating. It touches
         // no memory shared with the parent. `setsid` cannot fail with EPERM here because the child
         // is not yet a process-group leader (no `process_group` is set on this command).
+        #[allow(
+            unsafe_code,
+            reason = "a new session for the workload needs pre_exec, which is unsafe; see SAFETY"
+        )]
         unsafe {
             cmd.pre_exec(|| {
                 nix::unistd::setsid()
@@ -402,12 +409,12 @@ impl ProcessDriver {
         if running.try_exit().is_none() || group_alive(pgid) {
             send(pgid, Signal::SIGTERM)?;
         }
-        let deadline = tokio::time::Instant::now() + grace;
+        let deadline = crate::clock::now() + grace;
         loop {
             if running.try_exit().is_some() && !group_alive(pgid) {
                 return Ok(running.wait().await);
             }
-            if tokio::time::Instant::now() >= deadline {
+            if crate::clock::now() >= deadline {
                 break;
             }
             tokio::time::sleep(STOP_POLL).await;
@@ -477,6 +484,103 @@ impl ProcessDriver {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("remove instance record", path)(e)),
         }
+    }
+}
+
+/// The process driver as the supervisor's [`Driver`]: every service that is not an `image:`
+/// one (a spec without `process:` fails to start, saying so).
+impl Driver for ProcessDriver {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn runs(&self, spec: &InstanceSpec) -> bool {
+        spec.spec.image.is_none()
+    }
+
+    fn ports(&self, spec: &InstanceSpec) -> Result<BTreeMap<String, u16>> {
+        resolve_ports(&spec.id, &spec.spec.ports)
+    }
+
+    fn start<'a>(
+        &'a self,
+        spec: &'a InstanceSpec,
+        ports: BTreeMap<String, u16>,
+        restarts: u32,
+    ) -> BoxFuture<'a, Result<Box<dyn Workload>>> {
+        let started = ProcessDriver::start(self, spec, ports, restarts);
+        Box::pin(async move {
+            let running = started?;
+            Ok(Box::new(ProcessWorkload {
+                driver: self.clone(),
+                running,
+            }) as Box<dyn Workload>)
+        })
+    }
+
+    fn adopt<'a>(&'a self, record: &'a InstanceRecord) -> BoxFuture<'a, Option<Box<dyn Workload>>> {
+        Box::pin(async move {
+            let running = adopt_record(record)?;
+            tracing::info!(id = %record.spec.id, pid = running.pid(), "adopted instance");
+            Some(Box::new(ProcessWorkload {
+                driver: self.clone(),
+                running,
+            }) as Box<dyn Workload>)
+        })
+    }
+
+    /// Kills the processes that no record accounts for. Each instance is its own session and
+    /// group leader, so an adopted instance's group is its recorded pid.
+    fn clear_unrecorded(&self, records: &[InstanceRecord]) {
+        let adopted_groups: std::collections::HashSet<u32> = records
+            .iter()
+            .filter(|r| r.container.is_none())
+            .filter_map(adopt_record)
+            .map(|running| running.pid())
+            .collect();
+        let orphans = crate::orphans::find(&self.data_dir, &adopted_groups);
+        for orphan in &orphans {
+            tracing::warn!(pid = orphan.pid, instance = %orphan.instance, "killing a workload no record accounts for");
+        }
+        crate::orphans::kill(&orphans);
+    }
+}
+
+/// A `process:` instance handed to the supervisor: its process and the driver that stops it
+/// and builds its `exec` health check.
+#[derive(Debug)]
+struct ProcessWorkload {
+    driver: ProcessDriver,
+    running: Running,
+}
+
+impl Workload for ProcessWorkload {
+    fn pid(&self) -> Option<u32> {
+        Some(self.running.pid())
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, (bool, String)> {
+        Box::pin(async move {
+            let exit = self.running.wait().await;
+            (exit.success(), exit.to_string())
+        })
+    }
+
+    fn stop(&mut self, grace: Duration) -> BoxFuture<'_, Result<String>> {
+        Box::pin(async move {
+            self.driver
+                .stop(&mut self.running, grace)
+                .await
+                .map(|e| e.to_string())
+        })
+    }
+
+    fn health_check(
+        &self,
+        spec: &InstanceSpec,
+        ports: &BTreeMap<String, u16>,
+    ) -> Result<Option<HealthCheck>> {
+        HealthCheck::for_instance(&self.driver, spec, ports)
     }
 }
 
@@ -577,11 +681,10 @@ pub fn instance_env(
     Ok(env)
 }
 
-/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970); the
+/// agent's [`clock`](crate::clock), kept here for the callers that name it so.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::clock::now_ms()
 }
 
 /// When the agent's binary is replaced on disk while it runs (an upgrade, a rebuild), Linux

@@ -4,6 +4,12 @@
 //! (exit, health, log size), restarts it per its policy and stops it when asked. Statuses are
 //! published as one map in a [`watch`] channel, so a slow reader only ever sees the latest state.
 //!
+//! # Drivers
+//! What runs an instance is its [`Driver`] (the first of [`Drivers`] that runs its spec: the
+//! process driver, and with an Engine the Docker driver); the supervisor only decides — what
+//! to start, adopt, restart, stop and report — and never asks which runtime it talks to.
+//! Its decisions are unit-tested on a recording double (`supervisor/decisions.rs`).
+//!
 //! # Health checks
 //! An adopted instance is probed at once and keeps its `healthy` verdict until `unhealthy`
 //! failures say otherwise. A fresh one is probed after [`FIRST_PROBE`] (50 ms, or its
@@ -52,12 +58,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::docker::{self, Container, DockerDriver};
+use crate::clock;
+use crate::docker::{self, DockerDriver};
+use crate::driver::{Driver, Drivers, LogFollower, Workload};
 use crate::error::{Error, Result};
 use crate::gc::ImageLedger;
-use crate::health::{HealthCheck, Transition};
+use crate::health::Transition;
 use crate::logs::LogConfig;
-use crate::process::{self, adopt_record, Exit, ProcessDriver, Running};
+use crate::process::{Exit, ProcessDriver};
 use crate::record::{Finished, InstanceRecord};
 
 /// Every instance's latest status, by instance id.
@@ -121,7 +129,7 @@ impl SupervisorConfig {
             backoff_reset: Duration::from_secs(60),
             served_after: Duration::from_secs(1),
             rotate_every: Duration::from_secs(5),
-            clock: process::now_ms,
+            clock: clock::now_ms,
             docker: None,
             gc_disk_threshold: std::env::var("BERTH_GC_DISK_PERCENT")
                 .ok()
@@ -168,65 +176,69 @@ impl Supervisor {
             .docker
             .take()
             .map(|d| d.with_node_address(config.node_address));
-        let mut driver = ProcessDriver::new(&config.data_dir).with_log_config(config.logs);
-        if let Some(exe) = &config.self_exe {
-            driver = driver.with_self_exe(exe);
+        let paths = process_driver(&config);
+        let owner = owner(&config);
+        // The process driver runs what is not an image; with an Engine, the Docker driver
+        // runs images (without one, they fail saying so: see `Drivers::pick`).
+        let mut drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(paths.clone())];
+        if let Some(engine) = &config.docker {
+            drivers.push(Arc::new(docker::Containers::new(
+                engine.clone(),
+                paths.clone(),
+                owner.clone(),
+            )));
         }
-        let driver = Arc::new(driver);
-        let records = driver.records()?;
-        // The agent's identity on a shared Engine: its data directory, as an absolute path.
-        let owner: Arc<str> = std::fs::canonicalize(&config.data_dir)
-            .unwrap_or_else(|_| config.data_dir.clone())
-            .display()
-            .to_string()
-            .into();
+        Self::start_with(config, Drivers::new(drivers), shutdown).await
+    }
+
+    /// [`start`](Self::start) on the given `drivers` instead of the ones `config` names
+    /// (`config.docker` is not looked at): the seam for a runtime berth does not ship, and for
+    /// the supervisor's tests (a recording double). Instance records and logs still live under
+    /// `config.data_dir`.
+    pub async fn start_with(
+        config: SupervisorConfig,
+        drivers: Drivers,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Supervisor> {
+        let paths = Arc::new(process_driver(&config));
+        let records = paths.records()?;
+        let owner = owner(&config);
         let ledger = Arc::new(ImageLedger::open(&config.data_dir));
         let (desired_tx, desired_rx) = watch::channel(None);
         let (status_tx, status_rx) = watch::channel(Statuses::new());
+        let drivers = Arc::new(drivers);
         let mut main = Main {
             secrets: watch::channel(SecretValues::default()).0,
             ledger: ledger.clone(),
-            driver: driver.clone(),
+            paths: paths.clone(),
+            drivers: drivers.clone(),
             config: Arc::new(config),
             statuses: Arc::new(status_tx),
             tasks: HashMap::new(),
             services: Arc::default(),
             desired: None,
             done: mpsc::unbounded_channel(),
-            owner: owner.clone(),
         };
-        // Processes that no record accounts for (spawned, then the agent died before writing
-        // the record) would hold their instance's port while it starts again: kill them now,
-        // before anything is started. The process driver makes each instance its own session
-        // and group leader, so an adopted instance's group is its recorded pid.
-        let adopted_groups: std::collections::HashSet<u32> = records
-            .iter()
-            .filter(|r| r.container.is_none())
-            .filter_map(adopt_record)
-            .map(|running| running.pid())
-            .collect();
-        let orphans = crate::orphans::find(&main.config.data_dir, &adopted_groups);
-        for orphan in &orphans {
-            tracing::warn!(pid = orphan.pid, instance = %orphan.instance, "killing a workload no record accounts for");
+        // Workloads that no record accounts for (spawned, then the agent died before writing
+        // the record) would hold their instance's port while it starts again: end them now,
+        // before anything is started.
+        for driver in drivers.iter() {
+            driver.clear_unrecorded(&records);
         }
-        crate::orphans::kill(&orphans);
         for record in records {
             let initial = if let Some(f) = &record.finished {
                 Initial::Finished(f.clone())
-            } else if let Some(container) = &record.container {
-                match adopt_container(main.config.docker.as_ref(), &record.spec.id, container).await
-                {
-                    Some(c) => {
-                        tracing::info!(id = %record.spec.id, container = %c.id(), "adopted container");
-                        Initial::Adopted(Workload::Container(c))
-                    }
-                    None => Initial::Died,
-                }
-            } else if let Some(running) = adopt_record(&record) {
-                tracing::info!(id = %record.spec.id, pid = running.pid(), "adopted instance");
-                Initial::Adopted(Workload::Process(running))
             } else {
-                Initial::Died
+                match drivers.pick(&record.spec) {
+                    Ok(driver) => match driver.adopt(&record).await {
+                        Some(w) => Initial::Adopted(w),
+                        None => Initial::Died,
+                    },
+                    Err(e) => {
+                        tracing::warn!(id = %record.spec.id, error = %e, "cannot adopt instance");
+                        Initial::Died
+                    }
+                }
             };
             // An adopted container keeps reporting the image it runs, so its release gets
             // pinned even if the agent restarted before the first report.
@@ -243,7 +255,7 @@ impl Supervisor {
         Ok(Supervisor {
             desired: desired_tx,
             statuses: status_rx,
-            driver,
+            driver: paths,
             task: Some(task),
             owner,
             ledger,
@@ -292,12 +304,32 @@ impl Supervisor {
     }
 }
 
+/// The process driver of `config`'s data directory: it runs `process:` services, and keeps
+/// every instance's record and logs (whatever runs it).
+fn process_driver(config: &SupervisorConfig) -> ProcessDriver {
+    let driver = ProcessDriver::new(&config.data_dir).with_log_config(config.logs);
+    match &config.self_exe {
+        Some(exe) => driver.with_self_exe(exe),
+        None => driver,
+    }
+}
+
+/// The agent's identity on a shared Engine: its data directory, as an absolute path (the
+/// `berth.agent` label of its containers).
+fn owner(config: &SupervisorConfig) -> Arc<str> {
+    std::fs::canonicalize(&config.data_dir)
+        .unwrap_or_else(|_| config.data_dir.clone())
+        .display()
+        .to_string()
+        .into()
+}
+
 /// How an instance task begins.
 enum Initial {
     /// Desired and not started: resolve ports and start.
     Fresh,
     /// Found running by a new agent.
-    Adopted(Workload),
+    Adopted(Box<dyn Workload>),
     /// Its record says it ran, but it is gone and no one saw it exit.
     Died,
     /// It had exited and was not to be restarted.
@@ -331,7 +363,10 @@ struct Main {
     /// The secrets' values of the desired instances; instance tasks that must start without
     /// them (after an agent restart) wait on this.
     secrets: watch::Sender<SecretValues>,
-    driver: Arc<ProcessDriver>,
+    /// The data directory's instance records and logs.
+    paths: Arc<ProcessDriver>,
+    /// The runtimes, one of which runs each instance.
+    drivers: Arc<Drivers>,
     config: Arc<SupervisorConfig>,
     statuses: Arc<watch::Sender<Statuses>>,
     tasks: HashMap<String, Task>,
@@ -342,8 +377,6 @@ struct Main {
         mpsc::UnboundedSender<String>,
         mpsc::UnboundedReceiver<String>,
     ),
-    /// The `berth.agent` label of this supervisor's containers.
-    owner: Arc<str>,
     /// Where every image a container is created from is recorded, for garbage collection.
     ledger: Arc<ImageLedger>,
 }
@@ -364,7 +397,8 @@ impl Main {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), service_key(&spec));
         let instance = Instance {
-            driver: self.driver.clone(),
+            paths: self.paths.clone(),
+            drivers: self.drivers.clone(),
             config: self.config.clone(),
             statuses: self.statuses.clone(),
             spec,
@@ -375,7 +409,6 @@ impl Main {
             services: self.services.clone(),
             pid: None,
             commands: rx,
-            owner: self.owner.clone(),
             image_id,
             ledger: self.ledger.clone(),
             secrets: self.secrets.subscribe(),
@@ -453,12 +486,11 @@ impl Main {
             }
         }
         if self.desired.is_none() {
-            // The first desired set the server sent: from now on every container of this agent
-            // is either some task's (desired, or being stopped) or an orphan.
-            if let Some(docker) = self.config.docker.clone() {
-                let known: std::collections::HashSet<String> = self.tasks.keys().cloned().collect();
-                let owner = self.owner.clone();
-                tokio::spawn(async move { remove_orphans(&docker, &owner, &known).await });
+            // The first desired set the server sent: from now on every workload of this agent
+            // (a container) is either some task's (desired, or being stopped) or an orphan.
+            let known: std::collections::HashSet<String> = self.tasks.keys().cloned().collect();
+            for driver in self.drivers.iter() {
+                tokio::spawn(driver.remove_unknown(known.clone()));
             }
         }
         for (id, task) in &mut self.tasks {
@@ -482,7 +514,7 @@ impl Main {
 enum Phase {
     Start,
     Run {
-        running: Workload,
+        running: Box<dyn Workload>,
         adopted: bool,
     },
     Exited {
@@ -496,7 +528,10 @@ enum Phase {
 }
 
 struct Instance {
-    driver: Arc<ProcessDriver>,
+    /// The data directory's instance records and logs.
+    paths: Arc<ProcessDriver>,
+    /// The runtimes; [`Drivers::pick`] names this instance's.
+    drivers: Arc<Drivers>,
     config: Arc<SupervisorConfig>,
     statuses: Arc<watch::Sender<Statuses>>,
     spec: InstanceSpec,
@@ -511,8 +546,6 @@ struct Instance {
     services: Services,
     pid: Option<u32>,
     commands: mpsc::Receiver<Command>,
-    /// The `berth.agent` label for this instance's containers.
-    owner: Arc<str>,
     /// The image id the current container runs, for image instances.
     image_id: Option<String>,
     /// Where the images containers are created from are recorded.
@@ -550,7 +583,7 @@ impl Instance {
                 }
                 command = self.commands.recv() => {
                     if let Some(Command::Stop) = command {
-                        self.remove_container().await;
+                        self.discard().await;
                         self.forget();
                         self.publish(InstanceState::Stopped, Some("stopped while waiting for its secrets".to_string()));
                     }
@@ -611,54 +644,35 @@ impl Instance {
         if let Err(e) = self.check_volumes() {
             return self.start_failed(e);
         }
-        let image = self.spec.spec.image.is_some();
-        let docker = self.config.docker.clone();
-        if image && docker.is_none() {
-            return self.start_failed(Error::NoDocker {
-                id: self.spec.id.clone(),
-                service: self.spec.service.clone(),
-            });
-        }
+        let driver = match self.drivers.pick(&self.spec) {
+            Ok(d) => d.clone(),
+            Err(e) => return self.start_failed(e),
+        };
         let ports = match &self.ports {
             Some(p) => p.clone(),
-            None => {
-                let resolved = if image {
-                    docker::host_ports(&self.spec.id, &self.spec.spec.ports)
-                } else {
-                    process::resolve_ports(&self.spec.id, &self.spec.spec.ports)
-                };
-                match resolved {
-                    Ok(p) => {
-                        self.ports = Some(p.clone());
-                        p
-                    }
-                    Err(e) => return self.start_failed(e),
+            None => match driver.ports(&self.spec) {
+                Ok(p) => {
+                    self.ports = Some(p.clone());
+                    p
                 }
-            }
+                Err(e) => return self.start_failed(e),
+            },
         };
-        let started = match docker.filter(|_| image) {
-            Some(docker) => docker
-                .start(&self.driver, &self.spec, ports, self.restarts, &self.owner)
-                .await
-                .map(|(c, image_id)| {
+        match driver.start(&self.spec, ports, self.restarts).await {
+            Ok(running) => {
+                if let Some(image_id) = running.image_id() {
                     if let Some(reference) = &self.spec.spec.image {
                         self.ledger.note(reference, &image_id);
                     }
                     self.image_id = Some(image_id);
-                    Workload::Container(c)
-                }),
-            None => self
-                .driver
-                .start(&self.spec, ports, self.restarts)
-                .map(Workload::Process),
-        };
-        match started {
-            Ok(running) => Phase::Run {
-                running,
-                adopted: false,
-            },
+                }
+                Phase::Run {
+                    running,
+                    adopted: false,
+                }
+            }
             Err(e) => {
-                if matches!(&e, Error::Docker { message, .. } if port_taken(message)) {
+                if driver.port_taken(&e) {
                     // Another program (or another container starting at the same moment, which
                     // was handed the same free port) took a picked host port: pick new ones on
                     // the retry (the instance had no endpoint yet, so nothing moves).
@@ -672,13 +686,8 @@ impl Instance {
     /// Refuses a start whose volumes mount a host path this agent does not allow.
     fn check_volumes(&self) -> Result<()> {
         let mut policy = self.config.host_paths.clone();
-        if let Some(socket) = self
-            .config
-            .docker
-            .as_ref()
-            .and_then(|d| d.endpoint().strip_prefix("unix://"))
-        {
-            policy = policy.protect(socket);
+        for path in self.drivers.protected_paths() {
+            policy = policy.protect(path);
         }
         for v in &self.spec.spec.volumes {
             policy
@@ -716,17 +725,12 @@ impl Instance {
 
     /// Watches a running instance until it exits (→ `Exited`), is stopped, or the task is
     /// detached (→ `None`).
-    async fn supervise(&mut self, mut running: Workload, adopted: bool) -> Option<Phase> {
-        let started = Instant::now();
+    async fn supervise(&mut self, mut running: Box<dyn Workload>, adopted: bool) -> Option<Phase> {
+        let started = clock::now();
         self.pid = running.pid();
         let ports = self.ports.clone().unwrap_or_default();
-        let built = match (&running, &self.config.docker) {
-            (Workload::Container(c), Some(docker)) => {
-                HealthCheck::for_container(docker, c.id(), &self.spec, &ports)
-            }
-            _ => HealthCheck::for_instance(&self.driver, &self.spec, &ports),
-        };
-        let mut logs = self.follow_logs(&running);
+        let built = running.health_check(&self.spec, &ports);
+        let mut logs = self.follow_logs(running.as_ref());
         // Whether this run became healthy: then its end is not a crash loop (see `exited`).
         // Without a health check, running `served_after` counts (decided at the exit).
         let mut served = adopted;
@@ -768,7 +772,7 @@ impl Instance {
             .map(|_| Warmup { counted: started });
         let mut probe_tick = check.as_ref().map(|(c, first)| {
             let every = if warmup.is_some() { *first } else { c.interval };
-            probe_interval(Instant::now() + *first, every)
+            probe_interval(clock::now() + *first, every)
         });
         let mut rotate_tick = tokio::time::interval(self.config.rotate_every);
         rotate_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -795,14 +799,14 @@ impl Instance {
                             Some(_) if result.is_ok() => {
                                 // First success: from now on, probe every `interval`.
                                 warmup = None;
-                                probe_tick = Some(probe_interval(Instant::now() + c.interval, c.interval));
+                                probe_tick = Some(probe_interval(clock::now() + c.interval, c.interval));
                                 c.tracker.observe(true)
                             }
                             Some(w) => {
                                 // Not up yet: a failure counts once per `interval`, as it would
                                 // at the normal pace, so `unhealthy` keeps its meaning in time.
                                 if w.counted.elapsed() >= c.interval {
-                                    w.counted = Instant::now();
+                                    w.counted = clock::now();
                                     c.tracker.observe(false)
                                 } else {
                                     None
@@ -826,7 +830,7 @@ impl Instance {
                 command = self.commands.recv() => {
                     return match command {
                         Some(Command::Stop) => {
-                            self.stop(&mut running).await;
+                            self.stop(running.as_mut()).await;
                             if let Some(logs) = logs.take() {
                                 logs.finish().await;
                             }
@@ -845,23 +849,13 @@ impl Instance {
         }
     }
 
-    async fn stop(&mut self, running: &mut Workload) {
+    async fn stop(&mut self, running: &mut dyn Workload) {
         let grace = self.spec.spec.stop_grace.as_std();
         self.publish(
             InstanceState::Draining,
             Some(format!("stopping: SIGTERM, SIGKILL after {grace:?}")),
         );
-        let stopped = match (running, &self.config.docker) {
-            (Workload::Process(r), _) => self.driver.stop(r, grace).await.map(|e| e.to_string()),
-            (Workload::Container(c), Some(docker)) => docker
-                .stop(&self.spec.id, c, grace)
-                .await
-                .map(|e| e.to_string()),
-            (Workload::Container(_), None) => Err(Error::NoDocker {
-                id: self.spec.id.clone(),
-                service: self.spec.service.clone(),
-            }),
-        };
+        let stopped = running.stop(grace).await;
         match stopped {
             Ok(exit) => {
                 self.pid = None;
@@ -892,7 +886,7 @@ impl Instance {
             RestartPolicy::Never => false,
         };
         if !restart {
-            self.remove_container().await;
+            self.discard().await;
             self.finish(!ok, &reason);
             let state = if ok {
                 InstanceState::Stopped
@@ -923,7 +917,7 @@ impl Instance {
             self.failures,
         );
         self.failures = self.failures.saturating_add(1);
-        let waiting = Instant::now();
+        let waiting = clock::now();
         let mut siblings = self.statuses.subscribe();
         loop {
             let delay = if self.served && self.service_dark() {
@@ -945,7 +939,7 @@ impl Instance {
                 _ = siblings.changed(), if self.served && delay > self.config.backoff_base => {}
                 command = self.commands.recv() => {
                     if let Some(Command::Stop) = command {
-                        self.remove_container().await;
+                        self.discard().await;
                         self.forget();
                         self.publish(InstanceState::Stopped, Some(format!("stopped while waiting to restart: {reason}")));
                     }
@@ -971,7 +965,7 @@ impl Instance {
     /// Nothing runs; wait to be removed.
     async fn idle(&mut self) -> Option<Phase> {
         if let Some(Command::Stop) = self.commands.recv().await {
-            self.remove_container().await;
+            self.discard().await;
             self.forget();
             let message = self.current().and_then(|s| s.message);
             self.publish(InstanceState::Stopped, message);
@@ -986,7 +980,7 @@ impl Instance {
             message: reason.to_string(),
         };
         let record = match self
-            .driver
+            .paths
             .record_path(&self.spec.id)
             .and_then(|p| InstanceRecord::read(&p))
         {
@@ -1006,50 +1000,34 @@ impl Instance {
                 image_id: None,
             },
         };
-        if let Err(e) = self.driver.save_record(&record) {
+        if let Err(e) = self.paths.save_record(&record) {
             tracing::warn!(id = %self.spec.id, error = %e, "cannot record that the instance finished");
         }
     }
 
-    /// Removes the instance's container (by name) if it is an image instance: a container that
-    /// will not run again only holds disk space; its output is in the log file.
-    async fn remove_container(&self) {
-        if self.spec.spec.image.is_none() {
-            return;
-        }
-        if let Some(docker) = &self.config.docker {
-            let name = docker::container_name(&self.spec.id);
-            if let Err(e) = docker.remove(&self.spec.id, &name).await {
-                tracing::warn!(id = %self.spec.id, error = %e, "cannot remove container");
-            }
+    /// Removes what its driver left of the instance (its container, for an image instance):
+    /// it will not run again.
+    async fn discard(&self) {
+        if let Ok(driver) = self.drivers.pick(&self.spec) {
+            driver.discard(&self.spec).await;
         }
     }
 
-    /// For a container, starts copying its output into the instance's log file.
-    fn follow_logs(&self, running: &Workload) -> Option<LogFollower> {
-        let (Workload::Container(c), Some(docker)) = (running, &self.config.docker) else {
-            return None;
-        };
-        let dir = self.driver.instance_dir(&self.spec.id).ok()?;
-        let (stop, stop_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(docker::follow_logs(
-            docker.clone(),
-            c.id().to_string(),
-            dir.join(crate::logs::LOG_FILE),
-            dir.join(docker::LOG_CURSOR_FILE),
-            stop_rx,
-        ));
-        Some(LogFollower { stop, task })
+    /// Starts copying the workload's output into the instance's log file, for runtimes
+    /// whose output does not go there by itself (containers).
+    fn follow_logs(&self, running: &dyn Workload) -> Option<LogFollower> {
+        let dir = self.paths.instance_dir(&self.spec.id).ok()?;
+        running.follow_logs(&dir)
     }
 
     fn forget(&self) {
-        if let Err(e) = self.driver.forget(&self.spec.id) {
+        if let Err(e) = self.paths.forget(&self.spec.id) {
             tracing::warn!(id = %self.spec.id, error = %e, "cannot remove instance record");
         }
     }
 
     fn rotate_logs(&self) {
-        if let Err(e) = self.driver.rotate_logs(&self.spec.id) {
+        if let Err(e) = self.paths.rotate_logs(&self.spec.id) {
             tracing::warn!(id = %self.spec.id, error = %e, "cannot rotate instance log");
         }
     }
@@ -1088,109 +1066,6 @@ impl Instance {
     }
 }
 
-/// What runs for an instance: a process or a container.
-#[derive(Debug)]
-enum Workload {
-    Process(Running),
-    Container(Container),
-}
-
-impl Workload {
-    /// The host pid to report, when known.
-    fn pid(&self) -> Option<u32> {
-        match self {
-            Workload::Process(r) => Some(r.pid()),
-            Workload::Container(c) => c.pid(),
-        }
-    }
-
-    /// Waits for the workload to end: whether that was a clean exit, and how it ended.
-    /// Cancel-safe.
-    async fn wait(&mut self) -> (bool, String) {
-        match self {
-            Workload::Process(r) => {
-                let exit: Exit = r.wait().await;
-                (exit.success(), exit.to_string())
-            }
-            Workload::Container(c) => {
-                let exit = c.wait().await;
-                (exit.success(), exit.to_string())
-            }
-        }
-    }
-}
-
-/// The task copying a container's output into the instance's log file.
-struct LogFollower {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-/// How long the copy of a stopped container's last output may take.
-const LOG_DRAIN: Duration = Duration::from_secs(2);
-
-impl LogFollower {
-    /// The container stopped: let the copy reach the end of its output (bounded by
-    /// [`LOG_DRAIN`]), then end it.
-    async fn finish(mut self) {
-        if tokio::time::timeout(LOG_DRAIN, &mut self.task)
-            .await
-            .is_err()
-        {
-            let _ = self.stop.send(());
-            let _ = self.task.await;
-        }
-    }
-
-    /// The agent detaches: stop copying now, saving the cursor for the next agent.
-    async fn detach(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
-}
-
-/// A handle on a recorded container if it still runs as that instance; `None` when it does not
-/// (or when no Engine answers: the instance is then handled as having died).
-async fn adopt_container(
-    docker: Option<&DockerDriver>,
-    id: &str,
-    container: &str,
-) -> Option<Container> {
-    let Some(docker) = docker else {
-        tracing::warn!(id = %id, "cannot adopt container: this node has no Docker Engine");
-        return None;
-    };
-    match docker.adopt(id, container).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(id = %id, error = %e, "cannot adopt container");
-            None
-        }
-    }
-}
-
-/// Removes every container of this agent whose instance no task knows: left by an instance
-/// whose record was lost, or by a crash between creating a container and recording it.
-async fn remove_orphans(
-    docker: &DockerDriver,
-    owner: &str,
-    known: &std::collections::HashSet<String>,
-) {
-    let owned = match docker.list_owned(owner).await {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot look for orphan containers");
-            return;
-        }
-    };
-    for orphan in owned.into_iter().filter(|o| !known.contains(&o.instance)) {
-        tracing::info!(instance = %orphan.instance, container = %orphan.id, "removing orphan container");
-        if let Err(e) = docker.remove(&orphan.instance, &orphan.id).await {
-            tracing::warn!(error = %e, "cannot remove orphan container");
-        }
-    }
-}
-
 /// How soon a fresh instance is first probed (at most its `interval`), and how often it is
 /// probed until its first success: a workload that is up in 30 ms should not wait a whole
 /// `interval` (1 s by default) to be seen healthy and get traffic.
@@ -1223,6 +1098,9 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 }
 
 #[cfg(test)]
+mod decisions;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1235,26 +1113,5 @@ mod tests {
             .collect();
         assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 10000, 10000]);
         assert_eq!(backoff(base, max, u32::MAX), max);
-    }
-}
-
-/// Whether the Engine refused a container because one of its host ports is taken: by another
-/// program ("address already in use") or by another container that Docker's own allocator
-/// gave it first ("port is already allocated").
-fn port_taken(message: &str) -> bool {
-    message.contains("address already in use") || message.contains("port is already allocated")
-}
-
-#[cfg(test)]
-mod port_taken_tests {
-    use super::port_taken;
-
-    #[test]
-    fn both_engine_messages_for_a_taken_host_port_are_recognised() {
-        assert!(port_taken(
-            "listen tcp4 0.0.0.0:8080: bind: address already in use"
-        ));
-        assert!(port_taken("driver failed programming external connectivity on endpoint x: Bind for 0.0.0.0:35199 failed: port is already allocated"));
-        assert!(!port_taken("no such image"));
     }
 }

@@ -5,6 +5,11 @@
 //! `BERTH_REQUIRE_DOCKER=1` (CI), where they fail. Every container a test creates carries the
 //! test's own `berth.agent` label and is removed by a guard, even when the test fails.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "a real Engine: deadlines and measured durations are wall-clock"
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};

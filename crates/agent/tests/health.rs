@@ -1,5 +1,10 @@
 //! Health probes against real servers and commands.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "real probes over real sockets: deadlines and measured durations are wall-clock"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,11 @@
 //! The process driver against real processes: environment, ports, logs, rotation, stop,
 //! surviving the agent, adoption.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "real processes: deadlines and measured stop times are wall-clock"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

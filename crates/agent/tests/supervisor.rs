@@ -1,6 +1,11 @@
 //! The supervisor against real processes: restart policies, adoption across agent restarts,
 //! stopping on desired-set changes, health transitions.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "real processes: deadlines and measured restart delays are wall-clock"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::process::Proc;
 use common::{free_port, stable_binary, temp_dir};
@@ -166,7 +166,7 @@ async fn attacker(
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let opened = Instant::now();
+        let opened = common::clock::now();
         let closed = match trickle {
             None => closed_by_server(&mut stream).await,
             Some(every) => {
@@ -273,7 +273,7 @@ fn idle_and_slowloris_floods_do_not_stop_health_or_heartbeats_and_are_closed() {
     // and the node's readiness (its agent heartbeats every second; the TTL is 3 s).
     let mut failures = Vec::new();
     let mut probes = 0;
-    let started = Instant::now();
+    let started = common::clock::now();
     std::thread::sleep(Duration::from_millis(500)); // let the flood build up first
     while started.elapsed() < ATTACK_FOR {
         probes += 1;
@@ -346,13 +346,13 @@ fn idle_and_slowloris_floods_do_not_stop_health_or_heartbeats_and_are_closed() {
         let loopback = Ipv4Addr::LOCALHOST;
         let idle = async {
             let mut stream = connect_from(loopback, api).await.expect("connect");
-            let opened = Instant::now();
+            let opened = common::clock::now();
             assert!(closed_by_server(&mut stream).await, "idle connection never closed");
             opened.elapsed()
         };
         let slow = async {
             let mut stream = connect_from(loopback, api).await.expect("connect");
-            let opened = Instant::now();
+            let opened = common::clock::now();
             stream.write_all(b"GET /v1/health HTTP/1.1\r\nX-Slow: ").await.expect("write");
             let mut buf = [0u8; 64];
             loop {
@@ -387,7 +387,7 @@ fn idle_and_slowloris_floods_do_not_stop_health_or_heartbeats_and_are_closed() {
                 .ok()
                 .and_then(|v| v["version"].as_str().map(str::to_string))
                 .unwrap_or_else(|| panic!("no version in {first:?}"));
-            let asked = Instant::now();
+            let asked = common::clock::now();
             let answer = get(format!("/v1/nodes/{name}/desired?version={version}&wait=5")).await;
             (asked.elapsed(), answer)
         };

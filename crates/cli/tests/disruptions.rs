@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{api_get, cli_ok, nodes_ready, wait_settled};
 use common::docker::Load;
@@ -218,7 +218,7 @@ fn zero_failed_requests_through_deploys_rollbacks_kills_an_agent_restart_and_tab
     let loads: Vec<Load> = (0..LOADERS)
         .map(|_| Load::start(router, PACE, 200_000, Duration::from_secs(600)))
         .collect();
-    let started = Instant::now();
+    let started = common::clock::now();
     let sent = |loads: &[Load]| loads.iter().map(Load::sent).sum::<usize>();
     // Some traffic before the first disruption.
     assert!(
@@ -304,7 +304,7 @@ fn zero_failed_requests_through_deploys_rollbacks_kills_an_agent_restart_and_tab
 
     // 5. 10 routing-table changes per second for 10 s: `side` in and out of maintenance, each
     //    change seen through n2's router before the next.
-    let mut next = Instant::now();
+    let mut next = common::clock::now();
     for change in 0..TABLE_CHANGES {
         let on = change % 2 == 0;
         set_maintenance(&up, on);
@@ -314,7 +314,7 @@ fn zero_failed_requests_through_deploys_rollbacks_kills_an_agent_restart_and_tab
             "change {change}: n2's router never answered {expected} for side"
         );
         next += TABLE_CHANGE_EVERY;
-        if let Some(rest) = next.checked_duration_since(Instant::now()) {
+        if let Some(rest) = next.checked_duration_since(common::clock::now()) {
             std::thread::sleep(rest);
         }
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{api_get, cli_ok, nodes_ready, wait_settled};
 use common::process::{kill_recorded, stat, Proc};
@@ -209,7 +209,7 @@ fn six_instances_spread_two_per_zone_and_survive_the_loss_of_a_node() {
 
     // Kill node n3 whole: its agent and its instances.
     let lost = agents.pop().expect("n3");
-    let killed_at = Instant::now();
+    let killed_at = common::clock::now();
     lost.kill_node(&up);
     up.wait_until(
         Duration::from_secs(30),
@@ -235,8 +235,8 @@ fn six_instances_spread_two_per_zone_and_survive_the_loss_of_a_node() {
         nodes_ready(&up) == 3
     });
     // Watch several controller passes (it runs every 100 ms): never more than 6 wanted.
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
+    let until = common::clock::now() + Duration::from_secs(2);
+    while common::clock::now() < until {
         let wanted: usize = wanted_per_node(&up).values().sum();
         assert!(
             wanted <= 6,
@@ -258,9 +258,9 @@ fn drain_moves_instances_with_zero_failed_requests_under_load() {
     let load = {
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(90);
+            let deadline = common::clock::now() + Duration::from_secs(90);
             let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            while !stop.load(Ordering::Relaxed) && common::clock::now() < deadline {
                 match http::get(router, "/") {
                     Ok(r) if r.status == 200 => {
                         ok.fetch_add(1, Ordering::Relaxed);

@@ -43,7 +43,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::containers::{self, berth_image, engine_or_skip, processes, Process, Sandbox};
 use common::{assert_exit, command, http, run_command, write_file};
@@ -324,7 +324,7 @@ fn a_partitioned_agent_keeps_its_workloads_and_no_duplicate_survives_healing() {
 
     // --- Partition: a2 loses the network that reaches the server. ---
     c.sandbox.disconnect(&c.net, c.agent("a2"));
-    let cut = Instant::now();
+    let cut = common::clock::now();
     let mut down_at = None;
     let mut replaced_at = None;
     let mut polls = 0;
@@ -373,7 +373,7 @@ fn a_partitioned_agent_keeps_its_workloads_and_no_duplicate_survives_healing() {
 
     // --- Heal: a2 reaches the server again. ---
     c.sandbox.connect(&c.net, c.agent("a2"));
-    let healed = Instant::now();
+    let healed = common::clock::now();
     c.wait_until(
         Duration::from_secs(30),
         "a2 ready again after healing",
@@ -406,8 +406,8 @@ fn a_partitioned_agent_keeps_its_workloads_and_no_duplicate_survives_healing() {
     );
 
     // Several controller passes (every 100 ms) and heartbeats: it stays at exactly 4.
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
+    let until = common::clock::now() + Duration::from_secs(2);
+    while common::clock::now() < until {
         let instances = c.instances();
         let healthy: usize = healthy_running(&instances).values().sum();
         let w1 = c.workloads("a1").unwrap_or_default();

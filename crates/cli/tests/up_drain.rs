@@ -296,7 +296,7 @@ fn replace_under_sleeps(
     // The sleep requests, one at a time, each seen outstanding at an instance before the next.
     let router = up.router();
     let mut sleepers = Vec::new();
-    let started = Instant::now();
+    let started = common::clock::now();
     for n in 0..SLEEPS {
         let id = format!("drain-sleep-{to}-{n}");
         let header = id.clone();
@@ -306,7 +306,7 @@ fn replace_under_sleeps(
             Sleep {
                 id: header,
                 outcome,
-                done: Instant::now(),
+                done: common::clock::now(),
             }
         }));
         up.wait_until(
@@ -336,7 +336,7 @@ fn replace_under_sleeps(
     });
 
     // Release `to` turns healthy: every old instance is drained and stopped.
-    let gate_opened = Instant::now();
+    let gate_opened = common::clock::now();
     std::fs::write(gate, b"").expect("create the gate");
     let mut closed: BTreeMap<SocketAddr, Instant> = BTreeMap::new();
     up.wait_until(
@@ -345,7 +345,7 @@ fn replace_under_sleeps(
         || {
             for addr in old_addrs.keys() {
                 if !closed.contains_key(addr) && refuses(*addr) {
-                    closed.insert(*addr, Instant::now());
+                    closed.insert(*addr, common::clock::now());
                 }
             }
             closed.len() == old_addrs.len()

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{
     api_get, assert_every_answer_has_version, cli, cli_ok, releases, stack, status, wait_settled,
@@ -54,7 +54,7 @@ fn load(
     deadline: Duration,
 ) -> std::thread::JoinHandle<Load> {
     std::thread::spawn(move || {
-        let started = Instant::now();
+        let started = common::clock::now();
         let mut seen = Load::default();
         while !stop.load(Ordering::Relaxed) && seen.ok + seen.failures.len() < max {
             if started.elapsed() > deadline {
@@ -175,6 +175,131 @@ fn a_release_that_never_becomes_healthy_is_rolled_back_while_the_previous_one_se
         "berth history should show release 2 failed:\n{history}"
     );
     assert_every_answer_has_version(&up, HOST, 30, "1");
+}
+
+/// A first release that never becomes healthy has nothing to roll back to: `berth deploy
+/// --wait` says so, with the server's reason, instead of claiming a previous release was
+/// restored (there was none).
+#[test]
+fn a_failed_first_release_says_nothing_was_rolled_back_to() {
+    let up = BerthUp::start();
+    let file = impatient_demo(&up);
+    let out = cli(
+        &up,
+        &[
+            "deploy",
+            "-f",
+            &file,
+            "--env",
+            "local",
+            "--set",
+            "web.health.http=/status/503",
+            "--wait",
+        ],
+    );
+    assert_exit(&out, 1);
+    assert_no_panic(&out);
+    let err = stderr(&out);
+    assert!(
+        stdout(&out).contains("rolling out 1"),
+        "berth deploy --wait should show progress:\n{}",
+        stdout(&out)
+    );
+    assert!(
+        err.contains("release 1 failed: "),
+        "berth deploy --wait should say the release failed:\n{err}"
+    );
+    assert!(
+        !err.contains("restored"),
+        "there was no previous release to restore:\n{err}"
+    );
+    assert!(
+        err.contains("nothing to roll back to"),
+        "berth deploy --wait should say nothing was rolled back to, and why:\n{err}"
+    );
+    let list = releases(&up, "demo", "local");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["status"], "failed", "{list:?}");
+    let reason = list[0]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(!reason.is_empty(), "a failed release says why: {list:?}");
+    assert!(
+        err.contains(&reason),
+        "the message carries the server's reason {reason:?}:\n{err}"
+    );
+}
+
+/// A failed release after a live one: `berth deploy --wait` names the release the server rolls
+/// back to, with the failure's reason.
+#[test]
+fn a_failed_release_names_the_release_it_rolls_back_to() {
+    let up = BerthUp::start();
+    let file = impatient_demo(&up);
+    assert_exit(
+        &cli(&up, &["deploy", "-f", &file, "--env", "local", "--wait"]),
+        0,
+    );
+    let out = cli(
+        &up,
+        &[
+            "deploy",
+            "-f",
+            &file,
+            "--env",
+            "local",
+            "--set",
+            "web.env.VERSION=2",
+            "--set",
+            "web.health.http=/status/503",
+            "--wait",
+        ],
+    );
+    assert_exit(&out, 1);
+    assert_no_panic(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("release 2 failed: ")
+            && (err.contains("; rolling back to release 1")
+                || err.contains("; release 1 was restored")),
+        "berth deploy --wait should name the release rolled back to:\n{err}"
+    );
+    assert!(
+        !err.contains("nothing was rolled back"),
+        "release 1 went live, so there was something to roll back to:\n{err}"
+    );
+    wait_settled(&up, "demo", "web", 3, Some(1));
+}
+
+/// `--timeout` bounds `berth deploy --wait`: a release still rolling out when it passes ends the
+/// wait with exit 1 and a pointer to `berth status`, and is left rolling out.
+#[test]
+fn deploy_wait_gives_up_after_its_timeout() {
+    let up = BerthUp::start();
+    // Never healthy, and the default progress deadline (60 s) is far away.
+    let out = cli(
+        &up,
+        &[
+            "deploy",
+            "-f",
+            DEMO,
+            "--env",
+            "local",
+            "--set",
+            "web.health.http=/status/503",
+            "--wait",
+            "--timeout",
+            "1",
+        ],
+    );
+    assert_exit(&out, 1);
+    assert_no_panic(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("release 1 did not finish within 1 s; see `berth status demo`"),
+        "berth deploy --wait should give up after --timeout:\n{err}"
+    );
+    let list = releases(&up, "demo", "local");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["status"], "rolling_out", "{list:?}");
 }
 
 /// `berth ARGS…` against `up` with `token` instead of the admin token.

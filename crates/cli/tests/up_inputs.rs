@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{cli, service, status};
 use common::up::BerthUp;
@@ -140,7 +140,7 @@ fn the_largest_stack_neither_starves_another_deploy_nor_delays_sigterm() {
     );
 
     let small = write_file(up.dir(), "small.yaml", SMALL);
-    let started = Instant::now();
+    let started = common::clock::now();
     let out = cli(&up, &["deploy", "-f", &small, "--env", "local", "--wait"]);
     assert_exit(&out, 0);
     assert!(
@@ -150,7 +150,7 @@ fn the_largest_stack_neither_starves_another_deploy_nor_delays_sigterm() {
     );
 
     up.proc().signal(Signal::SIGTERM);
-    let stopping = Instant::now();
+    let stopping = common::clock::now();
     let exit = up.proc().wait_exit(Duration::from_secs(30));
     let took = stopping.elapsed();
     stop.store(true, Ordering::Relaxed);

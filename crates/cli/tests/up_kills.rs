@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::cluster::{instances, service, status, wait_settled};
 use common::http;
@@ -18,10 +18,7 @@ const HOST: &str = "demo.localhost";
 
 /// Wall-clock milliseconds, as the agent writes `started_at_ms`.
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    common::clock::unix_ms()
 }
 
 /// `DATA_DIR/agent/instances/ID/instance.json`'s pid and `started_at_ms`.
@@ -95,7 +92,7 @@ fn a_healthy_instance_killed_every_two_seconds_restarts_at_once_and_the_service_
     };
 
     let mut delays = Vec::new();
-    let started = Instant::now();
+    let started = common::clock::now();
     let mut round = 0usize;
     while started.elapsed() < Duration::from_secs(20) {
         let next = started + Duration::from_secs(2 * (round as u64 + 1));
@@ -122,7 +119,7 @@ fn a_healthy_instance_killed_every_two_seconds_restarts_at_once_and_the_service_
             }
         }
         round += 1;
-        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+        if let Some(wait) = next.checked_duration_since(common::clock::now()) {
             std::thread::sleep(wait);
         }
     }

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::process::Proc;
 use common::{
@@ -168,7 +168,7 @@ fn validate_without_files_is_a_usage_error() {
 fn assert_refused_quickly(name: &str, bytes: &[u8], words: &[&str]) {
     let dir = temp_dir();
     let path = write_file(dir.path(), name, bytes);
-    let started = Instant::now();
+    let started = common::clock::now();
     let out = run_command(command(["validate", &path]), Duration::from_secs(60));
     let took = started.elapsed();
     assert_no_panic(&out);
@@ -521,7 +521,7 @@ fn whoami_answers_its_identity_and_test_endpoints() {
     assert_eq!(http::get(w.addr, "/healthz").unwrap().status, 200);
     assert_eq!(http::get(w.addr, "/status/503").unwrap().status, 503);
     assert_eq!(http::get(w.addr, "/status/201").unwrap().status, 201);
-    let started = Instant::now();
+    let started = common::clock::now();
     let slept = http::get(w.addr, "/sleep?ms=50").unwrap();
     assert_eq!(slept.status, 200, "{}", slept.text());
     assert!(

@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::{Body, Frame, SizeHint};
 
@@ -29,11 +29,18 @@ const IDLE_BITS: u32 = 48;
 const IDLE_MASK: u64 = (1 << IDLE_BITS) - 1;
 const ONE_BUSY: u64 = 1 << IDLE_BITS;
 
-/// Milliseconds since the first call in this process (monotonic), in [`IDLE_BITS`] bits.
+/// How far before the first reading the counter's epoch is set: a test runtime paused a moment
+/// before another thread's first reading keeps a clock behind that reading, and must still
+/// count forward from the epoch (not be stuck at 0).
+const EPOCH_BEFORE: Duration = Duration::from_secs(3600);
+
+/// Milliseconds since an epoch fixed in this process (monotonic, on Tokio's clock so that tests
+/// can pause it), in [`IDLE_BITS`] bits.
 fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(crate::clock::now);
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX) & IDLE_MASK
+    static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
+    let now = crate::clock::now();
+    let epoch = *EPOCH.get_or_init(|| now.checked_sub(EPOCH_BEFORE).unwrap_or(now));
+    u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX) & IDLE_MASK
 }
 
 /// One connection's activity: how many requests are in progress, and since when it is idle.
@@ -140,27 +147,87 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 mod tests {
     use super::*;
 
-    /// Real time, so the margins are wide: the guard must not fire while a request is in
-    /// progress (however long), nor right after it ends; it must fire within seconds after.
-    #[tokio::test]
+    /// The guard's limit in these tests: the listeners' real one. Paused time waits it out
+    /// in no real time.
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    /// Sleeps `d` on the paused clock, then lets the woken tasks run.
+    async fn advance(d: Duration) {
+        tokio::time::sleep(d).await;
+        tokio::task::yield_now().await;
+    }
+
+    fn watch(activity: &Arc<Activity>) -> tokio::task::JoinHandle<()> {
+        let guard = activity.clone();
+        tokio::spawn(async move { guard.idle_for(LIMIT).await })
+    }
+
+    /// The guard never fires while a request is in progress (however long), nor before the
+    /// connection has been idle for the whole limit since the response; then it does.
+    #[tokio::test(start_paused = true)]
     async fn idle_for_waits_out_busy_requests_and_counts_from_the_last_one() {
         let activity = Activity::new();
         let busy = activity.begin();
-        let limit = Duration::from_secs(2);
-        let guard = activity.clone();
-        let watched = tokio::spawn(async move { guard.idle_for(limit).await });
-        // Busy for longer than the limit: never idle.
-        tokio::time::sleep(limit + Duration::from_millis(500)).await;
+        let watched = watch(&activity);
+        // Busy for three limits: never idle.
+        advance(LIMIT * 3).await;
         assert!(
             !watched.is_finished(),
             "closed while a request was in progress"
         );
         drop(busy);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        advance(Duration::from_millis(100)).await;
         assert!(!watched.is_finished(), "closed right after the response");
-        tokio::time::timeout(Duration::from_secs(30), watched)
+        advance(LIMIT - Duration::from_millis(200)).await;
+        assert!(
+            !watched.is_finished(),
+            "closed before the connection was idle for the limit"
+        );
+        tokio::time::timeout(Duration::from_millis(200), watched)
             .await
             .expect("the guard fires once idle for the limit")
             .expect("the guard task");
+    }
+
+    /// A request during the idle time starts the count again from its response.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_while_idle_restarts_the_count() {
+        let activity = Activity::new();
+        let watched = watch(&activity);
+        advance(LIMIT - Duration::from_secs(5)).await;
+        drop(activity.begin());
+        // The limit since the connection opened has passed, but not since the request.
+        advance(Duration::from_secs(10)).await;
+        assert!(
+            !watched.is_finished(),
+            "the count went on through a request"
+        );
+        advance(LIMIT - Duration::from_secs(10) - Duration::from_millis(100)).await;
+        assert!(!watched.is_finished(), "closed before the limit");
+        tokio::time::timeout(Duration::from_millis(200), watched)
+            .await
+            .expect("the guard fires once idle for the limit after the request")
+            .expect("the guard task");
+    }
+
+    /// `idle_since_ms` is `None` while any request is in progress, and the moment the last one
+    /// ended afterwards (what the connection limit compares to pick the longest idle).
+    #[tokio::test(start_paused = true)]
+    async fn idle_since_counts_busy_requests() {
+        let activity = Activity::new();
+        let opened = activity.idle_since_ms().expect("idle when accepted");
+        let first = activity.begin();
+        let second = activity.begin();
+        assert_eq!(activity.idle_since_ms(), None);
+        advance(Duration::from_secs(7)).await;
+        drop(first);
+        assert_eq!(
+            activity.idle_since_ms(),
+            None,
+            "one request still in progress"
+        );
+        advance(Duration::from_secs(3)).await;
+        drop(second);
+        assert_eq!(activity.idle_since_ms(), Some(opened + 10_000));
     }
 }

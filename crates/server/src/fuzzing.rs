@@ -49,6 +49,9 @@ pub struct ApiFuzzer {
     join: String,
     node: String,
     dir: PathBuf,
+    /// Keeps the live view's follower running (as `serve` does): handlers read the view and
+    /// wait for it to have their own writes.
+    _follow: tokio::sync::watch::Sender<bool>,
 }
 
 /// Why an input failed an invariant.
@@ -82,6 +85,7 @@ impl ApiFuzzer {
             .enable_all()
             .build()
             .expect("a tokio runtime");
+        let (follow, stop) = tokio::sync::watch::channel(false);
         let (router, admin, join) = runtime.block_on(async {
             let store = berth_store::EmbeddedStore::open(dir.join("state.redb"))
                 .await
@@ -94,6 +98,8 @@ impl ApiFuzzer {
             })
             .await
             .expect("the server's state");
+            let follower = shared.clone();
+            tokio::spawn(async move { follower.view.follow(follower.store.as_ref(), stop).await });
             let read = |name: &str| {
                 std::fs::read_to_string(dir.join(name))
                     .expect("a token file")
@@ -113,6 +119,7 @@ impl ApiFuzzer {
             join,
             node: String::new(),
             dir,
+            _follow: follow,
         };
         let register = serde_json::json!({
             "name": NODE,

@@ -5,7 +5,14 @@
 //! /node-tokens/NAME                hex SHA-256 of the node's credential
 //! /node-seen/NAME                  u64 ms: when a node that is down was last seen (written when
 //!                                  it goes down, deleted when it calls in again)
-//! /releases/STACK/ENV/NNNNNNNNNN   Release (immutable but for its status)
+//! /releases/STACK/ENV/NNNNNNNNNN   Release (immutable but for its status; written by a deploy
+//!                                  or rollback, then only its status changes)
+//! /pins/STACK/ENV/NNNNNNNNNN/SERVICE
+//!                                  JSON string: the image id the release runs for SERVICE, as
+//!                                  first reported by an agent (created once, never rewritten;
+//!                                  deleted with its release). Readers merge these into
+//!                                  `Release.images`; older versions kept them in the release
+//!                                  record itself, which still reads the same
 //! /rollouts/STACK/ENV              RolloutRecord: the current or last rollout
 //! /instances/ID                    InstanceRecord: spec, what the server wants, what the agent saw
 //! /maintenance/STACK/SERVICE       MaintenanceView, while the service is in maintenance mode
@@ -99,6 +106,35 @@ pub fn release(stack: &str, env: &str, number: u64) -> String {
     format!("{RELEASES}{stack}/{env}/{number:010}")
 }
 
+/// Prefix of every image pin.
+pub const PINS: &str = "/pins/";
+
+/// Every image pin of a stack's releases in one environment.
+pub fn pins(stack: &str, env: &str) -> String {
+    format!("{PINS}{stack}/{env}/")
+}
+
+/// Every image pin of one release (a prefix: retention deletes it with the release).
+pub fn release_pins(stack: &str, env: &str, number: u64) -> String {
+    format!("{PINS}{stack}/{env}/{number:010}/")
+}
+
+/// The image id pinned for one service of one release.
+pub fn pin(stack: &str, env: &str, number: u64, service: &str) -> String {
+    format!("{PINS}{stack}/{env}/{number:010}/{service}")
+}
+
+/// The parts of a pin key: (stack, env, release number, service); `None` for any other key.
+pub fn parse_pin(key: &str) -> Option<(&str, &str, u64, &str)> {
+    let mut parts = key.strip_prefix(PINS)?.splitn(4, '/');
+    let (stack, env, number, service) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if service.is_empty() || service.contains('/') {
+        return None;
+    }
+    Some((stack, env, number.parse().ok()?, service))
+}
+
 /// What kind of thing a key names, for the event stream.
 pub fn subject(key: &str) -> &'static str {
     if key.starts_with(NODES) {
@@ -109,6 +145,8 @@ pub fn subject(key: &str) -> &'static str {
         "rollout"
     } else if key.starts_with(RELEASES) {
         "release"
+    } else if key.starts_with(PINS) {
+        "pin"
     } else if key.starts_with(MAINTENANCE) {
         "maintenance"
     } else if key.starts_with(SECRETS) || key.starts_with("/secret-versions/") {
@@ -117,5 +155,23 @@ pub fn subject(key: &str) -> &'static str {
         "gc"
     } else {
         "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_key_names_its_release_and_service() {
+        let key = pin("shop", "staging", 7, "web");
+        assert_eq!(key, "/pins/shop/staging/0000000007/web");
+        assert!(key.starts_with(&release_pins("shop", "staging", 7)));
+        assert!(key.starts_with(&pins("shop", "staging")));
+        assert_eq!(parse_pin(&key), Some(("shop", "staging", 7, "web")));
+        assert_eq!(parse_pin("/pins/shop/staging/x/web"), None);
+        assert_eq!(parse_pin("/pins/shop/staging/0000000007/"), None);
+        assert_eq!(parse_pin(&release("shop", "staging", 7)), None);
+        assert_eq!(subject(&key), "pin");
     }
 }

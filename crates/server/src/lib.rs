@@ -10,7 +10,10 @@
 //! - [`state`]     — the records kept in the store and a snapshot of them.
 //! - [`view`]      — the cluster view: every record at one revision, built by list-then-watch.
 //! - [`live`]      — the view kept current from the store's watch, shared by every reader.
-//! - [`http`]      — the API handlers, one module per area.
+//! - [`http`]      — the API handlers, one module per area: parse, call, answer.
+//! - [`releases`]  — deploy, plan, retention, history and rollback rules (service functions).
+//! - [`secrets`]   — secret names, values and versions (service functions).
+//! - [`pins`]      — image ids agents report, pinned in their own keys (first report wins).
 //! - [`placement`] — the scheduler's snapshot from the store; placement checks for plans.
 //! - [`controllers`] — one controller per concern (rollout, replicas, drain, liveness), each a
 //!   pure function of the view returning effects, and the shell that applies them. A new
@@ -42,9 +45,12 @@ pub mod keys;
 pub mod leadership;
 pub mod listen;
 pub mod live;
+pub mod pins;
 pub mod pki;
 pub mod placement;
+pub mod releases;
 pub mod rollouts;
+pub mod secrets;
 pub mod state;
 pub mod table;
 pub mod view;
@@ -110,9 +116,6 @@ pub struct Shared {
     /// Each node's last garbage-collection report, from its heartbeats (in memory, like
     /// liveness: it is for people and for `berth gc` to wait on).
     pub gc_reports: Mutex<HashMap<String, berth_api::control::GcReport>>,
-    /// `STACK/ENV/NUMBER/SERVICE` of the releases known to have an image id pinned for the
-    /// service, so heartbeats do not read a release again for every report.
-    pub pinned: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Errors that stop the server from starting.
@@ -167,7 +170,6 @@ impl Shared {
             liveness_marks: tokio::sync::Mutex::new(()),
             tables: Mutex::new(table::RecentTables::default()),
             gc_reports: Mutex::new(HashMap::new()),
-            pinned: Mutex::new(std::collections::HashSet::new()),
         }))
     }
 }

@@ -37,7 +37,12 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 /// How long in-flight requests get to finish once the server is told to stop.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+///
+/// Well under the 10 s grace `berth up` and `berth server` give their parts after SIGTERM:
+/// long-polls (agents, routers) and event streams (`berth events -f`) never finish on their
+/// own, and were this the whole grace, any follower would turn every stop into the forced
+/// `exit 1` (followers reconnect to the next server by themselves).
+const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Paths that answer without a token, so a 2xx there proves nothing about the caller.
 pub const PUBLIC_PATHS: &[&str] = &["/v1/health"];

@@ -8,7 +8,7 @@
 use std::sync::{RwLock, RwLockReadGuard};
 
 use berth_store::Store;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 use crate::state::StateError;
@@ -67,7 +67,7 @@ impl LiveView {
         loop {
             let from = self.revision() + 1;
             let mut stream = match store.watch("/", from).await {
-                Ok(s) => s,
+                Ok(s) => s.peekable(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch the store; listing again");
                     if self.relist(store, &mut stop).await {
@@ -83,12 +83,15 @@ impl LiveView {
                         Some(Ok(event)) => {
                             let applied = {
                                 let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-                                let r = view.apply(&event);
-                                // An undecodable record is skipped, named in the log; the
-                                // revision still moves on so waiters are not stuck behind it.
-                                if let Err(e) = &r {
-                                    tracing::warn!(error = %e, "ignoring a store record the view cannot read");
-                                    view.revision = view.revision.max(event.revision);
+                                Self::apply_logged(&mut view, &event);
+                                // A transaction is several events at one revision: apply the
+                                // rest of it that is already here under the same lock, so a
+                                // reader woken for this revision sees the whole transaction.
+                                while let Some(Some(Ok(more))) = std::pin::Pin::new(&mut stream)
+                                    .next_if(|i| matches!(i, Ok(e) if e.revision == event.revision))
+                                    .now_or_never()
+                                {
+                                    Self::apply_logged(&mut view, &more);
                                 }
                                 view.revision
                             };
@@ -105,6 +108,15 @@ impl LiveView {
                     }
                 }
             }
+        }
+    }
+
+    /// Folds one event in. An undecodable record is skipped, named in the log; the revision
+    /// still moves on so waiters are not stuck behind it.
+    fn apply_logged(view: &mut View, event: &berth_store::WatchEvent) {
+        if let Err(e) = view.apply(event) {
+            tracing::warn!(error = %e, "ignoring a store record the view cannot read");
+            view.revision = view.revision.max(event.revision);
         }
     }
 

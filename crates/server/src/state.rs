@@ -318,20 +318,78 @@ impl Snapshot {
     }
 }
 
-/// Every release of a stack in one environment, oldest first.
+/// Every release of a stack in one environment, oldest first, with its image pins merged in.
 pub async fn releases(
     store: &dyn Store,
     stack: &str,
     env: &str,
 ) -> Result<Vec<Versioned<Release>>, StateError> {
     let (_, v) = read_prefix::<Release>(store, &keys::releases(stack, env)).await?;
-    Ok(v.into_iter().map(|(_, r)| r).collect())
+    let pins = read_pins(store, &keys::pins(stack, env)).await?;
+    Ok(with_pins(v.into_iter().map(|(_, r)| r), &pins))
 }
 
-/// Every retained release of every stack and environment.
+/// Every retained release of every stack and environment, with their image pins merged in.
 pub async fn all_releases(store: &dyn Store) -> Result<Vec<Versioned<Release>>, StateError> {
     let (_, v) = read_prefix::<Release>(store, keys::RELEASES).await?;
-    Ok(v.into_iter().map(|(_, r)| r).collect())
+    let pins = read_pins(store, keys::PINS).await?;
+    Ok(with_pins(v.into_iter().map(|(_, r)| r), &pins))
+}
+
+/// Image pins by release: (stack, env, number) → service → image id.
+pub type Pins = BTreeMap<(String, String, u64), BTreeMap<String, String>>;
+
+/// The image pins under `prefix` (see [`keys::pin`]). Keys that are not pins are skipped.
+async fn read_pins(store: &dyn Store, prefix: &str) -> Result<Pins, StateError> {
+    let resp = store.range(prefix).await?;
+    let mut pins = Pins::new();
+    for kv in resp.kvs {
+        let Some((stack, env, number, service)) = keys::parse_pin(&kv.key) else {
+            continue;
+        };
+        let id: String = decode(&kv.key, &kv.value)?;
+        pins.entry((stack.to_string(), env.to_string(), number))
+            .or_default()
+            .insert(service.to_string(), id);
+    }
+    Ok(pins)
+}
+
+fn with_pins(
+    releases: impl Iterator<Item = Versioned<Release>>,
+    pins: &Pins,
+) -> Vec<Versioned<Release>> {
+    releases
+        .map(|mut r| {
+            let at = (r.value.stack.clone(), r.value.env.clone(), r.value.number);
+            if let Some(p) = pins.get(&at) {
+                merge_pins(&mut r.value, p);
+            }
+            r
+        })
+        .collect()
+}
+
+/// Adds a release's pin keys to its `images`. An id the record itself holds wins (a store
+/// written by an older version kept pins in the record; a rollback's record carries the pins
+/// of the release it returns to): pins are first-report-wins, and that one came first.
+/// Whoever writes the release back must not write these merged pins along: see
+/// [`record_images`].
+pub fn merge_pins(release: &mut Release, pins: &BTreeMap<String, String>) {
+    for (service, id) in pins {
+        release
+            .images
+            .entry(service.clone())
+            .or_insert_with(|| id.clone());
+    }
+}
+
+/// A merged release's `images` as its record holds them: without the ids that only its pin
+/// keys hold, so writing the release back (a status change) does not copy pins into it.
+pub fn record_images(release: &mut Release, pins: &BTreeMap<String, String>) {
+    release
+        .images
+        .retain(|service, id| pins.get(service) != Some(id));
 }
 
 /// What garbage collection must keep: every image reference and pinned image id of an image
@@ -360,7 +418,7 @@ pub async fn gc_generation(store: &dyn Store) -> Result<(u64, i64), StateError> 
     }
 }
 
-/// One release, if it is still retained.
+/// One release, if it is still retained, with its image pins merged in.
 pub async fn release(
     store: &dyn Store,
     stack: &str,
@@ -369,10 +427,17 @@ pub async fn release(
 ) -> Result<Option<Versioned<Release>>, StateError> {
     let key = keys::release(stack, env, number);
     match store.get(&key).await? {
-        Some(kv) => Ok(Some(Versioned {
-            value: decode(&key, &kv.value)?,
-            mod_revision: kv.mod_revision,
-        })),
+        Some(kv) => {
+            let mut value: Release = decode(&key, &kv.value)?;
+            let pins = read_pins(store, &keys::release_pins(stack, env, number)).await?;
+            if let Some(p) = pins.get(&(stack.to_string(), env.to_string(), number)) {
+                merge_pins(&mut value, p);
+            }
+            Ok(Some(Versioned {
+                value,
+                mod_revision: kv.mod_revision,
+            }))
+        }
         None => Ok(None),
     }
 }

@@ -40,6 +40,8 @@ pub struct View {
     maintenance: BTreeMap<(String, String), MaintenanceView>,
     /// The garbage-collection generation and its `mod_revision` (0 and 0 before any `berth gc`).
     gc_generation: (u64, i64),
+    /// Image pins (`/pins/…`) by release, also merged into `releases`' `images`.
+    pins: crate::state::Pins,
 }
 
 impl View {
@@ -58,9 +60,9 @@ impl View {
     }
 
     /// Folds one watch event in. Events must come in revision order, none older than
-    /// [`View::revision`]; an older one is ignored (a re-watch may replay it). Every op of one
-    /// transaction comes as its own event at the same revision, so an event *at* the view's
-    /// revision is applied (a replayed one is a put or delete already applied: no change). A record that
+    /// [`View::revision`]; an older one is ignored (a re-watch may replay it). One transaction
+    /// is several events at the same revision, so an event *at* the view's revision is still
+    /// applied (applying an event again is harmless: puts and deletes are idempotent). A record that
     /// cannot be decoded fails with the key named, and the view keeps the record's previous
     /// value (it never holds a half-applied event).
     pub fn apply(&mut self, event: &WatchEvent) -> Result<(), StateError> {
@@ -79,6 +81,10 @@ impl View {
 
     fn put(&mut self, kv: &KeyValue) -> Result<(), StateError> {
         let key = kv.key.as_str();
+        // Image pins: their own keys, merged into the release they pin (see `keys`).
+        if key.starts_with(keys::PINS) {
+            return self.put_pin(kv);
+        }
         fn versioned<T>(value: T, kv: &KeyValue) -> Versioned<T> {
             Versioned {
                 value,
@@ -96,9 +102,12 @@ impl View {
             let at = (record.stack.clone(), record.env.clone());
             self.rollouts.insert(at, versioned(record, kv));
         } else if key.starts_with(keys::RELEASES) {
-            let release: Release = decode(key, &kv.value)?;
+            let mut release: Release = decode(key, &kv.value)?;
             let at = (release.stack.clone(), release.env.clone());
             let number = release.number;
+            if let Some(pins) = self.pins.get(&(at.0.clone(), at.1.clone(), number)) {
+                crate::state::merge_pins(&mut release, pins);
+            }
             self.releases
                 .entry(at)
                 .or_default()
@@ -125,7 +134,9 @@ impl View {
     }
 
     fn delete(&mut self, key: &str) {
-        if let Some(name) = key.strip_prefix(keys::NODES) {
+        if key.starts_with(keys::PINS) {
+            self.delete_pin(key);
+        } else if let Some(name) = key.strip_prefix(keys::NODES) {
             self.nodes.remove(name);
         } else if let Some(id) = key.strip_prefix(keys::INSTANCES) {
             self.instances.remove(id);
@@ -163,6 +174,82 @@ impl View {
         } else if key == keys::GC_GENERATION {
             self.gc_generation = (0, 0);
         }
+    }
+
+    /// A pin key written: remember it, and merge it into its release if that is held.
+    fn put_pin(&mut self, kv: &KeyValue) -> Result<(), StateError> {
+        let Some((stack, env, number, service)) = keys::parse_pin(&kv.key) else {
+            return Ok(());
+        };
+        let id: String = decode(&kv.key, &kv.value)?;
+        let at = (stack.to_string(), env.to_string());
+        if let Some(release) = self
+            .releases
+            .get_mut(&at)
+            .and_then(|all| all.get_mut(&number))
+        {
+            let pin = BTreeMap::from([(service.to_string(), id.clone())]);
+            crate::state::merge_pins(&mut release.value, &pin);
+        }
+        self.pins
+            .entry((at.0, at.1, number))
+            .or_default()
+            .insert(service.to_string(), id);
+        Ok(())
+    }
+
+    /// A pin key deleted (with its release, by retention): forget it, and take it out of the
+    /// release if that is still held and its id came from the pin.
+    fn delete_pin(&mut self, key: &str) {
+        let Some((stack, env, number, service)) = keys::parse_pin(key) else {
+            return;
+        };
+        let at = (stack.to_string(), env.to_string(), number);
+        let Some(pins) = self.pins.get_mut(&at) else {
+            return;
+        };
+        let Some(id) = pins.remove(service) else {
+            return;
+        };
+        if pins.is_empty() {
+            self.pins.remove(&at);
+        }
+        if let Some(release) = self
+            .releases
+            .get_mut(&(at.0, at.1))
+            .and_then(|all| all.get_mut(&number))
+        {
+            let pin = BTreeMap::from([(service.to_string(), id)]);
+            crate::state::record_images(&mut release.value, &pin);
+        }
+    }
+
+    /// The image ids pinned by their own keys for one release, by service (merged into
+    /// [`View::release`]'s `images` already): what a writer of the release leaves out of the
+    /// record (see [`crate::state::record_images`]), and what retention deletes with it.
+    pub fn pins_of(
+        &self,
+        stack: &str,
+        env: &str,
+        number: u64,
+    ) -> Option<&BTreeMap<String, String>> {
+        self.pins.get(&(stack.to_string(), env.to_string(), number))
+    }
+
+    /// One retained release as its record holds it: without the image ids only its pin keys
+    /// hold. What a writer of the release (a status change) starts from, so that writing it
+    /// back does not copy pins into the record; readers use [`View::release`].
+    pub fn release_record(
+        &self,
+        stack: &str,
+        env: &str,
+        number: u64,
+    ) -> Option<Versioned<Release>> {
+        let mut release = self.release(stack, env, number)?.clone();
+        if let Some(pins) = self.pins_of(stack, env, number) {
+            crate::state::record_images(&mut release.value, pins);
+        }
+        Some(release)
     }
 
     /// Every node, by name.
@@ -308,5 +395,111 @@ mod tests {
         assert_eq!(view.gc_generation().0, 3);
         assert_eq!(view.secrets_of("shop").len(), 1);
         assert!(view.maintenance().is_empty());
+    }
+
+    /// Image pins: their own keys, merged into their release's `images` whichever comes
+    /// first, kept out of nothing else; a transaction's several events (one revision) all
+    /// apply; a pin deleted with its release leaves nothing behind.
+    #[tokio::test]
+    async fn pins_merge_into_their_release_from_a_watch_as_from_a_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path().join("s.redb"))
+            .await
+            .expect("store");
+        let source = "stack: shop\nenvironments:\n  staging:\n    regions: [local]\nservices:\n  web:\n    image: example/web:1\n";
+        let spec = berth_spec::render(source.as_bytes(), "staging", &[]).expect("stack");
+        let release = |number| Release {
+            number,
+            stack: "shop".into(),
+            env: "staging".into(),
+            created_ms: 0,
+            who: "admin".into(),
+            status: berth_api::control::ReleaseStatus::Live,
+            summary: String::new(),
+            plan_id: String::new(),
+            rollback_of: None,
+            reason: None,
+            images: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            spec: spec.clone(),
+        };
+        let mut view = View::load(&store).await.expect("load");
+        let mut events = store.watch("/", view.revision + 1).await.expect("watch");
+        let txn = |ops| Txn {
+            compares: vec![],
+            success: ops,
+            failure: vec![],
+        };
+        let id = |s: &str| crate::state::encode(&s.to_string());
+        // Release 1 and its pin in one transaction; release 2, then its pin.
+        let writes = vec![
+            txn(vec![
+                Op::put(
+                    keys::release("shop", "staging", 1),
+                    crate::state::encode(&release(1)),
+                ),
+                Op::put(keys::pin("shop", "staging", 1, "web"), id("sha256:one")),
+            ]),
+            txn(vec![Op::put(
+                keys::release("shop", "staging", 2),
+                crate::state::encode(&release(2)),
+            )]),
+            txn(vec![Op::put(
+                keys::pin("shop", "staging", 2, "web"),
+                id("sha256:two"),
+            )]),
+        ];
+        for t in writes {
+            store.txn(t).await.expect("write");
+        }
+        let last = store.revision().await.expect("revision");
+        while view.revision < last {
+            let event = events.next().await.expect("event").expect("ok");
+            view.apply(&event).expect("apply");
+        }
+        // Drain what is left at the last revision (a transaction is several events).
+        while let Ok(Some(Ok(event))) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), events.next()).await
+        {
+            view.apply(&event).expect("apply");
+        }
+        let fresh = View::load(&store).await.expect("reload");
+        assert_eq!(fingerprint(&view), fingerprint(&fresh));
+        for (number, pinned) in [(1, "sha256:one"), (2, "sha256:two")] {
+            let r = view.release("shop", "staging", number).expect("release");
+            assert_eq!(r.value.images["web"], pinned, "release {number}");
+            let record = view
+                .release_record("shop", "staging", number)
+                .expect("record");
+            assert!(
+                record.value.images.is_empty(),
+                "a writer starts from the record"
+            );
+            assert_eq!(record.mod_revision, r.mod_revision);
+        }
+        // Retention: the release and its pins in one transaction.
+        store
+            .txn(txn(vec![
+                Op::delete(keys::release("shop", "staging", 1)),
+                Op::delete_prefix(keys::release_pins("shop", "staging", 1)),
+            ]))
+            .await
+            .expect("retire");
+        let last = store.revision().await.expect("revision");
+        while view.revision < last {
+            let event = events.next().await.expect("event").expect("ok");
+            view.apply(&event).expect("apply");
+        }
+        while let Ok(Some(Ok(event))) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), events.next()).await
+        {
+            view.apply(&event).expect("apply");
+        }
+        assert!(view.release("shop", "staging", 1).is_none());
+        assert!(view.pins_of("shop", "staging", 1).is_none());
+        assert_eq!(
+            format!("{:?}", view.pins),
+            format!("{:?}", View::load(&store).await.expect("reload").pins)
+        );
     }
 }

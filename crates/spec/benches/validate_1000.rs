@@ -3,6 +3,11 @@
 //!
 //! Run with `cargo bench -p berth-spec --bench validate_1000`.
 
+#![expect(
+    clippy::disallowed_methods,
+    reason = "a benchmark: it measures wall-clock durations"
+)]
+
 use std::fmt::Write as _;
 use std::time::Instant;
 

@@ -18,6 +18,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+mod clock;
 mod decode;
 pub mod diag;
 pub mod model;

@@ -2,6 +2,10 @@
 //! sleep-and-hope), a data directory whose workloads die with it ([`workload_dir`]), and the
 //! Docker Engine or a counted skip ([`docker_engine`]).
 #![allow(dead_code)]
+#![expect(
+    clippy::disallowed_methods,
+    reason = "polling with a deadline: the test's own wall-clock bound, not the agent's time"
+)]
 
 use std::collections::BTreeMap;
 use std::future::Future;

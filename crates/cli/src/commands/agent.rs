@@ -325,13 +325,13 @@ fn read_token(data_dir: &Path) -> Option<String> {
 
 /// Waits for this agent's registration to write its node token.
 async fn wait_for_token(data_dir: &Path) -> anyhow::Result<String> {
-    let deadline = tokio::time::Instant::now() + REGISTRATION_DEADLINE;
+    let deadline = crate::clock::tokio_now() + REGISTRATION_DEADLINE;
     loop {
         if let Some(token) = read_token(data_dir) {
             return Ok(token);
         }
         anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
+            crate::clock::tokio_now() < deadline,
             "the agent did not register within {REGISTRATION_DEADLINE:?}; check --server, the join token, and the agent's log"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -50,7 +50,7 @@ pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+        let deadline = crate::clock::tokio_now() + Duration::from_secs(args.timeout);
         let done = |n: &NodeView| {
             n.last_gc
                 .as_ref()
@@ -64,7 +64,7 @@ pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
                 .map_err(client_error)?
                 .into_iter()
                 .partition(|n| n.state != NodeState::Down);
-            if nodes.iter().all(done) || tokio::time::Instant::now() >= deadline {
+            if nodes.iter().all(done) || crate::clock::tokio_now() >= deadline {
                 break (nodes, down);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

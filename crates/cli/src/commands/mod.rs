@@ -1,15 +1,28 @@
 //! One module per command. Each parses nothing itself (clap does) and calls into a library crate.
+//!
+//! `release` and `wait` are not commands: they hold what `deploy`, `rollback` and `plan` share
+//! (the deploy request and the printing of its answer; following a release with `--wait`).
 
 pub mod agent;
 pub mod bench;
-pub mod cluster;
 pub mod daemons;
+pub mod deploy;
+pub mod drain;
+pub mod events;
 pub mod gc;
+pub mod history;
+pub mod logs;
+pub mod maintenance;
 pub mod node;
+pub mod nodes;
 pub mod plan;
+pub mod release;
 pub mod render;
+pub mod rollback;
 pub mod router_tls;
 pub mod secret;
 pub mod source;
+pub mod status;
 pub mod validate;
+pub mod wait;
 pub mod whoami;

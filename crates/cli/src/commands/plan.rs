@@ -3,8 +3,8 @@
 
 use anyhow::Context;
 
-use super::source;
-use crate::context::{Globals, Output};
+use super::{release, source};
+use crate::context::{client_error, print_json, runtime, Globals, Output};
 use crate::exit::{Silent, FAILURE};
 
 /// Arguments of `berth plan`.
@@ -33,10 +33,25 @@ fn render(path: &str, env: &str, set: &[String]) -> anyhow::Result<berth_spec::S
     })
 }
 
+/// `berth plan` against the live release.
+fn plan_live(args: &Args, globals: &Globals) -> anyhow::Result<()> {
+    let client = globals.client()?;
+    let req = release::request(&args.file, &args.env, &args.set, None, None)?;
+    runtime()?.block_on(async {
+        let resp = client.plan(&req).await.map_err(client_error)?;
+        if globals.json() {
+            print_json(&resp)
+        } else {
+            print!("{}", resp.plan.text);
+            Ok(())
+        }
+    })
+}
+
 /// Prints the plan.
 pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
     let Some(against) = &args.against else {
-        return super::cluster::plan_live(&args, globals);
+        return plan_live(&args, globals);
     };
     let target = render(&args.file, &args.env, &args.set)?;
     let base = render(against, &args.env, &[])?;

@@ -65,7 +65,12 @@ pub fn run(which: Secret, globals: &Globals) -> anyhow::Result<()> {
             let width = list.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
             println!("{:width$}  VERSION  UPDATED", "NAME");
             for s in &list {
-                println!("{:width$}  {:<7}  {}", s.name, s.version, age(s.updated_ms));
+                println!(
+                    "{:width$}  {:<7}  {}",
+                    s.name,
+                    s.version,
+                    age(s.updated_ms, crate::clock::unix_ms())
+                );
             }
             Ok(())
         }),
@@ -119,16 +124,30 @@ fn read_value(name: &str, from_file: Option<&str>) -> anyhow::Result<String> {
     })
 }
 
-/// `12s ago`, `5m ago`, `3h ago`, `2d ago` from a time in ms since the epoch.
-fn age(at_ms: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let secs = now.saturating_sub(at_ms) / 1000;
+/// `12s ago`, `5m ago`, `3h ago`, `2d ago`: how long before `now_ms` a time in ms since the
+/// epoch was (`0s ago` for one in the future, from a clock that differs from the server's).
+fn age(at_ms: u64, now_ms: u64) -> String {
+    let secs = now_ms.saturating_sub(at_ms) / 1000;
     match secs {
         0..=59 => format!("{secs}s ago"),
         60..=3599 => format!("{}m ago", secs / 60),
         3600..=86399 => format!("{}h ago", secs / 3600),
         _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::age;
+
+    #[test]
+    fn ages_are_counted_back_from_the_given_now() {
+        let now = 1_000_000_000;
+        assert_eq!(age(now - 12_000, now), "12s ago");
+        assert_eq!(age(now - 5 * 60_000, now), "5m ago");
+        assert_eq!(age(now - 3 * 3_600_000, now), "3h ago");
+        assert_eq!(age(now - 2 * 86_400_000, now), "2d ago");
+        // A time ahead of this machine's clock.
+        assert_eq!(age(now + 5_000, now), "0s ago");
     }
 }

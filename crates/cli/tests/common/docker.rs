@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_agent::docker::Owned;
 use berth_agent::DockerDriver;
@@ -217,7 +217,7 @@ impl Load {
         let thread = {
             let (stop, sent, seen) = (stop.clone(), sent.clone(), seen.clone());
             std::thread::spawn(move || {
-                let started = Instant::now();
+                let started = super::clock::now();
                 let mut next = started;
                 while !stop.load(Ordering::Relaxed) {
                     let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -254,7 +254,7 @@ impl Load {
                     drop(s);
                     // A steady pace: the next request at the next slot, never a burst to catch up.
                     next += every;
-                    let now = Instant::now();
+                    let now = super::clock::now();
                     if next > now {
                         std::thread::sleep(next - now);
                     } else {

@@ -23,6 +23,7 @@
 // Each test file is its own crate and uses a different subset of the harness.
 #![allow(dead_code)]
 
+pub mod clock;
 pub mod cluster;
 pub mod containers;
 pub mod docker;
@@ -37,7 +38,7 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often [`wait_until`] and friends re-check their condition.
 pub const POLL: Duration = Duration::from_millis(20);
@@ -138,11 +139,11 @@ pub fn run_command(mut cmd: Command, timeout: Duration) -> Output {
     };
     let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
-    let deadline = Instant::now() + timeout;
+    let deadline = clock::now() + timeout;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL),
+            Ok(None) if clock::now() < deadline => std::thread::sleep(POLL),
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -253,12 +254,12 @@ pub fn free_port() -> u16 {
 /// Polls `condition` every [`POLL`] until it holds or `timeout` passes; returns whether it held.
 /// The building block of every wait in the harness: no fixed sleeps.
 pub fn poll_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = clock::now() + timeout;
     loop {
         if condition() {
             return true;
         }
-        if Instant::now() >= deadline {
+        if clock::now() >= deadline {
             return false;
         }
         std::thread::sleep(POLL);

@@ -7,7 +7,7 @@
 //! long-polling the table applies at once.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::http;
 use super::up::BerthUp;
@@ -50,16 +50,13 @@ pub fn api_json(up: &BerthUp, path: &str) -> serde_json::Value {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    super::clock::unix_ms()
 }
 
 /// Waits until `n` instances of `stack` are routable (within `timeout`), then reads each one's
 /// start and healthy times from the status.
 pub fn measure(up: &BerthUp, stack: &str, n: usize, timeout: Duration) -> Startup {
-    let deadline = Instant::now() + timeout;
+    let deadline = super::clock::now() + timeout;
     let mut routable: BTreeMap<String, u64> = BTreeMap::new();
     while routable.len() < n {
         let table = api_json(up, "/v1/routes");
@@ -72,7 +69,7 @@ pub fn measure(up: &BerthUp, stack: &str, n: usize, timeout: Duration) -> Startu
             }
         }
         assert!(
-            Instant::now() < deadline,
+            super::clock::now() < deadline,
             "only {} of {n} instances routable after {timeout:?}\n{}",
             routable.len(),
             up.log_tail()

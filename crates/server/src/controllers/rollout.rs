@@ -94,9 +94,10 @@ pub(crate) fn finish(
     (!effects.is_empty()).then_some(Batch { effects })
 }
 
-/// Release status changes that go with a rollout's outcome. Each compares the release's
-/// `mod_revision`: a heartbeat may pin an image id in the same release meanwhile, and that pin
-/// must not be lost to a status write made from an older read.
+/// Release status changes that go with a rollout's outcome. Each starts from the release as its
+/// record holds it ([`View::release_record`]: image pins live in their own keys, so a status
+/// write never copies them into the record) and compares the record's `mod_revision`, so a
+/// status write decided from an older read fails instead of undoing a newer one.
 fn release_effects(
     view: &View,
     record: &RolloutRecord,
@@ -104,7 +105,10 @@ fn release_effects(
     effects: &mut Vec<Effect>,
 ) {
     let set = |r: &Versioned<Release>, status: ReleaseStatus, reason: Option<String>| {
-        let mut release = r.value.clone();
+        let mut release = view
+            .release_record(&r.value.stack, &r.value.env, r.value.number)
+            .map(|v| v.value)
+            .unwrap_or_else(|| r.value.clone());
         release.status = status;
         if reason.is_some() {
             release.reason = reason;

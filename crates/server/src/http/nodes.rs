@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::{body, AppState, Caller};
 use crate::error::ApiError;
-use crate::state::{encode, Desired, InstanceRecord, NodeRecord, Snapshot};
+use crate::state::{encode, Desired, NodeRecord, Snapshot};
 use crate::{auth, keys, table, Shared};
 
 /// Longest a long-poll waits before answering with what it has.
@@ -171,7 +171,7 @@ pub async fn heartbeat(
         }
     }
     let snapshot = Snapshot::load(shared.store.as_ref()).await?;
-    pin_images(&shared, &snapshot, &name, &req.statuses).await?;
+    crate::pins::pin_images(&shared, &name, &req.statuses).await?;
     let reported: HashSet<&str> = req.statuses.iter().map(|s| s.id.as_str()).collect();
     // Every change this heartbeat brings, as (compare, op) pairs: written in one transaction
     // (one fsync however many instances changed), or one by one if that races with the
@@ -242,104 +242,6 @@ pub async fn heartbeat(
         shared.kick.notify_one();
     }
     Ok(Json(serde_json::json!({ "ok": true })))
-}
-
-/// Pins the image ids agents report in the releases their instances run: the instance's own
-/// release, and the rollout's target when the instance carries over unchanged into it. Only a
-/// service with no pin yet is pinned (first report wins; the release is otherwise immutable),
-/// with a compare-and-swap on the release, so a concurrent status write loses nothing (a lost
-/// race is retried on the next heartbeat).
-async fn pin_images(
-    shared: &Shared,
-    snapshot: &Snapshot,
-    node: &str,
-    statuses: &[berth_api::InstanceStatus],
-) -> Result<(), ApiError> {
-    // (stack, env, release) → service → (image id, the instance's service spec, region)
-    type Wanted<'a> =
-        BTreeMap<(String, String, u64), BTreeMap<String, (String, &'a InstanceRecord)>>;
-    let mut wanted: Wanted = BTreeMap::new();
-    let known = |stack: &str, env: &str, number: u64, service: &str| {
-        shared
-            .pinned
-            .lock()
-            .map(|p| p.contains(&pin_key(stack, env, number, service)))
-            .unwrap_or(false)
-    };
-    for status in statuses {
-        let (Some(id), Some(rec)) = (&status.image_id, snapshot.instances.get(&status.id)) else {
-            continue;
-        };
-        let v = &rec.value;
-        if v.spec.node != node || v.spec.spec.image.is_none() {
-            continue;
-        }
-        let mut numbers = vec![v.spec.release];
-        if let Some(r) = snapshot
-            .rollouts
-            .get(&(v.spec.stack.clone(), v.env.clone()))
-        {
-            if r.value.to != v.spec.release {
-                numbers.push(r.value.to);
-            }
-        }
-        for number in numbers {
-            if !known(&v.spec.stack, &v.env, number, &v.spec.service) {
-                wanted
-                    .entry((v.spec.stack.clone(), v.env.clone(), number))
-                    .or_default()
-                    .entry(v.spec.service.clone())
-                    .or_insert((id.clone(), v));
-            }
-        }
-    }
-    for ((stack, env, number), services) in wanted {
-        let Some(mut release) =
-            crate::state::release(shared.store.as_ref(), &stack, &env, number).await?
-        else {
-            continue;
-        };
-        let mut changed = false;
-        let mut now_pinned = Vec::new();
-        for (service, (id, rec)) in services {
-            if release.value.images.contains_key(&service) {
-                now_pinned.push(service);
-                continue;
-            }
-            // The instance must run exactly what the release says for its service: its own
-            // release always does; the rollout's target only if the spec carried over.
-            let same = release
-                .value
-                .spec
-                .service_for_region(&service, &rec.region)
-                .is_some_and(|s| s == rec.spec.spec);
-            if same {
-                release.value.images.insert(service.clone(), id);
-                now_pinned.push(service);
-                changed = true;
-            }
-        }
-        let key = keys::release(&stack, &env, number);
-        let stored = !changed
-            || shared
-                .store
-                .cas(&key, release.mod_revision, encode(&release.value))
-                .await?
-                .is_some();
-        if stored {
-            if changed {
-                tracing::info!(%stack, %env, release = number, images = ?release.value.images, "pinned image ids");
-            }
-            if let Ok(mut p) = shared.pinned.lock() {
-                p.extend(now_pinned.iter().map(|s| pin_key(&stack, &env, number, s)));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn pin_key(stack: &str, env: &str, number: u64, service: &str) -> String {
-    format!("{stack}/{env}/{number}/{service}")
 }
 
 /// `POST /v1/gc` (admin): asks every agent to collect garbage once, by bumping the generation

@@ -337,9 +337,20 @@ pub struct Agent {
 impl Agent {
     /// Registers node `name` with the join token and starts polling and heartbeating.
     pub async fn join(server: &Server, name: &str, policy: Policy, timeline: Timeline) -> Agent {
+        Agent::join_as(server, register_request(name), policy, timeline).await
+    }
+
+    /// [`Agent::join`] with a registration of the test's own (other drivers, labels).
+    pub async fn join_as(
+        server: &Server,
+        request: RegisterRequest,
+        policy: Policy,
+        timeline: Timeline,
+    ) -> Agent {
+        let name = request.name.as_str();
         let joining = server.client(Some(&server.join_token));
         let token = joining
-            .register(&register_request(name))
+            .register(&request)
             .await
             .unwrap_or_else(|e| panic!("register {name}: {e}"))
             .node_token;
