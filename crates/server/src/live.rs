@@ -4,29 +4,93 @@
 //! Readers take [`LiveView::read`] (a read guard: decide, then let go before any `.await`).
 //! A handler that has just written and must see its own write waits with
 //! [`LiveView::caught_up`] for the revision its transaction returned.
+//!
+//! Long-polls wait on indexed wake-ups: [`LiveView::node_changes`] changes only when an event
+//! touched that node's desired instances (or what every agent is sent), and
+//! [`LiveView::routing_changes`] only when the routing table's inputs changed (see
+//! [`crate::view::Touched`]). A heartbeat's status report on node A wakes nobody; a new
+//! instance on node A wakes A's agent and, once healthy, the routers — not 10,000 agents.
 
-use std::sync::{RwLock, RwLockReadGuard};
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use berth_store::Store;
 use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::state::StateError;
-use crate::view::View;
+use crate::view::{Touched, View};
 
 /// A [`View`] and the revision it is current to, for waiters.
 pub struct LiveView {
     view: RwLock<View>,
     revision: watch::Sender<i64>,
+    /// Node name → bumped when that node's answer may have changed. Only registered nodes
+    /// get one (bounded by the node records); removed with the node.
+    nodes: Mutex<HashMap<String, watch::Sender<i64>>>,
+    /// The view's routing revision, sent when the routing table's inputs changed.
+    routing: watch::Sender<i64>,
 }
 
 impl LiveView {
     /// A live view starting from `view` (normally [`View::load`] at start-up).
     pub fn new(view: View) -> LiveView {
         let revision = view.revision;
+        let routing = view.routing_revision();
         LiveView {
             view: RwLock::new(view),
             revision: watch::channel(revision).0,
+            nodes: Mutex::new(HashMap::new()),
+            routing: watch::channel(routing).0,
+        }
+    }
+
+    /// A receiver (a counter) that changes when node `name`'s desired instances (or what every agent is
+    /// sent) may have changed; `None` for a node the view does not hold (then wait on
+    /// [`LiveView::subscribe`]), so the map stays bounded by the registered nodes.
+    pub fn node_changes(&self, name: &str) -> Option<watch::Receiver<i64>> {
+        // Checked under the map's lock, which the follower also takes after applying an
+        // event: a node removed meanwhile is not given a wake-up nobody would clear.
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = nodes.get(name) {
+            return Some(tx.subscribe());
+        }
+        self.read().node(name)?;
+        let (tx, rx) = watch::channel(0);
+        nodes.insert(name.to_string(), tx);
+        Some(rx)
+    }
+
+    /// A receiver that changes when the routing table's inputs changed.
+    pub fn routing_changes(&self) -> watch::Receiver<i64> {
+        self.routing.subscribe()
+    }
+
+    /// Wakes the long-polls `touched` concerns (after the view holds the change).
+    fn wake(&self, touched: &Touched, routing_revision: i64) {
+        if touched.routing {
+            self.routing.send_replace(routing_revision);
+        }
+        if touched.nodes.is_empty() && !touched.all_nodes {
+            return;
+        }
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let bump = |tx: &watch::Sender<i64>| tx.send_modify(|n| *n = n.wrapping_add(1));
+        if touched.all_nodes {
+            nodes.values().for_each(bump);
+        } else {
+            for name in &touched.nodes {
+                if let Some(tx) = nodes.get(name) {
+                    bump(tx);
+                }
+            }
+        }
+        // A removed node's long-poll was woken above; its wake-up goes with it.
+        let view = self.read();
+        for name in &touched.nodes {
+            if view.node(name).is_none() {
+                nodes.remove(name);
+            }
         }
     }
 
@@ -44,6 +108,8 @@ impl LiveView {
     }
 
     /// Waits until the view is current to at least `revision` (a write's own revision).
+    /// The follower applies every revision, also of records it cannot read, so this returns
+    /// as soon as the watch has delivered it.
     pub async fn caught_up(&self, revision: i64) {
         let mut rx = self.revision.subscribe();
         let _ = rx.wait_for(|r| *r >= revision).await;
@@ -57,8 +123,10 @@ impl LiveView {
     /// Replaces the view (after a re-list).
     fn replace(&self, view: View) {
         let revision = view.revision;
+        let routing = view.routing_revision();
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
         self.revision.send_replace(revision);
+        self.wake(&Touched::everything(), routing);
     }
 
     /// Keeps the view current until `stop`: watches from the view's revision + 1 and applies
@@ -81,18 +149,19 @@ impl LiveView {
                     _ = stop.changed() => return,
                     item = stream.next() => match item {
                         Some(Ok(event)) => {
-                            let applied = {
+                            let (applied, touched, routing) = {
                                 let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-                                let r = view.apply(&event);
                                 // An undecodable record is skipped, named in the log; the
                                 // revision still moves on so waiters are not stuck behind it.
-                                if let Err(e) = &r {
+                                let touched = view.apply(&event).unwrap_or_else(|e| {
                                     tracing::warn!(error = %e, "ignoring a store record the view cannot read");
                                     view.revision = view.revision.max(event.revision);
-                                }
-                                view.revision
+                                    Touched::default()
+                                });
+                                (view.revision, touched, view.routing_revision())
                             };
                             self.revision.send_replace(applied);
+                            self.wake(&touched, routing);
                         }
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "store watch ended; listing again");

@@ -1,0 +1,200 @@
+//! The node-liveness controller: marks in the store every node that went down, with when it
+//! was last seen (`/node-seen/NAME`), so a restarted server knows it was down and gives it no
+//! grace (without it, a node dead for minutes counted as up for a TTL after a restart and got
+//! new instances). One write per node going down and one delete when it returns: nothing per
+//! heartbeat.
+//!
+//! [`decide`] is the pure core (the view's nodes, the in-memory last-seen times, the marks,
+//! the clock → which nodes to mark down and which marks to clear); [`run`] is the shell, every
+//! second and once more when the server stops. Node loss itself needs no write: every reader
+//! asks [`crate::liveness::node_is_up`], which is current to the millisecond, so a lost node is
+//! seen within [`crate::liveness::NODE_TTL_MS`].
+
+use std::collections::{HashMap, HashSet};
+
+use crate::liveness::is_up;
+use crate::Shared;
+
+/// How often nodes are checked for going down.
+pub const EVERY_MS: u64 = 1_000;
+
+/// What one pass should write.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Nodes that went down and have no mark yet: (name, last seen ms).
+    pub mark_down: Vec<(String, u64)>,
+    /// Nodes marked down that are up again (their own call could not clear the mark).
+    pub clear: Vec<String>,
+}
+
+/// Which registered nodes to mark down and which marks to clear, at `now_ms`.
+pub fn decide<'a>(
+    nodes: impl IntoIterator<Item = &'a str>,
+    last_seen: &HashMap<String, u64>,
+    marked_down: &HashSet<String>,
+    started_ms: u64,
+    now_ms: u64,
+) -> Decision {
+    let mut decision = Decision::default();
+    for name in nodes {
+        let last = last_seen.get(name).copied();
+        let up = is_up(last, started_ms, now_ms);
+        let marked = marked_down.contains(name);
+        if !up && !marked {
+            decision
+                .mark_down
+                .push((name.to_string(), last.unwrap_or(started_ms)));
+        } else if up && marked && last.is_some() {
+            decision.clear.push(name.to_string());
+        }
+    }
+    decision
+}
+
+/// Runs [`pass`] every [`EVERY_MS`] until `stop`, and once more when stopping (so a crash
+/// loses at most a second of marks).
+pub async fn run(shared: std::sync::Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.changed() => true,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(EVERY_MS)) => *stop.borrow(),
+        };
+        pass(&shared).await;
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// One pass: decide from the view and memory, then write the marks.
+pub async fn pass(shared: &Shared) {
+    let now = shared.clock.now_ms();
+    let decision = {
+        // Synchronous, with no lock held across an await: O(nodes) in memory once a second.
+        // A poisoned lock still holds whole entries (each is one insert or remove).
+        let last_seen = shared.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        let marked = shared.marked_down.lock().unwrap_or_else(|p| p.into_inner());
+        let view = shared.view.read();
+        decide(
+            view.nodes().keys().map(String::as_str),
+            &last_seen,
+            &marked,
+            shared.started_ms,
+            now,
+        )
+    };
+    for (name, last) in decision.mark_down {
+        mark_down(shared, &name, last).await;
+    }
+    for name in decision.clear {
+        let _order = shared.liveness_marks.lock().await;
+        if crate::liveness::node_is_up(shared, &name, shared.clock.now_ms()) {
+            crate::liveness::unmark(shared, &name).await;
+        }
+    }
+}
+
+/// Writes `name`'s down mark, unless it called in or was removed meanwhile.
+async fn mark_down(shared: &Shared, name: &str, last: u64) {
+    let _order = shared.liveness_marks.lock().await;
+    let now = shared.clock.now_ms();
+    if crate::liveness::node_is_up(shared, name, now) || crate::liveness::is_marked(shared, name) {
+        return;
+    }
+    // Removed (`berth node rm`, which holds the same lock) since the view was read: nothing
+    // to mark. A point read of one key, once per node going down.
+    match shared.store.get(&crate::keys::node(name)).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(node = %name, error = %e, "cannot read the node to mark it down; retrying");
+            return;
+        }
+    }
+    // The last-seen time as it is now (a call may have come in since the decision).
+    let last = shared
+        .heartbeats
+        .lock()
+        .ok()
+        .and_then(|h| h.get(name).copied())
+        .unwrap_or(last);
+    if let Ok(mut m) = shared.marked_down.lock() {
+        m.insert(name.to_string());
+    }
+    match shared
+        .store
+        .put(&crate::keys::node_seen(name), crate::state::encode(&last))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(node = %name, last_seen_ms_ago = now.saturating_sub(last), "node is down")
+        }
+        Err(e) => {
+            tracing::warn!(node = %name, error = %e, "cannot mark the node down in the store; retrying");
+            if let Ok(mut m) = shared.marked_down.lock() {
+                m.remove(name);
+            }
+            return;
+        }
+    }
+    // It called in while the mark was written: take the mark back.
+    if crate::liveness::node_is_up(shared, name, shared.clock.now_ms()) {
+        crate::liveness::unmark(shared, name).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::liveness::NODE_TTL_MS;
+
+    fn names(v: &[&str]) -> HashSet<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_node_silent_past_the_ttl_is_marked_down_once_with_its_last_call() {
+        let seen = HashMap::from([("a".to_string(), 10_000), ("b".to_string(), 12_000)]);
+        let now = 10_000 + NODE_TTL_MS + 1;
+        let d = decide(["a", "b"], &seen, &HashSet::new(), 0, now);
+        assert_eq!(d.mark_down, vec![("a".to_string(), 10_000)]);
+        assert!(d.clear.is_empty());
+        // Already marked: nothing more to write, however long it stays down.
+        let d = decide(["a", "b"], &seen, &names(&["a"]), 0, now + 60_000);
+        assert_eq!(d.mark_down, vec![("b".to_string(), 12_000)]);
+    }
+
+    #[test]
+    fn a_node_never_heard_from_gets_one_ttl_from_the_start_then_is_marked_at_the_start() {
+        let seen = HashMap::new();
+        assert_eq!(
+            decide(["a"], &seen, &HashSet::new(), 5_000, 5_000 + NODE_TTL_MS),
+            Decision::default()
+        );
+        let d = decide(["a"], &seen, &HashSet::new(), 5_000, 5_001 + NODE_TTL_MS);
+        assert_eq!(d.mark_down, vec![("a".to_string(), 5_000)]);
+    }
+
+    #[test]
+    fn a_marked_node_that_called_in_again_is_cleared_and_one_read_back_is_not() {
+        let seen = HashMap::from([("back".to_string(), 20_000), ("old".to_string(), 1_000)]);
+        let marked = names(&["back", "old", "restarted"]);
+        let d = decide(["back", "old", "restarted"], &seen, &marked, 19_000, 20_500);
+        assert_eq!(d.clear, vec!["back".to_string()]);
+        // `old` is still down (its mark's time); `restarted` was marked before this server
+        // started and has not called in: it keeps its mark, and gets no grace.
+        assert!(d.mark_down.is_empty());
+    }
+
+    #[test]
+    fn nodes_not_in_the_view_are_not_marked() {
+        let d = decide(
+            [],
+            &HashMap::from([("gone".to_string(), 0)]),
+            &HashSet::new(),
+            0,
+            60_000,
+        );
+        assert_eq!(d, Decision::default());
+    }
+}
