@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
-use berth_store::Store;
+use berth_store::{Store, WatchEvent};
 use futures::StreamExt;
 use tokio::sync::watch;
 
@@ -145,36 +145,72 @@ impl LiveView {
                 }
             };
             loop {
-                tokio::select! {
+                let first = tokio::select! {
                     _ = stop.changed() => return,
-                    item = stream.next() => match item {
-                        Some(Ok(event)) => {
-                            let (applied, touched, routing) = {
-                                let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-                                // An undecodable record is skipped, named in the log; the
-                                // revision still moves on so waiters are not stuck behind it.
-                                let touched = view.apply(&event).unwrap_or_else(|e| {
-                                    tracing::warn!(error = %e, "ignoring a store record the view cannot read");
-                                    view.revision = view.revision.max(event.revision);
-                                    Touched::default()
-                                });
-                                (view.revision, touched, view.routing_revision())
-                            };
-                            self.revision.send_replace(applied);
-                            self.wake(&touched, routing);
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "store watch ended; listing again");
-                            if self.relist(store, &mut stop).await {
-                                return;
+                    item = stream.next() => item,
+                };
+                match first {
+                    Some(Ok(event)) => {
+                        let (batch, end) = ready_batch(event, &mut stream).await;
+                        self.apply_batch(&batch, !matches!(end, BatchEnd::Full));
+                        match end {
+                            BatchEnd::Drained | BatchEnd::Full => {}
+                            BatchEnd::Ended(None) => break,
+                            BatchEnd::Ended(Some(e)) => {
+                                tracing::warn!(error = %e, "store watch ended; listing again");
+                                if self.relist(store, &mut stop).await {
+                                    return;
+                                }
+                                break;
                             }
-                            break;
                         }
-                        None => break,
                     }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "store watch ended; listing again");
+                        if self.relist(store, &mut stop).await {
+                            return;
+                        }
+                        break;
+                    }
+                    None => break,
                 }
             }
         }
+    }
+
+    /// Applies a batch of events under one write lock (so no reader sees part of it), then
+    /// publishes the revision the view is complete to and wakes the long-polls it touched.
+    /// `drained`: the stream had nothing more ready, so the last revision is whole; otherwise
+    /// its other events may follow and only the revision before it is published.
+    fn apply_batch(&self, batch: &[WatchEvent], drained: bool) {
+        let Some(last) = batch.last() else {
+            return;
+        };
+        let mut touched = Touched::default();
+        let routing = {
+            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            for event in batch {
+                match view.apply(event) {
+                    Ok(t) => touched.merge(t),
+                    // An undecodable record is skipped, named in the log; the revision still
+                    // moves on so waiters are not stuck behind it.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring a store record the view cannot read");
+                        view.revision = view.revision.max(event.revision);
+                    }
+                }
+            }
+            view.routing_revision()
+        };
+        let complete = if drained {
+            last.revision
+        } else {
+            last.revision - 1
+        };
+        if complete > self.revision() {
+            self.revision.send_replace(complete);
+        }
+        self.wake(&touched, routing);
     }
 
     /// Lists everything again; true if stopping. Retries every 500 ms while the store fails.
@@ -198,6 +234,120 @@ impl LiveView {
     }
 }
 
+/// Most events folded in under one write lock.
+const MAX_BATCH: usize = 4_096;
+
+/// Why a batch of events ended.
+enum BatchEnd {
+    /// Nothing more was ready: the last revision is whole.
+    Drained,
+    /// [`MAX_BATCH`] events: the last revision may go on in the next batch.
+    Full,
+    /// The watch ended (`None`) or failed.
+    Ended(Option<berth_store::StoreError>),
+}
+
+/// `first` and every event the stream has ready after it, up to [`MAX_BATCH`]. A
+/// transaction's events arrive one after another: a batch ends on "nothing ready" only after
+/// one yield to the store's watch task, so a transaction being sent is normally taken whole.
+async fn ready_batch(
+    first: WatchEvent,
+    stream: &mut berth_store::WatchStream,
+) -> (Vec<WatchEvent>, BatchEnd) {
+    use futures::FutureExt;
+    let mut batch = vec![first];
+    let mut yielded = false;
+    while batch.len() < MAX_BATCH {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(event))) => {
+                batch.push(event);
+                yielded = false;
+            }
+            Some(Some(Err(e))) => return (batch, BatchEnd::Ended(Some(e))),
+            Some(None) => return (batch, BatchEnd::Ended(None)),
+            None if !yielded => {
+                tokio::task::yield_now().await;
+                yielded = true;
+            }
+            None => return (batch, BatchEnd::Drained),
+        }
+    }
+    (batch, BatchEnd::Full)
+}
+
 fn log_relist_error(e: &StateError) {
     tracing::warn!(error = %e, "cannot list the store for the cluster view; retrying");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_store::{EmbeddedStore, Op, Txn};
+
+    #[tokio::test]
+    async fn caught_up_sees_every_write_of_a_transaction_and_wakes_only_the_touched_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path().join("s.redb"))
+            .await
+            .expect("store");
+        let node = |name: &str| crate::state::NodeRecord {
+            registration: berth_api::control::RegisterRequest {
+                name: name.to_string(),
+                labels: Default::default(),
+                resources: Default::default(),
+                drivers: vec![],
+                address: "127.0.0.1".to_string(),
+                router: None,
+                keep_labels: false,
+            },
+            registered_ms: 0,
+            draining: false,
+        };
+        for name in ["n1", "n2"] {
+            store
+                .put(&crate::keys::node(name), crate::state::encode(&node(name)))
+                .await
+                .expect("put");
+        }
+        let live = std::sync::Arc::new(LiveView::new(View::load(&store).await.expect("load")));
+        let (stop_tx, stop) = watch::channel(false);
+        let store = std::sync::Arc::new(store);
+        let follower = {
+            let (live, store) = (live.clone(), store.clone());
+            tokio::spawn(async move { live.follow(store.as_ref(), stop).await })
+        };
+        let mut n1 = live.node_changes("n1").expect("n1 is registered");
+        let mut n2 = live.node_changes("n2").expect("n2 is registered");
+        assert!(live.node_changes("unknown").is_none());
+        n1.borrow_and_update();
+        n2.borrow_and_update();
+        let ops = (0..50)
+            .map(|i| {
+                let record = crate::view::tests::instance(&format!("i{i}"), "shop", "prod", "n1");
+                Op::put(
+                    crate::keys::instance(&record.spec.id),
+                    crate::state::encode(&record),
+                )
+            })
+            .collect();
+        let done = store
+            .txn(Txn {
+                compares: vec![],
+                success: ops,
+                failure: vec![],
+            })
+            .await
+            .expect("txn");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            live.caught_up(done.revision),
+        )
+        .await
+        .expect("caught up");
+        assert_eq!(live.read().instances_on("n1").count(), 50);
+        assert!(n1.has_changed().expect("open"), "n1's long-poll is woken");
+        assert!(!n2.has_changed().expect("open"), "n2's is not");
+        let _ = stop_tx.send(true);
+        follower.await.expect("follower");
+    }
 }

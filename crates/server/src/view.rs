@@ -54,6 +54,13 @@ impl Touched {
         }
     }
 
+    /// Adds what `other` touched.
+    pub fn merge(&mut self, other: Touched) {
+        self.nodes.extend(other.nodes);
+        self.all_nodes |= other.all_nodes;
+        self.routing |= other.routing;
+    }
+
     /// Whether anything a long-poll answers from changed.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty() && !self.all_nodes && !self.routing
@@ -119,14 +126,16 @@ impl View {
         Ok(view)
     }
 
-    /// Folds one watch event in. Events must come in revision order, each newer than
-    /// [`View::revision`]; an older one is ignored (a re-watch may replay it). A record that
+    /// Folds one watch event in. Events must come in revision order; one transaction's events
+    /// share a revision, so an event *older* than [`View::revision`] is ignored (a re-watch
+    /// may replay it; replaying the current revision again is harmless: puts and deletes are
+    /// idempotent). A record that
     /// cannot be decoded fails with the key named, and the view keeps the record's previous
     /// value (it never holds a half-applied event).
     ///
     /// Answers what the event [`Touched`], for waking long-polls.
     pub fn apply(&mut self, event: &WatchEvent) -> Result<Touched, StateError> {
-        if event.revision <= self.revision {
+        if event.revision < self.revision {
             return Ok(Touched::default());
         }
         self.revision = event.revision;
@@ -421,7 +430,7 @@ impl View {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use berth_store::{EmbeddedStore, Op, Txn};
     use futures::StreamExt;
@@ -554,6 +563,35 @@ mod tests {
             },
             prev: None,
         }
+    }
+
+    #[test]
+    fn every_event_of_one_transaction_is_applied() {
+        // A transaction's events share its revision: a deploy writes its release and its
+        // rollout at once, a heartbeat all its statuses. (The first version of `apply` took
+        // only the first of them.)
+        let mut view = View::default();
+        for id in ["i1", "i2", "i3"] {
+            let record = instance(id, "shop", "prod", "n1");
+            let e = event(
+                7,
+                EventKind::Put,
+                keys::instance(id),
+                crate::state::encode(&record),
+            );
+            view.apply(&e).expect("apply");
+        }
+        assert_eq!(view.instances_on("n1").count(), 3);
+        // An older event (a replay) is still ignored.
+        let old = instance("i0", "shop", "prod", "n1");
+        let e = event(
+            6,
+            EventKind::Put,
+            keys::instance("i0"),
+            crate::state::encode(&old),
+        );
+        view.apply(&e).expect("apply");
+        assert!(view.instance("i0").is_none());
     }
 
     #[test]
