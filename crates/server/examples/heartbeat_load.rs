@@ -187,7 +187,11 @@ async fn drive(
                 held.clone(),
                 running.clone(),
             );
+            // Agents start spread over the first seconds, as a real fleet does (not one
+            // connection storm that overflows the accept queue).
+            let start = Duration::from_micros((i as u64 * 5_000_000) / nodes as u64);
             tokio::spawn(async move {
+                tokio::time::sleep(start).await;
                 let mut version = String::new();
                 loop {
                     let resp = http
@@ -224,7 +228,7 @@ async fn drive(
             latencies.clone(),
             measuring.clone(),
         );
-        let offset = Duration::from_micros((i as u64 * 1_000_000) / nodes as u64);
+        let offset = Duration::from_micros((i as u64 * 5_000_000) / nodes as u64);
         tokio::spawn(async move {
             tokio::time::sleep(offset).await;
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -307,13 +311,15 @@ async fn drive(
             t.elapsed()
         );
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let cpu0 = cpu_seconds(server_pid);
+    let own0 = cpu_seconds(std::process::id());
     measuring.store(true, Ordering::Relaxed);
     let t = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let cpu = cpu_seconds(server_pid) - cpu0;
+    let own = cpu_seconds(std::process::id()) - own0;
     let mut l = latencies.lock().expect("lock").clone();
     l.sort_unstable();
     let pct = |p: f64| {
@@ -331,7 +337,7 @@ async fn drive(
         l.iter().rev().find(|u| **u != u32::MAX).map(|u| *u as f64 / 1000.0).unwrap_or(0.0)
     );
     println!(
-        "server: cpu {cpu:.1} s over {seconds} s, rss {} MiB",
+        "server: cpu {cpu:.1} s over {seconds} s, rss {} MiB; simulated agents: cpu {own:.1} s",
         rss_mib(server_pid)
     );
 }

@@ -100,8 +100,10 @@ pub struct Shared {
     /// Nodes whose "down since" mark is in the store (`/node-seen/NAME`, see
     /// [`controllers::liveness`]), so a restarted server does not take them for up.
     pub marked_down: Mutex<std::collections::HashSet<String>>,
-    /// Orders writes and deletes of those marks against the liveness they describe.
+    /// Orders writes and deletes of those marks against node removals.
     pub liveness_marks: tokio::sync::Mutex<()>,
+    /// Wakes the liveness controller early (a node marked down called in).
+    pub liveness_kick: Notify,
     /// The instances in each recently served routing table, by version, so an acknowledgement
     /// of version V says which instances that router still routes to.
     pub tables: Mutex<routing::RecentTables>,
@@ -162,6 +164,7 @@ impl Shared {
             auth_failures: Mutex::new(auth::FailureLimiter::default()),
             marked_down: Mutex::new(known.marked_down),
             liveness_marks: tokio::sync::Mutex::new(()),
+            liveness_kick: Notify::new(),
             tables: Mutex::new(routing::RecentTables::default()),
             routing: routing::TableCache::default(),
             gc_reports: Mutex::new(HashMap::new()),

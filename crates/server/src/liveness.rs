@@ -2,9 +2,9 @@
 //! the "down" marks a restarted server reads back (`/node-seen/NAME`).
 //!
 //! Liveness is not worth an fsync per heartbeat: the last-seen times live in
-//! [`Shared::heartbeats`]. Only a node going down is written (by the liveness controller,
-//! [`crate::controllers::liveness`]) and only its return deletes the mark, so a restarted
-//! server gives a node that was already down no grace.
+//! [`Shared::heartbeats`]. Only a node going down is written, and its return deletes the mark
+//! (both by the liveness controller, [`crate::controllers::liveness`]), so a restarted server
+//! gives a node that was already down no grace.
 
 use std::collections::{HashMap, HashSet};
 
@@ -68,9 +68,11 @@ impl Known {
     }
 }
 
-/// Records that an authenticated node called in, and removes its "down" mark if it had one.
-/// No store access unless the node was marked down.
-pub async fn mark_alive(shared: &Shared, node: &str) {
+/// Records that an authenticated node called in. In memory only, whatever the node's state:
+/// a node that was marked down has its mark cleared by the liveness controller, woken here,
+/// in one transaction with every other node that came back (10,000 nodes returning after a
+/// partition must not queue 10,000 store writes behind one lock on their heartbeats).
+pub fn mark_alive(shared: &Shared, node: &str) {
     let now = shared.clock.now_ms();
     if let Ok(mut h) = shared.heartbeats.lock() {
         // Known nodes update in place: no allocation per heartbeat.
@@ -81,11 +83,9 @@ pub async fn mark_alive(shared: &Shared, node: &str) {
             }
         }
     }
-    if !is_marked(shared, node) {
-        return;
+    if is_marked(shared, node) {
+        shared.liveness_kick.notify_one();
     }
-    let _order = shared.liveness_marks.lock().await;
-    unmark(shared, node).await;
 }
 
 /// Whether `node` has a down mark in the store.
@@ -95,25 +95,6 @@ pub fn is_marked(shared: &Shared, node: &str) -> bool {
         .lock()
         .map(|m| m.contains(node))
         .unwrap_or(false)
-}
-
-/// Deletes `node`'s down mark (kept in the set if the store refuses, so it is tried again).
-/// Call with [`Shared::liveness_marks`] held.
-pub async fn unmark(shared: &Shared, node: &str) {
-    if !is_marked(shared, node) {
-        return;
-    }
-    match shared.store.delete(&crate::keys::node_seen(node)).await {
-        Ok(_) => {
-            if let Ok(mut m) = shared.marked_down.lock() {
-                m.remove(node);
-            }
-            tracing::info!(%node, "node is up again");
-        }
-        Err(e) => {
-            tracing::warn!(%node, error = %e, "cannot clear the node's down mark; retrying on its next call")
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,11 +6,13 @@
 //!
 //! [`decide`] is the pure core (the view's nodes, the in-memory last-seen times, the marks,
 //! the clock → which nodes to mark down and which marks to clear); [`run`] is the shell, every
-//! second and once more when the server stops. Node loss itself needs no write: every reader
+//! second, at once when a marked node calls in, and once more when the server stops. Node loss itself needs no write: every reader
 //! asks [`crate::liveness::node_is_up`], which is current to the millisecond, so a lost node is
 //! seen within [`crate::liveness::NODE_TTL_MS`].
 
 use std::collections::{HashMap, HashSet};
+
+use berth_store::{Compare, Op, Txn};
 
 use crate::liveness::is_up;
 use crate::Shared;
@@ -51,12 +53,13 @@ pub fn decide<'a>(
     decision
 }
 
-/// Runs [`pass`] every [`EVERY_MS`] until `stop`, and once more when stopping (so a crash
-/// loses at most a second of marks).
+/// Runs [`pass`] every [`EVERY_MS`] (and at once when a marked node calls in) until `stop`,
+/// and once more when stopping (so a crash loses at most a second of marks).
 pub async fn run(shared: std::sync::Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let stopping = tokio::select! {
             _ = stop.changed() => true,
+            _ = shared.liveness_kick.notified() => *stop.borrow(),
             _ = tokio::time::sleep(std::time::Duration::from_millis(EVERY_MS)) => *stop.borrow(),
         };
         pass(&shared).await;
@@ -66,80 +69,115 @@ pub async fn run(shared: std::sync::Arc<Shared>, mut stop: tokio::sync::watch::R
     }
 }
 
-/// One pass: decide from the view and memory, then write the marks.
+/// One pass: decide from the view and memory, then write the marks: one transaction for
+/// every node that went down, one for every node that came back.
 pub async fn pass(shared: &Shared) {
+    // Held across the writes: `berth node rm` takes it too, so no mark is written for a node
+    // being removed (and the view read below is not older than a removal).
+    let _order = shared.liveness_marks.lock().await;
     let now = shared.clock.now_ms();
-    let decision = {
+    let (decision, node_revisions) = {
         // Synchronous, with no lock held across an await: O(nodes) in memory once a second.
         // A poisoned lock still holds whole entries (each is one insert or remove).
         let last_seen = shared.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
         let marked = shared.marked_down.lock().unwrap_or_else(|p| p.into_inner());
         let view = shared.view.read();
-        decide(
+        let decision = decide(
             view.nodes().keys().map(String::as_str),
             &last_seen,
             &marked,
             shared.started_ms,
             now,
-        )
+        );
+        let revisions: Vec<i64> = decision
+            .mark_down
+            .iter()
+            .map(|(name, _)| view.node(name).map(|n| n.mod_revision).unwrap_or(0))
+            .collect();
+        (decision, revisions)
     };
-    for (name, last) in decision.mark_down {
-        mark_down(shared, &name, last).await;
+    if !decision.mark_down.is_empty() {
+        mark_down(shared, &decision.mark_down, &node_revisions, now).await;
     }
-    for name in decision.clear {
-        let _order = shared.liveness_marks.lock().await;
-        if crate::liveness::node_is_up(shared, &name, shared.clock.now_ms()) {
-            crate::liveness::unmark(shared, &name).await;
-        }
+    if !decision.clear.is_empty() {
+        clear(shared, &decision.clear).await;
     }
 }
 
-/// Writes `name`'s down mark, unless it called in or was removed meanwhile.
-async fn mark_down(shared: &Shared, name: &str, last: u64) {
-    let _order = shared.liveness_marks.lock().await;
-    let now = shared.clock.now_ms();
-    if crate::liveness::node_is_up(shared, name, now) || crate::liveness::is_marked(shared, name) {
-        return;
-    }
-    // Removed (`berth node rm`, which holds the same lock) since the view was read: nothing
-    // to mark. A point read of one key, once per node going down.
-    match shared.store.get(&crate::keys::node(name)).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(node = %name, error = %e, "cannot read the node to mark it down; retrying");
-            return;
+/// Writes the down marks, each only if its node is still the record the decision saw (one
+/// transaction; one per node if some node changed meanwhile).
+async fn mark_down(shared: &Shared, nodes: &[(String, u64)], revisions: &[i64], now: u64) {
+    let write = |batch: Vec<(&(String, u64), &i64)>| {
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        for ((name, last), revision) in batch {
+            compares.push(Compare::mod_revision(crate::keys::node(name), *revision));
+            ops.push(Op::put(
+                crate::keys::node_seen(name),
+                crate::state::encode(last),
+            ));
         }
-    }
-    // The last-seen time as it is now (a call may have come in since the decision).
-    let last = shared
-        .heartbeats
-        .lock()
-        .ok()
-        .and_then(|h| h.get(name).copied())
-        .unwrap_or(last);
-    if let Ok(mut m) = shared.marked_down.lock() {
-        m.insert(name.to_string());
-    }
-    match shared
-        .store
-        .put(&crate::keys::node_seen(name), crate::state::encode(&last))
-        .await
-    {
+        shared.store.txn(Txn {
+            compares,
+            success: ops,
+            failure: vec![],
+        })
+    };
+    let all: Vec<_> = nodes.iter().zip(revisions).collect();
+    let written: Vec<&str> = match write(all.clone()).await {
+        Ok(r) if r.succeeded => nodes.iter().map(|(n, _)| n.as_str()).collect(),
         Ok(_) => {
-            tracing::info!(node = %name, last_seen_ms_ago = now.saturating_sub(last), "node is down")
+            let mut one_by_one = Vec::new();
+            for one in all {
+                // A node removed or re-registered since the view was read is decided again.
+                if write(vec![one]).await.is_ok_and(|r| r.succeeded) {
+                    one_by_one.push(one.0 .0.as_str());
+                }
+            }
+            one_by_one
         }
         Err(e) => {
-            tracing::warn!(node = %name, error = %e, "cannot mark the node down in the store; retrying");
-            if let Ok(mut m) = shared.marked_down.lock() {
-                m.remove(name);
-            }
+            tracing::warn!(error = %e, nodes = nodes.len(), "cannot mark nodes down in the store; retrying");
             return;
         }
+    };
+    if let Ok(mut m) = shared.marked_down.lock() {
+        m.extend(written.iter().map(|n| n.to_string()));
     }
-    // It called in while the mark was written: take the mark back.
-    if crate::liveness::node_is_up(shared, name, shared.clock.now_ms()) {
-        crate::liveness::unmark(shared, name).await;
+    for (name, last) in nodes.iter().filter(|(n, _)| written.contains(&n.as_str())) {
+        tracing::info!(node = %name, last_seen_ms_ago = now.saturating_sub(*last), "node is down");
+    }
+}
+
+/// Deletes the marks of nodes that are up again (kept in the set if the store refuses, so the
+/// next pass tries again).
+async fn clear(shared: &Shared, nodes: &[String]) {
+    let ops = nodes
+        .iter()
+        .map(|n| Op::delete(crate::keys::node_seen(n)))
+        .collect();
+    let done = shared
+        .store
+        .txn(Txn {
+            compares: vec![],
+            success: ops,
+            failure: vec![],
+        })
+        .await;
+    match done {
+        Ok(_) => {
+            if let Ok(mut m) = shared.marked_down.lock() {
+                for n in nodes {
+                    m.remove(n);
+                }
+            }
+            for node in nodes {
+                tracing::info!(%node, "node is up again");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, nodes = nodes.len(), "cannot clear the down marks of nodes that are up again; retrying")
+        }
     }
 }
 

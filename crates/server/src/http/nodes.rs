@@ -169,7 +169,7 @@ pub async fn heartbeat(
     let req = body(req)?;
     // Only the node itself proves it is alive (an admin may call on its behalf).
     if caller == Caller::Node(name.clone()) {
-        liveness::mark_alive(&shared, &name).await;
+        liveness::mark_alive(&shared, &name);
     }
     if let Some(report) = &req.last_gc {
         if let Ok(mut reports) = shared.gc_reports.lock() {
@@ -493,7 +493,7 @@ pub async fn desired(
 ) -> Result<Json<DesiredInstances>, ApiError> {
     caller.require_node(&name)?;
     if caller == Caller::Node(name.clone()) {
-        liveness::mark_alive(&shared, &name).await;
+        liveness::mark_alive(&shared, &name);
     }
     // Secret values go to the node itself only; an admin looking at a node's desired set
     // sees the specs without them.
