@@ -59,6 +59,10 @@ impl Drop for KillOnDrop {
 
 /// The server process: binds 127.0.0.1:0, writes its port, serves until killed.
 fn serve(dir: &str, port_file: &str) {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::stderr)
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -221,17 +225,19 @@ async fn drive(
                 }
             });
         }
-        // The heartbeat, at 1 Hz, spread over the second.
-        let (http, url, latencies, measuring) = (
-            http.clone(),
-            url.clone(),
+        // The heartbeat, at 1 Hz, spread over the second, on the agent's own keep-alive
+        // connection (HTTP/1.1 by hand: one reqwest pool per agent would cost far more).
+        let (addr, latencies, measuring) = (
+            format!("127.0.0.1:{}", port.trim()),
             latencies.clone(),
             measuring.clone(),
         );
         let offset = Duration::from_micros((i as u64 * 5_000_000) / nodes as u64);
         tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
             tokio::time::sleep(offset).await;
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut conn: Option<tokio::io::BufReader<tokio::net::TcpStream>> = None;
             loop {
                 tick.tick().await;
                 let statuses: Vec<InstanceStatus> = held
@@ -249,17 +255,57 @@ async fn drive(
                         image_id: None,
                     })
                     .collect();
+                let body = serde_json::to_vec(&Heartbeat {
+                    statuses,
+                    last_gc: None,
+                })
+                .expect("json");
+                let request = format!(
+                    "POST /v1/nodes/{name}/heartbeat HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
                 let t = Instant::now();
-                let ok = http
-                    .post(format!("{url}/v1/nodes/{name}/heartbeat"))
-                    .bearer_auth(&token)
-                    .json(&Heartbeat {
-                        statuses,
-                        last_gc: None,
-                    })
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
+                let result: std::io::Result<bool> = async {
+                    if conn.is_none() {
+                        conn = Some(tokio::io::BufReader::new(
+                            tokio::net::TcpStream::connect(&addr).await?,
+                        ));
+                    }
+                    let c = conn.as_mut().expect("connected");
+                    c.get_mut().write_all(request.as_bytes()).await?;
+                    c.get_mut().write_all(&body).await?;
+                    let mut line = String::new();
+                    c.read_line(&mut line).await?;
+                    let ok = line.split_whitespace().nth(1) == Some("200");
+                    let mut length = 0usize;
+                    loop {
+                        line.clear();
+                        if c.read_line(&mut line).await? == 0 {
+                            return Err(std::io::ErrorKind::UnexpectedEof.into());
+                        }
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = l.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut rest = vec![0; length];
+                    c.read_exact(&mut rest).await?;
+                    Ok(ok)
+                }
+                .await;
+                let ok = match result {
+                    Ok(ok) => ok,
+                    Err(e) => {
+                        eprintln!("heartbeat: {e}");
+                        conn = None;
+                        false
+                    }
+                };
                 let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
                 if measuring.load(Ordering::Relaxed) {
                     latencies
