@@ -224,6 +224,86 @@ mod tests {
         assert!(d.mark_down.is_empty());
     }
 
+    /// 100 nodes going down cost one store write, their heartbeats when they return none, and
+    /// clearing their marks one more: a fleet returning after a partition does not queue a
+    /// store write per heartbeat (as it did: each heartbeat of a marked node deleted its own
+    /// mark, one fsync at a time under one lock).
+    #[tokio::test]
+    async fn a_fleet_going_down_and_returning_costs_two_transactions_and_no_heartbeat_writes() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = berth_store::EmbeddedStore::open(dir.path().join("state.redb"))
+            .await
+            .expect("store");
+        for i in 0..100 {
+            let record = crate::state::NodeRecord {
+                registration: berth_api::control::RegisterRequest {
+                    name: format!("n{i}"),
+                    labels: Default::default(),
+                    resources: Default::default(),
+                    drivers: vec![],
+                    address: "127.0.0.1".into(),
+                    router: None,
+                    keep_labels: false,
+                },
+                registered_ms: 0,
+                draining: false,
+            };
+            use berth_store::Store;
+            store
+                .put(
+                    &crate::keys::node(&format!("n{i}")),
+                    crate::state::encode(&record),
+                )
+                .await
+                .expect("put");
+        }
+        let now = std::sync::Arc::new(AtomicU64::new(1_000_000));
+        let clock = {
+            let now = now.clone();
+            crate::Clock::from_fn(move || now.load(Ordering::SeqCst))
+        };
+        let store: std::sync::Arc<dyn berth_store::Store> = std::sync::Arc::new(store);
+        let shared = crate::Shared::new(crate::ServerConfig {
+            data_dir: dir.path().to_path_buf(),
+            store: store.clone(),
+            clock,
+            tls: None,
+        })
+        .await
+        .expect("shared");
+        let revision = || async { store.revision().await.expect("revision") };
+        let seen = || async {
+            store
+                .range(crate::keys::NODE_SEEN)
+                .await
+                .expect("range")
+                .kvs
+                .len()
+        };
+        // Within the start's grace: nothing to write.
+        pass(&shared).await;
+        let before = revision().await;
+        assert_eq!(seen().await, 0);
+        // Past it, none having called in: every node is marked, in one transaction.
+        now.fetch_add(NODE_TTL_MS + 1, Ordering::SeqCst);
+        pass(&shared).await;
+        assert_eq!(revision().await, before + 1);
+        assert_eq!(seen().await, 100);
+        pass(&shared).await;
+        assert_eq!(revision().await, before + 1, "marked once");
+        // They all call in: no store write on their calls.
+        for i in 0..100 {
+            crate::liveness::mark_alive(&shared, &format!("n{i}"));
+        }
+        assert_eq!(revision().await, before + 1);
+        // The controller clears every mark in one more.
+        pass(&shared).await;
+        assert_eq!(revision().await, before + 2);
+        assert_eq!(seen().await, 0);
+        assert!(shared.marked_down.lock().expect("lock").is_empty());
+    }
+
     #[test]
     fn nodes_not_in_the_view_are_not_marked() {
         let d = decide(
