@@ -10,7 +10,8 @@
 //!   instances, stop surplus and what the release no longer has; a failed rollout keeps none.
 //! - [`drain`] — drained instances are stopped once the routers let go (or a deadline passed);
 //!   stopped instances on nodes that are gone are forgotten.
-//! - `liveness` (node liveness) joins them beside these files.
+//! - [`liveness`] — node liveness: marks a node that went down (and clears the mark when it
+//!   returns), with its own shell on a one-second tick; no store write per heartbeat.
 //!
 //! A new controller is a new file here with a `decide(view, facts, now, …) -> effects`
 //! function, called from [`decide`]; it never writes to the store itself.
@@ -43,6 +44,7 @@
 //! instances twice.
 
 pub mod drain;
+pub mod liveness;
 #[cfg(test)]
 mod properties;
 pub mod replicas;
