@@ -130,6 +130,9 @@ impl Progress {
 /// Runs the benchmark and prints its lines.
 pub fn run(args: Args) -> anyhow::Result<()> {
     args.check()?;
+    // Thousands of sockets: a write to one whose peer closed must be an EPIPE for that call,
+    // not a SIGPIPE that ends the run (as for the daemons).
+    crate::commands::daemons::ignore_sigpipe();
     let needed = limits::files_needed(args.nodes, args.routers);
     let limit = limits::ensure(needed)?;
     eprintln!(
