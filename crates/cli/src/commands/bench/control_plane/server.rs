@@ -1,7 +1,8 @@
 //! The real `berth server`, as a child process of this very binary on a loopback port chosen at
 //! run time, with the embedded store in a temporary data directory. A child process so that its
 //! CPU time and peak RSS are its own (read from `/proc`), and killed on every path: dropping
-//! [`ServerChild`] kills it (`kill_on_drop`) and removes its directory.
+//! [`ServerChild`] kills it (`kill_on_drop`) and removes its directory, and should the benchmark
+//! itself die without unwinding (SIGKILL), the kernel kills the server too (`PR_SET_PDEATHSIG`).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -42,7 +43,9 @@ impl ServerChild {
             .context("cannot find this berth binary to start `berth server` from")?;
         let stderr = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut child = tokio::process::Command::new(&exe)
+        let mut command = tokio::process::Command::new(&exe);
+        die_with_parent(&mut command);
+        let mut child = command
             .arg("server")
             .args([
                 "--api",
@@ -144,6 +147,20 @@ impl ServerChild {
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+/// Makes the child get SIGKILL when the thread that started it ends: when the benchmark dies
+/// without running its guards, its server must not live on holding thousands of sockets.
+#[allow(unsafe_code, reason = "pre_exec is unsafe; see SAFETY below")]
+fn die_with_parent(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: it makes one prctl(2) system call, allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
     }
 }
 
