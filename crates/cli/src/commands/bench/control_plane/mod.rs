@@ -193,6 +193,8 @@ async fn bench(args: &Args, progress: &Progress) -> anyhow::Result<Vec<String>> 
         })
         .collect::<anyhow::Result<_>>()?;
 
+    let _ticker = Ticker::start(fleet.clone(), change.clone(), args);
+
     progress.set(format!("joining {n} simulated nodes"));
     let started = clock::now();
     let joining = Arc::new(Semaphore::new(JOINING_AT_ONCE));
@@ -325,6 +327,48 @@ async fn bench(args: &Args, progress: &Progress) -> anyhow::Result<Vec<String>> 
         figures::node_loss_line(detected, NODE_TTL),
         figures::server_line(cpu, rss),
     ])
+}
+
+/// Counts on stderr every [`TICK`] while the run lasts, so a slow run shows where it is.
+struct Ticker(tokio::task::JoinHandle<()>);
+
+/// How often [`Ticker`] prints.
+const TICK: Duration = Duration::from_secs(10);
+
+impl Ticker {
+    fn start(fleet: Arc<agent::Fleet>, change: Arc<Change>, args: &Args) -> Ticker {
+        let (n, m, r) = (args.nodes, args.instances, args.routers);
+        let web = stack::services(m)[0].1 as usize;
+        let started = clock::now();
+        Ticker(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TICK).await;
+                let (failed, last) = fleet.errors.summary();
+                let watched = change
+                    .watched()
+                    .map(|_| {
+                        format!(
+                            ", routers routing to all new instances {}/{r}",
+                            change.routers_holding(web)
+                        )
+                    })
+                    .unwrap_or_default();
+                eprintln!(
+                    "bench: {:.0} s: nodes joined {}/{n}, instances reported {}/{m}{watched}, failed agent calls {failed}{}",
+                    secs(started),
+                    fleet.joined.load(Ordering::SeqCst),
+                    fleet.reported.load(Ordering::SeqCst),
+                    last.map(|l| format!(" (last: {l})")).unwrap_or_default()
+                );
+            }
+        }))
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Time since `start`, in seconds.
