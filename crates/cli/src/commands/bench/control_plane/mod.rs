@@ -122,6 +122,13 @@ impl Progress {
         }
     }
 
+    /// Like [`Progress::set`] without the line on stderr (for a figure that changes by the poll).
+    fn quietly(&self, what: String) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = what;
+        }
+    }
+
     fn get(&self) -> String {
         self.0.lock().map(|p| p.clone()).unwrap_or_default()
     }
@@ -144,15 +151,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let progress = Progress::default();
+    let fleet = Arc::new(agent::Fleet::default());
     let timeout = Duration::from_secs(args.timeout);
     let result = runtime.block_on(async {
         tokio::select! {
-            r = tokio::time::timeout(timeout, bench(&args, &progress)) => match r {
+            r = tokio::time::timeout(timeout, bench(&args, &progress, fleet.clone())) => match r {
                 Ok(r) => r,
                 Err(_) => Err(anyhow::anyhow!(
-                    "the control plane did not converge within --timeout {} s: it was {}; give it longer (--timeout) or fewer --nodes/--instances",
+                    "the control plane did not converge within --timeout {} s: it was {}{}; give it longer (--timeout) or fewer --nodes/--instances",
                     args.timeout,
-                    progress.get()
+                    progress.get(),
+                    heartbeats_so_far(&fleet, args.nodes),
                 )),
             },
             _ = crate::commands::daemons::terminated() => Err(anyhow::anyhow!("interrupted while {}", progress.get())),
@@ -167,7 +176,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The run; its lines in order.
-async fn bench(args: &Args, progress: &Progress) -> anyhow::Result<Vec<String>> {
+async fn bench(
+    args: &Args,
+    progress: &Progress,
+    fleet: Arc<agent::Fleet>,
+) -> anyhow::Result<Vec<String>> {
     let (n, m, r) = (args.nodes, args.instances, args.routers);
     progress.set("starting berth server");
     let mut server =
@@ -179,7 +192,6 @@ async fn bench(args: &Args, progress: &Progress) -> anyhow::Result<Vec<String>> 
         .ca_sha256
         .map(ServerTrust::Fingerprint);
     let change = Arc::new(Change::new(r));
-    let fleet = Arc::new(agent::Fleet::default());
     let router_errors = Arc::new(Errors::default());
 
     let routers: Vec<router::Router> = (0..r)
@@ -368,6 +380,19 @@ impl Ticker {
 impl Drop for Ticker {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The heartbeats measured so far, for the message of a run that did not converge.
+fn heartbeats_so_far(fleet: &agent::Fleet, nodes: usize) -> String {
+    match Spread::of(fleet.heartbeats.snapshot()) {
+        Some(s) => format!(
+            "; heartbeats so far (from all {nodes} joined): p50 {:.1} ms, p99 {:.1} ms over {}",
+            s.p50.as_secs_f64() * 1000.0,
+            s.p99.as_secs_f64() * 1000.0,
+            s.count
+        ),
+        None => String::new(),
     }
 }
 

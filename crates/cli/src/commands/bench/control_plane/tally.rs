@@ -50,7 +50,12 @@ impl Latencies {
         }
     }
 
-    /// The samples kept so far.
+    /// A copy of the samples kept so far.
+    pub fn snapshot(&self) -> Vec<Duration> {
+        self.samples.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The samples kept so far, leaving none.
     pub fn take(&self) -> Vec<Duration> {
         self.samples
             .lock()
