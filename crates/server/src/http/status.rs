@@ -136,7 +136,7 @@ pub async fn status(
     Ok(Json(StatusView { stacks }))
 }
 
-/// `?follow=true&since=REV`
+/// `?follow=true&since=REV`: `since` is the last revision already seen; events start after it.
 #[derive(Debug, Deserialize)]
 pub struct EventsQuery {
     #[serde(default)]
@@ -160,7 +160,12 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     caller.require_admin()?;
     let now = shared.store.revision().await?;
-    let wanted = q.since.unwrap_or(now - RECENT + 1).max(1);
+    // `since` is the last revision the caller has seen: start after it.
+    let wanted = q
+        .since
+        .map(|seen| seen.saturating_add(1))
+        .unwrap_or(now - RECENT + 1)
+        .max(1);
     let stream = match shared.store.watch("/", wanted).await {
         Ok(s) => s,
         // Older history is compacted: start from what is kept.
@@ -269,14 +274,17 @@ fn summarize(e: &berth_store::WatchEvent) -> String {
                 .and_then(|v| v.as_str())
                 .unwrap_or("?")
         ),
-        // The name and version only: the value never enters the event stream.
+        // The name and version only: the value never enters the event stream. A rotation
+        // blanks the old values in the change log (`Store::forget`), so the version is read
+        // from its own key, written in the same transaction as the value.
         "secret" if key.starts_with(keys::SECRETS) => format!(
+            "secret {}: value stored (never shown)",
+            &key[keys::SECRETS.len()..]
+        ),
+        "secret" if key.starts_with(keys::SECRET_VERSIONS) => format!(
             "secret {}: version {}",
-            &key[keys::SECRETS.len()..],
-            value
-                .pointer("/version")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0)
+            &key[keys::SECRET_VERSIONS.len()..],
+            value.as_u64().unwrap_or(0)
         ),
         other => format!("{other} {key} changed"),
     }

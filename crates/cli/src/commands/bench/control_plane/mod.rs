@@ -122,13 +122,6 @@ impl Progress {
         }
     }
 
-    /// Like [`Progress::set`] without the line on stderr (for a figure that changes by the poll).
-    fn quietly(&self, what: String) {
-        if let Ok(mut p) = self.0.lock() {
-            *p = what;
-        }
-    }
-
     fn get(&self) -> String {
         self.0.lock().map(|p| p.clone()).unwrap_or_default()
     }
