@@ -447,10 +447,10 @@ mod tests {
         }
         assert_eq!(instances(&shared), 0, "a follower decided nothing");
         elected.send_replace(true);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = crate::clock::tokio_now() + Duration::from_secs(10);
         while instances(&shared) < 2 {
             assert!(
-                tokio::time::Instant::now() < deadline,
+                crate::clock::tokio_now() < deadline,
                 "the leader never placed the instances"
             );
             let mut changed = shared.view.subscribe();

@@ -107,7 +107,10 @@ fn desired(w: &World, service: &str) -> usize {
         .release("shop", "prod", r.to)
         .and_then(|rel| {
             let regions = rel.value.spec.regions().len();
-            Some(rel.value.spec.services.get(service)?.replicas as usize * regions)
+            Some(
+                berth_spec::model::desired_replicas(rel.value.spec.services.get(service)?) as usize
+                    * regions,
+            )
         })
         .unwrap_or(0)
 }

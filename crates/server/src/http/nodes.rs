@@ -318,12 +318,11 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(String, T), ApiError>> + Send,
 {
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(wait.unwrap_or(0)).min(MAX_WAIT);
+    let deadline = crate::clock::tokio_now() + Duration::from_secs(wait.unwrap_or(0)).min(MAX_WAIT);
     loop {
         wake.borrow_and_update();
         let (version, value) = compute().await?;
-        if known != Some(version.as_str()) || tokio::time::Instant::now() >= deadline {
+        if known != Some(version.as_str()) || crate::clock::tokio_now() >= deadline {
             return Ok(value);
         }
         match tokio::time::timeout_at(deadline, wake.changed()).await {

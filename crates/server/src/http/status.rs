@@ -70,7 +70,10 @@ pub async fn status(
         for name in names {
             let desired = release
                 .and_then(|r| r.value.spec.services.get(&name))
-                .map(|s| s.replicas.saturating_mul(regions))
+                .map(|s| {
+                    crate::controllers::replicas::desired(&view, stack, env, s)
+                        .saturating_mul(regions)
+                })
                 .unwrap_or(0);
             let of_service = by_service.remove(name.as_str()).unwrap_or_default();
             let instances: Vec<InstanceView> = of_service
