@@ -21,6 +21,9 @@ use tokio::sync::watch;
 use crate::state::StateError;
 use crate::view::{Touched, View};
 
+/// The longest [`LiveView::caught_up`] waits.
+pub const CATCH_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A [`View`] and the revision it is current to, for waiters.
 pub struct LiveView {
     view: RwLock<View>,
@@ -107,12 +110,26 @@ impl LiveView {
         *self.revision.borrow()
     }
 
-    /// Waits until the view is current to at least `revision` (a write's own revision).
-    /// The follower applies every revision, also of records it cannot read, so this returns
-    /// as soon as the watch has delivered it.
-    pub async fn caught_up(&self, revision: i64) {
+    /// Waits until the view is current to at least `revision` (a write's own revision), at
+    /// most [`CATCH_UP_LIMIT`]: true once it is. The follower applies every revision, also of
+    /// records it cannot read, so this returns as soon as the watch has delivered it; the
+    /// limit keeps a caller from hanging forever when the follower has stopped (the server
+    /// shutting down, or a store whose watch keeps failing): the write is done either way, and
+    /// the caller answers from the view it has.
+    pub async fn caught_up(&self, revision: i64) -> bool {
         let mut rx = self.revision.subscribe();
-        let _ = rx.wait_for(|r| *r >= revision).await;
+        let reached = matches!(
+            tokio::time::timeout(CATCH_UP_LIMIT, rx.wait_for(|r| *r >= revision)).await,
+            Ok(Ok(_))
+        );
+        if !reached {
+            tracing::warn!(
+                revision,
+                view = self.revision(),
+                "the cluster view has not caught up with a write in time; answering from the view as it is"
+            );
+        }
+        reached
     }
 
     /// A receiver that changes whenever the view applies a change.
@@ -349,5 +366,16 @@ mod tests {
         assert!(!n2.has_changed().expect("open"), "n2's is not");
         let _ = stop_tx.send(true);
         follower.await.expect("follower");
+    }
+
+    /// A waiter for a revision the view never reaches (no follower) gives up after the limit
+    /// instead of hanging (it waited forever before).
+    #[tokio::test(start_paused = true)]
+    async fn caught_up_gives_up_when_the_view_never_gets_there() {
+        let live = LiveView::new(View::default());
+        assert!(live.caught_up(0).await, "already there");
+        let started = crate::clock::tokio_now();
+        assert!(!live.caught_up(5).await);
+        assert!(started.elapsed() >= CATCH_UP_LIMIT);
     }
 }
