@@ -160,8 +160,8 @@ fn put(svc: &mut Svc<'_>, at: At, from: &str, key: &str, value: String, vars: &[
         svc.out.env.remove(key);
         svc.out.secrets.insert(key.to_string());
         let why = match secret_var {
-            Some(v) => format!("its value interpolates ${{{v}}}"),
-            None => "its name looks like a secret".to_string(),
+            Some(v) if !looks_secret(key) => format!("its value interpolates ${{{v}}}"),
+            _ => "its name looks like a secret".to_string(),
         };
         svc.mapped(at, &format!("{from}.{key}"), "secrets", &why);
         svc.report.note(at, format!("services.{}: {key} is a secret ({why}): its value is not written; set it with `berth secret set`", svc.compose));

@@ -194,7 +194,7 @@ pub fn import(
     }
     let stack = root.and_then(|r| build(&r, &names, vars, options, read_env_file, &mut report));
     report.sort();
-    let stack = if report.errors.is_empty() && !(options.strict && !report.warnings.is_empty()) {
+    let stack = if report.errors.is_empty() && (!options.strict || report.warnings.is_empty()) {
         stack
     } else {
         None

@@ -180,10 +180,7 @@ pub fn map(svc: &mut Svc<'_>, value: &Value) {
 /// A `command`/`entrypoint`: a list, or a string split as a shell would.
 fn words(svc: &mut Svc<'_>, v: &Value, key: &str) -> Option<Vec<String>> {
     match &v.kind {
-        Kind::Str(s) if v.is_null() => {
-            let _ = s;
-            None
-        }
+        Kind::Str(_) if v.is_null() => None,
         Kind::Str(s) => match units::shell_words(&s.text) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -303,11 +300,25 @@ fn depends_on(svc: &mut Svc<'_>, v: &Value) {
         match condition {
             "service_healthy" => svc.mapped(e.key_at, "depends_on", "depends_on", ""),
             "service_started" => {
-                svc.mapped(e.key_at, "depends_on", "depends_on", "berth waits until healthy");
+                svc.mapped(
+                    e.key_at,
+                    "depends_on",
+                    "depends_on",
+                    "berth waits until healthy",
+                );
                 svc.out.comment("depends_on", format!("{}: berth starts this service once `{target}` is healthy (stricter than compose's service_started)", e.key));
             }
-            "service_completed_successfully" => svc.warn(e.key_at, "depends_on", &format!("{}: berth has no one-shot jobs to wait for; `{target}` is kept as a dependency that must be healthy", e.key)),
-            other => svc.report.error(e.key_at, format!("services.{}.depends_on.{}: unknown condition `{other}`", svc.compose, e.key)),
+            "service_completed_successfully" => {
+                svc.warn(e.key_at, "depends_on", &format!("{}: berth has no one-shot jobs to wait for, and a service that exits never becomes healthy: the dependency is not kept (run `{target}` as a step before deploying)", e.key));
+                continue;
+            }
+            other => svc.report.error(
+                e.key_at,
+                format!(
+                    "services.{}.depends_on.{}: unknown condition `{other}`",
+                    svc.compose, e.key
+                ),
+            ),
         }
         for x in e.value.entries() {
             match x.key.as_str() {
