@@ -49,6 +49,7 @@ pub fn run(which: Import, g: &Globals) -> anyhow::Result<()> {
     }
 }
 
+/// The files `docker compose` reads without `-f`, in its order of preference.
 const DEFAULT_FILES: &[&str] = &[
     "compose.yaml",
     "compose.yml",
@@ -56,17 +57,32 @@ const DEFAULT_FILES: &[&str] = &[
     "docker-compose.yml",
 ];
 
+/// The override file `docker compose` merges over the default file when there is no `-f`
+/// (the first of these that exists), so an import without `-f` sees what `docker compose up`
+/// runs.
+const OVERRIDE_FILES: &[&str] = &[
+    "compose.override.yaml",
+    "compose.override.yml",
+    "docker-compose.override.yaml",
+    "docker-compose.override.yml",
+];
+
 fn compose(args: Args, output: Output) -> anyhow::Result<()> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let files = if args.files.is_empty() {
         let found = DEFAULT_FILES.iter().find(|f| cwd.join(f).is_file());
-        match found {
-            Some(f) => vec![PathBuf::from(f)],
-            None => anyhow::bail!(
+        let Some(base) = found else {
+            anyhow::bail!(
                 "no compose.yaml or docker-compose.yml in {}: pass the files with -f",
                 cwd.display()
-            ),
+            );
+        };
+        let mut files = vec![PathBuf::from(base)];
+        if let Some(o) = OVERRIDE_FILES.iter().find(|f| cwd.join(f).is_file()) {
+            eprintln!("note: {o} is merged over {base}, as docker compose does without -f (pass -f {base} to leave it out)");
+            files.push(PathBuf::from(o));
         }
+        files
     } else {
         args.files.clone()
     };
