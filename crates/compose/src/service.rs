@@ -465,7 +465,16 @@ fn volumes(svc: &mut Svc<'_>, v: &Value) {
             continue;
         }
         let Some(host) = host_path(&source, &svc.options.project_dir) else {
-            svc.warn(item.at, "volumes", &format!("bind source `{source}` cannot be made an absolute path without `..` (berth's rule for volumes); write an absolute path. Not kept"));
+            let why = if source.starts_with('~') {
+                "`~` is the home directory of whoever runs compose, which berth cannot know on a node"
+            } else {
+                "it cannot be made an absolute path without `..` (berth's rule for volumes)"
+            };
+            svc.warn(
+                item.at,
+                "volumes",
+                &format!("bind source `{source}`: {why}; write an absolute path. Not kept"),
+            );
             continue;
         };
         if !target.starts_with('/') {
