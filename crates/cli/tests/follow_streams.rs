@@ -238,7 +238,6 @@ fn a_service_name_two_stacks_share_must_be_given_as_stack_slash_service() {
 /// `events` says "state changes after revision `since`"), so a follower resuming from the last
 /// revision it printed does not print that one twice.
 #[test]
-#[ignore = "bug: GET /v1/events?since=REV starts the watch at REV itself (http/status.rs events: `wanted = q.since…`), so `--since REV` prints revision REV again"]
 fn events_since_rev_starts_after_rev() {
     let up = BerthUp::start();
     let file = write_file(up.dir(), "tail.yaml", WEB);

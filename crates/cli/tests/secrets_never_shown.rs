@@ -260,7 +260,6 @@ fn no_command_log_or_file_shows_a_secret_value_on_any_stream() {
 
 /// README: "`berth events` (a secret change is `secret shop/DB_PASSWORD: version 2`)".
 #[test]
-#[ignore = "bug: after a rotation every event of /secrets/STACK/NAME reads `version 0` (Store::forget blanks the key's values in the whole change log, the current one included, and the summary reads the version from that value); the /secret-versions/ event that holds it is shown as `secret /secret-versions/STACK/NAME changed`"]
 fn the_events_table_names_each_secret_change_by_its_version() {
     let up = BerthUp::start();
     set_via_stdin(&up, FIRST);

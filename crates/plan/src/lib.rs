@@ -408,7 +408,7 @@ fn region_union(target: &[String], base: &[String]) -> Vec<String> {
 fn instances_in(side: Option<(&Service, &[String])>, region: &str) -> u64 {
     side.map_or(0, |(svc, regions)| {
         let n = regions.iter().filter(|r| *r == region).count() as u64;
-        u64::from(svc.replicas).saturating_mul(n)
+        u64::from(berth_spec::model::desired_replicas(svc)).saturating_mul(n)
     })
 }
 

@@ -13,10 +13,14 @@
 //!   [`rollback_of`]. The rules are listed in the module's documentation.
 //! - [`rollback`] — which release a failed rollout returns to: [`rollback_target`] (only one
 //!   that once went live, at most one automatic rollback in a row).
+//! - [`strategy`] — the strategy seam: [`Strategy`] (rolling today), whose [`StrategyStep`]
+//!   carries the [`Traffic`] split per release that the routing table's weights come from.
+//! - [`waves`] — region waves and dependency order: [`waves::advance`], [`dependency_order`].
 //! - `sim` (feature `sim`) — a deterministic world that applies decisions, for tests and replays;
 //!   test support, outside the library's normal build (the crate's tests turn it on).
 //!
-//! Blue/green, canary and region waves will live beside `rolling` and reuse [`observe`].
+//! Blue/green and canary will live beside `rolling`, as variants of [`Strategy`], and reuse
+//! [`observe`].
 //!
 //! ## Vocabulary
 //! - *release* — an immutable numbered snapshot; a rollout goes from `from_release` (none on a
@@ -53,7 +57,11 @@ pub mod rollback;
 pub mod rolling;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+pub mod strategy;
+pub mod waves;
 
 pub use observe::{Observed, ObservedState};
 pub use rollback::{rollback_target, NoRollback};
 pub use rolling::{rollback_of, step, Decision, Phase, RolloutError, RolloutState, MAX_RESTARTS};
+pub use strategy::{Strategy, StrategyStep, Traffic};
+pub use waves::{dependency_order, WaveStep};

@@ -229,7 +229,7 @@ impl RolloutState {
         Self::new(
             from_release,
             to_release,
-            service.replicas,
+            berth_spec::model::desired_replicas(service),
             &service.rollout,
             now_ms,
         )

@@ -73,6 +73,7 @@ pub fn cluster(nodes: usize) -> Vec<Node> {
                 .into_iter()
                 .collect(),
                 ready: true,
+                cordoned: false,
                 drivers: if i % 10 == 9 {
                     vec![DriverKind::Process]
                 } else {

@@ -56,6 +56,7 @@ impl Harness {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             ready: true,
+            cordoned: false,
             drivers: vec![DriverKind::Process, DriverKind::Docker],
             capacity,
         });

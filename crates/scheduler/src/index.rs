@@ -13,6 +13,8 @@ use crate::{Demand, Existing, Node, Reason};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum State {
     Ready,
+    /// Ready for what runs there, closed to placements (see `Node::cordoned`).
+    Cordoned,
     NotReady,
     /// A later node with an earlier node's name: never used.
     Duplicate,
@@ -121,7 +123,9 @@ impl<'a> Index<'a> {
                 State::Duplicate
             } else {
                 by_name.insert(&node.name, i as u32);
-                if node.ready {
+                if node.ready && node.cordoned {
+                    State::Cordoned
+                } else if node.ready {
                     State::Ready
                 } else {
                     State::NotReady
@@ -201,11 +205,13 @@ impl<'a> Index<'a> {
     }
 
     /// Static feasibility of every class for one demand: readiness, driver, constraints.
-    /// `O(classes × constraints)`, once per demand per phase.
+    /// `O(classes × constraints)`, once per demand per phase. `placing`: for new instances, so
+    /// a cordoned class is not ready; for what already runs there, it is.
     pub(crate) fn class_reasons(
         &self,
         nodes: &[Node],
         demand: &Demand,
+        placing: bool,
     ) -> Vec<Option<StaticReason>> {
         let driver = demand.service.driver();
         let bit = driver_bit(driver);
@@ -214,9 +220,12 @@ impl<'a> Index<'a> {
             .iter()
             .map(|c| match c.state {
                 State::NotReady => Some(StaticReason::NotReady),
+                State::Cordoned if placing => Some(StaticReason::NotReady),
                 State::Duplicate => Some(StaticReason::Duplicate),
-                State::Ready if c.drivers & bit == 0 => Some(StaticReason::Driver(driver)),
-                State::Ready => {
+                State::Ready | State::Cordoned if c.drivers & bit == 0 => {
+                    Some(StaticReason::Driver(driver))
+                }
+                State::Ready | State::Cordoned => {
                     let labels = &nodes[c.rep].labels;
                     constraints
                         .iter()

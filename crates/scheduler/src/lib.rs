@@ -165,6 +165,10 @@ pub struct Node {
     pub labels: BTreeMap<String, String>,
     /// False for `draining` and `down`: nothing is placed there, and what runs there is lost.
     pub ready: bool,
+    /// Ready, but takes nothing new (a drained node while a rollout runs): what runs there
+    /// stays alive and counts for its group; no placement goes there. Nomad's "ineligible".
+    #[serde(default)]
+    pub cordoned: bool,
     /// The drivers the agent offers.
     pub drivers: Vec<DriverKind>,
     /// What the node offers in total; existing instances' reservations are subtracted.

@@ -66,7 +66,7 @@ pub(crate) fn place_all(
         if gs.skip || gs.need == 0 {
             continue;
         }
-        let reasons = idx.class_reasons(nodes, demand);
+        let reasons = idx.class_reasons(nodes, demand, true);
         let mut buckets: Vec<Bucket> = Vec::new();
         let mut bucket_of: FxMap<Vec<u32>, usize> = FxMap::default();
         for (c, class) in idx.classes.iter().enumerate() {

@@ -133,7 +133,7 @@ pub(crate) fn reconcile(
         if groups[d].skip {
             continue;
         }
-        let reasons = idx.class_reasons(nodes, demand);
+        let reasons = idx.class_reasons(nodes, demand, false);
         let mut alive: Vec<(usize, u32)> = Vec::with_capacity(of_group[d].len());
         for &e in &of_group[d] {
             let Some(n) = idx.existing_node[e] else {

@@ -74,3 +74,22 @@ fn a_repeated_group_is_refused_not_merged() {
     assert_eq!(plan.failures.len(), 1);
     assert!(plan.failures[0].explanation.is_none());
 }
+
+#[test]
+fn a_cordoned_node_keeps_what_runs_there_and_takes_nothing_new() {
+    let mut h = Harness::new(SchedulerConfig::new(1));
+    h.add_node("a", &[], capacity(4, 8));
+    h.add_node("b", &[], capacity(4, 8));
+    h.demand(group("api"), 2, service(100, 1 << 20));
+    h.run();
+    let on_a = h.instances.iter().filter(|i| i.node == "a").count();
+    for n in h.nodes.iter_mut().filter(|n| n.name == "a") {
+        n.cordoned = true;
+    }
+    h.demand(group("api"), 4, service(100, 1 << 20));
+    let plan = h.run().clone();
+    assert!(plan.stops.is_empty(), "{:?}", plan.stops);
+    assert_eq!(plan.placements.len(), 2);
+    assert!(plan.placements.iter().all(|p| p.node == 1), "{plan:?}");
+    assert_eq!(h.instances.iter().filter(|i| i.node == "a").count(), on_a);
+}

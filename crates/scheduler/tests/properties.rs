@@ -47,6 +47,7 @@ fn node() -> impl Strategy<Value = Node> {
                 name: String::new(),
                 labels,
                 ready,
+                cordoned: false,
                 drivers: match drivers {
                     0 => vec![DriverKind::Process],
                     1 => vec![DriverKind::Docker],

@@ -10,6 +10,10 @@ pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
 
 impl Clock {
     /// The system's wall clock.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the server's clock module: the one place that reads the wall clock"
+    )]
     pub fn system() -> Self {
         Clock(Arc::new(|| {
             SystemTime::now()
@@ -28,6 +32,30 @@ impl Clock {
     pub fn now_ms(&self) -> u64 {
         (self.0)()
     }
+}
+
+/// Now, on the monotonic clock: for durations the shells measure themselves (how long ago a
+/// log line was written, a long-poll's deadline is on [`tokio_now`]).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the server's clock module: the one place that reads the monotonic clock"
+)]
+pub fn instant_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+/// Now, on Tokio's clock (which a paused test runtime drives): long-poll deadlines.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the server's clock module: the one place that reads Tokio's clock"
+)]
+pub fn tokio_now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+}
+
+/// Seconds since the Unix epoch on the wall clock (0 before it): certificate validity dates.
+pub fn unix_secs() -> u64 {
+    Clock::system().now_ms() / 1000
 }
 
 impl std::fmt::Debug for Clock {

@@ -45,9 +45,12 @@ pub fn secrets(stack: &str) -> String {
     format!("{SECRETS}{stack}/")
 }
 
+/// Prefix of every secret's last version.
+pub const SECRET_VERSIONS: &str = "/secret-versions/";
+
 /// The last version a secret had (survives its deletion).
 pub fn secret_version(stack: &str, name: &str) -> String {
-    format!("/secret-versions/{stack}/{name}")
+    format!("{SECRET_VERSIONS}{stack}/{name}")
 }
 
 /// One secret of a stack.
@@ -149,7 +152,7 @@ pub fn subject(key: &str) -> &'static str {
         "pin"
     } else if key.starts_with(MAINTENANCE) {
         "maintenance"
-    } else if key.starts_with(SECRETS) || key.starts_with("/secret-versions/") {
+    } else if key.starts_with(SECRETS) || key.starts_with(SECRET_VERSIONS) {
         "secret"
     } else if key == GC_GENERATION {
         "gc"

@@ -15,20 +15,30 @@
 //! - [`secrets`]   — secret names, values and versions (service functions).
 //! - [`pins`]      — image ids agents report, pinned in their own keys (first report wins).
 //! - [`placement`] — the scheduler's snapshot from the store; placement checks for plans.
-//! - [`rollouts`]  — the rollout controller: releases → instances, through `berth-rollout`.
-//! - [`table`]     — the routing table and draining: which instances routers may use.
+//! - [`controllers`] — one controller per concern (rollout, replicas, drain, liveness), each a
+//!   pure function of the view returning effects, and the shell that applies them. A new
+//!   controller goes there.
+//! - [`leadership`] — whether this server runs the controllers, and the fence their writes carry.
+//! - [`rollouts`]  — old paths of the rollout controller's items, re-exported.
+//! - [`routing`]   — the routing table, built from the view once per change and cached.
+//! - [`routers`]   — what each router has applied; when an instance is released by all.
+//! - [`liveness`]  — node liveness in memory: last calls, `node_is_up`, down marks.
+//! - [`version`]   — content versions (a short hash of a value's JSON).
+//! - [`table`]     — old paths of the routing, routers and liveness items, re-exported.
 //! - [`clock`]     — time as an injected value, so controllers can be driven in tests.
 //!
 //! ## Flow
-//! `deploy` stores release N and a rollout record. The controller, woken by every store change
-//! and by a tick, reads a snapshot, asks `berth-rollout` what to do for each service and region,
-//! and writes instance records. Agents long-poll their node's instances and report statuses in
+//! `deploy` stores release N and a rollout record. The controllers, woken by a kick and by a
+//! tick while this server leads, read the cluster view, ask `berth-rollout` (strategy, waves)
+//! and `berth-scheduler` (one call per rollout and region) what to do, and their shell writes
+//! the resulting effects — instance records, rollout and release status — in one transaction. Agents long-poll their node's instances and report statuses in
 //! heartbeats; routers long-poll the routing table, which tells the server what they have applied.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod clock;
+pub mod controllers;
 mod error;
 /// Test support for the fuzz crate and `tests/fuzz_corpus.rs`, outside the normal build.
 #[cfg(feature = "fuzzing")]
@@ -36,16 +46,21 @@ mod error;
 pub mod fuzzing;
 pub mod http;
 pub mod keys;
+pub mod leadership;
 pub mod listen;
 pub mod live;
+pub mod liveness;
 pub mod pins;
 pub mod pki;
 pub mod placement;
 pub mod releases;
 pub mod rollouts;
+pub mod routers;
+pub mod routing;
 pub mod secrets;
 pub mod state;
 pub mod table;
+pub mod version;
 pub mod view;
 
 use std::collections::HashMap;
@@ -72,37 +87,42 @@ pub struct ServerConfig {
 /// What every handler and controller shares.
 pub struct Shared {
     pub store: Arc<dyn Store>,
+    /// Whether this server runs the controllers, and the fence their writes carry (see
+    /// [`leadership`]; the embedded store always leads).
+    pub leadership: Arc<dyn leadership::Leadership>,
     /// The cluster view, kept current from the store by [`live::LiveView::follow`]: what
     /// handlers, long-polls and controllers read instead of scanning the store.
     pub view: live::LiveView,
     pub admin: auth::TokenHash,
     pub join: auth::TokenHash,
     pub clock: Clock,
-    /// The store's latest revision, so long-polls wake on any change.
-    pub revision: watch::Sender<i64>,
     /// Wakes the controller early (a deploy, a heartbeat with news).
     pub kick: Notify,
     /// Node name → last heartbeat (ms). In memory: liveness is not worth an fsync per second.
     pub heartbeats: Mutex<HashMap<String, u64>>,
     /// When this server started (ms): a node not heard from since gets one TTL to call in
-    /// before it counts as down (see [`table::node_is_up`]).
+    /// before it counts as down (see [`liveness::node_is_up`]).
     pub started_ms: u64,
     /// What each router has applied: router id → (table version, when, instances in it),
-    /// bounded and expiring (see [`table::RouterAcks`]).
-    pub router_acks: Mutex<table::RouterAcks>,
+    /// bounded and expiring (see [`routers::RouterAcks`]).
+    pub router_acks: Mutex<routers::RouterAcks>,
     /// Node tokens known to be valid: token hash hex → node name (loaded at start, then
     /// filled as tokens are checked against the store).
     pub node_tokens: Mutex<HashMap<String, String>>,
     /// Failed authentications per source, for logging and throttling (see [`auth`]).
     pub auth_failures: Mutex<auth::FailureLimiter>,
     /// Nodes whose "down since" mark is in the store (`/node-seen/NAME`, see
-    /// [`table::follow_liveness`]), so a restarted server does not take them for up.
+    /// [`controllers::liveness`]), so a restarted server does not take them for up.
     pub marked_down: Mutex<std::collections::HashSet<String>>,
-    /// Orders writes and deletes of those marks against the liveness they describe.
+    /// Orders writes and deletes of those marks against node removals.
     pub liveness_marks: tokio::sync::Mutex<()>,
+    /// Wakes the liveness controller early (a node marked down called in).
+    pub liveness_kick: Notify,
     /// The instances in each recently served routing table, by version, so an acknowledgement
     /// of version V says which instances that router still routes to.
-    pub tables: Mutex<table::RecentTables>,
+    pub tables: Mutex<routing::RecentTables>,
+    /// The routing table built at the view's last routing change, served to every router.
+    pub routing: routing::TableCache,
     /// Each node's last garbage-collection report, from its heartbeats (in memory, like
     /// liveness: it is for people and for `berth gc` to wait on).
     pub gc_reports: Mutex<HashMap<String, berth_api::control::GcReport>>,
@@ -139,25 +159,26 @@ impl Shared {
         let view = view::View::load(config.store.as_ref())
             .await
             .map_err(StartError::State)?;
-        let rev = config.store.revision().await?;
         let started_ms = config.clock.now_ms();
-        let known = table::Known::load(config.store.as_ref()).await?;
+        let known = liveness::Known::load(config.store.as_ref()).await?;
         Ok(Arc::new(Shared {
             store: config.store,
+            leadership: Arc::new(leadership::SoleLeader::new()),
             view: live::LiveView::new(view),
             admin: auth::TokenHash::of(&admin),
             join: auth::TokenHash::of(&join),
             clock: config.clock,
-            revision: watch::channel(rev).0,
             kick: Notify::new(),
             heartbeats: Mutex::new(known.last_seen),
             started_ms,
-            router_acks: Mutex::new(table::RouterAcks::default()),
+            router_acks: Mutex::new(routers::RouterAcks::default()),
             node_tokens: Mutex::new(known.node_tokens),
             auth_failures: Mutex::new(auth::FailureLimiter::default()),
             marked_down: Mutex::new(known.marked_down),
             liveness_marks: tokio::sync::Mutex::new(()),
-            tables: Mutex::new(table::RecentTables::default()),
+            liveness_kick: Notify::new(),
+            tables: Mutex::new(routing::RecentTables::default()),
+            routing: routing::TableCache::default(),
             gc_reports: Mutex::new(HashMap::new()),
         }))
     }
@@ -172,13 +193,12 @@ pub async fn serve(
     let tls = config.tls.clone();
     let shared = Shared::new(config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let watcher = tokio::spawn(table::follow_revisions(shared.clone(), stop_rx.clone()));
     let follower = {
         let (shared, stop) = (shared.clone(), stop_rx.clone());
         tokio::spawn(async move { shared.view.follow(shared.store.as_ref(), stop).await })
     };
-    let controller = tokio::spawn(rollouts::run_controller(shared.clone(), stop_rx.clone()));
-    let liveness = tokio::spawn(table::follow_liveness(shared.clone(), stop_rx.clone()));
+    let controller = tokio::spawn(controllers::run_controller(shared.clone(), stop_rx.clone()));
+    let liveness = tokio::spawn(controllers::liveness::run(shared.clone(), stop_rx.clone()));
     let app = http::router(shared.clone());
     let result = listen::serve_api(listener, app, tls, async move {
         shutdown.await;
@@ -186,7 +206,6 @@ pub async fn serve(
     })
     .await
     .map_err(StartError::Serve);
-    let _ = watcher.await;
     let _ = follower.await;
     let _ = controller.await;
     let _ = liveness.await;

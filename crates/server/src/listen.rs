@@ -219,7 +219,7 @@ impl Refusals {
                 "the API refused connections: its connection cap is full of requests in progress"
             );
             self.since_log = 0;
-            self.logged = Some(Instant::now());
+            self.logged = Some(crate::clock::instant_now());
         }
     }
 }
@@ -270,7 +270,7 @@ async fn serve_connection<I>(
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -331,7 +331,7 @@ mod tests {
 
     /// How long until the server closes `stream`, which sends `first` and then nothing.
     async fn closed_after(stream: &mut TcpStream, first: &[u8]) -> Duration {
-        let opened = Instant::now();
+        let opened = crate::clock::instant_now();
         stream.write_all(first).await.expect("write");
         let mut buf = [0u8; 1024];
         tokio::time::timeout(LATE, async {

@@ -4,29 +4,93 @@
 //! Readers take [`LiveView::read`] (a read guard: decide, then let go before any `.await`).
 //! A handler that has just written and must see its own write waits with
 //! [`LiveView::caught_up`] for the revision its transaction returned.
+//!
+//! Long-polls wait on indexed wake-ups: [`LiveView::node_changes`] changes only when an event
+//! touched that node's desired instances (or what every agent is sent), and
+//! [`LiveView::routing_changes`] only when the routing table's inputs changed (see
+//! [`crate::view::Touched`]). A heartbeat's status report on node A wakes nobody; a new
+//! instance on node A wakes A's agent and, once healthy, the routers — not 10,000 agents.
 
-use std::sync::{RwLock, RwLockReadGuard};
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
-use berth_store::Store;
-use futures::{FutureExt, StreamExt};
+use berth_store::{Store, WatchEvent};
+use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::state::StateError;
-use crate::view::View;
+use crate::view::{Touched, View};
 
 /// A [`View`] and the revision it is current to, for waiters.
 pub struct LiveView {
     view: RwLock<View>,
     revision: watch::Sender<i64>,
+    /// Node name → bumped when that node's answer may have changed. Only registered nodes
+    /// get one (bounded by the node records); removed with the node.
+    nodes: Mutex<HashMap<String, watch::Sender<i64>>>,
+    /// The view's routing revision, sent when the routing table's inputs changed.
+    routing: watch::Sender<i64>,
 }
 
 impl LiveView {
     /// A live view starting from `view` (normally [`View::load`] at start-up).
     pub fn new(view: View) -> LiveView {
         let revision = view.revision;
+        let routing = view.routing_revision();
         LiveView {
             view: RwLock::new(view),
             revision: watch::channel(revision).0,
+            nodes: Mutex::new(HashMap::new()),
+            routing: watch::channel(routing).0,
+        }
+    }
+
+    /// A receiver (a counter) that changes when node `name`'s desired instances (or what every agent is
+    /// sent) may have changed; `None` for a node the view does not hold (then wait on
+    /// [`LiveView::subscribe`]), so the map stays bounded by the registered nodes.
+    pub fn node_changes(&self, name: &str) -> Option<watch::Receiver<i64>> {
+        // Checked under the map's lock, which the follower also takes after applying an
+        // event: a node removed meanwhile is not given a wake-up nobody would clear.
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = nodes.get(name) {
+            return Some(tx.subscribe());
+        }
+        self.read().node(name)?;
+        let (tx, rx) = watch::channel(0);
+        nodes.insert(name.to_string(), tx);
+        Some(rx)
+    }
+
+    /// A receiver that changes when the routing table's inputs changed.
+    pub fn routing_changes(&self) -> watch::Receiver<i64> {
+        self.routing.subscribe()
+    }
+
+    /// Wakes the long-polls `touched` concerns (after the view holds the change).
+    fn wake(&self, touched: &Touched, routing_revision: i64) {
+        if touched.routing {
+            self.routing.send_replace(routing_revision);
+        }
+        if touched.nodes.is_empty() && !touched.all_nodes {
+            return;
+        }
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let bump = |tx: &watch::Sender<i64>| tx.send_modify(|n| *n = n.wrapping_add(1));
+        if touched.all_nodes {
+            nodes.values().for_each(bump);
+        } else {
+            for name in &touched.nodes {
+                if let Some(tx) = nodes.get(name) {
+                    bump(tx);
+                }
+            }
+        }
+        // A removed node's long-poll was woken above; its wake-up goes with it.
+        let view = self.read();
+        for name in &touched.nodes {
+            if view.node(name).is_none() {
+                nodes.remove(name);
+            }
         }
     }
 
@@ -44,6 +108,8 @@ impl LiveView {
     }
 
     /// Waits until the view is current to at least `revision` (a write's own revision).
+    /// The follower applies every revision, also of records it cannot read, so this returns
+    /// as soon as the watch has delivered it.
     pub async fn caught_up(&self, revision: i64) {
         let mut rx = self.revision.subscribe();
         let _ = rx.wait_for(|r| *r >= revision).await;
@@ -57,8 +123,10 @@ impl LiveView {
     /// Replaces the view (after a re-list).
     fn replace(&self, view: View) {
         let revision = view.revision;
+        let routing = view.routing_revision();
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
         self.revision.send_replace(revision);
+        self.wake(&Touched::everything(), routing);
     }
 
     /// Keeps the view current until `stop`: watches from the view's revision + 1 and applies
@@ -67,7 +135,7 @@ impl LiveView {
         loop {
             let from = self.revision() + 1;
             let mut stream = match store.watch("/", from).await {
-                Ok(s) => s.peekable(),
+                Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch the store; listing again");
                     if self.relist(store, &mut stop).await {
@@ -77,47 +145,72 @@ impl LiveView {
                 }
             };
             loop {
-                tokio::select! {
+                let first = tokio::select! {
                     _ = stop.changed() => return,
-                    item = stream.next() => match item {
-                        Some(Ok(event)) => {
-                            let applied = {
-                                let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-                                Self::apply_logged(&mut view, &event);
-                                // A transaction is several events at one revision: apply the
-                                // rest of it that is already here under the same lock, so a
-                                // reader woken for this revision sees the whole transaction.
-                                while let Some(Some(Ok(more))) = std::pin::Pin::new(&mut stream)
-                                    .next_if(|i| matches!(i, Ok(e) if e.revision == event.revision))
-                                    .now_or_never()
-                                {
-                                    Self::apply_logged(&mut view, &more);
+                    item = stream.next() => item,
+                };
+                match first {
+                    Some(Ok(event)) => {
+                        let (batch, end) = ready_batch(event, &mut stream).await;
+                        self.apply_batch(&batch, !matches!(end, BatchEnd::Full));
+                        match end {
+                            BatchEnd::Drained | BatchEnd::Full => {}
+                            BatchEnd::Ended(None) => break,
+                            BatchEnd::Ended(Some(e)) => {
+                                tracing::warn!(error = %e, "store watch ended; listing again");
+                                if self.relist(store, &mut stop).await {
+                                    return;
                                 }
-                                view.revision
-                            };
-                            self.revision.send_replace(applied);
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "store watch ended; listing again");
-                            if self.relist(store, &mut stop).await {
-                                return;
+                                break;
                             }
-                            break;
                         }
-                        None => break,
                     }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "store watch ended; listing again");
+                        if self.relist(store, &mut stop).await {
+                            return;
+                        }
+                        break;
+                    }
+                    None => break,
                 }
             }
         }
     }
 
-    /// Folds one event in. An undecodable record is skipped, named in the log; the revision
-    /// still moves on so waiters are not stuck behind it.
-    fn apply_logged(view: &mut View, event: &berth_store::WatchEvent) {
-        if let Err(e) = view.apply(event) {
-            tracing::warn!(error = %e, "ignoring a store record the view cannot read");
-            view.revision = view.revision.max(event.revision);
+    /// Applies a batch of events under one write lock (so no reader sees part of it), then
+    /// publishes the revision the view is complete to and wakes the long-polls it touched.
+    /// `drained`: the stream had nothing more ready, so the last revision is whole; otherwise
+    /// its other events may follow and only the revision before it is published.
+    fn apply_batch(&self, batch: &[WatchEvent], drained: bool) {
+        let Some(last) = batch.last() else {
+            return;
+        };
+        let mut touched = Touched::default();
+        let routing = {
+            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            for event in batch {
+                match view.apply(event) {
+                    Ok(t) => touched.merge(t),
+                    // An undecodable record is skipped, named in the log; the revision still
+                    // moves on so waiters are not stuck behind it.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring a store record the view cannot read");
+                        view.revision = view.revision.max(event.revision);
+                    }
+                }
+            }
+            view.routing_revision()
+        };
+        let complete = if drained {
+            last.revision
+        } else {
+            last.revision - 1
+        };
+        if complete > self.revision() {
+            self.revision.send_replace(complete);
         }
+        self.wake(&touched, routing);
     }
 
     /// Lists everything again; true if stopping. Retries every 500 ms while the store fails.
@@ -141,6 +234,120 @@ impl LiveView {
     }
 }
 
+/// Most events folded in under one write lock.
+const MAX_BATCH: usize = 4_096;
+
+/// Why a batch of events ended.
+enum BatchEnd {
+    /// Nothing more was ready: the last revision is whole.
+    Drained,
+    /// [`MAX_BATCH`] events: the last revision may go on in the next batch.
+    Full,
+    /// The watch ended (`None`) or failed.
+    Ended(Option<berth_store::StoreError>),
+}
+
+/// `first` and every event the stream has ready after it, up to [`MAX_BATCH`]. A
+/// transaction's events arrive one after another: a batch ends on "nothing ready" only after
+/// one yield to the store's watch task, so a transaction being sent is normally taken whole.
+async fn ready_batch(
+    first: WatchEvent,
+    stream: &mut berth_store::WatchStream,
+) -> (Vec<WatchEvent>, BatchEnd) {
+    use futures::FutureExt;
+    let mut batch = vec![first];
+    let mut yielded = false;
+    while batch.len() < MAX_BATCH {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(event))) => {
+                batch.push(event);
+                yielded = false;
+            }
+            Some(Some(Err(e))) => return (batch, BatchEnd::Ended(Some(e))),
+            Some(None) => return (batch, BatchEnd::Ended(None)),
+            None if !yielded => {
+                tokio::task::yield_now().await;
+                yielded = true;
+            }
+            None => return (batch, BatchEnd::Drained),
+        }
+    }
+    (batch, BatchEnd::Full)
+}
+
 fn log_relist_error(e: &StateError) {
     tracing::warn!(error = %e, "cannot list the store for the cluster view; retrying");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_store::{EmbeddedStore, Op, Txn};
+
+    #[tokio::test]
+    async fn caught_up_sees_every_write_of_a_transaction_and_wakes_only_the_touched_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path().join("s.redb"))
+            .await
+            .expect("store");
+        let node = |name: &str| crate::state::NodeRecord {
+            registration: berth_api::control::RegisterRequest {
+                name: name.to_string(),
+                labels: Default::default(),
+                resources: Default::default(),
+                drivers: vec![],
+                address: "127.0.0.1".to_string(),
+                router: None,
+                keep_labels: false,
+            },
+            registered_ms: 0,
+            draining: false,
+        };
+        for name in ["n1", "n2"] {
+            store
+                .put(&crate::keys::node(name), crate::state::encode(&node(name)))
+                .await
+                .expect("put");
+        }
+        let live = std::sync::Arc::new(LiveView::new(View::load(&store).await.expect("load")));
+        let (stop_tx, stop) = watch::channel(false);
+        let store = std::sync::Arc::new(store);
+        let follower = {
+            let (live, store) = (live.clone(), store.clone());
+            tokio::spawn(async move { live.follow(store.as_ref(), stop).await })
+        };
+        let mut n1 = live.node_changes("n1").expect("n1 is registered");
+        let mut n2 = live.node_changes("n2").expect("n2 is registered");
+        assert!(live.node_changes("unknown").is_none());
+        n1.borrow_and_update();
+        n2.borrow_and_update();
+        let ops = (0..50)
+            .map(|i| {
+                let record = crate::view::tests::instance(&format!("i{i}"), "shop", "prod", "n1");
+                Op::put(
+                    crate::keys::instance(&record.spec.id),
+                    crate::state::encode(&record),
+                )
+            })
+            .collect();
+        let done = store
+            .txn(Txn {
+                compares: vec![],
+                success: ops,
+                failure: vec![],
+            })
+            .await
+            .expect("txn");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            live.caught_up(done.revision),
+        )
+        .await
+        .expect("caught up");
+        assert_eq!(live.read().instances_on("n1").count(), 50);
+        assert!(n1.has_changed().expect("open"), "n1's long-poll is woken");
+        assert!(!n2.has_changed().expect("open"), "n2's is not");
+        let _ = stop_tx.send(true);
+        follower.await.expect("follower");
+    }
 }

@@ -477,9 +477,7 @@ fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), PkiError> {
 
 /// Today as (year, days since 1970-01-01), from the system clock.
 fn today() -> (i32, u64) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = crate::clock::unix_secs();
     let days = secs / 86_400;
     (civil_year(days), days)
 }

@@ -1,13 +1,13 @@
-//! The server's side of placement: turning the store's nodes and instances into the
-//! scheduler's snapshot, placing a rollout's new instances for the rollout controller (one
-//! scheduler call per rollout and region), and checking a
+//! The server's side of placement: turning nodes and instance records into the scheduler's
+//! snapshot (for the controllers, which call the scheduler once per rollout and region: see
+//! `controllers::work`), and checking a
 //! proposed release's placements for a plan (so a plan says what could not be placed, and why,
 //! before anything is applied).
 
 use berth_scheduler::{Capacity, Demand, Existing, GroupKey, Node as SchedNode, SchedulerConfig};
 use berth_spec::model::{Service, Stack};
 
-use crate::state::{InstanceRecord, Snapshot};
+use crate::state::{InstanceRecord, NodeRecord, Snapshot};
 use crate::{table, Shared};
 
 /// The scheduler's group of an instance: its service in one stack, environment and region,
@@ -35,22 +35,38 @@ pub fn nodes_for_region(
     region: &str,
     now: u64,
 ) -> Vec<SchedNode> {
-    snapshot
-        .nodes
-        .values()
+    region_nodes(snapshot.nodes.values().map(|n| &n.value), region, &|n| {
+        (
+            node_usable(shared, snapshot, &n.registration.name, now),
+            false,
+        )
+    })
+}
+
+/// The scheduler's nodes of one region wave from any set of node records (a node without a
+/// `region` label takes any region); `state` says, from the caller's facts, whether each is
+/// ready (up, and not draining for what may leave it) and cordoned (ready for what runs there,
+/// closed to new instances). Pure, so the controllers call it on a view.
+pub fn region_nodes<'a>(
+    nodes: impl Iterator<Item = &'a NodeRecord>,
+    region: &str,
+    state: &dyn Fn(&NodeRecord) -> (bool, bool),
+) -> Vec<SchedNode> {
+    nodes
         .filter(|n| {
-            n.value
-                .registration
+            n.registration
                 .labels
                 .get("region")
                 .is_none_or(|r| r == region)
         })
         .map(|n| {
-            let reg = &n.value.registration;
+            let reg = &n.registration;
+            let (ready, cordoned) = state(n);
             SchedNode {
                 name: reg.name.clone(),
                 labels: reg.labels.clone(),
-                ready: node_usable(shared, snapshot, &reg.name, now),
+                ready,
+                cordoned,
                 drivers: reg.drivers.clone(),
                 capacity: Capacity {
                     cpu_millis: reg.resources.cpu_millis,
@@ -65,134 +81,60 @@ pub fn nodes_for_region(
 /// then those in the snapshot that [hold resources](InstanceRecord::holds_resources) (not being
 /// stopped, and not failed and given up on).
 pub fn existing(snapshot: &Snapshot, pending: &[InstanceRecord]) -> Vec<Existing> {
+    existing_of(snapshot.instances.values().map(|v| &v.value), pending)
+}
+
+/// [`existing`] from any set of instance records (a view's, in the controllers).
+pub fn existing_of<'a>(
+    instances: impl Iterator<Item = &'a InstanceRecord>,
+    pending: &'a [InstanceRecord],
+) -> Vec<Existing> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
-    for r in pending
-        .iter()
-        .chain(snapshot.instances.values().map(|v| &v.value))
-    {
-        if !r.holds_resources() || !seen.insert(r.spec.id.clone()) {
+    for r in pending.iter().chain(instances) {
+        // The first record of an id wins (a pending one over the stored one), also when it no
+        // longer holds resources: a failed instance this pass gives up on must not come back
+        // from the older record as one of its group.
+        if !seen.insert(r.spec.id.clone()) || !r.holds_resources() {
             continue;
         }
-        let host_ports = if r.spec.spec.image.is_some() {
-            Vec::new()
-        } else {
-            r.spec
-                .spec
-                .ports
-                .values()
-                .copied()
-                .filter(|p| *p != 0)
-                .collect()
-        };
-        out.push(Existing {
-            id: r.spec.id.clone(),
-            node: r.spec.node.clone(),
-            group: group_key(
-                &r.spec.stack,
-                &r.env,
-                &r.region,
-                &r.spec.service,
-                &r.spec.spec,
-            ),
-            resources: Capacity::from(&r.spec.spec.resources),
-            host_ports,
-        });
+        out.push(existing_one(r));
     }
     out
 }
 
-/// New instances one service of a rollout asks for in one region: `count` more of `service`.
-#[derive(Debug, Clone, Copy)]
-pub struct Want<'s> {
-    /// The service's name in its stack.
-    pub name: &'s str,
-    /// The service as rendered for the region.
-    pub service: &'s Service,
-    /// How many more instances it needs now.
-    pub count: u32,
-}
-
-/// Where the instances of one [`Want`] go: a node per placed instance, and the scheduler's
-/// explanation when fewer than asked could be placed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Placed {
-    /// The chosen nodes, one per new instance (a node may repeat).
-    pub nodes: Vec<String>,
-    /// Why the rest could not be placed; `None` when every asked instance was placed.
-    pub unplaced: Option<String>,
-}
-
-/// Chooses nodes for every [`Want`] of one rollout in `region`, in one scheduler call with the
-/// whole demand: ready nodes in the region (a node without a `region` label takes any) with the
-/// driver, room for the resources and fixed ports, meeting the constraints, spread as each
-/// service asks. Every instance not being stopped, and `pending` (decided earlier in the same
-/// pass), count against their nodes, and the wants count against each other.
-///
-/// One call per (rollout, region) instead of one per missing instance: the cost is that of one
-/// schedule, not `count` of them (`replicas: 10000000` used to run the scheduler ten million
-/// times inside one controller pass). Never more than `want.count` nodes per want.
-#[allow(clippy::too_many_arguments)]
-pub fn place_many(
-    shared: &Shared,
-    snapshot: &Snapshot,
-    pending: &[InstanceRecord],
-    stack: &str,
-    env: &str,
-    region: &str,
-    wants: &[Want<'_>],
-    seed: u64,
-) -> Vec<Placed> {
-    if wants.iter().all(|w| w.count == 0) {
-        return vec![Placed::default(); wants.len()];
+/// One instance as the scheduler sees it.
+pub fn existing_one(r: &InstanceRecord) -> Existing {
+    let host_ports = if r.spec.spec.image.is_some() {
+        Vec::new()
+    } else {
+        r.spec
+            .spec
+            .ports
+            .values()
+            .copied()
+            .filter(|p| *p != 0)
+            .collect()
+    };
+    let mut group = group_key(
+        &r.spec.stack,
+        &r.env,
+        &r.region,
+        &r.spec.service,
+        &r.spec.spec,
+    );
+    // One being drained still holds its node until its process is gone, but it is no longer
+    // one of its group's instances: counted there, it would stand in for its own replacement.
+    if r.desired != crate::state::Desired::Run {
+        group.service.push_str("#leaving");
     }
-    let nodes = nodes_for_region(shared, snapshot, region, shared.clock.now_ms());
-    let existing = existing(snapshot, pending);
-    let demands: Vec<Demand> = wants
-        .iter()
-        .map(|w| {
-            let group = group_key(stack, env, region, w.name, w.service);
-            let alive = existing.iter().filter(|e| e.group == group).count();
-            let alive = u32::try_from(alive).unwrap_or(u32::MAX);
-            Demand {
-                group,
-                count: alive.saturating_add(w.count),
-                service: w.service.clone(),
-            }
-        })
-        .collect();
-    let plan = berth_scheduler::schedule(&nodes, &existing, &demands, &SchedulerConfig::new(seed));
-    let mut out = vec![Placed::default(); wants.len()];
-    for p in &plan.placements {
-        let (Some(slot), Some(want), Some(node)) = (
-            out.get_mut(p.demand),
-            wants.get(p.demand),
-            nodes.get(p.node),
-        ) else {
-            continue;
-        };
-        // Instances lost on a down node are replaced by the scheduler too; the controller
-        // drains those separately and asked for exactly `count` more.
-        if slot.nodes.len() < want.count as usize {
-            slot.nodes.push(node.name.clone());
-        }
+    Existing {
+        id: r.spec.id.clone(),
+        node: r.spec.node.clone(),
+        group,
+        resources: Capacity::from(&r.spec.spec.resources),
+        host_ports,
     }
-    for f in &plan.failures {
-        if let Some(slot) = out.get_mut(f.demand) {
-            let why = f
-                .explanation
-                .as_ref()
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| f.reason.clone());
-            slot.unplaced = Some(why);
-        }
-    }
-    for (slot, want) in out.iter_mut().zip(wants) {
-        if slot.unplaced.is_none() && slot.nodes.len() < want.count as usize {
-            slot.unplaced = Some(format!("no node in region {region} can take it"));
-        }
-    }
-    out
 }
 
 /// For a plan: the services of `target` whose instances could not all be placed on the cluster
@@ -211,7 +153,7 @@ pub fn check(shared: &Shared, snapshot: &Snapshot, target: &Stack, env: &str) ->
                 let service = target.service_for_region(name, region)?;
                 Some(Demand {
                     group: group_key(&target.stack, env, region, name, &service),
-                    count: service.replicas,
+                    count: berth_spec::model::desired_replicas(&service),
                     service,
                 })
             })

@@ -1,8 +1,8 @@
 //! The records the server keeps in the store, and a consistent snapshot of them.
 //!
-//! Controllers read a [`Snapshot`], call a pure core, and write back with compare-and-swap on
-//! the `mod_revision`s they read, so a concurrent change makes the write fail instead of being
-//! lost, and the next pass decides again.
+//! Readers decide from records at known `mod_revision`s (a [`Snapshot`], or the cluster view
+//! the controllers read) and write back with compare-and-swap on them, so a concurrent change
+//! makes the write fail instead of being lost, and the next pass decides again.
 
 use std::collections::BTreeMap;
 
@@ -107,6 +107,86 @@ impl InstanceRecord {
     }
 }
 
+/// Where a stack's rollout is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase")]
+pub enum RolloutPhase {
+    /// Waves are being rolled out.
+    Progressing,
+    /// The target release runs everywhere; the controller keeps its counts.
+    Succeeded,
+    /// The rollout failed and there was nothing to roll back to (no other release went live, or
+    /// this was an automatic rollback that failed too); the reason says which. Its instances are
+    /// stopped.
+    Failed { reason: String },
+}
+
+/// The persisted rollout of one stack in one environment (`/rollouts/STACK/ENV`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    pub stack: String,
+    pub env: String,
+    /// The release being replaced (`None` on a first deploy).
+    pub from: Option<u64>,
+    /// The release being rolled out: what the stack is meant to run.
+    pub to: u64,
+    pub started_ms: u64,
+    /// Index of the current region wave.
+    pub wave: usize,
+    /// The state machine of each service that started in the current wave.
+    pub services: BTreeMap<String, berth_rollout::RolloutState>,
+    /// Services finished in the current wave.
+    pub done: std::collections::BTreeSet<String>,
+    pub phase: RolloutPhase,
+    /// Set when this rollout is the automatic rollback of a failed one, with why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_reason: Option<String>,
+    /// A rollback (by command or automatic): every instance of the release returned to starts at
+    /// once (surge 100%), and the bad ones stop as soon as enough are healthy. Capacity never
+    /// drops, and a rollback takes one step instead of one per instance.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
+    /// Services with instances no node could take, and the scheduler's explanation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unplaced: BTreeMap<String, String>,
+}
+
+impl RolloutRecord {
+    /// A new rollout from `from` to `to`.
+    pub fn new(stack: &str, env: &str, from: Option<u64>, to: u64, now_ms: u64) -> Self {
+        RolloutRecord {
+            stack: stack.to_string(),
+            env: env.to_string(),
+            from,
+            to,
+            started_ms: now_ms,
+            wave: 0,
+            services: BTreeMap::new(),
+            done: std::collections::BTreeSet::new(),
+            phase: RolloutPhase::Progressing,
+            rollback_reason: None,
+            rollback: false,
+            unplaced: BTreeMap::new(),
+        }
+    }
+
+    /// How `berth status` describes it.
+    pub fn describe(&self) -> String {
+        match (&self.phase, &self.rollback_reason) {
+            (RolloutPhase::Progressing, Some(why)) => {
+                format!("rolling back to {} ({why})", self.to)
+            }
+            (RolloutPhase::Progressing, None) => match self.from {
+                Some(from) => format!("rolling out {from} → {}", self.to),
+                None => format!("rolling out {}", self.to),
+            },
+            (RolloutPhase::Succeeded, Some(why)) => format!("rolled back to {} ({why})", self.to),
+            (RolloutPhase::Succeeded, None) => "live".to_string(),
+            (RolloutPhase::Failed { reason }, _) => format!("failed: {reason}"),
+        }
+    }
+}
+
 /// Whether a release once went live (was fully rolled out): it is live, or it was live and a
 /// later release replaced it. Only such a release is a rollback target (see
 /// [`berth_rollout::rollback_target`]). A release replaced before its rollout finished is
@@ -166,7 +246,7 @@ pub struct Snapshot {
     pub revision: i64,
     pub nodes: BTreeMap<String, Versioned<NodeRecord>>,
     pub instances: BTreeMap<String, Versioned<InstanceRecord>>,
-    pub rollouts: BTreeMap<(String, String), Versioned<crate::rollouts::RolloutRecord>>,
+    pub rollouts: BTreeMap<(String, String), Versioned<RolloutRecord>>,
 }
 
 /// A store problem or a record that cannot be decoded.
@@ -219,8 +299,7 @@ impl Snapshot {
     pub async fn load(store: &dyn Store) -> Result<Snapshot, StateError> {
         let (r1, nodes) = read_prefix::<NodeRecord>(store, keys::NODES).await?;
         let (r2, instances) = read_prefix::<InstanceRecord>(store, keys::INSTANCES).await?;
-        let (r3, rollouts) =
-            read_prefix::<crate::rollouts::RolloutRecord>(store, keys::ROLLOUTS).await?;
+        let (r3, rollouts) = read_prefix::<RolloutRecord>(store, keys::ROLLOUTS).await?;
         Ok(Snapshot {
             revision: r1.min(r2).min(r3),
             nodes: nodes

@@ -9,17 +9,77 @@
 //!
 //! This module is the data and its accessors only: pure, no I/O besides [`View::load`]. Who
 //! keeps a view live (the follower task), who reads it and how long-polls are woken lives
-//! elsewhere. Callers use the accessor methods, not the maps, so indexes can be added behind
-//! them without changing a caller.
+//! elsewhere. Callers use the accessor methods, not the maps: the indexes behind them (a
+//! node's instances, a stack's instances, the images to keep) are kept by [`View::apply`], so
+//! a reader's cost is the size of its answer, not of the cluster.
+//!
+//! [`View::apply`] also says what an event [`Touched`]: which nodes' desired instances may
+//! have changed and whether the routing table's inputs did, so long-polls are woken by
+//! index (node A's change wakes node A's agent and the routers, not every agent).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use berth_api::control::{MaintenanceView, Release};
 use berth_store::{EventKind, KeyValue, Store, WatchEvent};
 
 use crate::keys;
 use crate::rollouts::RolloutRecord;
-use crate::state::{decode, InstanceRecord, NodeRecord, SecretRecord, StateError, Versioned};
+use crate::state::{
+    decode, Desired, InstanceRecord, NodeRecord, SecretRecord, StateError, Versioned,
+};
+use berth_api::InstanceState;
+
+/// What one event may have changed, for waking long-polls by index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Nodes whose desired instances (specs of the instances not being stopped) changed, or
+    /// whose record was removed. A status report alone touches no node: the agent sent it.
+    pub nodes: BTreeSet<String>,
+    /// What every agent is sent besides its instances changed (the images to keep, the
+    /// garbage-collection generation).
+    pub all_nodes: bool,
+    /// The routing table's inputs changed (a routable instance, a node's address, a rollout's
+    /// target, a release, a maintenance page).
+    pub routing: bool,
+}
+
+impl Touched {
+    /// Everything changed (a re-list).
+    pub fn everything() -> Touched {
+        Touched {
+            nodes: BTreeSet::new(),
+            all_nodes: true,
+            routing: true,
+        }
+    }
+
+    /// Adds what `other` touched.
+    pub fn merge(&mut self, other: Touched) {
+        self.nodes.extend(other.nodes);
+        self.all_nodes |= other.all_nodes;
+        self.routing |= other.routing;
+    }
+
+    /// Whether anything a long-poll answers from changed.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && !self.all_nodes && !self.routing
+    }
+}
+
+/// The part of an instance its node's agent is sent: its spec, unless it is being stopped.
+fn desired_part(r: &InstanceRecord) -> Option<&berth_api::InstanceSpec> {
+    (r.desired != Desired::Stop).then_some(&r.spec)
+}
+
+/// The part of an instance the routing table reads: its ports and release, while it is
+/// wanted and healthy (only such instances are endpoints).
+fn routing_part(r: &InstanceRecord) -> Option<(&BTreeMap<String, u16>, u64)> {
+    if r.desired != Desired::Run || r.state() != InstanceState::Healthy {
+        return None;
+    }
+    r.status.as_ref().map(|s| (&s.ports, r.spec.release))
+}
 
 /// Every record the control plane decides from, at [`View::revision`].
 #[derive(Debug, Clone, Default)]
@@ -42,6 +102,14 @@ pub struct View {
     gc_generation: (u64, i64),
     /// Image pins (`/pins/…`) by release, also merged into `releases`' `images`.
     pins: crate::state::Pins,
+    /// Index: node name → ids of the instances placed on it.
+    by_node: HashMap<String, BTreeSet<String>>,
+    /// Index: (stack, env) → ids of its instances.
+    by_stack: HashMap<(String, String), BTreeSet<String>>,
+    /// [`crate::state::images_to_keep`] over every retained release, kept on release changes.
+    keep_images: Arc<Vec<String>>,
+    /// The last revision that changed the routing table's inputs (see [`Touched::routing`]).
+    routing_revision: i64,
 }
 
 impl View {
@@ -56,34 +124,93 @@ impl View {
         for kv in resp.kvs {
             view.put(&kv)?;
         }
+        view.routing_revision = view.revision;
         Ok(view)
     }
 
-    /// Folds one watch event in. Events must come in revision order, none older than
-    /// [`View::revision`]; an older one is ignored (a re-watch may replay it). One transaction
-    /// is several events at the same revision, so an event *at* the view's revision is still
-    /// applied (applying an event again is harmless: puts and deletes are idempotent). A record that
+    /// Folds one watch event in. Events must come in revision order; one transaction's events
+    /// share a revision, so an event *older* than [`View::revision`] is ignored (a re-watch
+    /// may replay it; replaying the current revision again is harmless: puts and deletes are
+    /// idempotent). A record that
     /// cannot be decoded fails with the key named, and the view keeps the record's previous
     /// value (it never holds a half-applied event).
-    pub fn apply(&mut self, event: &WatchEvent) -> Result<(), StateError> {
+    ///
+    /// Answers what the event [`Touched`], for waking long-polls.
+    pub fn apply(&mut self, event: &WatchEvent) -> Result<Touched, StateError> {
         if event.revision < self.revision {
-            return Ok(());
+            return Ok(Touched::default());
         }
         self.revision = event.revision;
-        match event.kind {
-            EventKind::Put => self.put(&event.kv),
-            EventKind::Delete => {
-                self.delete(&event.kv.key);
-                Ok(())
+        let touched = match event.kind {
+            EventKind::Put => self.put(&event.kv)?,
+            EventKind::Delete => self.delete(&event.kv.key),
+        };
+        if touched.routing {
+            self.routing_revision = event.revision;
+        }
+        Ok(touched)
+    }
+
+    /// Adds an instance to the indexes.
+    fn index(&mut self, r: &InstanceRecord) {
+        self.by_node
+            .entry(r.spec.node.clone())
+            .or_default()
+            .insert(r.spec.id.clone());
+        self.by_stack
+            .entry((r.spec.stack.clone(), r.env.clone()))
+            .or_default()
+            .insert(r.spec.id.clone());
+    }
+
+    /// Removes an instance from the indexes (empty entries go, so they stay bounded by the
+    /// records).
+    fn unindex(&mut self, id: &str, r: &InstanceRecord) {
+        if let Some(ids) = self.by_node.get_mut(&r.spec.node) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_node.remove(&r.spec.node);
+            }
+        }
+        let at = (r.spec.stack.clone(), r.env.clone());
+        if let Some(ids) = self.by_stack.get_mut(&at) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_stack.remove(&at);
             }
         }
     }
 
-    fn put(&mut self, kv: &KeyValue) -> Result<(), StateError> {
+    /// Recomputes the images to keep; true if they changed.
+    fn refresh_keep_images(&mut self) -> bool {
+        let keep = crate::state::images_to_keep(self.all_releases().map(|r| &r.value));
+        if *self.keep_images == keep {
+            return false;
+        }
+        self.keep_images = Arc::new(keep);
+        true
+    }
+
+    /// What replacing instance `old` by `new` touched.
+    fn instance_touched(old: Option<&InstanceRecord>, new: Option<&InstanceRecord>) -> Touched {
+        let mut touched = Touched::default();
+        if old.and_then(desired_part) != new.and_then(desired_part) {
+            for r in old.into_iter().chain(new) {
+                touched.nodes.insert(r.spec.node.clone());
+            }
+        }
+        touched.routing = old.and_then(routing_part) != new.and_then(routing_part);
+        touched
+    }
+
+    fn put(&mut self, kv: &KeyValue) -> Result<Touched, StateError> {
         let key = kv.key.as_str();
         // Image pins: their own keys, merged into the release they pin (see `keys`).
         if key.starts_with(keys::PINS) {
-            return self.put_pin(kv);
+            return Ok(Touched {
+                all_nodes: self.put_pin(kv)?,
+                ..Touched::default()
+            });
         }
         fn versioned<T>(value: T, kv: &KeyValue) -> Versioned<T> {
             Versioned {
@@ -91,16 +218,33 @@ impl View {
                 mod_revision: kv.mod_revision,
             }
         }
+        let mut touched = Touched::default();
         if let Some(name) = key.strip_prefix(keys::NODES) {
             let record: NodeRecord = decode(key, &kv.value)?;
-            self.nodes.insert(name.to_string(), versioned(record, kv));
+            let old = self.nodes.insert(name.to_string(), versioned(record, kv));
+            // Its address is in the routing table; draining and labels are not.
+            touched.routing = old.map(|o| o.value.registration.address)
+                != self
+                    .nodes
+                    .get(name)
+                    .map(|n| n.value.registration.address.clone());
         } else if let Some(id) = key.strip_prefix(keys::INSTANCES) {
             let record: InstanceRecord = decode(key, &kv.value)?;
+            let old = self.instances.remove(id);
+            if let Some(old) = &old {
+                self.unindex(id, &old.value);
+            }
+            touched = Self::instance_touched(old.as_ref().map(|o| &o.value), Some(&record));
+            self.index(&record);
             self.instances.insert(id.to_string(), versioned(record, kv));
         } else if key.starts_with(keys::ROLLOUTS) {
             let record: RolloutRecord = decode(key, &kv.value)?;
             let at = (record.stack.clone(), record.env.clone());
-            self.rollouts.insert(at, versioned(record, kv));
+            let releases = (record.from, record.to);
+            let old = self.rollouts.insert(at, versioned(record, kv));
+            // The table routes the rollout's target release with weights from its strategy's
+            // traffic split of (from, to); its phases do not matter to it today.
+            touched.routing = old.map(|o| (o.value.from, o.value.to)) != Some(releases);
         } else if key.starts_with(keys::RELEASES) {
             let mut release: Release = decode(key, &kv.value)?;
             let at = (release.stack.clone(), release.env.clone());
@@ -112,6 +256,8 @@ impl View {
                 .entry(at)
                 .or_default()
                 .insert(number, versioned(release, kv));
+            touched.routing = true;
+            touched.all_nodes = self.refresh_keep_images();
         } else if let Some(rest) = key.strip_prefix(keys::SECRETS) {
             if let Some((stack, name)) = rest.split_once('/') {
                 let record: SecretRecord = decode(key, &kv.value)?;
@@ -125,24 +271,37 @@ impl View {
                 let page: MaintenanceView = decode(key, &kv.value)?;
                 self.maintenance
                     .insert((stack.to_string(), service.to_string()), page);
+                touched.routing = true;
             }
         } else if key == keys::GC_GENERATION {
             let generation: u64 = decode(key, &kv.value)?;
+            touched.all_nodes = generation != self.gc_generation.0;
             self.gc_generation = (generation, kv.mod_revision);
         }
-        Ok(())
+        Ok(touched)
     }
 
-    fn delete(&mut self, key: &str) {
+    fn delete(&mut self, key: &str) -> Touched {
+        let mut touched = Touched::default();
         if key.starts_with(keys::PINS) {
-            self.delete_pin(key);
+            touched.all_nodes = self.delete_pin(key);
         } else if let Some(name) = key.strip_prefix(keys::NODES) {
-            self.nodes.remove(name);
+            if self.nodes.remove(name).is_some() {
+                touched.routing = true;
+                // Its agent's long-poll answers (and lets go of its wake-up).
+                touched.nodes.insert(name.to_string());
+            }
         } else if let Some(id) = key.strip_prefix(keys::INSTANCES) {
-            self.instances.remove(id);
+            if let Some(old) = self.instances.remove(id) {
+                self.unindex(id, &old.value);
+                touched = Self::instance_touched(Some(&old.value), None);
+            }
         } else if let Some(rest) = key.strip_prefix(keys::ROLLOUTS) {
             if let Some((stack, env)) = rest.split_once('/') {
-                self.rollouts.remove(&(stack.to_string(), env.to_string()));
+                touched.routing = self
+                    .rollouts
+                    .remove(&(stack.to_string(), env.to_string()))
+                    .is_some();
             }
         } else if let Some(rest) = key.strip_prefix(keys::RELEASES) {
             let mut parts = rest.splitn(3, '/');
@@ -155,6 +314,8 @@ impl View {
                     if all.is_empty() {
                         self.releases.remove(&at);
                     }
+                    touched.routing = true;
+                    touched.all_nodes = self.refresh_keep_images();
                 }
             }
         } else if let Some(rest) = key.strip_prefix(keys::SECRETS) {
@@ -168,18 +329,23 @@ impl View {
             }
         } else if let Some(rest) = key.strip_prefix(keys::MAINTENANCE) {
             if let Some((stack, service)) = rest.split_once('/') {
-                self.maintenance
-                    .remove(&(stack.to_string(), service.to_string()));
+                touched.routing = self
+                    .maintenance
+                    .remove(&(stack.to_string(), service.to_string()))
+                    .is_some();
             }
         } else if key == keys::GC_GENERATION {
+            touched.all_nodes = self.gc_generation.0 != 0;
             self.gc_generation = (0, 0);
         }
+        touched
     }
 
-    /// A pin key written: remember it, and merge it into its release if that is held.
-    fn put_pin(&mut self, kv: &KeyValue) -> Result<(), StateError> {
+    /// A pin key written: remember it, and merge it into its release if that is held. True if
+    /// the images to keep changed (a pinned id is kept like its tag).
+    fn put_pin(&mut self, kv: &KeyValue) -> Result<bool, StateError> {
         let Some((stack, env, number, service)) = keys::parse_pin(&kv.key) else {
-            return Ok(());
+            return Ok(false);
         };
         let id: String = decode(&kv.key, &kv.value)?;
         let at = (stack.to_string(), env.to_string());
@@ -195,21 +361,22 @@ impl View {
             .entry((at.0, at.1, number))
             .or_default()
             .insert(service.to_string(), id);
-        Ok(())
+        Ok(self.refresh_keep_images())
     }
 
     /// A pin key deleted (with its release, by retention): forget it, and take it out of the
-    /// release if that is still held and its id came from the pin.
-    fn delete_pin(&mut self, key: &str) {
+    /// release if that is still held and its id came from the pin. True if the images to keep
+    /// changed.
+    fn delete_pin(&mut self, key: &str) -> bool {
         let Some((stack, env, number, service)) = keys::parse_pin(key) else {
-            return;
+            return false;
         };
         let at = (stack.to_string(), env.to_string(), number);
         let Some(pins) = self.pins.get_mut(&at) else {
-            return;
+            return false;
         };
         let Some(id) = pins.remove(service) else {
-            return;
+            return false;
         };
         if pins.is_empty() {
             self.pins.remove(&at);
@@ -222,6 +389,7 @@ impl View {
             let pin = BTreeMap::from([(service.to_string(), id)]);
             crate::state::record_images(&mut release.value, &pin);
         }
+        self.refresh_keep_images()
     }
 
     /// The image ids pinned by their own keys for one release, by service (merged into
@@ -273,11 +441,13 @@ impl View {
     }
 
     /// The instances placed on `node` (any desired state).
+    /// From the index: as costly as the node's instances, in id order.
     pub fn instances_on(&self, node: &str) -> impl Iterator<Item = &Versioned<InstanceRecord>> {
-        let node = node.to_string();
-        self.instances
-            .values()
-            .filter(move |r| r.value.spec.node == node)
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.instances.get(id))
     }
 
     /// The instances of a stack in one environment (any desired state).
@@ -286,10 +456,12 @@ impl View {
         stack: &str,
         env: &str,
     ) -> impl Iterator<Item = &Versioned<InstanceRecord>> {
-        let (stack, env) = (stack.to_string(), env.to_string());
-        self.instances
-            .values()
-            .filter(move |r| r.value.spec.stack == stack && r.value.env == env)
+        // From the index: as costly as the stack's instances, in id order.
+        self.by_stack
+            .get(&(stack.to_string(), env.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.instances.get(id))
     }
 
     /// Every rollout, by (stack, env).
@@ -336,10 +508,23 @@ impl View {
     pub fn gc_generation(&self) -> (u64, i64) {
         self.gc_generation
     }
+
+    /// What agents must keep from garbage collection ([`crate::state::images_to_keep`] over
+    /// every retained release), kept current by [`View::apply`]: shared, not recomputed per
+    /// long-poll.
+    pub fn keep_images(&self) -> Arc<Vec<String>> {
+        self.keep_images.clone()
+    }
+
+    /// The last revision that changed the routing table's inputs: a table built at or after
+    /// it is current (see `routing::TableCache`).
+    pub fn routing_revision(&self) -> i64 {
+        self.routing_revision
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use berth_store::{EmbeddedStore, Op, Txn};
     use futures::StreamExt;
@@ -501,5 +686,212 @@ mod tests {
             format!("{:?}", view.pins),
             format!("{:?}", View::load(&store).await.expect("reload").pins)
         );
+    }
+
+    /// A service to place: the fields do not matter to the view.
+    pub(crate) fn service() -> berth_spec::model::Service {
+        use berth_spec::model::{
+            Amount, Cpu, Duration, Memory, Placement, Process, Resources, RestartPolicy, Rollout,
+            Service, Strategy,
+        };
+        Service {
+            process: Some(Process {
+                command: vec!["berth".into(), "whoami".into()],
+            }),
+            image: None,
+            command: None,
+            env: BTreeMap::new(),
+            secrets: vec![],
+            ports: BTreeMap::new(),
+            replicas: 1,
+            health: None,
+            route: None,
+            rollout: Rollout {
+                strategy: Strategy::Rolling,
+                max_surge: Amount::Count(1),
+                max_unavailable: Amount::Count(0),
+                progress_deadline: Duration::from_millis(600_000),
+            },
+            depends_on: vec![],
+            stop_grace: Duration::from_millis(10_000),
+            volumes: vec![],
+            resources: Resources {
+                cpu: Cpu { millis: 100 },
+                memory: Memory { bytes: 1 << 20 },
+            },
+            placement: Placement {
+                spread: vec![],
+                constraints: vec![],
+            },
+            restart: RestartPolicy::Always,
+        }
+    }
+
+    /// An instance record of `stack`/`env` on `node`.
+    pub(crate) fn instance(id: &str, stack: &str, env: &str, node: &str) -> InstanceRecord {
+        InstanceRecord {
+            spec: berth_api::InstanceSpec {
+                id: id.to_string(),
+                stack: stack.to_string(),
+                service: "web".to_string(),
+                release: 1,
+                node: node.to_string(),
+                spec: service(),
+                image_id: None,
+                secret_env: BTreeMap::new(),
+            },
+            env: env.to_string(),
+            region: "default".to_string(),
+            desired: Desired::Run,
+            created_ms: 0,
+            desired_since_ms: None,
+            status: None,
+            secret_versions: BTreeMap::new(),
+        }
+    }
+
+    fn event(revision: i64, kind: EventKind, key: String, value: Vec<u8>) -> WatchEvent {
+        WatchEvent {
+            revision,
+            kind,
+            kv: KeyValue {
+                key,
+                value,
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+            },
+            prev: None,
+        }
+    }
+
+    #[test]
+    fn every_event_of_one_transaction_is_applied() {
+        // A transaction's events share its revision: a deploy writes its release and its
+        // rollout at once, a heartbeat all its statuses. (The first version of `apply` took
+        // only the first of them.)
+        let mut view = View::default();
+        for id in ["i1", "i2", "i3"] {
+            let record = instance(id, "shop", "prod", "n1");
+            let e = event(
+                7,
+                EventKind::Put,
+                keys::instance(id),
+                crate::state::encode(&record),
+            );
+            view.apply(&e).expect("apply");
+        }
+        assert_eq!(view.instances_on("n1").count(), 3);
+        // An older event (a replay) is still ignored.
+        let old = instance("i0", "shop", "prod", "n1");
+        let e = event(
+            6,
+            EventKind::Put,
+            keys::instance("i0"),
+            crate::state::encode(&old),
+        );
+        view.apply(&e).expect("apply");
+        assert!(view.instance("i0").is_none());
+    }
+
+    #[test]
+    fn the_indexes_equal_a_full_scan_after_random_puts_and_deletes() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut view = View::default();
+        let nodes = ["n1", "n2", "n3", "n4"];
+        let stacks = [("shop", "prod"), ("shop", "staging"), ("blog", "prod")];
+        for revision in 1..=3_000i64 {
+            let id = format!("i{}", rng.gen_range(0..60));
+            let event = if rng.gen_bool(0.3) {
+                event(revision, EventKind::Delete, keys::instance(&id), vec![])
+            } else {
+                // A record may move to another node or stack: the index must follow it.
+                let (stack, env) = stacks[rng.gen_range(0..stacks.len())];
+                let node = nodes[rng.gen_range(0..nodes.len())];
+                let record = instance(&id, stack, env, node);
+                let value = crate::state::encode(&record);
+                event(revision, EventKind::Put, keys::instance(&id), value)
+            };
+            view.apply(&event).expect("apply");
+            for node in nodes.iter().chain(&["nowhere"]) {
+                let indexed: Vec<&str> = view
+                    .instances_on(node)
+                    .map(|r| r.value.spec.id.as_str())
+                    .collect();
+                let scanned: Vec<&str> = view
+                    .instances()
+                    .values()
+                    .filter(|r| r.value.spec.node == *node)
+                    .map(|r| r.value.spec.id.as_str())
+                    .collect();
+                assert_eq!(indexed, scanned, "node {node} at revision {revision}");
+            }
+            for (stack, env) in stacks {
+                let indexed: Vec<&str> = view
+                    .instances_of(stack, env)
+                    .map(|r| r.value.spec.id.as_str())
+                    .collect();
+                let scanned: Vec<&str> = view
+                    .instances()
+                    .values()
+                    .filter(|r| r.value.spec.stack == stack && r.value.env == env)
+                    .map(|r| r.value.spec.id.as_str())
+                    .collect();
+                assert_eq!(indexed, scanned, "{stack}/{env} at revision {revision}");
+            }
+            // No empty entries linger: the indexes stay bounded by the records.
+            assert!(view.by_node.values().all(|ids| !ids.is_empty()));
+            assert!(view.by_stack.values().all(|ids| !ids.is_empty()));
+        }
+    }
+
+    #[test]
+    fn apply_says_which_node_and_whether_routing_changed() {
+        let mut view = View::default();
+        let mut record = instance("i1", "shop", "prod", "n1");
+        let put = |rev, r: &InstanceRecord| {
+            event(
+                rev,
+                EventKind::Put,
+                keys::instance(&r.spec.id),
+                crate::state::encode(r),
+            )
+        };
+        let touched = view.apply(&put(1, &record)).expect("apply");
+        assert_eq!(touched.nodes, BTreeSet::from(["n1".to_string()]));
+        assert!(!touched.routing, "a pending instance is no endpoint");
+        // A status report that is not healthy: nobody's answer changed.
+        record.status = Some(berth_api::InstanceStatus {
+            id: "i1".into(),
+            state: InstanceState::Starting,
+            pid: None,
+            ports: BTreeMap::from([("http".to_string(), 8080)]),
+            restarts: 0,
+            message: None,
+            since_ms: 1,
+            image_id: None,
+        });
+        assert!(view.apply(&put(2, &record)).expect("apply").is_empty());
+        // Healthy: the routers' table changed, the agent's desired set did not.
+        if let Some(s) = record.status.as_mut() {
+            s.state = InstanceState::Healthy;
+        }
+        let touched = view.apply(&put(3, &record)).expect("apply");
+        assert!(touched.routing && touched.nodes.is_empty());
+        assert_eq!(view.routing_revision(), 3);
+        // Stopping it: both.
+        record.desired = Desired::Stop;
+        let touched = view.apply(&put(4, &record)).expect("apply");
+        assert!(touched.routing);
+        assert_eq!(touched.nodes, BTreeSet::from(["n1".to_string()]));
+        // The gc generation reaches every agent.
+        let gc = event(
+            5,
+            EventKind::Put,
+            keys::GC_GENERATION.to_string(),
+            b"1".to_vec(),
+        );
+        assert!(view.apply(&gc).expect("apply").all_nodes);
     }
 }

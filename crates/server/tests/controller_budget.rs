@@ -6,7 +6,7 @@
 mod harness;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_api::control::{Heartbeat, NodeResources, RegisterRequest, ReleaseStatus};
 use berth_spec::model::{DriverKind, MAX_REPLICAS};
@@ -114,7 +114,7 @@ async fn the_largest_replica_count_neither_starves_another_stack_nor_delays_shut
     })
     .await;
 
-    let started = Instant::now();
+    let started = harness::clock::now();
     let small = deploy(&server, SMALL).await;
     agent.wait_running(small, 1).await;
     wait_release(&server, "small", small, ReleaseStatus::Live).await;
@@ -138,7 +138,7 @@ async fn the_largest_replica_count_neither_starves_another_stack_nor_delays_shut
         b.abort();
     }
     drop(agent);
-    let stopping = Instant::now();
+    let stopping = harness::clock::now();
     server.stop().await;
     assert!(
         stopping.elapsed() < Duration::from_secs(5),

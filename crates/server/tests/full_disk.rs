@@ -8,7 +8,7 @@ mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::Server;
 
@@ -97,14 +97,14 @@ async fn a_full_disk_is_reported_by_health_and_writes_recover_without_a_restart(
 
     std::fs::remove_file(&filler).expect("free the disk");
     // No restart: health recovers by itself, then writes work again.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = harness::clock::now() + Duration::from_secs(10);
     loop {
         let (status, body) = health(&server.url).await;
         if status == 200 {
             assert_eq!(body, "ok\n");
             break;
         }
-        assert!(Instant::now() < deadline, "still {status}: {body}");
+        assert!(harness::clock::now() < deadline, "still {status}: {body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     server

@@ -604,6 +604,14 @@ impl<'de> Deserialize<'de> for Amount {
     }
 }
 
+/// How many instances of `service` its stack file asks for in each region: the one reader of
+/// `replicas`, so that what decides a count (today the file, later an autoscaler writing
+/// through the server) changes in one place. Plans, the scheduler's demands and the rollout
+/// state machines all go through it.
+pub fn desired_replicas(service: &Service) -> u32 {
+    service.replicas
+}
+
 impl Stack {
     /// The single environment this stack was rendered for.
     pub fn environment(&self) -> Option<(&String, &Environment)> {

@@ -2,6 +2,8 @@
 
 use berth_scheduler::bench::report;
 
+mod control_plane;
+
 /// Which benchmark.
 #[derive(clap::Subcommand, Debug)]
 pub enum Bench {
@@ -14,6 +16,10 @@ pub enum Bench {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The control plane at scale: a real `berth server` on loopback with simulated agents and
+    /// routers on its real API; instances running/s, heartbeat and router latencies, node-loss
+    /// detection, and the server's CPU and peak RSS.
+    ControlPlane(control_plane::Args),
 }
 
 /// Runs a benchmark and prints its lines.
@@ -29,5 +35,6 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Bench::ControlPlane(args) => control_plane::run(args),
     }
 }

@@ -6,18 +6,21 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_api::control::{
     DesiredInstances, GcResponse, Heartbeat, NodeResources, NodeState, NodeView, RegisterRequest,
-    RegisterResponse, RoutingTable,
+    RegisterResponse,
 };
 use berth_store::{Compare, Op, Txn};
 use serde::Deserialize;
+use tokio::sync::watch;
 
 use super::{body, AppState, Caller};
 use crate::error::ApiError;
-use crate::state::{encode, Desired, NodeRecord, Snapshot};
-use crate::{auth, keys, table, Shared};
+use crate::state::{encode, Desired, NodeRecord};
+use crate::view::View;
+use crate::{auth, keys, liveness, routers, version, Shared};
 
 /// Longest a long-poll waits before answering with what it has.
 const MAX_WAIT: Duration = Duration::from_secs(25);
@@ -153,6 +156,9 @@ fn already_registered(name: &str) -> ApiError {
 use axum::extract::State;
 
 /// Records that the node is alive and stores the instance statuses that changed.
+///
+/// Reads the cluster view, not the store, and writes only what changed: a heartbeat that
+/// brings no news costs no store access, and its work is O(the node's instances).
 pub async fn heartbeat(
     State(shared): AppState,
     caller: Caller,
@@ -163,25 +169,71 @@ pub async fn heartbeat(
     let req = body(req)?;
     // Only the node itself proves it is alive (an admin may call on its behalf).
     if caller == Caller::Node(name.clone()) {
-        table::mark_alive(&shared, &name).await;
+        liveness::mark_alive(&shared, &name);
     }
     if let Some(report) = &req.last_gc {
         if let Ok(mut reports) = shared.gc_reports.lock() {
-            reports.insert(name.clone(), report.clone());
+            if reports.get(&name) != Some(report) {
+                reports.insert(name.clone(), report.clone());
+            }
         }
     }
-    let snapshot = Snapshot::load(shared.store.as_ref()).await?;
-    crate::pins::pin_images(&shared, &name, &req.statuses).await?;
-    let reported: HashSet<&str> = req.statuses.iter().map(|s| s.id.as_str()).collect();
     // Every change this heartbeat brings, as (compare, op) pairs: written in one transaction
     // (one fsync however many instances changed), or one by one if that races with the
     // controller, so a conflict on one instance does not hold back the others.
-    let mut writes: Vec<(Compare, Op)> = Vec::new();
-    for status in &req.statuses {
-        let Some(rec) = snapshot.instances.get(&status.id) else {
+    let writes = status_writes(&shared.view.read(), &name, &req.statuses);
+    crate::pins::pin_images(&shared, &name, &req.statuses).await?;
+    let mut written = None;
+    if !writes.is_empty() {
+        let (compares, ops): (Vec<Compare>, Vec<Op>) = writes.iter().cloned().unzip();
+        let done = shared
+            .store
+            .txn(Txn {
+                compares,
+                success: ops,
+                failure: vec![],
+            })
+            .await?;
+        if done.succeeded {
+            written = Some(done.revision);
+        } else {
+            for (compare, op) in writes {
+                let done = shared
+                    .store
+                    .txn(Txn {
+                        compares: vec![compare],
+                        success: vec![op],
+                        failure: vec![],
+                    })
+                    .await?;
+                if done.succeeded {
+                    written = written.max(Some(done.revision));
+                }
+            }
+        }
+    }
+    if let Some(revision) = written {
+        // The next heartbeat decides from a view that holds these writes.
+        shared.view.caught_up(revision).await;
+        shared.kick.notify_one();
+    }
+    Ok(Json(serde_json::json!({ "ok": true })))
+}
+
+/// What a node's statuses change in the store: a status that differs from the record's, the
+/// delete of an instance being stopped that has ended or that the agent no longer runs. Each
+/// write compares the record's `mod_revision`. O(the node's instances).
+fn status_writes(
+    view: &View,
+    node: &str,
+    statuses: &[berth_api::InstanceStatus],
+) -> Vec<(Compare, Op)> {
+    let mut writes = Vec::new();
+    for status in statuses {
+        let Some(rec) = view.instance(&status.id) else {
             continue;
         };
-        if rec.value.spec.node != name {
+        if rec.value.spec.node != node {
             continue;
         }
         let key = keys::instance(&status.id);
@@ -200,48 +252,22 @@ pub async fn heartbeat(
         }
     }
     // An instance the server wants stopped that the agent no longer runs is gone.
-    for (id, rec) in &snapshot.instances {
-        if rec.value.spec.node == name
-            && rec.value.desired == Desired::Stop
-            && !reported.contains(id.as_str())
-        {
-            let key = keys::instance(id);
+    let mut reported: Option<HashSet<&str>> = None;
+    for rec in view.instances_on(node) {
+        if rec.value.desired != Desired::Stop {
+            continue;
+        }
+        let reported =
+            reported.get_or_insert_with(|| statuses.iter().map(|s| s.id.as_str()).collect());
+        if !reported.contains(rec.value.spec.id.as_str()) {
+            let key = keys::instance(&rec.value.spec.id);
             writes.push((
                 Compare::mod_revision(&key, rec.mod_revision),
                 Op::delete(&key),
             ));
         }
     }
-    let mut changed = false;
-    if !writes.is_empty() {
-        let (compares, ops): (Vec<Compare>, Vec<Op>) = writes.iter().cloned().unzip();
-        changed = shared
-            .store
-            .txn(Txn {
-                compares,
-                success: ops,
-                failure: vec![],
-            })
-            .await?
-            .succeeded;
-        if !changed {
-            for (compare, op) in writes {
-                changed |= shared
-                    .store
-                    .txn(Txn {
-                        compares: vec![compare],
-                        success: vec![op],
-                        failure: vec![],
-                    })
-                    .await?
-                    .succeeded;
-            }
-        }
-    }
-    if changed {
-        shared.kick.notify_one();
-    }
-    Ok(Json(serde_json::json!({ "ok": true })))
+    writes
 }
 
 /// `POST /v1/gc` (admin): asks every agent to collect garbage once, by bumping the generation
@@ -280,36 +306,39 @@ pub struct PollQuery {
 }
 
 /// Long-polls until `compute` yields a version other than `known`, or the wait runs out.
+/// `wake` changes when the answer may have changed (an indexed wake-up of the live view);
+/// it is marked seen before each `compute`, so no change between the two is missed.
 async fn long_poll<T, F, Fut>(
-    shared: &Shared,
     known: Option<&str>,
     wait: Option<u64>,
+    mut wake: watch::Receiver<i64>,
     compute: F,
 ) -> Result<T, ApiError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(String, T), ApiError>> + Send,
 {
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(wait.unwrap_or(0)).min(MAX_WAIT);
-    let mut revisions = shared.revision.subscribe();
+    let deadline = crate::clock::tokio_now() + Duration::from_secs(wait.unwrap_or(0)).min(MAX_WAIT);
     loop {
-        revisions.borrow_and_update();
+        wake.borrow_and_update();
         let (version, value) = compute().await?;
-        if known != Some(version.as_str()) || tokio::time::Instant::now() >= deadline {
+        if known != Some(version.as_str()) || crate::clock::tokio_now() >= deadline {
             return Ok(value);
         }
-        if tokio::time::timeout_at(deadline, revisions.changed())
-            .await
-            .is_err()
-        {
-            let (_, value) = compute().await?;
-            return Ok(value);
+        match tokio::time::timeout_at(deadline, wake.changed()).await {
+            Ok(Ok(())) => {}
+            // The wait ran out, or the wake-up went (the node was removed): answer as it is.
+            Ok(Err(_)) | Err(_) => {
+                let (_, value) = compute().await?;
+                return Ok(value);
+            }
         }
     }
 }
 
-/// The instances the node must run, long-polled by its agent.
+/// The instances the node must run, long-polled by its agent. Woken only by changes to this
+/// node's instances or to what every agent is sent (see [`crate::live::LiveView::node_changes`]);
+/// each answer is O(the node's instances).
 pub async fn desired(
     State(shared): AppState,
     caller: Caller,
@@ -318,77 +347,90 @@ pub async fn desired(
 ) -> Result<Json<DesiredInstances>, ApiError> {
     caller.require_node(&name)?;
     if caller == Caller::Node(name.clone()) {
-        table::mark_alive(&shared, &name).await;
+        liveness::mark_alive(&shared, &name);
     }
     // Secret values go to the node itself only; an admin looking at a node's desired set
     // sees the specs without them.
     let to_node = caller == Caller::Node(name.clone());
-    let result = long_poll(&shared, q.version.as_deref(), q.wait, || {
-        let shared = shared.clone();
-        let name = name.clone();
-        async move {
-            let snapshot = Snapshot::load(shared.store.as_ref()).await?;
-            let instances: Vec<_> = snapshot
-                .instances
-                .values()
-                .filter(|r| r.value.spec.node == name && r.value.desired != Desired::Stop)
-                .map(|r| {
-                    if to_node {
-                        r.value.spec.clone()
-                    } else {
-                        r.value.spec.without_secret_values()
-                    }
-                })
-                .collect();
-            let releases = crate::state::all_releases(shared.store.as_ref()).await?;
-            let keep_images = crate::state::images_to_keep(releases.iter().map(|r| &r.value));
-            let (gc_generation, _) = crate::state::gc_generation(shared.store.as_ref()).await?;
-            // Everything the agent acts on is in the version, so a `berth gc` or a changed
-            // keep list wakes its long-poll.
-            let version = table::content_version(&(&instances, &keep_images, gc_generation));
-            Ok((
-                version.clone(),
-                DesiredInstances {
-                    version,
-                    instances,
-                    keep_images,
-                    gc_generation,
-                },
-            ))
-        }
-    })
-    .await?;
+    let wake = shared
+        .view
+        .node_changes(&name)
+        .unwrap_or_else(|| shared.view.subscribe());
+    let compute = || {
+        let answer = desired_of(&shared.view.read(), &name, to_node);
+        std::future::ready(Ok((answer.version.clone(), answer)))
+    };
+    let result = long_poll(q.version.as_deref(), q.wait, wake, compute).await?;
     Ok(Json(result))
+}
+
+/// What node `name`'s agent is sent, from the view.
+fn desired_of(view: &View, name: &str, to_node: bool) -> DesiredInstances {
+    let instances: Vec<_> = view
+        .instances_on(name)
+        .filter(|r| r.value.desired != Desired::Stop)
+        .map(|r| {
+            if to_node {
+                r.value.spec.clone()
+            } else {
+                r.value.spec.without_secret_values()
+            }
+        })
+        .collect();
+    let keep_images = view.keep_images();
+    let (gc_generation, _) = view.gc_generation();
+    // Everything the agent acts on is in the version, so a `berth gc` or a changed keep list
+    // wakes its long-poll.
+    let version = version::content_version(&(&instances, &*keep_images, gc_generation));
+    DesiredInstances {
+        version,
+        instances,
+        keep_images: keep_images.to_vec(),
+        gc_generation,
+    }
 }
 
 /// The routing table, long-polled by routers. The `version` a router sends is the table it has
 /// applied: that acknowledgement is what lets draining stop an instance without dropping requests.
+/// Served from the table cache: built once per routing change, not per router.
 pub async fn routes(
     State(shared): AppState,
     caller: Caller,
     Query(q): Query<PollQuery>,
-) -> Result<Json<RoutingTable>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require_member()?;
     if let Some(router) = &q.router {
-        table::check_router_id(&caller, router)?;
+        routers::check_router_id(&caller, router)?;
     }
     let by_admin = caller == Caller::Admin;
     if let (Some(router), Some(version)) = (&q.router, &q.version) {
-        table::record_ack(&shared, router, version, by_admin);
+        routers::record_ack(&shared, router, version, by_admin);
     }
-    let result = long_poll(&shared, q.version.as_deref(), q.wait, || {
-        let shared = shared.clone();
-        async move {
-            let snapshot = Snapshot::load(shared.store.as_ref()).await?;
-            let routing = table::build(&shared, &snapshot).await?;
-            Ok((routing.version.clone(), routing))
-        }
-    })
-    .await?;
+    let wake = shared.view.routing_changes();
+    let compute = || async {
+        let table = shared.routing.current(&shared.view, &shared.tables).await;
+        Ok((table.version.clone(), table))
+    };
+    let table = long_poll(q.version.as_deref(), q.wait, wake, compute).await?;
     if let (Some(router), Some(version)) = (&q.router, &q.version) {
-        table::record_ack(&shared, router, version, by_admin);
+        routers::record_ack(&shared, router, version, by_admin);
     }
-    Ok(Json(result))
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        table.body.clone(),
+    )
+        .into_response())
+}
+
+/// Waits until the view holds every write the store had when this was called: an admin's
+/// read after its own write (a deploy, a drain) sees it. One revision read, no scan.
+pub(crate) async fn fresh_view(shared: &Shared) -> Result<(), ApiError> {
+    let revision = shared.store.revision().await?;
+    shared.view.caught_up(revision).await;
+    Ok(())
 }
 
 /// `berth nodes`.
@@ -397,7 +439,12 @@ pub async fn list(
     caller: Caller,
 ) -> Result<Json<Vec<NodeView>>, ApiError> {
     caller.require_admin()?;
-    let snapshot = Snapshot::load(shared.store.as_ref()).await?;
+    fresh_view(&shared).await?;
+    Ok(Json(node_views(&shared, None)))
+}
+
+/// Every node's view (or just `only`), from the cluster view and the in-memory liveness.
+fn node_views(shared: &Shared, only: Option<&str>) -> Vec<NodeView> {
     let now = shared.clock.now_ms();
     let beats = shared
         .heartbeats
@@ -409,14 +456,15 @@ pub async fn list(
         .lock()
         .map(|r| r.clone())
         .unwrap_or_default();
-    let views = snapshot
-        .nodes
+    let view = shared.view.read();
+    view.nodes()
         .values()
+        .filter(|n| only.is_none_or(|o| o == n.value.registration.name))
         .map(|n| {
             let reg = &n.value.registration;
-            let last = beats.get(&reg.name).map(|t| now.saturating_sub(*t));
+            let last = beats.get(&reg.name).copied();
             // Down wins: a drained node that died must not look merely drained.
-            let state = if !table::node_is_up(&shared, &reg.name, now) {
+            let state = if !liveness::is_up(last, shared.started_ms, now) {
                 NodeState::Down
             } else if n.value.draining {
                 NodeState::Draining
@@ -430,25 +478,19 @@ pub async fn list(
                 drivers: reg.drivers.clone(),
                 state,
                 draining: n.value.draining,
-                instances: snapshot
-                    .instances
-                    .values()
-                    .filter(|i| i.value.spec.node == reg.name)
-                    .count(),
-                allocated: snapshot
-                    .instances
-                    .values()
-                    .filter(|i| i.value.spec.node == reg.name && i.value.holds_resources())
+                instances: view.instances_on(&reg.name).count(),
+                allocated: view
+                    .instances_on(&reg.name)
+                    .filter(|i| i.value.holds_resources())
                     .fold(NodeResources::default(), |acc, i| NodeResources {
                         cpu_millis: acc.cpu_millis + i.value.spec.spec.resources.cpu.millis,
                         memory_bytes: acc.memory_bytes + i.value.spec.spec.resources.memory.bytes,
                     }),
-                last_seen_ms_ago: last,
+                last_seen_ms_ago: last.map(|t| now.saturating_sub(t)),
                 last_gc: gc_reports.get(&reg.name).cloned(),
             }
         })
-        .collect();
-    Ok(Json(views))
+        .collect()
 }
 
 /// `POST /v1/nodes/{name}/drain` and `/undrain`: a draining node takes no new instances, and its
@@ -468,6 +510,8 @@ pub async fn set_draining(
             )))
         }
     };
+    // The record is read from the store (one key): the compare-and-swap's basis must be the
+    // store's, not a view that may be a few events behind.
     let key = keys::node(&name);
     let Some(kv) = shared.store.get(&key).await? else {
         return Err(ApiError::not_found(format!(
@@ -476,21 +520,20 @@ pub async fn set_draining(
     };
     let mut record: NodeRecord = crate::state::decode(&key, &kv.value)?;
     record.draining = draining;
-    if shared
+    let Some(revision) = shared
         .store
         .cas(&key, kv.mod_revision, encode(&record))
         .await?
-        .is_none()
-    {
+    else {
         return Err(ApiError::conflict(format!(
             "node {name} changed meanwhile: try again"
         )));
-    }
+    };
     shared.kick.notify_one();
-    let Json(nodes) = list(State(shared), Caller::Admin).await?;
-    nodes
+    shared.view.caught_up(revision).await;
+    node_views(&shared, Some(&name))
         .into_iter()
-        .find(|n| n.name == name)
+        .next()
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("node {name} vanished")))
 }
@@ -528,31 +571,31 @@ pub async fn remove(
         )));
     };
     let now = shared.clock.now_ms();
-    if !q.force && table::node_is_up(&shared, &name, now) {
+    if !q.force && liveness::node_is_up(&shared, &name, now) {
         return Err(ApiError::conflict(format!(
             "node {name} is up: stop its agent first (a running agent registers again, with the join token), or remove it anyway with --force"
         )));
     }
-    let snapshot = Snapshot::load(shared.store.as_ref()).await?;
-    let on_node: Vec<&String> = snapshot
-        .instances
-        .iter()
-        .filter(|(_, r)| r.value.spec.node == name)
-        .map(|(id, _)| id)
-        .collect();
+    // The node's instances from the view, once it holds every write made so far (each
+    // delete compares the instance's revision, so a change meanwhile refuses the removal).
+    fresh_view(&shared).await?;
     let mut compares = vec![Compare::mod_revision(&key, kv.mod_revision)];
     let mut ops = vec![
         Op::delete(&key),
         Op::delete(keys::node_token(&name)),
         Op::delete(keys::node_seen(&name)),
     ];
-    for id in &on_node {
-        let ikey = keys::instance(id);
-        if let Some(rec) = snapshot.instances.get(*id) {
+    let on_node = {
+        let view = shared.view.read();
+        let mut count = 0;
+        for rec in view.instances_on(&name) {
+            let ikey = keys::instance(&rec.value.spec.id);
             compares.push(Compare::mod_revision(&ikey, rec.mod_revision));
+            ops.push(Op::delete(ikey));
+            count += 1;
         }
-        ops.push(Op::delete(ikey));
-    }
+        count
+    };
     {
         // Under the liveness lock, so no down mark is written for the node meanwhile.
         let _order = shared.liveness_marks.lock().await;
@@ -585,10 +628,10 @@ pub async fn remove(
     if let Ok(mut acks) = shared.router_acks.lock() {
         acks.forget(&format!("agent-{name}"));
     }
-    tracing::info!(node = %name, instances = on_node.len(), forced = q.force, "node removed");
+    tracing::info!(node = %name, instances = on_node, forced = q.force, "node removed");
     shared.kick.notify_one();
     Ok(Json(Removed {
         node: name,
-        instances: on_node.len(),
+        instances: on_node,
     }))
 }

@@ -11,10 +11,11 @@ use berth_store::EventKind;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
+use super::nodes::fresh_view;
 use super::{AppState, Caller};
 use crate::error::ApiError;
-use crate::state::{Desired, Snapshot};
-use crate::{keys, state};
+use crate::keys;
+use crate::state::{Desired, InstanceRecord};
 
 /// `GET /v1/health` (no token): `ok` while the store accepts writes; 503 with
 /// `store: unwritable (…)` after a write failed (a full disk) until the store has recovered,
@@ -43,34 +44,40 @@ pub async fn status(
     Query(q): Query<StatusQuery>,
 ) -> Result<Json<StatusView>, ApiError> {
     caller.require_admin()?;
-    let snapshot = Snapshot::load(shared.store.as_ref()).await?;
+    super::nodes::fresh_view(&shared).await?;
     let now = shared.clock.now_ms();
+    let view = shared.view.read();
     let mut stacks = Vec::new();
-    for ((stack, env), rollout) in &snapshot.rollouts {
+    for ((stack, env), rollout) in view.rollouts() {
         if q.stack.as_ref().is_some_and(|s| s != stack) {
             continue;
         }
-        let release = state::release(shared.store.as_ref(), stack, env, rollout.value.to).await?;
+        let release = view.release(stack, env, rollout.value.to);
         let mut services = Vec::new();
         let names: Vec<String> = release
-            .as_ref()
             .map(|r| r.value.spec.services.keys().cloned().collect())
             .unwrap_or_default();
-        let regions = release
-            .as_ref()
-            .map(|r| r.value.spec.regions().len())
-            .unwrap_or(1) as u32;
+        let regions = release.map(|r| r.value.spec.regions().len()).unwrap_or(1) as u32;
+        // The stack's instances by service, in one walk over its index (id order).
+        let mut by_service: std::collections::HashMap<&str, Vec<&InstanceRecord>> =
+            std::collections::HashMap::new();
+        for r in view.instances_of(stack, env) {
+            by_service
+                .entry(r.value.spec.service.as_str())
+                .or_default()
+                .push(&r.value);
+        }
         for name in names {
             let desired = release
-                .as_ref()
                 .and_then(|r| r.value.spec.services.get(&name))
-                .map(|s| s.replicas.saturating_mul(regions))
+                .map(|s| {
+                    crate::controllers::replicas::desired(&view, stack, env, s)
+                        .saturating_mul(regions)
+                })
                 .unwrap_or(0);
-            let instances: Vec<InstanceView> = snapshot
-                .instances
-                .values()
-                .map(|r| &r.value)
-                .filter(|r| r.spec.stack == *stack && r.env == *env && r.spec.service == name)
+            let of_service = by_service.remove(name.as_str()).unwrap_or_default();
+            let instances: Vec<InstanceView> = of_service
+                .iter()
                 .map(|r| InstanceView {
                     id: r.spec.id.clone(),
                     node: r.spec.node.clone(),
@@ -82,13 +89,11 @@ pub async fn status(
                         .as_ref()
                         .and_then(|s| s.ports.values().next())
                         .and_then(|p| {
-                            snapshot
-                                .nodes
-                                .get(&r.spec.node)
+                            view.node(&r.spec.node)
                                 .map(|n| format!("{}:{p}", n.value.registration.address))
                         }),
                     // A down node's report is stale: say so instead of showing it as news.
-                    message: if crate::table::node_is_up(&shared, &r.spec.node, now) {
+                    message: if crate::liveness::node_is_up(&shared, &r.spec.node, now) {
                         r.status.as_ref().and_then(|s| s.message.clone())
                     } else {
                         Some(format!(
@@ -100,16 +105,9 @@ pub async fn status(
                     since_ms: r.status.as_ref().map(|s| s.since_ms).unwrap_or(0),
                 })
                 .collect();
-            let healthy = snapshot
-                .instances
-                .values()
-                .filter(|r| {
-                    r.value.spec.stack == *stack
-                        && r.value.env == *env
-                        && r.value.spec.service == name
-                        && r.value.desired == Desired::Run
-                        && r.value.state() == InstanceState::Healthy
-                })
+            let healthy = of_service
+                .iter()
+                .filter(|r| r.desired == Desired::Run && r.state() == InstanceState::Healthy)
                 .count() as u32;
             let pending = rollout.value.unplaced.get(&name).cloned();
             services.push(ServiceView {
@@ -130,6 +128,7 @@ pub async fn status(
             });
         }
     }
+    drop(view);
     if let Some(s) = &q.stack {
         if stacks.is_empty() {
             return Err(ApiError::not_found(format!(
@@ -140,7 +139,7 @@ pub async fn status(
     Ok(Json(StatusView { stacks }))
 }
 
-/// `?follow=true&since=REV`
+/// `?follow=true&since=REV`: `since` is the last revision already seen; events start after it.
 #[derive(Debug, Deserialize)]
 pub struct EventsQuery {
     #[serde(default)]
@@ -164,7 +163,12 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     caller.require_admin()?;
     let now = shared.store.revision().await?;
-    let wanted = q.since.unwrap_or(now - RECENT + 1).max(1);
+    // `since` is the last revision the caller has seen: start after it.
+    let wanted = q
+        .since
+        .map(|seen| seen.saturating_add(1))
+        .unwrap_or(now - RECENT + 1)
+        .max(1);
     let stream = match shared.store.watch("/", wanted).await {
         Ok(s) => s,
         // Older history is compacted: start from what is kept.
@@ -273,14 +277,17 @@ fn summarize(e: &berth_store::WatchEvent) -> String {
                 .and_then(|v| v.as_str())
                 .unwrap_or("?")
         ),
-        // The name and version only: the value never enters the event stream.
+        // The name and version only: the value never enters the event stream. A rotation
+        // blanks the old values in the change log (`Store::forget`), so the version is read
+        // from its own key, written in the same transaction as the value.
         "secret" if key.starts_with(keys::SECRETS) => format!(
+            "secret {}: value stored (never shown)",
+            &key[keys::SECRETS.len()..]
+        ),
+        "secret" if key.starts_with(keys::SECRET_VERSIONS) => format!(
             "secret {}: version {}",
-            &key[keys::SECRETS.len()..],
-            value
-                .pointer("/version")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0)
+            &key[keys::SECRET_VERSIONS.len()..],
+            value.as_u64().unwrap_or(0)
         ),
         other => format!("{other} {key} changed"),
     }
@@ -299,16 +306,15 @@ pub async fn maintenance(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_admin()?;
     let req = super::body(req)?;
-    let snapshot = Snapshot::load(shared.store.as_ref()).await?;
-    let mut known = false;
-    for ((s, env), rollout) in &snapshot.rollouts {
-        if *s == stack {
-            if let Some(r) = state::release(shared.store.as_ref(), s, env, rollout.value.to).await?
-            {
-                known |= r.value.spec.services.contains_key(&service);
-            }
-        }
-    }
+    super::nodes::fresh_view(&shared).await?;
+    let known = {
+        let view = shared.view.read();
+        view.rollouts()
+            .iter()
+            .filter(|((s, _), _)| *s == stack)
+            .filter_map(|((s, env), rollout)| view.release(s, env, rollout.value.to))
+            .any(|r| r.value.spec.services.contains_key(&service))
+    };
     if !known {
         return Err(ApiError::not_found(format!(
             "stack {stack} has no service {service}: see `berth status`"
@@ -319,9 +325,11 @@ pub async fn maintenance(
         let view = berth_api::control::MaintenanceView {
             page_html: req.page_html,
         };
-        shared.store.put(&key, crate::state::encode(&view)).await?;
-    } else {
-        shared.store.delete(&key).await?;
+        let revision = shared.store.put(&key, crate::state::encode(&view)).await?;
+        // The routers' next table (and any read of it) holds the page.
+        shared.view.caught_up(revision).await;
+    } else if shared.store.delete(&key).await? {
+        fresh_view(&shared).await?;
     }
     Ok(Json(
         serde_json::json!({ "stack": stack, "service": service, "maintenance": req.on }),

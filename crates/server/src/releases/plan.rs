@@ -69,7 +69,7 @@ impl FullPlan {
         let secret_instances = services
             .iter()
             .filter_map(|s| target.services.get(*s))
-            .map(|s| u64::from(s.replicas) * regions.len() as u64)
+            .map(|s| u64::from(berth_spec::model::desired_replicas(s)) * regions.len() as u64)
             .sum();
         let secrets: Vec<String> = changes.into_iter().map(|(_, line)| line).collect();
         let id = if secrets.is_empty() {

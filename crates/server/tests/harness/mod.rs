@@ -18,7 +18,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use berth_api::control::{
     DeployRequest, EndpointView, Heartbeat, NodeResources, RegisterRequest, Release, ReleaseStatus,
@@ -42,7 +42,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let start = Instant::now();
+    let start = clock::now();
     loop {
         match check().await {
             Ok(v) => return v,
@@ -58,10 +58,30 @@ where
 
 /// Milliseconds since the Unix epoch (for `since_ms` in statuses).
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    clock::unix_ms()
+}
+
+/// The tests' clock: the one place in the server's tests that reads the time (`clippy.toml`).
+pub mod clock {
+    /// Now, on the monotonic clock.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the server tests' clock module: the one place that reads the monotonic clock"
+    )]
+    pub fn now() -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
+    /// Milliseconds since the Unix epoch (0 before it).
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the server tests' clock module: the one place that reads the wall clock"
+    )]
+    pub fn unix_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 /// A running `berth-server` on `127.0.0.1:0`.
@@ -485,7 +505,7 @@ async fn poll_desired(client: Client, name: String, state: Arc<AgentState>) {
                     let mut seen = state.first_seen.lock().unwrap();
                     let mut ports = state.ports.lock().unwrap();
                     for i in &d.instances {
-                        seen.entry(i.id.clone()).or_insert_with(Instant::now);
+                        seen.entry(i.id.clone()).or_insert_with(clock::now);
                         ports
                             .entry(i.id.clone())
                             .or_insert_with(|| NEXT_PORT.fetch_add(1, Ordering::Relaxed));

@@ -1,0 +1,574 @@
+//! The rollout controller: moves a progressing rollout forward, one region wave at a time,
+//! services in dependency order (both decided in `berth_rollout::waves`), each service through
+//! its strategy's state machine. A failed target rolls back automatically, only to a release
+//! that once went live ([`berth_rollout::rollback_target`]); the releases' statuses follow the
+//! outcome. Pure: a function of the view, the facts and the clock.
+
+use std::collections::BTreeSet;
+
+use berth_api::control::{Release, ReleaseStatus};
+use berth_api::InstanceState;
+use berth_rollout::{ObservedState, Phase as StepPhase, RolloutState, Strategy, WaveStep};
+use berth_spec::model::Service;
+
+use super::work::{RegionDemand, Work};
+use super::{Batch, Effect, Pass};
+use crate::placement::group_key;
+use crate::state::{went_live, Desired, InstanceRecord, RolloutPhase, RolloutRecord, Versioned};
+use crate::view::View;
+
+/// What a pass concluded about the rollout as a whole.
+pub(crate) enum Outcome {
+    Nothing,
+    /// The last wave finished: the target is live.
+    Live,
+    /// The target failed; the record now rolls back (or has failed for good).
+    Failed {
+        failed_release: u64,
+        reason: String,
+    },
+}
+
+/// The pass's decisions for one progressing rollout, or `None` when there is nothing to change
+/// (or the rollout is not progressing: see [`super::replicas`]).
+pub fn decide(view: &View, pass: Pass<'_>, rollout: &Versioned<RolloutRecord>) -> Option<Batch> {
+    if rollout.value.phase != RolloutPhase::Progressing {
+        return None;
+    }
+    let release = target_release(view, &rollout.value)?;
+    let mut work = Work::new(view, pass, release);
+    let next = progress(&mut work, rollout.value.clone());
+    finish(work, rollout, Some(next))
+}
+
+/// The weight of each routed endpoint of `release` while `rollout` is the stack's rollout: what
+/// the rollout's strategy says (rolling: every healthy instance alike, 100). The routing table
+/// calls it for every endpoint.
+pub fn endpoint_weight(rollout: &RolloutRecord, release: u64) -> u32 {
+    Strategy::Rolling
+        .traffic(rollout.from, rollout.to)
+        .endpoint_weight(release)
+}
+
+/// The rollout's target release, if it is still retained.
+pub(crate) fn target_release<'v>(view: &'v View, record: &RolloutRecord) -> Option<&'v Release> {
+    match view.release(&record.stack, &record.env, record.to) {
+        Some(r) => Some(&r.value),
+        None => {
+            tracing::warn!(stack = %record.stack, env = %record.env, release = record.to, "the target release is gone from the store");
+            None
+        }
+    }
+}
+
+/// Turns a pass's work on one rollout into its batch: the instance effects, the rollout's new
+/// record (with why instances could not be placed, for `berth status`) and the release status
+/// changes its outcome implies. `next` is `None` when the rollout record itself has nothing to
+/// change.
+pub(crate) fn finish(
+    mut work: Work<'_>,
+    stored: &Versioned<RolloutRecord>,
+    mut next: Option<(RolloutRecord, Outcome)>,
+) -> Option<Batch> {
+    let unplaced = std::mem::take(&mut work.unplaced);
+    if unplaced != stored.value.unplaced {
+        let (mut record, outcome) =
+            next.unwrap_or_else(|| (stored.value.clone(), Outcome::Nothing));
+        record.unplaced = unplaced;
+        next = Some((record, outcome));
+    } else if let Some((record, _)) = &mut next {
+        record.unplaced = unplaced;
+    }
+    let mut effects = std::mem::take(&mut work.effects);
+    if let Some((record, outcome)) = next {
+        if record != stored.value || !effects.is_empty() {
+            release_effects(work.view, &record, &outcome, &mut effects);
+            // Every write of the rollout compares the record it was decided from: a pass from a
+            // view older than the previous pass's own write fails instead of repeating it.
+            effects.push(Effect::PutRollout {
+                record,
+                from_revision: stored.mod_revision,
+            });
+        }
+    }
+    (!effects.is_empty()).then_some(Batch { effects })
+}
+
+/// Release status changes that go with a rollout's outcome. Each starts from the release as its
+/// record holds it ([`View::release_record`]: image pins live in their own keys, so a status
+/// write never copies them into the record) and compares the record's `mod_revision`, so a
+/// status write decided from an older read fails instead of undoing a newer one.
+fn release_effects(
+    view: &View,
+    record: &RolloutRecord,
+    outcome: &Outcome,
+    effects: &mut Vec<Effect>,
+) {
+    let set = |r: &Versioned<Release>, status: ReleaseStatus, reason: Option<String>| {
+        let mut release = view
+            .release_record(&r.value.stack, &r.value.env, r.value.number)
+            .map(|v| v.value)
+            .unwrap_or_else(|| r.value.clone());
+        release.status = status;
+        if reason.is_some() {
+            release.reason = reason;
+        }
+        Effect::SetReleaseStatus {
+            release,
+            from_revision: r.mod_revision,
+        }
+    };
+    let all = view.releases_of(&record.stack, &record.env);
+    match outcome {
+        Outcome::Nothing => {}
+        Outcome::Live => {
+            // Every other release that was live or rolling out is now superseded. One that was
+            // still rolling out says so: it never went live, so it is no rollback target.
+            for r in all.into_iter().flat_map(|a| a.values()) {
+                if r.value.number == record.to {
+                    if r.value.status != ReleaseStatus::Live {
+                        effects.push(set(r, ReleaseStatus::Live, None));
+                    }
+                    continue;
+                }
+                match r.value.status {
+                    ReleaseStatus::Live => effects.push(set(r, ReleaseStatus::Superseded, None)),
+                    ReleaseStatus::RollingOut => {
+                        let why = format!(
+                            "replaced by release {} before its rollout finished",
+                            record.to
+                        );
+                        effects.push(set(r, ReleaseStatus::Superseded, Some(why)))
+                    }
+                    ReleaseStatus::Superseded | ReleaseStatus::Failed => {}
+                }
+            }
+        }
+        Outcome::Failed {
+            failed_release,
+            reason,
+        } => {
+            if let Some(r) = view.release(&record.stack, &record.env, *failed_release) {
+                effects.push(set(r, ReleaseStatus::Failed, Some(reason.clone())));
+            }
+        }
+    }
+}
+
+/// Moves a progressing rollout forward within its current wave.
+fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, Outcome) {
+    let target = work.target();
+    let regions = target.regions();
+    let Some(region) = regions.get(record.wave).cloned() else {
+        record.phase = RolloutPhase::Succeeded;
+        return (record, Outcome::Live);
+    };
+    work.stop_unknown(&record, Some(&region));
+    let mut demands: Vec<RegionDemand> = Vec::new();
+    let mut old_demands: Vec<RegionDemand> = Vec::new();
+    let mut old_groups = std::collections::BTreeSet::new();
+    for name in berth_rollout::dependency_order(target) {
+        if record.done.contains(&name) {
+            continue;
+        }
+        let Some(service) = target.service_for_region(&name, &region) else {
+            continue;
+        };
+        if !service.depends_on.iter().all(|d| record.done.contains(d)) {
+            continue; // waits until its dependencies are healthy in this wave
+        }
+        let state = match record.services.get(&name) {
+            Some(s) => s.clone(),
+            None => match new_state(&record, &service, work.pass.now) {
+                Ok(s) => s,
+                Err(e) => return fail(work, record, format!("service {name}: {e}")),
+            },
+        };
+        let instances = work.instances(&record, &name, &region);
+        for r in &instances {
+            let v = &r.value;
+            // An old instance that failed is given up on at once: it serves nothing, and the
+            // state machine ignores dead instances, so left alone it would keep its reservation
+            // for as long as the rollout (or a rollback after it) lasts.
+            if v.desired == Desired::Run
+                && v.state() == InstanceState::Failed
+                && !work.runs(v, &service)
+            {
+                work.set_desired(r, Desired::Drain);
+            }
+        }
+        // The old instances' groups are demanded as they are (no new instance for them), so
+        // the scheduler's call below stops those of them that are lost too; after every
+        // target demand, so they never take room from the new instances.
+        let target_group = group_key(&record.stack, &record.env, &region, &name, &service);
+        for r in &instances {
+            let v = &r.value;
+            let group = group_key(&record.stack, &record.env, &region, &name, &v.spec.spec);
+            if v.desired == Desired::Run && group != target_group && old_groups.insert(group) {
+                old_demands.push(RegionDemand {
+                    name: name.clone(),
+                    service: v.spec.spec.clone(),
+                    total: None,
+                    more: 0,
+                });
+            }
+        }
+        // An instance on a node that is down is lost: the state machine does not see it (it
+        // starts a replacement), and the scheduler's call below stops it.
+        let node_up = work.pass.facts.node_up;
+        let instances: Vec<_> = instances
+            .into_iter()
+            .filter(|r| r.value.desired != Desired::Run || node_up(&r.value.spec.node))
+            .collect();
+        let observed = observe(&instances, &service, &work.release.secrets, record.to);
+        let step = Strategy::Rolling.step(&state, &observed, work.pass.now);
+        let live_new = observed
+            .iter()
+            .filter(|o| o.release == record.to && o.state.is_live())
+            .count() as u32;
+        demands.push(RegionDemand {
+            name: name.clone(),
+            service: service.clone(),
+            total: None,
+            more: step.decision.new_target.saturating_sub(live_new),
+        });
+        for id in &step.decision.stop {
+            if let Some(rec) = work.view.instance(id) {
+                work.set_desired(rec, Desired::Drain);
+            }
+        }
+        match &step.state.phase {
+            StepPhase::Succeeded => {
+                record.done.insert(name.clone());
+            }
+            StepPhase::Failed { reason } => {
+                // The agent's own words on the failing instance (e.g. the image it cannot pull).
+                let why = instances
+                    .iter()
+                    .find(|r| reason.contains(r.value.spec.id.as_str()))
+                    .and_then(|r| r.value.status.as_ref()?.message.clone());
+                let reason = format!(
+                    "service {name} in {region}: {reason}{}",
+                    why.map(|m| format!(": {m}")).unwrap_or_default()
+                );
+                return fail(work, record, reason);
+            }
+            StepPhase::Progressing => {}
+        }
+        record.services.insert(name, step.state);
+    }
+    // One scheduler call for the wave's whole demand: it places the new instances and stops
+    // the lost and misplaced ones (a draining node keeps what runs there while a rollout runs;
+    // the replicas controller moves it once the rollout is done).
+    demands.append(&mut old_demands);
+    for (lost, _) in work.schedule_region(&record, &region, &demands, true) {
+        work.set_desired(lost, Desired::Drain);
+    }
+    match berth_rollout::waves::advance(record.wave, record.done.len(), target) {
+        WaveStep::Stay => {}
+        WaveStep::Next(wave) => {
+            record.wave = wave;
+            record.services.clear();
+            record.done.clear();
+        }
+        WaveStep::Finished => {
+            record.wave = regions.len();
+            record.services.clear();
+            record.done.clear();
+            record.phase = RolloutPhase::Succeeded;
+            return (record, Outcome::Live);
+        }
+    }
+    (record, Outcome::Nothing)
+}
+
+/// The target failed: roll back to a release that once went live, or stop and say why there
+/// is none (see [`berth_rollout::rollback_target`]: never to a release that did not go live,
+/// and never a second automatic rollback in a row, so two failed releases cannot alternate).
+fn fail(work: &mut Work<'_>, record: RolloutRecord, reason: String) -> (RolloutRecord, Outcome) {
+    // Undo whatever this pass decided for the failed target.
+    work.reset();
+    let failed_release = record.to;
+    let went_live: BTreeSet<u64> = work
+        .view
+        .releases_of(&record.stack, &record.env)
+        .into_iter()
+        .flat_map(|all| all.values())
+        .filter(|r| went_live(&r.value))
+        .map(|r| r.value.number)
+        .collect();
+    let target = berth_rollout::rollback_target(
+        failed_release,
+        record.from,
+        record.rollback_reason.is_some(),
+        &went_live,
+    );
+    let next = match target {
+        Ok(previous) => {
+            let mut back = RolloutRecord::new(
+                &record.stack,
+                &record.env,
+                Some(record.to),
+                previous,
+                work.pass.now,
+            );
+            back.rollback_reason = Some(format!("release {failed_release} failed: {reason}"));
+            back.rollback = true;
+            back
+        }
+        Err(none) => {
+            tracing::warn!(stack = %record.stack, env = %record.env, release = failed_release, why = %none, "no automatic rollback");
+            let mut failed = record.clone();
+            failed.phase = RolloutPhase::Failed {
+                reason: format!("{reason}; {none}"),
+            };
+            failed
+        }
+    };
+    tracing::warn!(stack = %record.stack, env = %record.env, release = failed_release, %reason, "rollout failed");
+    (
+        next,
+        Outcome::Failed {
+            failed_release,
+            reason,
+        },
+    )
+}
+
+/// The state machine's view of a service's instances. An instance that runs the target's
+/// spec with secrets at least as new as the target's versions counts as the target release (it
+/// carries over unchanged, and after a rollback the old release's instances are exactly what is
+/// wanted).
+fn observe(
+    instances: &[&Versioned<InstanceRecord>],
+    target: &Service,
+    secrets: &std::collections::BTreeMap<String, u64>,
+    to: u64,
+) -> Vec<berth_rollout::Observed> {
+    instances
+        .iter()
+        .map(|r| {
+            let v = &r.value;
+            let matches = v.desired == Desired::Run && v.runs(target, secrets);
+            let state = if v.desired == Desired::Drain {
+                ObservedState::Draining
+            } else {
+                match v.state() {
+                    InstanceState::Pending => ObservedState::Pending,
+                    InstanceState::Starting => ObservedState::Starting,
+                    InstanceState::Healthy => ObservedState::Healthy,
+                    InstanceState::Unhealthy => ObservedState::Unhealthy,
+                    InstanceState::Draining => ObservedState::Draining,
+                    InstanceState::Stopped => ObservedState::Stopped,
+                    InstanceState::Failed => ObservedState::Failed,
+                }
+            };
+            berth_rollout::Observed {
+                instance: v.spec.id.clone(),
+                // Anything that does not match is old, even if it carries the target's number.
+                release: if matches {
+                    to
+                } else if v.spec.release == to {
+                    0
+                } else {
+                    v.spec.release
+                },
+                state,
+                restarts: v.status.as_ref().map(|s| s.restarts).unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
+/// The state machine of one service's rollout: the service's own surge and unavailability, or,
+/// for a rollback, everything at once with no capacity lost.
+fn new_state(
+    record: &RolloutRecord,
+    service: &Service,
+    now: u64,
+) -> Result<RolloutState, berth_rollout::RolloutError> {
+    let desired = super::replicas::desired_of(service);
+    if record.rollback {
+        RolloutState::with_limits(
+            record.from,
+            record.to,
+            desired,
+            desired.max(1),
+            0,
+            service.rollout.progress_deadline.millis,
+            now,
+        )
+    } else {
+        RolloutState::for_service(record.from, record.to, service, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_api::control::ReleaseStatus;
+
+    use crate::controllers::testing::{shop, World};
+    use crate::state::RolloutPhase;
+
+    fn status(w: &World, n: u64) -> ReleaseStatus {
+        w.view
+            .release("shop", "prod", n)
+            .expect("release")
+            .value
+            .status
+    }
+
+    #[test]
+    fn a_first_deploy_goes_live_with_its_replicas() {
+        let mut w = World::new();
+        w.node("a", None);
+        w.node("b", None);
+        w.deploy(&shop(3, "local", "1"), 1, None, false);
+        w.settle(20);
+        assert_eq!(w.running("web").len(), 3);
+        assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
+        assert_eq!(status(&w, 1), ReleaseStatus::Live);
+    }
+
+    #[test]
+    fn a_new_release_replaces_the_old_and_supersedes_it() {
+        let mut w = World::new();
+        w.node("a", None);
+        w.deploy(&shop(2, "local", "1"), 1, None, false);
+        w.settle(20);
+        w.deploy(&shop(2, "local", "2"), 2, Some(1), false);
+        w.settle(30);
+        let web = w.running("web");
+        assert_eq!(web.len(), 2);
+        assert!(web.iter().all(|r| r.spec.release == 2), "{web:?}");
+        assert_eq!(status(&w, 1), ReleaseStatus::Superseded);
+        assert_eq!(status(&w, 2), ReleaseStatus::Live);
+    }
+
+    #[test]
+    fn a_failed_first_release_stops_and_says_there_is_nothing_to_roll_back_to() {
+        let mut w = World::new();
+        w.node("a", None);
+        w.failing.insert(1);
+        w.deploy(&shop(1, "local", "1"), 1, None, false);
+        w.settle(20);
+        match &w.rollout().phase {
+            RolloutPhase::Failed { reason } => {
+                assert!(reason.contains("nothing to roll back to"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(status(&w, 1), ReleaseStatus::Failed);
+        assert!(w.running("web").is_empty());
+    }
+
+    #[test]
+    fn a_failed_release_rolls_back_to_the_one_that_went_live() {
+        let mut w = World::new();
+        w.node("a", None);
+        w.deploy(&shop(2, "local", "1"), 1, None, false);
+        w.settle(20);
+        w.failing.insert(2);
+        w.deploy(&shop(2, "local", "2"), 2, Some(1), false);
+        for _ in 0..10 {
+            w.pass(7);
+            w.agents();
+            w.now += 1_000;
+            if w.rollout().rollback {
+                break;
+            }
+        }
+        let r = w.rollout().clone();
+        assert!(r.rollback, "{r:?}");
+        assert_eq!((r.from, r.to), (Some(2), 1));
+        assert_eq!(status(&w, 2), ReleaseStatus::Failed);
+        w.settle(30);
+        assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
+        let web = w.running("web");
+        assert_eq!(web.len(), 2);
+        assert!(web.iter().all(|r| r.spec.release == 1), "{web:?}");
+    }
+
+    #[test]
+    fn waves_reach_one_region_at_a_time() {
+        let mut w = World::new();
+        w.node("e", Some("eu"));
+        w.node("u", Some("us"));
+        w.deploy(&shop(1, "eu, us", "1"), 1, None, false);
+        w.pass(1);
+        let first: Vec<_> = w.running("web").iter().map(|r| r.region.clone()).collect();
+        assert_eq!(first, ["eu"]);
+        w.settle(20);
+        let mut regions: Vec<_> = w.running("web").iter().map(|r| r.region.clone()).collect();
+        regions.sort();
+        assert_eq!(regions, ["eu", "us"]);
+        assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
+    }
+
+    #[test]
+    fn an_old_instance_on_a_lost_node_is_stopped_while_a_rollout_runs() {
+        let mut w = World::new();
+        w.node("a", None);
+        w.node("b", None);
+        w.deploy(&shop(2, "local", "1"), 1, None, false);
+        w.settle(20);
+        let on_b: Vec<String> = w
+            .running("web")
+            .iter()
+            .filter(|r| r.spec.node == "b")
+            .map(|r| r.spec.id.clone())
+            .collect();
+        assert!(!on_b.is_empty(), "the scheduler spreads over both nodes");
+        w.up.remove("b");
+        w.deploy(&shop(2, "local", "2"), 2, Some(1), false);
+        w.pass(1);
+        assert_eq!(w.rollout().phase, RolloutPhase::Progressing);
+        for id in on_b {
+            let r = &w.view.instance(&id).expect("still known").value;
+            assert_eq!(r.desired, crate::state::Desired::Drain, "{id} is lost");
+        }
+    }
+
+    #[test]
+    fn a_pass_from_a_view_older_than_its_own_write_changes_nothing() {
+        let mut w = World::new();
+        w.node("a", None);
+        w.deploy(&shop(2, "local", "1"), 1, None, false);
+        let batches = w.decide(1);
+        assert_eq!(w.apply(&batches), batches.len());
+        // The same decisions again (a pass that read the view before the first one's write).
+        assert_eq!(w.apply(&batches), 0);
+        assert_eq!(w.running("web").len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use crate::controllers::testing::World;
+    use crate::controllers::CREATE_BUDGET;
+
+    #[test]
+    fn a_huge_stack_gets_a_budget_of_instances_per_pass() {
+        let mut w = World::new();
+        w.node("a", None);
+        let yaml = format!(
+            r#"stack: shop
+environments:
+  prod:
+    regions: [local]
+services:
+  web:
+    process: {{command: [sleep, "1000"]}}
+    replicas: {}
+    resources: {{ cpu: 1m, memory: 1Mi }}
+    rollout: {{ progress_deadline: 1h }}
+"#,
+            berth_spec::model::MAX_REPLICAS
+        );
+        w.deploy(&yaml, 1, None, false);
+        w.pass(1);
+        assert_eq!(w.running("web").len(), CREATE_BUDGET);
+        w.pass(2);
+        assert_eq!(w.running("web").len(), 2 * CREATE_BUDGET);
+    }
+}

@@ -1,0 +1,227 @@
+//! The routing table: built from the cluster view, once per change, and served to every router
+//! from a cache.
+//!
+//! [`build`] is pure: the live releases' routes and the healthy, running instances of a
+//! [`View`]. [`TableCache`] keeps the last table with the view's routing revision it was built
+//! at (see [`crate::view::Touched::routing`]) and its JSON body, so a router's long-poll costs
+//! a version comparison, not a table build and a serialisation. [`RecentTables`] remembers
+//! which instances each recent version held, for router acknowledgements (see
+//! [`crate::routers`]).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use berth_api::control::{EndpointView, LimitsView, RouteView};
+use berth_api::InstanceState;
+
+use crate::state::Desired;
+use crate::view::View;
+
+/// How many table versions are remembered for acknowledgements.
+const REMEMBERED_TABLES: usize = 64;
+
+/// Builds the table's routes (sorted) from the view: for each rollout's target release, each
+/// service with a route, the wanted and healthy instances with the route's port reported.
+/// As costly as the routed stacks' instances.
+pub fn build(view: &View) -> Vec<RouteView> {
+    let mut routes = Vec::new();
+    for ((stack, env), rollout) in view.rollouts() {
+        let Some(release) = view.release(stack, env, rollout.value.to) else {
+            continue;
+        };
+        let routed: Vec<_> = release
+            .value
+            .spec
+            .services
+            .iter()
+            .filter_map(|(name, service)| Some((name, service.route.as_ref()?)))
+            .collect();
+        if routed.is_empty() {
+            continue;
+        }
+        // The stack's endpoints by service, in one walk over its instances (id order).
+        let mut by_service: HashMap<&str, Vec<EndpointView>> = HashMap::new();
+        for r in view.instances_of(stack, env).map(|r| &r.value) {
+            if r.desired != Desired::Run || r.state() != InstanceState::Healthy {
+                continue;
+            }
+            let Some(route) = release
+                .value
+                .spec
+                .services
+                .get(&r.spec.service)
+                .and_then(|s| s.route.as_ref())
+            else {
+                continue;
+            };
+            let Some(port) = r.status.as_ref().and_then(|s| s.ports.get(&route.port)) else {
+                continue;
+            };
+            let Some(node) = view.node(&r.spec.node) else {
+                continue;
+            };
+            by_service
+                .entry(r.spec.service.as_str())
+                .or_default()
+                .push(EndpointView {
+                    addr: format!("{}:{port}", node.value.registration.address),
+                    instance: r.spec.id.clone(),
+                    release: r.spec.release,
+                    weight: crate::controllers::rollout::endpoint_weight(
+                        &rollout.value,
+                        r.spec.release,
+                    ),
+                });
+        }
+        for (name, route) in routed {
+            let endpoints = by_service.remove(name.as_str()).unwrap_or_default();
+            routes.push(RouteView {
+                host: route.host.clone(),
+                path: route.path.clone(),
+                stack: stack.clone(),
+                service: name.clone(),
+                endpoints,
+                limits: route.limits.as_ref().map(|l| LimitsView {
+                    concurrency: l.concurrency,
+                    queue: l.queue,
+                    queue_timeout_ms: l.queue_timeout.millis,
+                }),
+                maintenance: view
+                    .maintenance()
+                    .get(&(stack.clone(), name.clone()))
+                    .cloned(),
+                timeout_ms: route.timeout.map(|t| t.millis),
+            });
+        }
+    }
+    routes.sort_by(|a, b| {
+        (&a.host, &a.path, &a.stack, &a.service).cmp(&(&b.host, &b.path, &b.stack, &b.service))
+    });
+    routes
+}
+
+/// One built table, ready to serve.
+#[derive(Debug)]
+pub struct Cached {
+    /// The view's routing revision it was built at.
+    pub revision: i64,
+    /// Its content version ([`crate::version::content_version`] of the routes).
+    pub version: String,
+    /// `{"version":…,"routes":[…]}`: the [`berth_api::control::RoutingTable`] as JSON.
+    pub body: Bytes,
+    /// The instances it holds.
+    pub instances: Arc<BTreeSet<String>>,
+}
+
+/// The last table built, rebuilt only when the view's routing revision moved past it.
+#[derive(Debug, Default)]
+pub struct TableCache(tokio::sync::Mutex<Option<Arc<Cached>>>);
+
+impl TableCache {
+    /// The table for the view as it is now: the cached one if the routing inputs did not
+    /// change since, else built once (concurrent callers wait for that one build) and
+    /// remembered in `recent` for acknowledgements.
+    pub async fn current(
+        &self,
+        live: &crate::live::LiveView,
+        recent: &std::sync::Mutex<RecentTables>,
+    ) -> Arc<Cached> {
+        let mut cache = self.0.lock().await;
+        let (revision, routes) = {
+            let view = live.read();
+            let revision = view.routing_revision();
+            if let Some(cached) = cache.as_ref().filter(|c| c.revision == revision) {
+                return cached.clone();
+            }
+            (revision, build(&view))
+        };
+        // The view's guard is let go: serialising a large table does not hold the follower up.
+        let cached = Arc::new(serialise(revision, &routes));
+        if let Ok(mut recent) = recent.lock() {
+            recent.remember(&cached.version, cached.instances.clone());
+        }
+        *cache = Some(cached.clone());
+        cached
+    }
+}
+
+/// The table's JSON body, with the routes serialised once for both the version and the body.
+fn serialise(revision: i64, routes: &[RouteView]) -> Cached {
+    let routes_json = serde_json::to_vec(routes).unwrap_or_else(|_| b"[]".to_vec());
+    let version = crate::version::of_bytes(&routes_json);
+    let mut body = Vec::with_capacity(routes_json.len() + version.len() + 24);
+    body.extend_from_slice(b"{\"version\":\"");
+    body.extend_from_slice(version.as_bytes());
+    body.extend_from_slice(b"\",\"routes\":");
+    body.extend_from_slice(&routes_json);
+    body.push(b'}');
+    let instances = routes
+        .iter()
+        .flat_map(|r| r.endpoints.iter().map(|e| e.instance.clone()))
+        .collect();
+    Cached {
+        revision,
+        version,
+        body: Bytes::from(body),
+        instances: Arc::new(instances),
+    }
+}
+
+/// Recently served tables: version → instances they contain.
+#[derive(Debug, Default)]
+pub struct RecentTables(VecDeque<(String, Arc<BTreeSet<String>>)>);
+
+impl RecentTables {
+    /// Remembers the instances of table `version` (the oldest is forgotten past
+    /// [`REMEMBERED_TABLES`]).
+    pub fn remember(&mut self, version: &str, instances: Arc<BTreeSet<String>>) {
+        if self.0.iter().any(|(v, _)| v == version) {
+            return;
+        }
+        if self.0.len() >= REMEMBERED_TABLES {
+            self.0.pop_front();
+        }
+        self.0.push_back((version.to_string(), instances));
+    }
+
+    /// The instances of table `version`, if it is still remembered.
+    pub fn get(&self, version: &str) -> Option<&Arc<BTreeSet<String>>> {
+        self.0.iter().find(|(v, _)| v == version).map(|(_, s)| s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_api::control::RoutingTable;
+
+    #[test]
+    fn the_cached_body_is_the_routing_table_as_json() {
+        let routes = vec![RouteView {
+            host: "shop.example.com".into(),
+            path: "/".into(),
+            stack: "shop".into(),
+            service: "web".into(),
+            endpoints: vec![EndpointView {
+                addr: "10.0.0.1:8080".into(),
+                instance: "i1".into(),
+                release: 2,
+                weight: 100,
+            }],
+            limits: None,
+            maintenance: None,
+            timeout_ms: None,
+        }];
+        let cached = serialise(7, &routes);
+        let table: RoutingTable = serde_json::from_slice(&cached.body).expect("json");
+        assert_eq!(table.version, crate::version::content_version(&routes));
+        assert_eq!(table.version, cached.version);
+        assert_eq!(table.routes, routes);
+        assert_eq!(
+            cached.body.as_ref(),
+            serde_json::to_vec(&table).expect("json").as_slice()
+        );
+        assert!(cached.instances.contains("i1"));
+    }
+}
