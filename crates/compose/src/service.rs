@@ -70,6 +70,77 @@ fn instead(key: &str) -> Option<&'static str> {
     })
 }
 
+/// The keys whose text the import writes into the stack as it is (`environment` and `env_file`
+/// are not among them: their secret values go to `secrets:`).
+const WRITTEN_AS_IS: &[&str] = &[
+    "image",
+    "command",
+    "entrypoint",
+    "healthcheck",
+    "ports",
+    "volumes",
+];
+
+/// An error at every scalar of a key written into the stack as it is (see [`WRITTEN_AS_IS`],
+/// and the `traefik.*` labels, whose rule becomes `route.host`) that interpolates a variable
+/// whose name looks like a secret: its value would land in the stack file in clear. Only an
+/// environment variable can be a berth secret, so the fix is to pass it through `environment`.
+fn refuse_secrets_in_clear(svc: &mut Svc<'_>, f: &Entry) {
+    let mut stack: Vec<(&Value, String)> = Vec::new();
+    if WRITTEN_AS_IS.contains(&f.key.as_str()) {
+        stack.push((&f.value, f.key.clone()));
+    } else if f.key == "labels" {
+        match &f.value.kind {
+            Kind::Map(m) => stack.extend(
+                m.iter()
+                    .filter(|e| e.key.starts_with("traefik."))
+                    .map(|e| (&e.value, "labels".to_string())),
+            ),
+            Kind::Seq(items) => stack.extend(
+                items
+                    .iter()
+                    .filter(|v| v.str().is_some_and(|s| s.starts_with("traefik.")))
+                    .map(|v| (v, "labels".to_string())),
+            ),
+            Kind::Str(_) => {}
+        }
+    }
+    while let Some((v, key)) = stack.pop() {
+        match &v.kind {
+            Kind::Str(s) => {
+                let mut secret: Vec<&str> = s
+                    .vars
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|n| env::looks_secret(n))
+                    .collect();
+                secret.dedup();
+                if let Some(first) = secret.first() {
+                    let names = secret
+                        .iter()
+                        .map(|n| format!("${{{n}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let fix = if key == "labels" {
+                        "a route's host is not secret: write it in the label".to_string()
+                    } else {
+                        format!("pass it to the container through `environment` (imported as a berth secret) and read it there (`sh -c '… $${first}'`)")
+                    };
+                    svc.report.error(
+                        v.at,
+                        format!(
+                            "services.{}.{key}: interpolates {names}, whose name looks like a secret: its value would be written in the stack file in clear; {fix}",
+                            svc.compose
+                        ),
+                    );
+                }
+            }
+            Kind::Seq(items) => stack.extend(items.iter().rev().map(|i| (i, key.clone()))),
+            Kind::Map(m) => stack.extend(m.iter().rev().map(|e| (&e.value, key.clone()))),
+        }
+    }
+}
+
 /// Maps one service's keys into `svc.out`.
 pub fn map(svc: &mut Svc<'_>, value: &Value) {
     let Kind::Map(fields) = &value.kind else {
@@ -87,6 +158,7 @@ pub fn map(svc: &mut Svc<'_>, value: &Value) {
     let mut environment: Option<&Value> = None;
     for f in fields {
         let at = f.key_at;
+        refuse_secrets_in_clear(svc, f);
         match f.key.as_str() {
             "image" => match f.value.str() {
                 Some(s) => image = Some((f.value.at, s.to_string())),

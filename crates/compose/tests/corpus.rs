@@ -200,6 +200,22 @@ fn a_required_variable_unset_is_an_error_at_its_position() {
 }
 
 #[test]
+fn a_secret_interpolated_outside_environment_is_an_error() {
+    check(
+        "secrets_in_command",
+        Case {
+            vars: &[
+                ("DB_PASSWORD", "hunter2"),
+                ("TENANT_KEY", "acme"),
+                ("API_TOKEN", "tok"),
+            ],
+            ok: false,
+            ..case("secrets-in-command")
+        },
+    );
+}
+
+#[test]
 fn volumes_restart_and_odd_keys() {
     check("volumes_restart", case("volumes-restart"));
 }
@@ -221,7 +237,22 @@ fn no_secret_value_reaches_the_stack_or_the_messages() {
         vars: &[("DB_PASSWORD", "hunter2"), ("GITHUB_TOKEN", "ghp_x")],
         ..case("secrets-in-env")
     });
-    let all = format!("{}{}", golden(&o), o.to_json());
+    // And where a secret is interpolated outside `environment` (an error, not a stack in clear).
+    let in_command = run(&Case {
+        vars: &[
+            ("DB_PASSWORD", "hunter2"),
+            ("TENANT_KEY", "acme"),
+            ("API_TOKEN", "ghp_x"),
+        ],
+        ..case("secrets-in-command")
+    });
+    let all = format!(
+        "{}{}{}{}",
+        golden(&o),
+        o.to_json(),
+        golden(&in_command),
+        in_command.to_json()
+    );
     for secret in [
         "hunter2",
         "ghp_x",
