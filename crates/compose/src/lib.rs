@@ -282,6 +282,7 @@ fn build(
         let name = names.get(&e.key).cloned().unwrap_or_default();
         let mut svc = service::Svc {
             compose: &e.key,
+            key_at: e.key_at,
             name: name.clone(),
             names: &names,
             options: &opts,

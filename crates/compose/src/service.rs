@@ -13,6 +13,8 @@ use crate::{deploy, env, ports, units, Options};
 pub struct Svc<'a> {
     /// The name in the Compose file.
     pub compose: &'a str,
+    /// Where the service's name is written (messages about the service as a whole point here).
+    pub key_at: At,
     /// The berth name (`[a-z][a-z0-9-]*`).
     pub name: String,
     /// Compose name → berth name, for `depends_on`.
@@ -318,7 +320,7 @@ fn choose_image(svc: &mut Svc<'_>, build: Option<At>, image: Option<(At, String)
             );
             Some((at, r))
         }
-        (Some(r), None, None) => Some((At::default(), r)),
+        (Some(r), None, None) => Some((svc.key_at, r)),
         (None, Some(at), img) => {
             let hint = img
                 .map(|(_, i)| format!(" (`{i}` once it is pushed)"))
@@ -332,7 +334,7 @@ fn choose_image(svc: &mut Svc<'_>, build: Option<At>, image: Option<(At, String)
         }
         (None, None, None) => {
             svc.report.error(
-                At::default(),
+                svc.key_at,
                 format!(
                     "services.{}: no `image` (berth runs images; pass --image {}=REF)",
                     svc.compose, svc.compose
@@ -343,6 +345,10 @@ fn choose_image(svc: &mut Svc<'_>, build: Option<At>, image: Option<(At, String)
     };
     let Some((at, r)) = chosen else { return };
     let last = r.rsplit('/').next().unwrap_or(&r);
+    let repository = last.split(['@', ':']).next().unwrap_or(last);
+    if repository == "traefik" {
+        svc.warn(at, "image", "this service runs Traefik, whose job berth's router does (the Traefik labels of the other services became their `route`): it is imported as written; remove it from the stack unless it serves something else");
+    }
     if !last.contains(':') && !r.contains('@') {
         svc.report.error(at, format!("services.{}: image `{r}` has no tag, which means `latest`: berth refuses it (it names a different image tomorrow); pin a version in the compose file or pass --image {}={r}:VERSION", svc.compose, svc.compose));
     } else if last.ends_with(":latest") {
