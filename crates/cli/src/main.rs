@@ -39,6 +39,9 @@ enum Command {
     Router(daemons::RouterArgs),
     /// Check stack files; prints `FILE:LINE:COL: message` per error and exits 1 if any.
     Validate(commands::validate::Args),
+    /// Write a stack file from another tool's description: `berth import compose`.
+    #[command(subcommand)]
+    Import(commands::import::Import),
     /// Print the fully rendered stack for one environment.
     Render(commands::render::Args),
     /// Show what a deploy would change: the diff, its blast radius, and a plan id.
@@ -98,6 +101,7 @@ fn main() {
         Command::Agent(args) => agent::agent(args, g),
         Command::Router(args) => daemons::router(args, g),
         Command::Validate(args) => commands::validate::run(args),
+        Command::Import(which) => commands::import::run(which, g),
         Command::Render(args) => commands::render::run(args, g),
         Command::Plan(args) => commands::plan::run(args, g),
         Command::Deploy(args) => commands::deploy::run(args, g),

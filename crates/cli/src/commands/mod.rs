@@ -11,6 +11,7 @@ pub mod drain;
 pub mod events;
 pub mod gc;
 pub mod history;
+pub mod import;
 pub mod logs;
 pub mod maintenance;
 pub mod node;

@@ -142,7 +142,7 @@ mod tests {
     #[test]
     fn counts_each_new_instance_once_per_router_from_its_first_report() {
         let change = Change::new(2);
-        let t0 = Instant::now();
+        let t0 = super::super::clock::now();
         let ms = Duration::from_millis;
         // Nothing watched: nothing counted.
         let mut held = HashSet::new();
