@@ -262,3 +262,26 @@ async fn small_groups_under_load() {
     let commits = s.commits();
     assert!(commits >= 320 / 3, "at most 3 per group: {commits} commits");
 }
+
+/// Once the last answer is in, dropping the last handle closes the file: reopening at once is
+/// not refused as locked (the group writer lets go of the store before it answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_can_be_reopened_as_soon_as_the_writers_are_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    for round in 0..30 {
+        let s = EmbeddedStore::open(&path)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: reopen: {e}"));
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let s = s.clone();
+                tokio::spawn(async move { s.put(&format!("/r/{w}"), vec![b'x'; 8]).await })
+            })
+            .collect();
+        for w in writers {
+            w.await.expect("writer").expect("put");
+        }
+        drop(s);
+    }
+}

@@ -76,34 +76,61 @@ struct Writer {
 
 impl Writer {
     /// Commits groups until the queue is empty.
+    ///
+    /// The last group's callers are answered only after this writer let go of the store, so a
+    /// caller that drops its last handle once answered closes the file (and can reopen it)
+    /// right away, as before group commit. Earlier groups are answered while the writer holds
+    /// the store, which is then held by the callers still waiting anyway.
     fn drain(mut self) {
+        let Some(mut group) = self.next_group() else {
+            return;
+        };
         loop {
-            let group = {
-                let mut q = self
-                    .inner
-                    .queue
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if q.waiting.is_empty() {
-                    q.draining = false;
-                    self.stopped = true;
-                    return;
-                }
-                let options = &self.inner.options;
-                take_group(
-                    &mut q.waiting,
-                    options.max_group_txns,
-                    options.max_group_bytes,
-                )
-            };
             let (txns, replies): (Vec<Txn>, Vec<_>) =
                 group.into_iter().map(|p| (p.txn, p.reply)).unzip();
             let results = self.inner.run_group(&txns);
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A caller that stopped waiting is not an error.
-                let _ = reply.send(result);
+            match self.next_group() {
+                Some(next) => {
+                    answer(replies, results);
+                    group = next;
+                }
+                None => {
+                    drop(self); // `stopped` is set: lets go of the store
+                    answer(replies, results);
+                    return;
+                }
             }
         }
+    }
+
+    /// The next group from the queue, or `None` (and the writer marked stopped) if it is empty.
+    fn next_group(&mut self) -> Option<Vec<Pending>> {
+        let mut q = self
+            .inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if q.waiting.is_empty() {
+            q.draining = false;
+            self.stopped = true;
+            return None;
+        }
+        let options = &self.inner.options;
+        Some(take_group(
+            &mut q.waiting,
+            options.max_group_txns,
+            options.max_group_bytes,
+        ))
+    }
+}
+
+/// Sends each caller its result. A caller that stopped waiting is not an error.
+fn answer(
+    replies: Vec<oneshot::Sender<Result<TxnResponse, StoreError>>>,
+    results: Vec<Result<TxnResponse, StoreError>>,
+) {
+    for (reply, result) in replies.into_iter().zip(results) {
+        let _ = reply.send(result);
     }
 }
 
