@@ -1022,7 +1022,12 @@ impl Inner {
             match attempt {
                 Ok(outcomes) => {
                     let mut commits = 0;
-                    for (i, response, events) in outcomes {
+                    for Outcome {
+                        index,
+                        response,
+                        events,
+                    } in outcomes
+                    {
                         if let Some(events) = events {
                             commits += 1;
                             // Still under the write lock: publications stay in revision order.
@@ -1032,7 +1037,7 @@ impl Inner {
                                 events,
                             }));
                         }
-                        results[i] = Some(Ok(response));
+                        results[index] = Some(Ok(response));
                     }
                     if commits > 0 {
                         self.commits.fetch_add(1, Ordering::Relaxed);
@@ -1069,17 +1074,13 @@ impl Inner {
     /// One attempt at a group: the transactions `pending` (indices into `txns`, in order) in
     /// one redb write transaction, committed durably if any of them changed something and
     /// aborted otherwise. Returns each one's response and, if it changed something, its events.
-    #[expect(
-        clippy::type_complexity,
-        reason = "a private triple, named at its one caller"
-    )]
     fn group_in(
         &self,
         db: &Db,
         handle: &Database,
         txns: &[Txn],
         pending: &[usize],
-    ) -> Result<Vec<(usize, TxnResponse, Option<Vec<WatchEvent>>)>, GroupFailure> {
+    ) -> Result<Vec<Outcome>, GroupFailure> {
         let mut wtx = handle
             .begin_write()
             .map_err(|e| GroupFailure::Write(db.err("starting a write", e)))?;
@@ -1110,7 +1111,11 @@ impl Inner {
                 let (response, events) = self
                     .apply(db, &mut kv, &mut log, &txns[i], &mut state)
                     .map_err(|e| GroupFailure::Txn(i, e))?;
-                outcomes.push((i, response, events));
+                outcomes.push(Outcome {
+                    index: i,
+                    response,
+                    events,
+                });
             }
             if state.revision != first {
                 meta.insert(META_REVISION, state.revision)
@@ -1273,6 +1278,15 @@ struct LogState {
     revision: i64,
     /// The newest revision dropped from the change log.
     compact: i64,
+}
+
+/// What one transaction of a group did, once the group's write is committed.
+struct Outcome {
+    /// Its position in the group.
+    index: usize,
+    response: TxnResponse,
+    /// Its events (at `response.revision`) if it changed something.
+    events: Option<Vec<WatchEvent>>,
 }
 
 /// Why an attempt at a group failed.
