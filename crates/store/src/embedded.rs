@@ -11,10 +11,28 @@
 //! (fsync) before `txn` returns, so the state, the revision and the log never disagree, even
 //! after `kill -9` or a power cut.
 //!
+//! ## Group commit
+//! One fsync per transaction would cap the store at the disk's fsync rate (a few hundred per
+//! second here), however many callers wait. So transactions that arrive while a commit is in
+//! progress queue up ([`group`]), and the next write takes the whole queue (at most
+//! [`EmbeddedOptions::max_group_txns`] transactions or [`EmbeddedOptions::max_group_bytes`])
+//! and runs them one after another in ONE redb write transaction, committed with one fsync.
+//! Each transaction of a group still gets its own revision, its compares see the state left by
+//! the group's earlier transactions, and it gets its own change-log entry and response: the
+//! result is exactly that of running them one at a time, in queue order. Every caller is
+//! answered only after the fsync that holds its transaction, so the guarantee above holds per
+//! caller. A transaction that changes nothing takes no revision and affects no other one; a
+//! group that changes nothing is aborted (no fsync). A transaction that fails on its own (a
+//! record that does not decode) is answered with its error and the rest of its group runs again
+//! without it; a failed write (a full disk) fails every caller of that group with the error
+//! and stores nothing of it. [`EmbeddedOptions::group_commit`] `= false` turns grouping off
+//! (one transaction per commit, the A/B anchor of the benchmark).
+//!
 //! ## Threads and ordering
 //! redb is blocking, so every call runs on tokio's blocking pool. Writes are serialised by a
-//! mutex held from `begin_write` until after the commit has been published on a
-//! `tokio::sync::broadcast` channel: publications are therefore in revision order.
+//! mutex held from `begin_write` until after the group's commits have been published, in
+//! revision order, on a `tokio::sync::broadcast` channel: publications are therefore in
+//! revision order.
 //!
 //! ## Watches without gaps
 //! A watch subscribes to the broadcast *before* reading anything, then replays the change log
@@ -25,6 +43,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -50,6 +69,10 @@ const META_COMPACT: &str = "compact_revision";
 /// Version of this crate's layout inside the redb file (not redb's own file format).
 const FORMAT: i64 = 1;
 
+mod group;
+#[cfg(test)]
+mod tests;
+
 /// Revisions read from the change log per blocking call while a watcher catches up, so one
 /// far-behind watcher neither holds a read transaction long nor buffers the whole history.
 const CATCH_UP_CHUNK: i64 = 512;
@@ -67,6 +90,16 @@ pub struct EmbeddedOptions {
     /// Events buffered per watch for its reader (default 256). A reader slower than this makes
     /// its watch fall back to the change log; it never loses events.
     pub watch_buffer: usize,
+    /// Whether transactions that arrive during a commit are committed together, with one fsync
+    /// (default `true`; see the module doc). `false` commits each transaction on its own, as
+    /// before group commit: the benchmark's anchor, and a way to rule grouping out.
+    pub group_commit: bool,
+    /// At most this many transactions per group commit (default 256; at least 1), so one
+    /// commit's write stays short and the first callers of a long queue are answered soon.
+    pub max_group_txns: usize,
+    /// At most about this many bytes of keys and values per group commit (default 8 MiB): a
+    /// group takes transactions while it is under the budget, and always takes at least one.
+    pub max_group_bytes: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -75,6 +108,9 @@ impl Default for EmbeddedOptions {
             history: 10_000,
             broadcast_capacity: 1024,
             watch_buffer: 256,
+            group_commit: true,
+            max_group_txns: 256,
+            max_group_bytes: 8 << 20,
         }
     }
 }
@@ -102,6 +138,10 @@ struct Inner {
     db: Arc<Db>,
     /// Serialises writes and their publication, so the broadcast is in revision order.
     write_lock: Mutex<()>,
+    /// Transactions waiting for the next group commit, and whether a writer is draining them.
+    queue: Mutex<group::Queue>,
+    /// Durable redb commits of transactions so far (one per group that changed something).
+    commits: AtomicU64,
     live: broadcast::Sender<Arc<Commit>>,
     options: EmbeddedOptions,
 }
@@ -162,12 +202,17 @@ impl EmbeddedStore {
             history: options.history.max(1),
             broadcast_capacity: options.broadcast_capacity.max(1),
             watch_buffer: options.watch_buffer.max(1),
+            group_commit: options.group_commit,
+            max_group_txns: options.max_group_txns.max(1),
+            max_group_bytes: options.max_group_bytes,
         };
         let (live, _) = broadcast::channel(options.broadcast_capacity);
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
                 db: Arc::new(db),
                 write_lock: Mutex::new(()),
+                queue: Mutex::new(group::Queue::default()),
+                commits: AtomicU64::new(0),
                 live,
                 options,
             }),
@@ -177,6 +222,13 @@ impl EmbeddedStore {
     /// The store file's path, for messages.
     pub fn path(&self) -> &Path {
         &self.inner.db.path
+    }
+
+    /// How many durable commits (fsyncs) this handle made for transactions since it was opened:
+    /// one per group that changed something. Fewer than the revisions written when group commit
+    /// gathers concurrent transactions; what the benchmark and the tests count.
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
     }
 
     /// The newest revision whose changes were dropped from the log (0 if none): a watch must
@@ -220,6 +272,9 @@ impl Store for EmbeddedStore {
             return Err(StoreError::InvalidTxn(format!(
                 "a compare has an empty key ({c:?})"
             )));
+        }
+        if self.inner.options.group_commit {
+            return group::submit(&self.inner, txn).await;
         }
         let inner = self.inner.clone();
         blocking(move || inner.txn(txn)).await
@@ -914,165 +969,378 @@ impl Inner {
         db.vacuum()
     }
 
-    /// Runs one transaction: evaluate, apply, log, compact, commit durably, then publish.
+    /// Runs one transaction on its own (a group of one): evaluate, apply, log, compact, commit
+    /// durably, then publish.
     fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+        self.run_group(std::slice::from_ref(&txn))
+            .pop()
+            .unwrap_or_else(|| {
+                Err(StoreError::Unavailable(
+                    "the store's writer returned no answer (a bug); retry".into(),
+                ))
+            })
+    }
+
+    /// Runs a group of transactions, in order, in ONE redb write transaction committed with
+    /// one fsync, then publishes each revision's [`Commit`] in revision order. Returns one
+    /// result per transaction, in the same order; the caller answers them (after this returns,
+    /// so after the fsync that holds them).
+    ///
+    /// Each transaction keeps its own revision, its compares see the state left by the earlier
+    /// ones of the group, and it gets its own change-log entry and response, exactly as if the
+    /// group had run one transaction at a time. If one transaction fails on its own (a record
+    /// that does not decode), the write is rolled back, that one is answered with its error and
+    /// the others run again without it; a failure of the write itself (an I/O error: a full
+    /// disk) fails every transaction of the group with that error and nothing of it is stored.
+    fn run_group(&self, txns: &[Txn]) -> Vec<Result<TxnResponse, StoreError>> {
+        if txns.is_empty() {
+            return Vec::new();
+        }
         let db = &*self.db;
         let _serial = self
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let mut results: Vec<Option<Result<TxnResponse, StoreError>>> =
+            txns.iter().map(|_| None).collect();
         // After an I/O error (a full disk), redb refuses writes until the file is reopened.
-        if db.broken_reason().is_some() {
-            db.recover()?;
+        let recovered = match db.broken_reason() {
+            Some(_) => db.recover(),
+            None => Ok(()),
+        };
+        if let Err(e) = recovered {
+            return fan_out(e, txns.len());
         }
-        let result = db.with(|handle| self.txn_in(db, handle, txn));
-        if let Err(e) = &result {
-            db.mark_broken(e);
-        }
-        result
-    }
-
-    fn txn_in(&self, db: &Db, handle: &Database, txn: Txn) -> Result<TxnResponse, StoreError> {
-        let mut wtx = handle
-            .begin_write()
-            .map_err(|e| db.err("starting a write", e))?;
-        wtx.set_durability(Durability::Immediate)
-            .map_err(|e| StoreError::Storage {
-                path: db.path.clone(),
-                op: "setting durability",
-                source: Box::new(e),
-            })?;
-        let w = |e: redb::Error| map_redb(&db.path, "writing", e);
-        let (response, events) = {
-            let mut kv = wtx.open_table(KV).map_err(|e| w(e.into()))?;
-            let mut log = wtx.open_table(CHANGES).map_err(|e| w(e.into()))?;
-            let mut meta = wtx.open_table(META).map_err(|e| w(e.into()))?;
-            let revision = db.meta_value(&meta, META_REVISION)?;
-
-            let mut succeeded = true;
-            for c in &txn.compares {
-                let current = db.record(&kv, &c.key)?;
-                let holds = match &c.target {
-                    CompareTarget::ModRevision(r) => {
-                        current.as_ref().map_or(0, |c| c.mod_revision) == *r
+        loop {
+            let pending: Vec<usize> = (0..txns.len()).filter(|&i| results[i].is_none()).collect();
+            if pending.is_empty() {
+                break;
+            }
+            let attempt = db
+                .with(|handle| Ok(self.group_in(db, handle, txns, &pending)))
+                .unwrap_or_else(|closed| Err(GroupFailure::Write(closed)));
+            match attempt {
+                Ok(outcomes) => {
+                    let mut commits = 0;
+                    for Outcome {
+                        index,
+                        response,
+                        events,
+                    } in outcomes
+                    {
+                        if let Some(events) = events {
+                            commits += 1;
+                            // Still under the write lock: publications stay in revision order.
+                            // No receiver is not an error.
+                            let _ = self.live.send(Arc::new(Commit {
+                                revision: response.revision,
+                                events,
+                            }));
+                        }
+                        results[index] = Some(Ok(response));
                     }
-                    CompareTarget::Value(v) => current.as_ref().is_some_and(|c| &c.value == v),
-                };
-                if !holds {
-                    succeeded = false;
+                    if commits > 0 {
+                        self.commits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
+                Err(GroupFailure::Txn(i, e)) if !is_io(&e) => {
+                    // That transaction's own fault: the others run again without it.
+                    results[i] = Some(Err(e));
+                }
+                Err(GroupFailure::Txn(_, e) | GroupFailure::Write(e)) => {
+                    // Nothing of the group is stored: every caller still waiting gets the error.
+                    db.mark_broken(&e);
+                    let mut errors = fan_out(e, pending.len()).into_iter();
+                    for &i in &pending {
+                        results[i] = errors.next();
+                    }
                     break;
                 }
             }
-            let ops = if succeeded { txn.success } else { txn.failure };
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Unavailable(
+                        "the store's writer left a transaction unanswered (a bug); retry".into(),
+                    ))
+                })
+            })
+            .collect()
+    }
 
-            let new_rev = revision + 1;
-            let mut events = Vec::new();
-            let mut responses = Vec::with_capacity(ops.len());
-            for op in ops {
-                match op {
-                    Op::Put { key, value } => {
-                        let prev = db.record(&kv, &key)?;
-                        let (create_revision, version) = match &prev {
-                            Some(p) => (p.create_revision, p.version + 1),
-                            None => (new_rev, 1),
-                        };
-                        let bytes = codec::encode_record(create_revision, new_rev, version, &value);
-                        kv.insert(key.as_str(), bytes.as_slice())
-                            .map_err(|e| w(e.into()))?;
-                        let prev = prev.map(|p| p.into_kv(&key));
-                        events.push(WatchEvent {
-                            revision: new_rev,
-                            kind: EventKind::Put,
-                            kv: KeyValue {
-                                key,
-                                value,
-                                create_revision,
-                                mod_revision: new_rev,
-                                version,
-                            },
-                            prev,
-                        });
-                        responses.push(OpResponse::Put);
-                    }
-                    Op::Delete { key } => {
-                        let prev = db.record(&kv, &key)?;
-                        let deleted = match prev {
-                            None => 0,
-                            Some(p) => {
-                                kv.remove(key.as_str()).map_err(|e| w(e.into()))?;
-                                events.push(tombstone(new_rev, p.into_kv(&key)));
-                                1
-                            }
-                        };
-                        responses.push(OpResponse::Delete { deleted });
-                    }
-                    Op::DeletePrefix { prefix } => {
-                        let doomed = db.scan_prefix(&kv, &prefix)?;
-                        let deleted = doomed.len() as i64;
-                        for p in doomed {
-                            kv.remove(p.key.as_str()).map_err(|e| w(e.into()))?;
-                            events.push(tombstone(new_rev, p));
-                        }
-                        responses.push(OpResponse::Delete { deleted });
-                    }
-                }
-            }
-
-            if events.is_empty() {
-                let response = TxnResponse {
-                    succeeded,
-                    revision,
-                    responses,
-                };
-                (response, None)
-            } else {
-                meta.insert(META_REVISION, new_rev)
-                    .map_err(|e| w(e.into()))?;
-                log.insert(new_rev, codec::encode_events(&events).as_slice())
-                    .map_err(|e| w(e.into()))?;
-                // Keep exactly the last `history` revisions in the log.
-                let compact = db.meta_value(&meta, META_COMPACT)?;
-                let keep = i64::try_from(self.options.history).unwrap_or(i64::MAX);
-                let new_compact = new_rev.saturating_sub(keep);
-                if new_compact > compact {
-                    loop {
-                        let first = log
-                            .first()
-                            .map_err(|e| w(e.into()))?
-                            .map(|(k, _)| k.value());
-                        match first {
-                            Some(r) if r <= new_compact => {
-                                log.remove(r).map_err(|e| w(e.into()))?;
-                            }
-                            _ => break,
-                        }
-                    }
-                    meta.insert(META_COMPACT, new_compact)
-                        .map_err(|e| w(e.into()))?;
-                }
-                let response = TxnResponse {
-                    succeeded,
-                    revision: new_rev,
-                    responses,
-                };
-                (response, Some(events))
-            }
-        };
-        match events {
-            None => {
-                wtx.abort().map_err(|e| db.err("aborting a write", e))?;
-            }
-            Some(events) => {
-                wtx.commit().map_err(|e| db.err("committing", e))?;
-                // Still under the write lock: publications stay in revision order. No receiver
-                // is not an error.
-                let _ = self.live.send(Arc::new(Commit {
-                    revision: response.revision,
+    /// One attempt at a group: the transactions `pending` (indices into `txns`, in order) in
+    /// one redb write transaction, committed durably if any of them changed something and
+    /// aborted otherwise. Returns each one's response and, if it changed something, its events.
+    fn group_in(
+        &self,
+        db: &Db,
+        handle: &Database,
+        txns: &[Txn],
+        pending: &[usize],
+    ) -> Result<Vec<Outcome>, GroupFailure> {
+        let mut wtx = handle
+            .begin_write()
+            .map_err(|e| GroupFailure::Write(db.err("starting a write", e)))?;
+        wtx.set_durability(Durability::Immediate).map_err(|e| {
+            GroupFailure::Write(StoreError::Storage {
+                path: db.path.clone(),
+                op: "setting durability",
+                source: Box::new(e),
+            })
+        })?;
+        let applied = (|| {
+            let w = |e: redb::Error| GroupFailure::Write(map_redb(&db.path, "writing", e));
+            let mut kv = wtx.open_table(KV).map_err(|e| w(e.into()))?;
+            let mut log = wtx.open_table(CHANGES).map_err(|e| w(e.into()))?;
+            let mut meta = wtx.open_table(META).map_err(|e| w(e.into()))?;
+            let first = db
+                .meta_value(&meta, META_REVISION)
+                .map_err(GroupFailure::Write)?;
+            let first_compact = db
+                .meta_value(&meta, META_COMPACT)
+                .map_err(GroupFailure::Write)?;
+            let mut state = LogState {
+                revision: first,
+                compact: first_compact,
+            };
+            let mut outcomes = Vec::with_capacity(pending.len());
+            for &i in pending {
+                let (response, events) = self
+                    .apply(db, &mut kv, &mut log, &txns[i], &mut state)
+                    .map_err(|e| GroupFailure::Txn(i, e))?;
+                outcomes.push(Outcome {
+                    index: i,
+                    response,
                     events,
-                }));
+                });
+            }
+            if state.revision != first {
+                meta.insert(META_REVISION, state.revision)
+                    .map_err(|e| w(e.into()))?;
+            }
+            if state.compact != first_compact {
+                meta.insert(META_COMPACT, state.compact)
+                    .map_err(|e| w(e.into()))?;
+            }
+            Ok((outcomes, state.revision != first))
+        })();
+        match applied {
+            Ok((outcomes, true)) => {
+                wtx.commit()
+                    .map_err(|e| GroupFailure::Write(db.err("committing", e)))?;
+                Ok(outcomes)
+            }
+            Ok((outcomes, false)) => {
+                // Nothing changed: no fsync, and no other transaction is affected.
+                wtx.abort()
+                    .map_err(|e| GroupFailure::Write(db.err("aborting a write", e)))?;
+                Ok(outcomes)
+            }
+            Err(failure) => {
+                // Roll back everything of this attempt; the abort's own error (after an I/O
+                // failure redb may refuse it) changes nothing about what the callers are told.
+                let _ = wtx.abort();
+                Err(failure)
             }
         }
-        Ok(response)
+    }
+
+    /// Evaluates and applies one transaction inside the group's write: the next revision if it
+    /// changes something (its log entry written, the log compacted to `history`), none if not.
+    fn apply(
+        &self,
+        db: &Db,
+        kv: &mut redb::Table<&'static str, &'static [u8]>,
+        log: &mut redb::Table<i64, &'static [u8]>,
+        txn: &Txn,
+        state: &mut LogState,
+    ) -> Result<(TxnResponse, Option<Vec<WatchEvent>>), StoreError> {
+        let w = |e: redb::Error| map_redb(&db.path, "writing", e);
+        let mut succeeded = true;
+        for c in &txn.compares {
+            let current = db.record(kv, &c.key)?;
+            let holds = match &c.target {
+                CompareTarget::ModRevision(r) => {
+                    current.as_ref().map_or(0, |c| c.mod_revision) == *r
+                }
+                CompareTarget::Value(v) => current.as_ref().is_some_and(|c| &c.value == v),
+            };
+            if !holds {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+
+        let new_rev = state.revision + 1;
+        let mut events = Vec::new();
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                Op::Put { key, value } => {
+                    let prev = db.record(kv, key)?;
+                    let (create_revision, version) = match &prev {
+                        Some(p) => (p.create_revision, p.version + 1),
+                        None => (new_rev, 1),
+                    };
+                    let bytes = codec::encode_record(create_revision, new_rev, version, value);
+                    kv.insert(key.as_str(), bytes.as_slice())
+                        .map_err(|e| w(e.into()))?;
+                    let prev = prev.map(|p| p.into_kv(key));
+                    events.push(WatchEvent {
+                        revision: new_rev,
+                        kind: EventKind::Put,
+                        kv: KeyValue {
+                            key: key.clone(),
+                            value: value.clone(),
+                            create_revision,
+                            mod_revision: new_rev,
+                            version,
+                        },
+                        prev,
+                    });
+                    responses.push(OpResponse::Put);
+                }
+                Op::Delete { key } => {
+                    let prev = db.record(kv, key)?;
+                    let deleted = match prev {
+                        None => 0,
+                        Some(p) => {
+                            kv.remove(key.as_str()).map_err(|e| w(e.into()))?;
+                            events.push(tombstone(new_rev, p.into_kv(key)));
+                            1
+                        }
+                    };
+                    responses.push(OpResponse::Delete { deleted });
+                }
+                Op::DeletePrefix { prefix } => {
+                    let doomed = db.scan_prefix(kv, prefix)?;
+                    let deleted = doomed.len() as i64;
+                    for p in doomed {
+                        kv.remove(p.key.as_str()).map_err(|e| w(e.into()))?;
+                        events.push(tombstone(new_rev, p));
+                    }
+                    responses.push(OpResponse::Delete { deleted });
+                }
+            }
+        }
+
+        if events.is_empty() {
+            // Changes nothing: the revision so far (including the group's earlier ones, which
+            // the caller learns only once they are durable).
+            let response = TxnResponse {
+                succeeded,
+                revision: state.revision,
+                responses,
+            };
+            return Ok((response, None));
+        }
+        log.insert(new_rev, codec::encode_events(&events).as_slice())
+            .map_err(|e| w(e.into()))?;
+        state.revision = new_rev;
+        // Keep exactly the last `history` revisions in the log.
+        let keep = i64::try_from(self.options.history).unwrap_or(i64::MAX);
+        let new_compact = new_rev.saturating_sub(keep);
+        if new_compact > state.compact {
+            loop {
+                let first = log
+                    .first()
+                    .map_err(|e| w(e.into()))?
+                    .map(|(k, _)| k.value());
+                match first {
+                    Some(r) if r <= new_compact => {
+                        log.remove(r).map_err(|e| w(e.into()))?;
+                    }
+                    _ => break,
+                }
+            }
+            state.compact = new_compact;
+        }
+        let response = TxnResponse {
+            succeeded,
+            revision: new_rev,
+            responses,
+        };
+        Ok((response, Some(events)))
+    }
+}
+
+/// The log's counters while a group is applied: written to `meta` once, at the group's end.
+struct LogState {
+    /// The last revision assigned (the store's, plus the group's so far).
+    revision: i64,
+    /// The newest revision dropped from the change log.
+    compact: i64,
+}
+
+/// What one transaction of a group did, once the group's write is committed.
+struct Outcome {
+    /// Its position in the group.
+    index: usize,
+    response: TxnResponse,
+    /// Its events (at `response.revision`) if it changed something.
+    events: Option<Vec<WatchEvent>>,
+}
+
+/// Why an attempt at a group failed.
+enum GroupFailure {
+    /// The transaction at this index failed on its own (or the write failed while applying it:
+    /// [`is_io`] tells).
+    Txn(usize, StoreError),
+    /// The write itself failed (starting, metadata, committing): every transaction of the group.
+    Write(StoreError),
+}
+
+/// `e` for each of `n` callers (the first gets `e` itself).
+fn fan_out(e: StoreError, n: usize) -> Vec<Result<TxnResponse, StoreError>> {
+    let mut out = Vec::with_capacity(n);
+    out.extend((1..n).map(|_| Err(duplicate(&e))));
+    out.insert(0, Err(e));
+    out
+}
+
+/// A copy of `e` for another caller of the same failed group: the same variant, place and
+/// message (a storage error's source becomes its message, still an I/O error if it was one, so
+/// [`is_io`] answers the same).
+fn duplicate(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Locked { path, pid } => StoreError::Locked {
+            path: path.clone(),
+            pid: *pid,
+        },
+        StoreError::Incompatible { path, detail } => StoreError::Incompatible {
+            path: path.clone(),
+            detail: detail.clone(),
+        },
+        StoreError::Corrupt { path, detail } => StoreError::Corrupt {
+            path: path.clone(),
+            detail: detail.clone(),
+        },
+        StoreError::Storage { path, op, source } => StoreError::Storage {
+            path: path.clone(),
+            op,
+            source: if is_io(e) {
+                Box::new(std::io::Error::other(source.to_string()))
+            } else {
+                source.to_string().into()
+            },
+        },
+        StoreError::Compacted {
+            requested,
+            compact_revision,
+        } => StoreError::Compacted {
+            requested: *requested,
+            compact_revision: *compact_revision,
+        },
+        StoreError::InvalidTxn(m) => StoreError::InvalidTxn(m.clone()),
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
     }
 }
 

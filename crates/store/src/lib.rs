@@ -5,7 +5,8 @@
 //! trait, with etcd's semantics, so that two backends can sit behind it:
 //!
 //! - [`EmbeddedStore`] — the default: one file (`DATA_DIR/state.redb`), for a single control-plane
-//!   node. Built on `redb` (ACID, copy-on-write B-trees, an fsync per commit).
+//!   node. Built on `redb` (ACID, copy-on-write B-trees, an fsync per commit;
+//!   concurrent transactions share one commit: group commit).
 //! - an etcd backend (later, `etcd-client`), for several `berth server` replicas.
 //!
 //! Controllers are written against [`Store`] only, usually as `Arc<dyn Store>`.

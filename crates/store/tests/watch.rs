@@ -127,6 +127,7 @@ async fn slow_watcher_under_a_concurrent_writer_sees_no_gap_and_no_duplicate() {
         history: 10_000,
         broadcast_capacity: 4,
         watch_buffer: 2,
+        ..EmbeddedOptions::default()
     })
     .await;
     const N: i64 = 5_000;
@@ -198,6 +199,7 @@ async fn a_reader_that_falls_behind_the_compaction_gets_the_error_then_the_end()
         history: 5,
         broadcast_capacity: 1,
         watch_buffer: 1,
+        ..EmbeddedOptions::default()
     })
     .await;
     let mut w = s.watch("/", 1).await.unwrap();
