@@ -15,10 +15,11 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use berth_api::control::RoutingTable;
+use berth_api::control::{EndpointView, RoutingTable, StickyView};
 use berth_client::{Client, ClientError};
 use tokio::sync::watch;
 
+use crate::table::{MatchRule, Share, Split, Sticky};
 use crate::{Endpoint, Limits, Maintenance, RouteEntry, RouteTable, RouterHandle};
 
 /// How long each long-poll asks the server to hold: the server's own cap (25 s), so an idle
@@ -179,29 +180,17 @@ pub fn to_route_table(table: &RoutingTable) -> RouteTable {
             } else {
                 format!("{}/{}", route.stack, route.service)
             };
-            let endpoints = route
-                .endpoints
-                .iter()
-                .filter_map(|endpoint| match endpoint.addr.parse::<SocketAddr>() {
-                    Ok(addr) => Some(Endpoint {
-                        addr,
-                        instance: endpoint.instance.clone(),
-                        release: endpoint.release,
-                        weight: endpoint.weight,
-                    }),
-                    Err(err) => {
-                        tracing::warn!(
-                            addr = %endpoint.addr,
-                            instance = %endpoint.instance,
-                            service = %service,
-                            version = %table.version,
-                            %err,
-                            "skipping an endpoint whose address is not IP:PORT"
-                        );
-                        None
-                    }
-                })
-                .collect();
+            let endpoints = parse_endpoints(&route.endpoints, &service, &table.version);
+            let split = route.split.as_ref().map(|split| Split {
+                service: if route.stack.is_empty() {
+                    split.service.clone()
+                } else {
+                    format!("{}/{}", route.stack, split.service)
+                },
+                basis_points: split.basis_points,
+                sticky: sticky(&split.sticky),
+                endpoints: parse_endpoints(&split.endpoints, &service, &table.version),
+            });
             RouteEntry {
                 host: route.host.clone(),
                 path_prefix: route.path.clone(),
@@ -216,10 +205,60 @@ pub fn to_route_table(table: &RoutingTable) -> RouteTable {
                     page_html: m.page_html.clone(),
                 }),
                 timeout_ms: route.timeout_ms,
+                shares: route
+                    .shares
+                    .iter()
+                    .map(|s| Share {
+                        release: s.release,
+                        basis_points: s.basis_points,
+                    })
+                    .collect(),
+                salt: route.salt.clone(),
+                sticky: sticky(&route.sticky),
+                matched: route.matched.as_ref().map(|m| MatchRule {
+                    header: m.header.clone(),
+                    value: m.value.clone(),
+                    release: m.release,
+                }),
+                split,
             }
         })
         .collect();
     RouteTable { routes }
+}
+
+/// The endpoints whose address is `IP:PORT`; the others are skipped with a warning.
+fn parse_endpoints(views: &[EndpointView], service: &str, version: &str) -> Vec<Endpoint> {
+    views
+        .iter()
+        .filter_map(|endpoint| match endpoint.addr.parse::<SocketAddr>() {
+            Ok(addr) => Some(Endpoint {
+                addr,
+                instance: endpoint.instance.clone(),
+                release: endpoint.release,
+                weight: endpoint.weight,
+            }),
+            Err(err) => {
+                tracing::warn!(
+                    addr = %endpoint.addr,
+                    instance = %endpoint.instance,
+                    service = %service,
+                    version = %version,
+                    %err,
+                    "skipping an endpoint whose address is not IP:PORT"
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+fn sticky(view: &StickyView) -> Sticky {
+    match view {
+        StickyView::Cookie => Sticky::Cookie,
+        StickyView::Header { name } => Sticky::Header { name: name.clone() },
+        StickyView::None => Sticky::None,
+    }
 }
 
 /// Capped exponential backoff with jitter: each delay is drawn from the upper half of the
@@ -262,7 +301,7 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
-    use berth_api::control::{EndpointView, LimitsView, MaintenanceView, RouteView};
+    use berth_api::control::{LimitsView, MaintenanceView, RouteView};
 
     use super::*;
 

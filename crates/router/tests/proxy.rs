@@ -180,7 +180,7 @@ fn route(host: &str, prefix: &str, service: &str, addrs: &[SocketAddr]) -> Route
         limits: None,
         maintenance: None,
         timeout_ms: None,
-    }
+    }..RouteEntry::default()
 }
 
 #[tokio::test]
