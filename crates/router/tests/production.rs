@@ -198,7 +198,8 @@ fn route(endpoints: Vec<Endpoint>) -> RouteEntry {
         limits: None,
         maintenance: None,
         timeout_ms: None,
-    }..RouteEntry::default()
+        ..RouteEntry::default()
+    }
 }
 
 struct Router {

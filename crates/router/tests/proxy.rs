@@ -180,7 +180,8 @@ fn route(host: &str, prefix: &str, service: &str, addrs: &[SocketAddr]) -> Route
         limits: None,
         maintenance: None,
         timeout_ms: None,
-    }..RouteEntry::default()
+        ..RouteEntry::default()
+    }
 }
 
 #[tokio::test]
