@@ -345,6 +345,17 @@ pub fn latency_quantile_ms(buckets: &[u64], q: f64) -> Option<u64> {
 pub struct TrafficReport {
     pub at_ms: u64,
     pub counters: Vec<ArmCounters>,
+    /// When the router process started (ms since the epoch, router clock; 0: unknown). The
+    /// server counts a router it has not heard from since its own start from zero only when
+    /// the router started after the server did; otherwise that first report is a baseline
+    /// (its counts may be from before, already analysed by a previous server). A change of
+    /// `started_ms` is a router restart: its counters start again from zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub started_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `GET /v1/traffic?stack=&service=&release=&since_ms=` (admin): what the routers reported for
@@ -683,6 +694,7 @@ mod tests {
     fn a_traffic_report_round_trips_and_matched_defaults() {
         let report = TrafficReport {
             at_ms: 7,
+            started_ms: 3,
             counters: vec![ArmCounters {
                 stack: "shop".into(),
                 service: "web".into(),

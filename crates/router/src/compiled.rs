@@ -690,6 +690,10 @@ impl CompiledTable {
             })
             .collect();
         registry.upstreams = live;
+        // Arms neither table mentions are done with (the previous table still holds the
+        // arms it routed to, so their last counts reach one more report). An arm that comes
+        // back starts again from zero, which the server takes as a restart of that counter.
+        registry.arms.retain(|_, arm| Arc::strong_count(arm) > 1);
         CompiledTable { source, hosts }
     }
 

@@ -15,7 +15,9 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use berth_api::control::{EndpointView, RoutingTable, StickyView};
+use berth_api::control::{
+    ArmCounters, EndpointView, RoutingTable, StickyView, TrafficReport, MAX_REPORT_COUNTERS,
+};
 use berth_client::{Client, ClientError};
 use tokio::sync::watch;
 
@@ -73,6 +75,9 @@ pub async fn follow_server_with(
     handle: RouterHandle,
     shutdown: impl Future<Output = ()>,
 ) {
+    let report_clients = clients.clone();
+    let router_id_for_reports = router_id.clone();
+    let report_handle = handle.clone();
     let follow = async {
         let mut applied: Option<String> = None;
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
@@ -127,9 +132,81 @@ pub async fn follow_server_with(
             }
         }
     };
+    let report = report_traffic(report_clients, &router_id_for_reports, &report_handle);
     tokio::select! {
-        () = follow => {}
+        _ = async { tokio::join!(follow, report) } => {}
         () = shutdown => {}
+    }
+}
+
+/// How often a router with new traffic reports its counters to the server.
+pub const REPORT_EVERY: Duration = Duration::from_millis(500);
+
+/// How long one traffic report may take before it is abandoned (the next one carries the
+/// same counts and more: they are cumulative).
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends `handle`'s per-arm counters to the server every [`REPORT_EVERY`] while they change
+/// (an idle router sends nothing), as router `router_id`. Failures are logged (a warning for
+/// the first of a run, then debug) and never retried on their own: the next report, cumulative,
+/// carries everything. A report is capped at [`MAX_REPORT_COUNTERS`] arms.
+async fn report_traffic(clients: watch::Receiver<Client>, router_id: &str, handle: &RouterHandle) {
+    let started_ms = crate::clock::unix_ms();
+    let mut delivered: Option<Vec<ArmCounters>> = None;
+    let mut failures: u32 = 0;
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut counters = handle.arm_counters();
+        if delivered.as_ref() == Some(&counters) || (delivered.is_none() && counters.is_empty()) {
+            continue;
+        }
+        if counters.len() > MAX_REPORT_COUNTERS {
+            tracing::warn!(
+                arms = counters.len(),
+                kept = MAX_REPORT_COUNTERS,
+                "more arms than a traffic report carries: reporting the first ones only"
+            );
+            counters.truncate(MAX_REPORT_COUNTERS);
+        }
+        let report = TrafficReport {
+            at_ms: crate::clock::unix_ms(),
+            counters,
+            started_ms,
+        };
+        let client = clients.borrow().clone();
+        let sent = tokio::time::timeout(REPORT_TIMEOUT, client.traffic_report(router_id, &report));
+        match sent.await {
+            Ok(Ok(())) => {
+                if failures > 0 {
+                    tracing::info!(failures, "traffic reports reach the server again");
+                    failures = 0;
+                }
+                delivered = Some(report.counters);
+            }
+            Ok(Err(err)) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 {
+                    tracing::warn!(%err, server = client.base_url(), "cannot report traffic counters to the server; the canary analysis sees no traffic from this router until it can");
+                } else {
+                    tracing::debug!(%err, failures, "traffic report failed again");
+                }
+            }
+            Err(_) => {
+                failures = failures.saturating_add(1);
+                let after_ms = REPORT_TIMEOUT.as_millis() as u64;
+                if failures == 1 {
+                    tracing::warn!(
+                        after_ms,
+                        server = client.base_url(),
+                        "a traffic report timed out; the next one carries its counts"
+                    );
+                } else {
+                    tracing::debug!(after_ms, failures, "traffic report timed out again");
+                }
+            }
+        }
     }
 }
 

@@ -564,3 +564,115 @@ async fn shutdown_stops_accepting_and_returns() {
     })
     .await;
 }
+
+/// Sends a GET with `cookie` (if any) and returns the body and the `Set-Cookie` answered.
+async fn get_with_cookie(
+    conn: &mut SendRequest<TestBody>,
+    host: &str,
+    cookie: Option<&str>,
+) -> (StatusCode, String, Option<String>) {
+    within("ready", conn.ready())
+        .await
+        .expect("connection open");
+    let mut req = request(host, "/", full(""));
+    if let Some(cookie) = cookie {
+        req.headers_mut().insert(
+            http::header::COOKIE,
+            http::HeaderValue::from_str(cookie).expect("cookie"),
+        );
+    }
+    let response = within("response", conn.send_request(req))
+        .await
+        .expect("response");
+    let status = response.status();
+    let set_cookie = response
+        .headers()
+        .get(http::header::SET_COOKIE)
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let body = within("body", response.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        set_cookie,
+    )
+}
+
+#[tokio::test]
+async fn a_sticky_canary_share_through_the_router_is_counted_per_arm() {
+    use berth_router::table::Share;
+    let stable = backend("stable", None).await;
+    let canary = backend("canary", None).await;
+    let mut entry = route("shop.local", "/", "shop/web", &[stable, canary]);
+    entry.endpoints[1].release = 2;
+    entry.shares = vec![
+        Share {
+            release: 1,
+            basis_points: 8_000,
+        },
+        Share {
+            release: 2,
+            basis_points: 2_000,
+        },
+    ];
+    entry.salt = "shop/production/2".into();
+    let r = router(RouteTable {
+        routes: vec![entry],
+    })
+    .await;
+    let mut conn = connect(r.addr).await;
+    let n = 1_000;
+    let mut on_canary = 0;
+    let mut kept = Vec::new();
+    for _ in 0..n {
+        let (status, body, set_cookie) = get_with_cookie(&mut conn, "shop.local", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let set_cookie = set_cookie.expect("a client without the cookie gets one");
+        if body == "canary" {
+            on_canary += 1;
+        }
+        if kept.len() < 20 {
+            let pair = set_cookie.split(';').next().expect("pair").to_owned();
+            kept.push((pair, body));
+        }
+    }
+    assert!(
+        (150..=250).contains(&on_canary),
+        "{on_canary} of {n} on a 20 % canary"
+    );
+    // Each client with its cookie stays on its arm, and is not given another cookie.
+    for (cookie, first) in &kept {
+        for _ in 0..10 {
+            let (_, body, set_cookie) =
+                get_with_cookie(&mut conn, "shop.local", Some(cookie)).await;
+            assert_eq!(&body, first, "{cookie} changed arms");
+            assert_eq!(set_cookie, None);
+        }
+    }
+    let arms = r.handle.arm_counters();
+    let count = |release: u64| {
+        arms.iter().find(|a| a.release == release).map(|a| {
+            (
+                a.stack.as_str(),
+                a.service.as_str(),
+                a.arm.as_str(),
+                a.requests,
+            )
+        })
+    };
+    let total = n + kept.len() * 10;
+    let (_, _, _, on_stable) = count(1).expect("stable arm");
+    let (stack, service, arm, on_new) = count(2).expect("canary arm");
+    assert_eq!((stack, service, arm), ("shop", "web", "release"));
+    assert_eq!(on_stable + on_new, total as u64);
+    let metrics = r.handle.metrics_text();
+    assert!(
+        metrics.contains(&format!(
+            "berth_router_arm_requests_total{{service=\"shop/web\",release=\"2\",arm=\"release\"}} {on_new}"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("berth_router_arm_response_head_seconds_bucket{service=\"shop/web\",release=\"1\",arm=\"release\",le=\"+Inf\"}"));
+}
