@@ -60,6 +60,7 @@ pub mod routing;
 pub mod secrets;
 pub mod state;
 pub mod table;
+pub mod traffic;
 pub mod version;
 pub mod view;
 
@@ -126,6 +127,9 @@ pub struct Shared {
     /// Each node's last garbage-collection report, from its heartbeats (in memory, like
     /// liveness: it is for people and for `berth gc` to wait on).
     pub gc_reports: Mutex<HashMap<String, berth_api::control::GcReport>>,
+    /// What the routers reported of their traffic, per arm (in memory, bounded; see
+    /// [`traffic`]): what canary analyses sum with `traffic.window(…)`.
+    pub traffic: traffic::Traffic,
 }
 
 /// Errors that stop the server from starting.
@@ -180,6 +184,7 @@ impl Shared {
             tables: Mutex::new(routing::RecentTables::default()),
             routing: routing::TableCache::default(),
             gc_reports: Mutex::new(HashMap::new()),
+            traffic: traffic::Traffic::new(started_ms),
         }))
     }
 }
