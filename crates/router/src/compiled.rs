@@ -1142,5 +1142,78 @@ mod tests {
                 }
             }
         }
+
+        /// Shares, splits, match rules and sticky keys of any shape never make a choice or a
+        /// pick panic or leave the route's endpoints, and a split choice stays on the split's
+        /// endpoints whenever it has any.
+        #[test]
+        fn progressive_choices_never_panic(
+            n in 0u16..4,
+            shares in proptest::collection::vec((0u64..4, 0u32..12_000), 0..4),
+            split in proptest::option::of((0u16..3, 0u32..12_000, 0u8..3)),
+            sticky in 0u8..3,
+            matched in proptest::option::of(0u64..4),
+            cookie in proptest::option::of("[ -~]{0,40}"),
+            user in proptest::option::of("[a-z0-9]{0,8}"),
+        ) {
+            let key = |k: u8| match k {
+                0 => Sticky::Cookie,
+                1 => Sticky::None,
+                _ => Sticky::Header { name: "X-User".into() },
+            };
+            let mut e = entry("a", "/", "shop/web", n);
+            for ep in &mut e.endpoints {
+                ep.release = u64::from(ep.addr.port() % 3);
+            }
+            e.shares = shares
+                .into_iter()
+                .map(|(release, basis_points)| Share { release, basis_points })
+                .collect();
+            e.sticky = key(sticky);
+            e.matched = matched.map(|release| MatchRule {
+                header: "X-Canary".into(),
+                value: "always".into(),
+                release,
+            });
+            e.split = split.map(|(m, basis_points, k)| Split {
+                service: "shop/next".into(),
+                basis_points,
+                sticky: key(k),
+                endpoints: (0..m)
+                    .map(|i| Endpoint {
+                        addr: ([127, 0, 0, 2], 9500 + i).into(),
+                        instance: format!("next-{i}"),
+                        release: 9,
+                        weight: 100,
+                    })
+                    .collect(),
+            });
+            let t = compile(vec![e]);
+            let route = t.lookup("a", "/").expect("route");
+            let mut headers = HeaderMap::new();
+            if let Some(cookie) = &cookie {
+                if let Ok(v) = HeaderValue::from_str(&format!("{}={cookie}", route.cookie_name)) {
+                    headers.insert(COOKIE, v);
+                }
+            }
+            if let Some(user) = &user {
+                if let Ok(v) = HeaderValue::from_str(user) {
+                    headers.insert("x-user", v);
+                }
+                headers.insert("x-canary", HeaderValue::from_static("always"));
+            }
+            let choice = route.choose(&headers);
+            if let Some(key) = choice.set_cookie {
+                proptest::prop_assert!(route.set_cookie(key).is_some());
+            }
+            for avoid in [None, Some(0), Some(9)] {
+                if let Some(i) = route.pick_for(&choice, avoid, now_nanos()) {
+                    proptest::prop_assert!(i < route.endpoints.len());
+                    if choice.split && route.own < route.endpoints.len() && route.endpoints.len() > 1 {
+                        proptest::prop_assert!(i >= route.own);
+                    }
+                }
+            }
+        }
     }
 }
