@@ -297,7 +297,7 @@ pub const LATENCY_SLOTS: usize = LATENCY_BOUNDS_MS.len() + 1;
 
 /// The most counters one [`TrafficReport`] may carry (the server refuses more): an arm is a
 /// (stack, service, release, arm) a router has routed to since it started.
-pub const MAX_REPORT_COUNTERS: usize = 4_096;
+pub const MAX_REPORT_COUNTERS: usize = 2_048;
 
 /// One arm's counters in one router, cumulative since that router started: the server takes
 /// differences between reports, so a lost report loses nothing.

@@ -42,6 +42,12 @@
 //!   one release; weights split traffic between groups, load decides within one.
 //! - **outstanding** — requests sent to an endpoint and not finished; balancing picks the
 //!   least. **ejected** — an endpoint skipped for a back-off after a connect failure or reset.
+//! - **share** — a release group's part of a route in basis points (of 10,000), placing each
+//!   client by a sticky key hashed with the route's salt into buckets; the newest release owns
+//!   buckets `[0, w)`. **split** — a sticky part of a route's clients sent to another service.
+//!   **arm** — what answers are counted by for progressive delivery: a route's release group
+//!   (`release`) or its split service; **matched** — requests sent by the match header, counted
+//!   apart. Routers report per-arm counters to the server ([`follow`]).
 //! - **retry budget** — retries may add at most 20% to a service's requests (plus a reserve).
 //! - **stale connection** — a reused keep-alive connection the app had closed as idle; a
 //!   request that dies on one never reached the app and is replayed.

@@ -22,6 +22,8 @@
 //! - [`rollouts`]  — old paths of the rollout controller's items, re-exported.
 //! - [`routing`]   — the routing table, built from the view once per change and cached.
 //! - [`routers`]   — what each router has applied; when an instance is released by all.
+//! - [`traffic`]   — the routers' per-arm traffic reports in memory, and the window sums a
+//!   canary analysis reads (`shared.traffic.window(stack, service, release, since, now)`).
 //! - [`liveness`]  — node liveness in memory: last calls, `node_is_up`, down marks.
 //! - [`version`]   — content versions (a short hash of a value's JSON).
 //! - [`table`]     — old paths of the routing, routers and liveness items, re-exported.

@@ -31,9 +31,9 @@ pub const KEEP_MS: u64 = 30 * 60 * 1_000;
 /// reporting too often costs no more memory than one every second).
 pub const SAMPLE_MS: u64 = 1_000;
 
-/// The largest report body the server reads: [`MAX_REPORT_COUNTERS`] arms of a few hundred
-/// bytes each fit well within it.
-pub const MAX_REPORT_BYTES: usize = 2 * 1024 * 1024;
+/// The largest report body the server reads: [`MAX_REPORT_COUNTERS`] arms of up to 2 KiB
+/// each (long names, 20-digit counts in every bucket) fit within it.
+pub const MAX_REPORT_BYTES: usize = 4 * 1024 * 1024;
 
 /// The arm name of a route's own release groups (the rest are A/B split services).
 pub const OWN_ARM: &str = "release";

@@ -109,7 +109,7 @@ async fn reports_are_authenticated_like_acks_bounded_and_summed() {
         .map(|r| {
             let mut c = big.counters[0].clone();
             c.release = r;
-            c.stack = "s".repeat(600);
+            c.stack = "s".repeat(1_200);
             c
         })
         .collect();
