@@ -159,7 +159,8 @@ async fn report_traffic(clients: watch::Receiver<Client>, router_id: &str, handl
     loop {
         tick.tick().await;
         let mut counters = handle.arm_counters();
-        if delivered.as_ref() == Some(&counters) || (delivered.is_none() && counters.is_empty()) {
+        let nothing_counted = || counters.iter().all(|c| c.requests == 0 && c.matched == 0);
+        if delivered.as_ref() == Some(&counters) || (delivered.is_none() && nothing_counted()) {
             continue;
         }
         if counters.len() > MAX_REPORT_COUNTERS {
@@ -469,5 +470,105 @@ mod tests {
             })
         );
         assert_eq!(route.maintenance, Some(Maintenance { page_html: None }));
+    }
+
+    /// A router reports only when its counters moved: nothing while idle, one report with
+    /// the counts (and its start time) once answers are counted, nothing more until more are.
+    #[tokio::test]
+    async fn traffic_is_reported_only_when_it_changes() {
+        use axum::extract::Path;
+        use axum::routing::post;
+
+        let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel::<(String, TrafficReport)>();
+        let app = axum::Router::new().route(
+            "/v1/routers/{id}/traffic",
+            post(
+                move |Path(id): Path<String>, axum::Json(report): axum::Json<TrafficReport>| {
+                    let tx = tx.clone();
+                    async move {
+                        let _ = tx.send((id, report));
+                        axum::Json(serde_json::json!({}))
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let handle = RouterHandle::new();
+        handle.update(RouteTable {
+            routes: vec![RouteEntry {
+                host: "a".into(),
+                path_prefix: "/".into(),
+                service: "shop/web".into(),
+                endpoints: vec![Endpoint {
+                    addr: ([127, 0, 0, 1], 1).into(),
+                    instance: "i".into(),
+                    release: 4,
+                    weight: 100,
+                }],
+                ..RouteEntry::default()
+            }],
+        });
+        let client = Client::new(&format!("http://{addr}"), Some("t".into())).expect("client");
+        let (_keep, clients) = watch::channel(client);
+        let reporting = handle.clone();
+        let reporter = tokio::spawn(async move {
+            report_traffic(clients, "agent-n1", &reporting).await;
+        });
+        let quiet = Duration::from_millis(1_200);
+        assert!(
+            tokio::time::timeout(quiet, reports.recv()).await.is_err(),
+            "an idle router reported"
+        );
+        let count = |n: usize| {
+            let table = handle.shared.table.load();
+            let route = table.lookup("a", "/").expect("route");
+            for _ in 0..n {
+                route.endpoints[0].arm.record(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    Duration::from_millis(3),
+                    false,
+                );
+            }
+        };
+        count(3);
+        let (id, report) = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+            .await
+            .expect("a report")
+            .expect("open");
+        assert_eq!(id, "agent-n1");
+        assert!(report.started_ms > 0);
+        let arm = &report.counters[0];
+        assert_eq!(
+            (
+                arm.stack.as_str(),
+                arm.service.as_str(),
+                arm.release,
+                arm.arm.as_str()
+            ),
+            ("shop", "web", 4, "release")
+        );
+        assert_eq!((arm.requests, arm.errors_5xx, arm.matched), (3, 3, 0));
+        assert_eq!(
+            arm.latency_ms_buckets.len(),
+            berth_api::control::LATENCY_SLOTS
+        );
+        assert!(
+            tokio::time::timeout(quiet, reports.recv()).await.is_err(),
+            "a report with nothing new"
+        );
+        count(1);
+        let (_, report) = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+            .await
+            .expect("a second report")
+            .expect("open");
+        assert_eq!(report.counters[0].requests, 4, "cumulative");
+        reporter.abort();
+        server.abort();
     }
 }
