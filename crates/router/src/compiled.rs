@@ -77,7 +77,8 @@ pub(crate) struct Route {
     sticky: Key,
     /// The match header: name, value, and the group it sends to.
     matched: Option<(HeaderName, HeaderValue, Option<usize>)>,
-    /// The split's share, key source and hash state.
+    /// The split's share, key source and hash state (salted with the route's and the split
+    /// service's names, never the rollout's salt).
     split: Option<(u32, Key, u64)>,
     /// `berth_arm_<hash of host and prefix>`.
     cookie_name: Box<str>,
@@ -620,7 +621,8 @@ impl CompiledTable {
                 (
                     split.basis_points.min(BASIS_POINTS),
                     compile_key(&split.sticky, &entry.service),
-                    salted(&entry.salt, &split.service),
+                    // Not the rollout's salt: an experiment keeps its users across deploys.
+                    salted(&entry.service, &split.service),
                 )
             });
             let cookie_name = format!(
@@ -1108,6 +1110,24 @@ mod tests {
             "the split has an arm of its own"
         );
         assert!(Arc::ptr_eq(&arm(0), &arm(1)), "one arm per release");
+    }
+
+    #[test]
+    fn a_split_keeps_its_clients_across_rollout_salts() {
+        let split_of = |salt: &str| -> Vec<bool> {
+            let mut e = entry("a", "/", "shop/web", 1);
+            e.salt = salt.into();
+            e.split = Some(Split {
+                service: "shop/web-next".into(),
+                basis_points: 5_000,
+                sticky: header_sticky(),
+                endpoints: vec![],
+            });
+            let t = compile(vec![e]);
+            let route = t.lookup("a", "/").expect("route");
+            (0..2_000).map(|i| route.choose(&user(i)).split).collect()
+        };
+        assert_eq!(split_of("shop/production/2"), split_of("shop/production/3"));
     }
 
     proptest::proptest! {

@@ -132,8 +132,11 @@ pub struct MatchRule {
 
 /// An A/B split to another service; see [`RouteEntry::split`].
 ///
-/// The split is decided first, with a salt of its own (the route's salt and the service's
-/// name), so it is independent of a canary's shares on the same route. Its endpoints form a
+/// The split is decided first, with a salt of its own (the route's service and the split
+/// service's names, not [`RouteEntry::salt`]), so it is independent of a canary's shares on
+/// the same route and a client stays on its side of an experiment across deploys. Requests
+/// sent to the split count in the split service's status counters and in an arm named after
+/// it; the in-flight gauge and the duration histogram stay the route's service's. Its endpoints form a
 /// pool apart: the route's own answers never go there, nor the split's to the route's own,
 /// unless one side has no endpoint at all (an answer from the other service beats a 503).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
