@@ -196,7 +196,9 @@ pub struct MaintenanceView {
 /// below 1 % (Argo Rollouts' smallest weight is 1 %).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseShare {
+    /// The release whose endpoints get this share.
     pub release: u64,
+    /// Its share of the route, in basis points of [`BASIS_POINTS`].
     pub basis_points: u32,
 }
 
@@ -223,8 +225,11 @@ pub enum StickyView {
 /// apart (as `matched`), never in the analysis: testers reach the canary without biasing it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MatchView {
+    /// The request header's name (case-insensitive), e.g. `X-Canary`.
     pub header: String,
+    /// The value it must have, exactly, e.g. `always`.
     pub value: String,
+    /// The release matching requests go to (the rollout's new one).
     pub release: u64,
 }
 
@@ -233,10 +238,14 @@ pub struct MatchView {
 /// their own, so they are independent of a canary's on the same route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitView {
+    /// The other service of the same stack (its bare name, e.g. `web-next`).
     pub service: String,
+    /// The split's share of the route's users, in basis points of [`BASIS_POINTS`].
     pub basis_points: u32,
+    /// What keeps a user on its side of the split.
     #[serde(default)]
     pub sticky: StickyView,
+    /// The other service's healthy, routable instances.
     pub endpoints: Vec<EndpointView>,
 }
 
@@ -303,8 +312,11 @@ pub const MAX_REPORT_COUNTERS: usize = 2_048;
 /// differences between reports, so a lost report loses nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArmCounters {
+    /// The route's stack (empty for a hand-written table without one).
     pub stack: String,
+    /// The route's service (for a split arm too: the experiment's route).
     pub service: String,
+    /// The release of the endpoints answering (the split service's release for a split arm).
     pub release: u64,
     /// `release` for the route's own release groups, or the split service's name.
     pub arm: String,
@@ -343,7 +355,9 @@ pub fn latency_quantile_ms(buckets: &[u64], q: f64) -> Option<u64> {
 /// ms since the epoch; the server files it under its own clock).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrafficReport {
+    /// When the router read its counters (ms since the epoch, router clock; informative).
     pub at_ms: u64,
+    /// Every arm the router's current and previous tables route to, cumulative.
     pub counters: Vec<ArmCounters>,
     /// When the router process started (ms since the epoch, router clock; 0: unknown). The
     /// server counts a router it has not heard from since its own start from zero only when

@@ -42,9 +42,13 @@ pub const OWN_ARM: &str = "release";
 /// latency per [`berth_api::control::LATENCY_BOUNDS_MS`] bucket (last `+Inf`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Answers, matched requests excluded.
     pub requests: u64,
+    /// Of `requests`, the 5xx ones.
     pub errors_5xx: u64,
+    /// Requests sent by the match header.
     pub matched: u64,
+    /// Of `requests`, per latency bucket.
     pub latency_ms_buckets: [u64; LATENCY_SLOTS],
 }
 
