@@ -24,7 +24,7 @@ services:
     process: { command: [berth, whoami] }
     ports: { http: 0 }
     replicas: 2
-    health: { http: /healthz, port: http, interval: 300ms, timeout: 300ms, healthy: 1 }
+    health: { http: /healthz, port: http, interval: 500ms, timeout: 3s, healthy: 1, unhealthy: 30 }
     route: { host: shop.localhost, path: /, port: http }
 "#;
 
