@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::cluster::{api_get, cli, through_router, wait_settled};
 use common::up::BerthUp;
-use common::{assert_exit, write_file};
+use common::{assert_exit, free_port, http, write_file};
 use serde_json::Value;
 
 const STACK_FILE: &str = r#"stack: shop
@@ -44,7 +44,9 @@ fn window(up: &BerthUp) -> Option<Value> {
 
 #[test]
 fn requests_through_the_router_reach_the_server_as_per_arm_counts() {
-    let up = BerthUp::start();
+    let metrics: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let metrics_arg = metrics.to_string();
+    let up = BerthUp::start_with(&["--metrics", &metrics_arg]);
     let file = write_file(up.dir(), "shop.yaml", STACK_FILE);
     assert_exit(
         &cli(&up, &["deploy", "-f", &file, "--env", "local", "--wait"]),
@@ -99,7 +101,17 @@ fn requests_through_the_router_reach_the_server_as_per_arm_counts() {
         .map(|b| b.iter().filter_map(Value::as_u64).sum())
         .unwrap_or(0);
     assert_eq!(buckets, requests, "every request has a latency: {last}");
-    // Another release, or a window that ends before the requests, counts none of them.
+    // The router's own /metrics shows the same figures per arm (issue 12 point 5).
+    let scrape = http::get(metrics, "/metrics").expect("scrape /metrics");
+    assert_eq!(scrape.status, 200, "{}", scrape.text());
+    let text = scrape.text();
+    for line in [
+        format!("berth_router_arm_requests_total{{service=\"shop/web\",release=\"1\",arm=\"release\"}} {requests}"),
+        format!("berth_router_arm_errors_total{{service=\"shop/web\",release=\"1\",arm=\"release\"}} {errors}"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    // Another release counts none of them.
     let other = api_get(&up, "/v1/traffic?stack=shop&service=web&release=2").unwrap_or_default();
     assert_eq!(other["requests"].as_u64(), Some(0), "{other}");
 }
