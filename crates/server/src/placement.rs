@@ -91,6 +91,12 @@ pub fn existing_of<'a>(
 ) -> Vec<Existing> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
+    // Group keys hash the service's whole spec (a JSON serialisation): computed once per
+    // (stack, env, region, service, release) and reused for every instance whose spec is
+    // equal, so a pass over 100,000 instances does not serialise 100,000 specs.
+    type MemoKey<'k> = (&'k str, &'k str, &'k str, &'k str, u64);
+    let mut memo: std::collections::HashMap<MemoKey<'a>, (&'a Service, GroupKey)> =
+        std::collections::HashMap::new();
     for r in pending.iter().chain(instances) {
         // The first record of an id wins (a pending one over the stored one), also when it no
         // longer holds resources: a failed instance this pass gives up on must not come back
@@ -98,13 +104,40 @@ pub fn existing_of<'a>(
         if !seen.insert(r.spec.id.clone()) || !r.holds_resources() {
             continue;
         }
-        out.push(existing_one(r));
+        let at = (
+            r.spec.stack.as_str(),
+            r.env.as_str(),
+            r.region.as_str(),
+            r.spec.service.as_str(),
+            r.spec.release,
+        );
+        let group = match memo.get(&at) {
+            Some((spec, key)) if **spec == r.spec.spec => key.clone(),
+            _ => {
+                let key = group_key(at.0, at.1, at.2, at.3, &r.spec.spec);
+                memo.insert(at, (&r.spec.spec, key.clone()));
+                key
+            }
+        };
+        out.push(existing_with_group(r, group));
     }
     out
 }
 
 /// One instance as the scheduler sees it.
 pub fn existing_one(r: &InstanceRecord) -> Existing {
+    let group = group_key(
+        &r.spec.stack,
+        &r.env,
+        &r.region,
+        &r.spec.service,
+        &r.spec.spec,
+    );
+    existing_with_group(r, group)
+}
+
+/// [`existing_one`] with its group key already computed.
+fn existing_with_group(r: &InstanceRecord, mut group: GroupKey) -> Existing {
     let host_ports = if r.spec.spec.image.is_some() {
         Vec::new()
     } else {
@@ -116,13 +149,6 @@ pub fn existing_one(r: &InstanceRecord) -> Existing {
             .filter(|p| *p != 0)
             .collect()
     };
-    let mut group = group_key(
-        &r.spec.stack,
-        &r.env,
-        &r.region,
-        &r.spec.service,
-        &r.spec.spec,
-    );
     // One being drained still holds its node until its process is gone, but it is no longer
     // one of its group's instances: counted there, it would stand in for its own replacement.
     if r.desired != crate::state::Desired::Run {
@@ -184,4 +210,43 @@ pub fn check(shared: &Shared, snapshot: &Snapshot, target: &Stack, env: &str) ->
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::tests::instance;
+
+    /// The memoised group keys are exactly the ones computed one by one, also for two records
+    /// of one service and release whose specs differ.
+    #[test]
+    fn existing_of_gives_every_instance_its_own_specs_group() {
+        let mut records: Vec<InstanceRecord> = (0..6)
+            .map(|i| instance(&format!("i{i}"), "shop", "prod", "n1"))
+            .collect();
+        records[3].spec.spec.replicas += 1;
+        records[5].spec.spec.env.insert("K".into(), "v".into());
+        records[4].desired = crate::state::Desired::Stop;
+        let memoised = existing_of(records.iter(), &[]);
+        let one_by_one: Vec<Existing> = records
+            .iter()
+            .filter(|r| r.holds_resources())
+            .map(existing_one)
+            .collect();
+        assert!(memoised.len() >= 5, "{}", memoised.len());
+        assert_eq!(memoised.len(), one_by_one.len());
+        for (a, b) in memoised.iter().zip(&one_by_one) {
+            assert_eq!((&a.id, &a.group), (&b.id, &b.group));
+        }
+        let group = |id: &str| {
+            memoised
+                .iter()
+                .find(|e| e.id == id)
+                .map(|e| e.group.clone())
+                .expect("listed")
+        };
+        assert_ne!(group("i3"), group("i0"));
+        assert_ne!(group("i5"), group("i0"));
+        assert_eq!(group("i1"), group("i0"));
+    }
 }
