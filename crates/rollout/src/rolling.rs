@@ -570,12 +570,7 @@ mod tests {
     const MINUTE: u64 = 60_000;
 
     fn settings(surge: Amount, unavailable: Amount) -> Rollout {
-        Rollout {
-            strategy: Strategy::Rolling,
-            max_surge: surge,
-            max_unavailable: unavailable,
-            progress_deadline: Duration::from_millis(MINUTE),
-        }
+        Rollout::rolling(surge, unavailable, Duration::from_millis(MINUTE))
     }
 
     fn counts(surge: u32, unavailable: u32) -> Rollout {

@@ -706,12 +706,11 @@ pub(crate) mod tests {
             replicas: 1,
             health: None,
             route: None,
-            rollout: Rollout {
-                strategy: Strategy::Rolling,
-                max_surge: Amount::Count(1),
-                max_unavailable: Amount::Count(0),
-                progress_deadline: Duration::from_millis(600_000),
-            },
+            rollout: Rollout::rolling(
+                Amount::Count(1),
+                Amount::Count(0),
+                Duration::from_millis(600_000),
+            ),
             depends_on: vec![],
             stop_grace: Duration::from_millis(10_000),
             volumes: vec![],

@@ -75,6 +75,7 @@ pub fn render_env(
                 regions: Vec::new(),
                 approval: false,
                 max_capacity_drop: Percent(100),
+                waves: None,
             },
         ),
     };
