@@ -10,7 +10,7 @@
 
 use berth_rollout::sim::{Fate, World};
 use berth_rollout::{step, Observed, ObservedState, Phase, RolloutState};
-use berth_spec::model::{Amount, Duration, Percent, Rollout, Strategy as RolloutStrategy};
+use berth_spec::model::{Amount, Duration, Percent, Rollout};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
