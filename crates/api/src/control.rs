@@ -191,8 +191,61 @@ pub struct MaintenanceView {
     pub page_html: Option<String>,
 }
 
-/// One route with its current endpoints.
+/// One release's share of a route's traffic during a progressive rollout, in basis points
+/// (1/100 of a percent, so 0.5 % is `50`): finer than percent because a canary may start
+/// below 1 % (Argo Rollouts' smallest weight is 1 %).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseShare {
+    pub release: u64,
+    pub basis_points: u32,
+}
+
+/// All basis points: a share of `BASIS_POINTS` is the whole route.
+pub const BASIS_POINTS: u32 = 10_000;
+
+/// What keeps a client on its arm while a split holds: the router hashes this key with the
+/// route's salt into [`BASIS_POINTS`] buckets, and the new arm is buckets `[0, w)`, so raising
+/// `w` only adds clients (Flagger's sticky cookies drift everyone to the canary, flagger#1532).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StickyView {
+    /// A cookie the router sets on a client's first answer (a random bucket) and reads after.
+    #[default]
+    Cookie,
+    /// A request header's value is the key (a user id set by an upstream auth proxy, …);
+    /// requests without it are placed at random.
+    Header { name: String },
+    /// No stickiness: every request is placed at random.
+    None,
+}
+
+/// Requests carrying `header: value` go to `release` at any step of a canary, and are counted
+/// apart (as `matched`), never in the analysis: testers reach the canary without biasing it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchView {
+    pub header: String,
+    pub value: String,
+    pub release: u64,
+}
+
+/// An A/B split between services (issue 12 point 5): a sticky `basis_points` of the route's
+/// users go to `service`'s `endpoints` instead of the route's own. Its buckets use a salt of
+/// their own, so they are independent of a canary's on the same route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitView {
+    pub service: String,
+    pub basis_points: u32,
+    #[serde(default)]
+    pub sticky: StickyView,
+    pub endpoints: Vec<EndpointView>,
+}
+
+/// One route with its current endpoints.
+///
+/// The progressive-delivery fields (`shares` … `split`) all default to today's behaviour, so
+/// a table from an older server still means what it meant: traffic split by summed endpoint
+/// weights, nothing sticky, no matched header, no split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct RouteView {
     pub host: String,
     pub path: String,
@@ -207,6 +260,112 @@ pub struct RouteView {
     /// head before routers answer 504. `None`: the router's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// When non-empty (summing to [`BASIS_POINTS`]), the route's traffic is split between
+    /// these release groups by basis points instead of by summed endpoint weights; the last
+    /// one listed is the new arm and gets sticky buckets `[0, basis_points)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<ReleaseShare>,
+    /// The rollout's salt for the sticky hash (set by the server from stack, env and target
+    /// release), so each rollout reshuffles who is first on a new release.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub salt: String,
+    /// What keeps a client on its arm while `shares` split the route.
+    #[serde(default, skip_serializing_if = "is_default_sticky")]
+    pub sticky: StickyView,
+    /// A header that sends requests to a release at any step, counted apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<MatchView>,
+    /// An A/B split of the route's users to another service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitView>,
+}
+
+fn is_default_sticky(sticky: &StickyView) -> bool {
+    *sticky == StickyView::Cookie
+}
+
+/// Upper bounds (ms) of the latency buckets routers report per arm; a report's
+/// [`ArmCounters::latency_ms_buckets`] has one more slot, for slower answers (`+Inf`). Fixed
+/// here so every router and the server agree without sending bounds; dense around the tens
+/// of ms where "1.5 × stable + 20 ms" is decided.
+pub const LATENCY_BOUNDS_MS: [u64; 18] = [
+    1, 2, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1_000, 2_000, 5_000, 10_000,
+];
+
+/// Slots in [`ArmCounters::latency_ms_buckets`]: one per bound plus `+Inf`.
+pub const LATENCY_SLOTS: usize = LATENCY_BOUNDS_MS.len() + 1;
+
+/// The most counters one [`TrafficReport`] may carry (the server refuses more): an arm is a
+/// (stack, service, release, arm) a router has routed to since it started.
+pub const MAX_REPORT_COUNTERS: usize = 4_096;
+
+/// One arm's counters in one router, cumulative since that router started: the server takes
+/// differences between reports, so a lost report loses nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArmCounters {
+    pub stack: String,
+    pub service: String,
+    pub release: u64,
+    /// `release` for the route's own release groups, or the split service's name.
+    pub arm: String,
+    /// Answers from this arm's instances, matched ones excluded.
+    pub requests: u64,
+    /// Of `requests`, those with a 5xx status (the router's own 502/504 included).
+    pub errors_5xx: u64,
+    /// Of `requests`, per latency bucket ([`LATENCY_BOUNDS_MS`], not cumulative, last `+Inf`).
+    pub latency_ms_buckets: Vec<u64>,
+    /// Answers to requests sent here by the route's match header (counted nowhere else).
+    #[serde(default)]
+    pub matched: u64,
+}
+
+/// The latency (ms) under which a fraction `q` (0..=1) of the answers counted in `buckets`
+/// (per [`LATENCY_BOUNDS_MS`] bucket, last `+Inf`) fell: the upper bound of the bucket where the
+/// running count reaches `q` of the total. `None` without answers. Answers slower than the
+/// last bound read as that bound (10 s), so the result always compares as a number.
+pub fn latency_quantile_ms(buckets: &[u64], q: f64) -> Option<u64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+    let mut seen = 0u64;
+    for (i, count) in buckets.iter().enumerate() {
+        seen = seen.saturating_add(*count);
+        if seen >= rank {
+            return Some(LATENCY_BOUNDS_MS[i.min(LATENCY_BOUNDS_MS.len() - 1)]);
+        }
+    }
+    LATENCY_BOUNDS_MS.last().copied()
+}
+
+/// `POST /v1/routers/{id}/traffic`: a router's cumulative counters at `at_ms` (router clock,
+/// ms since the epoch; the server files it under its own clock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficReport {
+    pub at_ms: u64,
+    pub counters: Vec<ArmCounters>,
+}
+
+/// `GET /v1/traffic?stack=&service=&release=&since_ms=` (admin): what the routers reported for
+/// one release over a window, summed over routers; for debugging and end-to-end tests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TrafficWindowView {
+    pub stack: String,
+    pub service: String,
+    pub release: u64,
+    pub since_ms: u64,
+    pub now_ms: u64,
+    pub requests: u64,
+    pub errors_5xx: u64,
+    pub matched: u64,
+    /// Per [`LATENCY_BOUNDS_MS`] bucket (last `+Inf`).
+    pub latency_ms_buckets: Vec<u64>,
+    /// The bucket bound under which 99 % of `requests` answered; `None` without requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<u64>,
+    /// How many routers contributed.
+    pub routers: usize,
 }
 
 /// The whole routing table; routers long-poll it with the version they applied, which also
@@ -436,4 +595,126 @@ pub struct MaintenanceRequest {
     /// A custom HTML page (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_html: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> RouteView {
+        RouteView {
+            host: "shop.localhost".into(),
+            path: "/".into(),
+            stack: "shop".into(),
+            service: "web".into(),
+            endpoints: vec![EndpointView {
+                addr: "127.0.0.1:1".into(),
+                instance: "i1".into(),
+                release: 2,
+                weight: 100,
+            }],
+            ..RouteView::default()
+        }
+    }
+
+    #[test]
+    fn an_old_route_without_the_progressive_fields_means_what_it_meant() {
+        let json = r#"{"host":"a","path":"/","stack":"s","service":"web",
+            "endpoints":[{"addr":"127.0.0.1:1","instance":"i","release":1}]}"#;
+        let route: RouteView = serde_json::from_str(json).expect("old route");
+        assert!(route.shares.is_empty());
+        assert_eq!(route.salt, "");
+        assert_eq!(route.sticky, StickyView::Cookie);
+        assert_eq!(route.matched, None);
+        assert_eq!(route.split, None);
+        // And today's routes serialise as they did (no new keys), so table versions do not
+        // change for routes that use none of it.
+        let plain = serde_json::to_value(route).expect("ser");
+        let keys: Vec<&String> = plain.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["endpoints", "host", "path", "service", "stack"]);
+    }
+
+    #[test]
+    fn a_progressive_route_round_trips() {
+        let mut r = route();
+        r.shares = vec![
+            ReleaseShare {
+                release: 1,
+                basis_points: 9_950,
+            },
+            ReleaseShare {
+                release: 2,
+                basis_points: 50,
+            },
+        ];
+        r.salt = "shop/production/2".into();
+        r.matched = Some(MatchView {
+            header: "X-Canary".into(),
+            value: "always".into(),
+            release: 2,
+        });
+        r.split = Some(SplitView {
+            service: "web-next".into(),
+            basis_points: 2_000,
+            sticky: StickyView::Header {
+                name: "X-User".into(),
+            },
+            endpoints: r.endpoints.clone(),
+        });
+        for sticky in [
+            StickyView::Cookie,
+            StickyView::None,
+            StickyView::Header { name: "X-U".into() },
+        ] {
+            r.sticky = sticky;
+            let json = serde_json::to_string(&r).expect("ser");
+            let back: RouteView = serde_json::from_str(&json).expect("de");
+            assert_eq!(back, r, "{json}");
+        }
+        let json = serde_json::to_value(&r.sticky).expect("ser");
+        assert_eq!(json, serde_json::json!({"header": {"name": "X-U"}}));
+        assert_eq!(
+            serde_json::to_value(StickyView::None).expect("ser"),
+            serde_json::json!("none")
+        );
+    }
+
+    #[test]
+    fn a_traffic_report_round_trips_and_matched_defaults() {
+        let report = TrafficReport {
+            at_ms: 7,
+            counters: vec![ArmCounters {
+                stack: "shop".into(),
+                service: "web".into(),
+                release: 2,
+                arm: "release".into(),
+                requests: 10,
+                errors_5xx: 1,
+                latency_ms_buckets: vec![0; LATENCY_SLOTS],
+                matched: 3,
+            }],
+        };
+        let json = serde_json::to_string(&report).expect("ser");
+        assert_eq!(
+            serde_json::from_str::<TrafficReport>(&json).expect("de"),
+            report
+        );
+        let old = r#"{"stack":"s","service":"w","release":1,"arm":"release","requests":1,
+            "errors_5xx":0,"latency_ms_buckets":[]}"#;
+        let counters: ArmCounters = serde_json::from_str(old).expect("de");
+        assert_eq!(counters.matched, 0);
+    }
+
+    #[test]
+    fn quantiles_read_bucket_bounds() {
+        let mut buckets = vec![0u64; LATENCY_SLOTS];
+        assert_eq!(latency_quantile_ms(&buckets, 0.99), None);
+        buckets[3] = 99; // <= 10 ms
+        buckets[9] = 1; // <= 100 ms
+        assert_eq!(latency_quantile_ms(&buckets, 0.99), Some(10));
+        assert_eq!(latency_quantile_ms(&buckets, 1.0), Some(100));
+        buckets[LATENCY_SLOTS - 1] = 50; // slower than every bound
+        assert_eq!(latency_quantile_ms(&buckets, 0.99), Some(10_000));
+        assert_eq!(latency_quantile_ms(&buckets, 0.0), Some(10));
+    }
 }

@@ -319,6 +319,7 @@ mod tests {
                 }),
                 maintenance: Some(MaintenanceView { page_html: None }),
                 timeout_ms: Some(30_000),
+                ..RouteView::default()
             }],
         };
         let routes = to_route_table(&table);

@@ -122,6 +122,7 @@ fn table(version: &str, endpoints: &[(&str, &str)]) -> RoutingTable {
             limits: None,
             maintenance: None,
             timeout_ms: None,
+            ..RouteView::default()
         }],
     }
 }

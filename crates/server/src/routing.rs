@@ -92,6 +92,7 @@ pub fn build(view: &View) -> Vec<RouteView> {
                     .get(&(stack.clone(), name.clone()))
                     .cloned(),
                 timeout_ms: route.timeout.map(|t| t.millis),
+                ..RouteView::default()
             });
         }
     }
@@ -212,6 +213,7 @@ mod tests {
             limits: None,
             maintenance: None,
             timeout_ms: None,
+            ..RouteView::default()
         }];
         let cached = serialise(7, &routes);
         let table: RoutingTable = serde_json::from_slice(&cached.body).expect("json");
