@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use berth_plan::Plan;
 use berth_spec::model::{
     Amount, Cpu, Duration, Environment, Memory, Percent, Placement, Process, Resources,
-    RestartPolicy, Rollout, Service, Stack, Strategy as RolloutStrategy,
+    RestartPolicy, Rollout, Service, Stack,
 };
 use proptest::collection::btree_map;
 use proptest::prelude::*;

@@ -136,7 +136,11 @@ pub fn analyse(new: ArmCounts, stable: ArmCounts, min_requests: u64) -> Analysis
     } else {
         new.requests as f64 / total as f64
     };
-    let statistic = log_mixture_ratio(new.errors_5xx, stable.errors_5xx, q0);
+    // Finite by construction; kept so even a pathological input stores (JSON has no NaN).
+    let statistic = match log_mixture_ratio(new.errors_5xx, stable.errors_5xx, q0) {
+        s if s.is_nan() => 0.0,
+        s => s.clamp(-1e300, 1e300),
+    };
     let threshold = (1.0 / ALPHA).ln();
     let latency_limit = stable.p99_ms.map(latency_limit_ms);
     let verdict = if new.requests >= GUARDRAIL_MIN_REQUESTS

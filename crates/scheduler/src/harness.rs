@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use berth_spec::model::{
     Amount, Constraint, Cpu, DriverKind, Duration, Memory, Placement as SpecPlacement, Process,
-    Resources, RestartPolicy, Rollout, Service, Strategy as RolloutStrategy,
+    Resources, RestartPolicy, Rollout, Service,
 };
 
 use crate::{schedule, Capacity, Demand, Existing, GroupKey, Node, Plan, SchedulerConfig};

@@ -12,7 +12,9 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use berth_api::control::{EndpointView, LimitsView, RouteView};
+use berth_api::control::{
+    EndpointView, LimitsView, MatchView, ReleaseShare, RouteView, StickyView,
+};
 use berth_api::InstanceState;
 
 use crate::state::Desired;
@@ -68,14 +70,33 @@ pub fn build(view: &View) -> Vec<RouteView> {
                     addr: format!("{}:{port}", node.value.registration.address),
                     instance: r.spec.id.clone(),
                     release: r.spec.release,
-                    weight: crate::controllers::rollout::endpoint_weight(
-                        &rollout.value,
-                        r.spec.release,
-                    ),
+                    weight: berth_rollout::strategy::EQUAL_WEIGHT,
                 });
         }
         for (name, route) in routed {
-            let endpoints = by_service.remove(name.as_str()).unwrap_or_default();
+            let mut endpoints = by_service.remove(name.as_str()).unwrap_or_default();
+            let progressive = progressive(
+                &rollout.value,
+                name,
+                release.value.spec.services.get(name),
+                &mut endpoints,
+            );
+            if let (Some(host), Some(preview)) = (&progressive.preview_host, &progressive.preview) {
+                routes.push(RouteView {
+                    host: host.clone(),
+                    path: route.path.clone(),
+                    stack: stack.clone(),
+                    service: name.clone(),
+                    endpoints: preview.clone(),
+                    limits: route.limits.as_ref().map(|l| LimitsView {
+                        concurrency: l.concurrency,
+                        queue: l.queue,
+                        queue_timeout_ms: l.queue_timeout.millis,
+                    }),
+                    timeout_ms: route.timeout.map(|t| t.millis),
+                    ..Default::default()
+                });
+            }
             routes.push(RouteView {
                 host: route.host.clone(),
                 path: route.path.clone(),
@@ -92,6 +113,10 @@ pub fn build(view: &View) -> Vec<RouteView> {
                     .get(&(stack.clone(), name.clone()))
                     .cloned(),
                 timeout_ms: route.timeout.map(|t| t.millis),
+                shares: progressive.shares,
+                salt: progressive.salt,
+                sticky: progressive.sticky,
+                matched: progressive.matched,
                 ..RouteView::default()
             });
         }
@@ -100,6 +125,112 @@ pub fn build(view: &View) -> Vec<RouteView> {
         (&a.host, &a.path, &a.stack, &a.service).cmp(&(&b.host, &b.path, &b.stack, &b.service))
     });
     routes
+}
+
+/// What a progressive rollout adds to one route: the shares, the sticky settings, and a
+/// blue/green preview route.
+#[derive(Default)]
+struct Progressive {
+    shares: Vec<ReleaseShare>,
+    salt: String,
+    sticky: StickyView,
+    matched: Option<MatchView>,
+    preview_host: Option<String>,
+    preview: Option<Vec<EndpointView>>,
+}
+
+/// Weighs `endpoints` by the rollout's traffic split for `name` (see
+/// [`crate::controllers::rollout::service_traffic`]) and fills the route's progressive fields:
+/// - every endpoint's weight is its release's share in basis points divided among the
+///   release's endpoints, so a router that splits by summed weights honours the share;
+/// - `shares` lists the releases with endpoints and a share, the new release last (its sticky
+///   buckets are `[0, share)`), with the service's `sticky`, `match` and a salt per rollout;
+/// - endpoints with no share are left out of the route while any other can serve, so not even
+///   a retry reaches a release out of traffic (a blue/green before its switch, a failed
+///   canary); if none could serve, every endpoint is kept at equal weight rather than none;
+/// - a blue/green before its switch gets its `preview_host` route with only the new release.
+fn progressive(
+    rollout: &crate::state::RolloutRecord,
+    name: &str,
+    service: Option<&berth_spec::model::Service>,
+    endpoints: &mut Vec<EndpointView>,
+) -> Progressive {
+    use berth_rollout::Traffic;
+    let mut out = Progressive::default();
+    let to = rollout.to;
+    let new_healthy = endpoints.iter().filter(|e| e.release == to).count();
+    let traffic = crate::controllers::rollout::service_traffic(
+        rollout,
+        name,
+        u32::try_from(new_healthy).unwrap_or(u32::MAX),
+    );
+    let Traffic::PerRelease(split) = &traffic else {
+        return out;
+    };
+    let mut per_release: std::collections::BTreeMap<u64, usize> = Default::default();
+    for e in endpoints.iter() {
+        *per_release.entry(e.release).or_default() += 1;
+    }
+    for e in endpoints.iter_mut() {
+        e.weight = crate::controllers::rollout::endpoint_weight(
+            &traffic,
+            e.release,
+            per_release.get(&e.release).copied().unwrap_or(1),
+        );
+    }
+    if let (Some(berth_rollout::ServiceRollout::BlueGreen(bg)), Some(host)) = (
+        rollout.services.get(name),
+        service.and_then(|s| s.rollout.preview_host.clone()),
+    ) {
+        if bg.switched_ms.is_none() && bg.phase == berth_rollout::Phase::Progressing {
+            let preview: Vec<EndpointView> = endpoints
+                .iter()
+                .filter(|e| e.release == bg.to_release)
+                .map(|e| EndpointView {
+                    weight: berth_rollout::strategy::EQUAL_WEIGHT,
+                    ..e.clone()
+                })
+                .collect();
+            out.preview_host = Some(host);
+            out.preview = Some(preview);
+        }
+    }
+    if endpoints.iter().any(|e| e.weight > 0) {
+        endpoints.retain(|e| e.weight > 0);
+    } else {
+        for e in endpoints.iter_mut() {
+            e.weight = berth_rollout::strategy::EQUAL_WEIGHT;
+        }
+        return out;
+    }
+    // Shares for releases that can serve; the new release last.
+    let mut shares: Vec<ReleaseShare> = split
+        .iter()
+        .filter(|(r, bp)| **bp > 0 && per_release.contains_key(r))
+        .map(|(r, bp)| ReleaseShare {
+            release: *r,
+            basis_points: *bp,
+        })
+        .collect();
+    shares.sort_by_key(|s| (s.release == to, s.release));
+    let total: u32 = shares.iter().map(|s| s.basis_points).sum();
+    if shares.len() < 2 || total != berth_api::control::BASIS_POINTS {
+        return out; // one release serves: plain weights say it all
+    }
+    out.shares = shares;
+    out.salt = format!("{}/{}/{}", rollout.stack, rollout.env, to);
+    let spec = service.map(|s| &s.rollout);
+    out.sticky = match spec.and_then(|r| r.sticky.clone()) {
+        Some(berth_spec::model::Sticky::Header(name)) => StickyView::Header { name },
+        Some(berth_spec::model::Sticky::None) => StickyView::None,
+        _ => StickyView::Cookie,
+    };
+    out.matched = spec.and_then(|r| r.matched.as_ref()).map(|m| MatchView {
+        header: m.header.clone(),
+        value: m.value.clone(),
+        release: to,
+    });
+    out
 }
 
 /// One built table, ready to serve.

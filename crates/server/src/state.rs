@@ -122,7 +122,7 @@ pub enum RolloutPhase {
 }
 
 /// The persisted rollout of one stack in one environment (`/rollouts/STACK/ENV`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutRecord {
     pub stack: String,
     pub env: String,
@@ -133,8 +133,9 @@ pub struct RolloutRecord {
     pub started_ms: u64,
     /// Index of the current region wave.
     pub wave: usize,
-    /// The state machine of each service that started in the current wave.
-    pub services: BTreeMap<String, berth_rollout::RolloutState>,
+    /// The state machine of each service that started in the current wave (rolling, canary or
+    /// blue/green; a rolling one is stored exactly as before the others existed).
+    pub services: BTreeMap<String, berth_rollout::ServiceRollout>,
     /// Services finished in the current wave.
     pub done: std::collections::BTreeSet<String>,
     pub phase: RolloutPhase,
@@ -149,6 +150,19 @@ pub struct RolloutRecord {
     /// Services with instances no node could take, and the scheduler's explanation.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unplaced: BTreeMap<String, String>,
+    /// A release the routers send nothing to: the failed canary or blue/green release this
+    /// rollback replaces, so traffic is 100 % stable from the verdict's table on, before its
+    /// instances have even begun to drain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_traffic: Option<u64>,
+    /// When the current wave's services were all done, if the environment's `waves` bake
+    /// before the next region starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_done_ms: Option<u64>,
+    /// Why the rollout stopped where it is (`waves.on_failure: halt`); the controller leaves it
+    /// alone until a person acts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
 }
 
 impl RolloutRecord {
@@ -167,6 +181,9 @@ impl RolloutRecord {
             rollback_reason: None,
             rollback: false,
             unplaced: BTreeMap::new(),
+            out_of_traffic: None,
+            wave_done_ms: None,
+            halted: None,
         }
     }
 

@@ -692,7 +692,7 @@ pub(crate) mod tests {
     pub(crate) fn service() -> berth_spec::model::Service {
         use berth_spec::model::{
             Amount, Cpu, Duration, Memory, Placement, Process, Resources, RestartPolicy, Rollout,
-            Service, Strategy,
+            Service,
         };
         Service {
             process: Some(Process {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use berth_api::{InstanceSpec, InstanceState};
 use berth_spec::model::{
     Amount, Cpu, Duration as SpecDuration, Health, Memory, Placement, Process, Resources,
-    RestartPolicy, Rollout, Service, Strategy,
+    RestartPolicy, Rollout, Service,
 };
 use tokio::sync::watch;
 

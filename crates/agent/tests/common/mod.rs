@@ -18,7 +18,7 @@ use berth_agent::DockerDriver;
 use berth_api::InstanceSpec;
 use berth_spec::model::{
     Amount, Cpu, Duration as SpecDuration, Health, Memory, Placement, Process, Resources,
-    RestartPolicy, Rollout, Service, Strategy,
+    RestartPolicy, Rollout, Service,
 };
 use tokio::sync::watch;
 
