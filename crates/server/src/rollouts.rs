@@ -8,8 +8,9 @@
 //! The controllers live in [`crate::controllers`] (one per concern); the rollout record in
 //! [`crate::state`]. The re-exports below keep the paths other code still names.
 
-use berth_rollout::analysis::{analyse, Analysis};
-use berth_rollout::canary::StepReport;
+use berth_rollout::analysis::analyse;
+pub use berth_rollout::analysis::{Analysis, Verdict};
+pub use berth_rollout::canary::StepReport;
 use berth_rollout::{Phase as StepPhase, ServiceRollout, Traffic};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,21 @@ pub use berth_rollout::dependency_order;
 
 use crate::state::{encode, StateError, Versioned};
 use crate::{keys, Shared};
+
+/// Words a release's failure reason carries when a canary's analysis failed it or a person
+/// aborted it (see [`crate::controllers::rollout`] and [`apply_command`]).
+const VETO_MARKS: [&str; 2] = ["canary analysis failed", "aborted by "];
+
+/// Whether deploying `release`'s content again is refused without `--force`: it failed by its
+/// canary analysis or by `berth rollout abort` (a crash or a timeout is a retry, not a veto).
+/// Read from the failure reason, because the release record's type belongs to `berth-api`.
+pub fn vetoes(release: &berth_api::control::Release) -> bool {
+    release.status == berth_api::control::ReleaseStatus::Failed
+        && release
+            .reason
+            .as_deref()
+            .is_some_and(|r| VETO_MARKS.iter().any(|m| r.contains(m)))
+}
 
 /// What a person asks of a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +234,13 @@ pub async fn command(
         stack: stack.to_string(),
         env: env.to_string(),
     })
+}
+
+/// What a command changed, one line per service (the answer of
+/// `POST /v1/stacks/S/E/rollout/COMMAND`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandResponse {
+    pub changed: Vec<String>,
 }
 
 /// One service's rollout as `berth rollout status` and `explain` show it.

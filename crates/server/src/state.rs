@@ -121,6 +121,40 @@ pub enum RolloutPhase {
     Failed { reason: String },
 }
 
+/// `, canary web at step 1/2 (10%), paused: …` for `berth status`; nothing for rolling.
+fn progressive_note(name: &str, state: &berth_rollout::ServiceRollout) -> String {
+    use berth_rollout::ServiceRollout;
+    match state {
+        ServiceRollout::Canary(c) if !c.phase.is_terminal() => {
+            let step = match c.steps.get(c.step) {
+                Some(bp) => format!(
+                    "step {}/{} ({})",
+                    c.step + 1,
+                    c.steps.len(),
+                    berth_spec::model::BasisPoints(*bp)
+                ),
+                None => "the 100% step".to_string(),
+            };
+            let paused = c
+                .paused
+                .as_ref()
+                .map(|p| format!(", paused: {p}"))
+                .unwrap_or_default();
+            format!(", canary {name} at {step}{paused}")
+        }
+        ServiceRollout::BlueGreen(b) if !b.phase.is_terminal() => match (b.switched_ms, b.ready_ms)
+        {
+            (Some(_), _) => format!(
+                ", blue/green {name} switched, keeping release {}",
+                b.from_release
+            ),
+            (None, Some(_)) => format!(", blue/green {name} ready, baking before the switch"),
+            (None, None) => format!(", blue/green {name} starting out of traffic"),
+        },
+        _ => String::new(),
+    }
+}
+
 /// The persisted rollout of one stack in one environment (`/rollouts/STACK/ENV`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutRecord {
@@ -187,16 +221,32 @@ impl RolloutRecord {
         }
     }
 
+    /// `, canary web at step 1/2 (10%)…` for each canary or blue/green service still
+    /// progressing (empty for rolling): what status lines and events add.
+    pub fn progress_notes(&self) -> String {
+        self.services
+            .iter()
+            .map(|(name, state)| progressive_note(name, state))
+            .collect()
+    }
+
     /// How `berth status` describes it.
     pub fn describe(&self) -> String {
         match (&self.phase, &self.rollback_reason) {
             (RolloutPhase::Progressing, Some(why)) => {
                 format!("rolling back to {} ({why})", self.to)
             }
-            (RolloutPhase::Progressing, None) => match self.from {
-                Some(from) => format!("rolling out {from} → {}", self.to),
-                None => format!("rolling out {}", self.to),
-            },
+            (RolloutPhase::Progressing, None) => {
+                let mut line = match self.from {
+                    Some(from) => format!("rolling out {from} → {}", self.to),
+                    None => format!("rolling out {}", self.to),
+                };
+                if let Some(why) = &self.halted {
+                    line = format!("{line}, {why}");
+                }
+                line.push_str(&self.progress_notes());
+                line
+            }
             (RolloutPhase::Succeeded, Some(why)) => format!("rolled back to {} ({why})", self.to),
             (RolloutPhase::Succeeded, None) => "live".to_string(),
             (RolloutPhase::Failed { reason }, _) => format!("failed: {reason}"),

@@ -838,6 +838,58 @@ services:
     }
 
     #[test]
+    fn blue_green_comes_up_out_of_traffic_switches_and_keeps_the_old_release() {
+        let bg = |tag: &str| {
+            canary(tag).replace(
+                "rollout: { strategy: canary, steps: [10%, 50%], bake: 5s, min_requests: 20, progress_deadline: 1m }",
+                "rollout: { strategy: blue_green, bake: 3s, keep_previous: 10s, progress_deadline: 1m }",
+            )
+        };
+        let mut w = World::new();
+        w.node("a", None);
+        w.node("b", None);
+        w.deploy(&bg("1"), 1, None, false);
+        w.settle(20);
+        w.deploy(&bg("2"), 2, Some(1), false);
+        rounds(&mut w, 2);
+        assert_eq!(
+            (live_of(&w, 1), live_of(&w, 2)),
+            (4, 4),
+            "full size beside the old"
+        );
+        assert_eq!(share(&w, 2), 0, "out of traffic before the switch");
+        rounds(&mut w, 4);
+        assert_eq!(share(&w, 2), 10_000, "switched after the bake");
+        assert_eq!(live_of(&w, 1), 4, "the old release keeps running");
+        rounds(&mut w, 15);
+        assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
+        assert_eq!((live_of(&w, 1), live_of(&w, 2)), (0, 4));
+    }
+
+    #[test]
+    fn a_wave_bakes_before_the_next_region_starts() {
+        let yaml = canary("1").replace(
+            "regions: [local]",
+            "regions: [eu, us]\n    waves: { bake: 5s, min_requests: 0 }",
+        );
+        let mut w = World::new();
+        w.node("e", Some("eu"));
+        w.node("u", Some("us"));
+        w.deploy(&yaml, 1, None, false);
+        rounds(&mut w, 3);
+        let regions = |w: &World| {
+            let mut r: Vec<String> = w.running("web").iter().map(|r| r.region.clone()).collect();
+            r.sort();
+            r.dedup();
+            r
+        };
+        assert_eq!(regions(&w), ["eu"], "eu is done and baking");
+        assert!(w.rollout().wave_done_ms.is_some());
+        rounds(&mut w, 6);
+        assert_eq!(regions(&w), ["eu", "us"]);
+    }
+
+    #[test]
     fn a_change_that_only_scales_is_not_a_canary() {
         let mut w = started([(0, 0), (0, 0)]);
         // Replace the canary deploy by a scale-only one: same spec, more replicas.

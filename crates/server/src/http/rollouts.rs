@@ -3,11 +3,11 @@
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{AppState, Caller};
 use crate::error::ApiError;
-use crate::rollouts::{self, Command, RolloutError, RolloutStatus};
+use crate::rollouts::{self, Command, CommandResponse, RolloutError, RolloutStatus};
 
 impl From<RolloutError> for ApiError {
     fn from(e: RolloutError) -> Self {
@@ -40,12 +40,6 @@ pub async fn status(
 pub struct CommandQuery {
     #[serde(default)]
     full: bool,
-}
-
-/// What a command changed, one line per service.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CommandResponse {
-    pub changed: Vec<String>,
 }
 
 /// `POST /v1/stacks/{stack}/{env}/rollout/{command}`: `pause`, `resume`, `promote`
