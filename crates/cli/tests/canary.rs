@@ -63,7 +63,7 @@ fn rollout(up: &BerthUp) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-fn web<'a>(status: &'a Value) -> &'a Value {
+fn web(status: &Value) -> &Value {
     status["services"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["service"] == "web"))
