@@ -72,18 +72,19 @@ fn desired_part(r: &InstanceRecord) -> Option<&berth_api::InstanceSpec> {
     (r.desired != Desired::Stop).then_some(&r.spec)
 }
 
-/// The part of a rollout record the routing table reads (see `routing::build`): the releases,
-/// and what decides a canary's or blue/green's traffic split. A rolling rollout's service states
-/// are left out, so its every step does not rebuild the table (as before canaries).
-fn routing_of_rollout(
-    r: &RolloutRecord,
-) -> (
+/// See [`routing_of_rollout`]: from, to, progressing, out of traffic, progressive services.
+type RolloutRouting<'a> = (
     Option<u64>,
     u64,
     bool,
     Option<u64>,
-    Vec<(&String, &berth_rollout::ServiceRollout)>,
-) {
+    Vec<(&'a String, &'a berth_rollout::ServiceRollout)>,
+);
+
+/// The part of a rollout record the routing table reads (see `routing::build`): the releases,
+/// and what decides a canary's or blue/green's traffic split. A rolling rollout's service states
+/// are left out, so its every step does not rebuild the table (as before canaries).
+fn routing_of_rollout(r: &RolloutRecord) -> RolloutRouting<'_> {
     let progressive = r
         .services
         .iter()
