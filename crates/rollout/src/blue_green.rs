@@ -166,9 +166,10 @@ pub fn step(state: &BlueGreenState, observed: &[Observed], now_ms: u64) -> BlueG
     let traffic;
     match next.phase.clone() {
         Phase::Failed { .. } => {
-            new_target = 0;
-            stop = Arms::ids(&arms.new_live);
-            traffic = split(from, to, 0);
+            let (d, t) = crate::canary::failed(&arms, next.desired, from, to, next.phase.clone());
+            new_target = d.new_target;
+            stop = d.stop;
+            traffic = t;
         }
         Phase::Succeeded => traffic = split(from, to, ALL_TRAFFIC),
         Phase::Progressing => {
@@ -263,6 +264,23 @@ mod tests {
         assert_eq!(t.decision.stop, ["o0", "o1"]);
         let t = step(&t.state, &world(0, 2), 67_000);
         assert_eq!(t.state.phase, Phase::Succeeded);
+    }
+
+    /// Found by the property test: an abort once the old instances were stopped used to stop
+    /// the new ones too, leaving nothing to serve.
+    #[test]
+    fn an_abort_after_keep_previous_keeps_serving_capacity() {
+        let mut s = BlueGreenState::new(1, 2, 1, 0, true, 0, 60_000, 0);
+        s = step(&s, &world(1, 1), 0).state;
+        assert!(s.switched_ms.is_some());
+        s.abort("aborted by a test");
+        let t = step(&s, &world(0, 1), 1_000);
+        assert!(t.decision.stop.is_empty(), "the new instance is all that serves");
+        assert_eq!(t.decision.new_target, 1);
+        assert_eq!(t.traffic.endpoint_weight(2), ALL_TRAFFIC);
+        let t = step(&s, &world(1, 1), 2_000);
+        assert_eq!(t.decision.stop, ["n0"], "stopped once the old release is back");
+        assert_eq!(t.traffic.endpoint_weight(1), ALL_TRAFFIC);
     }
 
     #[test]

@@ -162,6 +162,7 @@ pub(crate) struct Arms<'a> {
     pub new_live: Vec<&'a Observed>,
     pub old_live: Vec<&'a Observed>,
     pub new_healthy: u32,
+    pub old_healthy: u32,
     pub draining: u32,
 }
 
@@ -183,6 +184,7 @@ impl<'a> Arms<'a> {
         old_live.sort_by(|a, b| a.instance.cmp(&b.instance));
         Arms {
             new_healthy: count(new_live.iter().filter(|o| o.state.is_healthy()).count()),
+            old_healthy: count(old_live.iter().filter(|o| o.state.is_healthy()).count()),
             draining: count(
                 observed
                     .iter()
@@ -197,6 +199,54 @@ impl<'a> Arms<'a> {
     pub(crate) fn ids(v: &[&Observed]) -> Vec<String> {
         v.iter().map(|o| o.instance.clone()).collect()
     }
+}
+
+/// What a failed (or aborted) canary or blue/green does: all traffic to the stable release and
+/// the new instances stopped — as far as the stable release can carry it. When the stable
+/// instances were already being replaced (the 100 % step, or after `keep_previous`), new ones
+/// stop only while `desired` healthy instances remain, unhealthy ones first, and traffic stays
+/// where it can be served; the shell's rollback brings the stable release back first.
+pub(crate) fn failed(
+    arms: &Arms<'_>,
+    desired: u32,
+    from: u64,
+    to: u64,
+    phase: Phase,
+) -> (Decision, Traffic) {
+    if arms.old_healthy >= desired.max(1) || arms.new_live.is_empty() {
+        let decision = Decision {
+            new_target: 0,
+            stop: Arms::ids(&arms.new_live),
+            phase,
+        };
+        return (decision, split(from, to, 0));
+    }
+    let mut budget = (arms.old_healthy + arms.new_healthy).saturating_sub(desired);
+    let mut stop = Vec::new();
+    let mut candidates: Vec<&&Observed> = arms.new_live.iter().collect();
+    candidates.sort_by_key(|o| (o.state.is_healthy(), o.instance.clone()));
+    for o in candidates {
+        if !o.state.is_healthy() {
+            stop.push(o.instance.clone());
+        } else if budget > 0 {
+            budget -= 1;
+            stop.push(o.instance.clone());
+        }
+    }
+    let kept = count(arms.new_live.len()).saturating_sub(count(stop.len()));
+    let share = if arms.old_healthy == 0 {
+        ALL_TRAFFIC
+    } else {
+        0
+    };
+    (
+        Decision {
+            new_target: kept,
+            stop,
+            phase,
+        },
+        split(from, to, share),
+    )
 }
 
 /// A split of all traffic: `to` gets `share` basis points, `from` the rest.
@@ -489,14 +539,7 @@ fn progress(
 fn finish(next: CanaryState, arms: &Arms<'_>, analysis: Option<Analysis>) -> CanaryStep {
     let (from, to) = (next.from_release, next.to_release);
     let (decision, traffic) = match &next.phase {
-        Phase::Failed { .. } => (
-            Decision {
-                new_target: 0,
-                stop: Arms::ids(&arms.new_live),
-                phase: next.phase.clone(),
-            },
-            split(from, to, 0),
-        ),
+        Phase::Failed { .. } => failed(arms, next.desired, from, to, next.phase.clone()),
         Phase::Succeeded => (
             Decision {
                 new_target: next.desired,

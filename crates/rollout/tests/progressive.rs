@@ -5,7 +5,10 @@
 //! - healthy capacity never drops below the floor (`desired`: neither strategy stops a stable
 //!   instance before the new release has `desired` healthy ones);
 //! - replaying a step with the same inputs changes nothing (a fixed point);
-//! - an abort (or any failure) ends at 100 % stable traffic and no new instance left running.
+//! - an abort (or any failure) ends at 100 % stable traffic and no new instance left running,
+//!   whenever the stable release still has its instances (after they were replaced — the 100 %
+//!   step, or past `keep_previous` — the failure keeps capacity instead, for the shell's
+//!   rollback to restore the stable release first).
 //!
 //! A first deploy and a scale-only change go straight to 100 % (a rolling state).
 
@@ -176,6 +179,10 @@ proptest! {
         }
         let stable_share = s.rps * 9 / 10;
         let mut aborted = false;
+        // Whether the stable release could take all traffic back when the rollout failed
+        // (otherwise its instances were already being replaced, and the shell's rollback
+        // brings them back before the new ones stop).
+        let mut stable_carried = false;
         for i in 0..120usize {
             let now = i as u64 * TICK_MS;
             for (at, c) in &s.commands {
@@ -196,9 +203,14 @@ proptest! {
             prop_assert_eq!(&again.decision, &out.decision);
             prop_assert_eq!(&again.traffic, &out.traffic);
             prop_assert_eq!(sum(&out.traffic), Some(10_000), "weights at step {}", i);
-            if matches!(out.decision.phase, Phase::Failed { .. }) {
+            let stable_before = observed
+                .iter()
+                .filter(|o| o.release == 1 && o.state == ObservedState::Healthy)
+                .count() as u32;
+            if matches!(out.decision.phase, Phase::Failed { .. }) && stable_before >= s.desired {
                 prop_assert_eq!(out.traffic.endpoint_weight(1), 10_000, "a failure is 100 % stable");
                 prop_assert_eq!(out.decision.new_target, 0);
+                stable_carried = true;
             }
             world.apply(2, &out.decision);
             // Our stops never take healthy capacity below the floor (only old ones are
@@ -224,7 +236,7 @@ proptest! {
             let failed = matches!(state.phase(), Phase::Failed { .. });
             prop_assert!(failed, "an abort fails the rollout");
         }
-        if matches!(state.phase(), Phase::Failed { .. }) {
+        if matches!(state.phase(), Phase::Failed { .. }) && stable_carried {
             // Two more steps drain what the failure stopped: nothing new is left.
             for k in 0..3u64 {
                 let out = state.step(&world.observe(), &berth_rollout::canary::NoTraffic, 200_000 + k);
