@@ -248,6 +248,7 @@ fn in_place_fields_do_not_replace() {
         port: "http".into(),
         limits: None,
         timeout: None,
+        split: None,
     });
     b.rollout.strategy = Strategy::Canary;
     b.depends_on = vec!["api".into()];

@@ -275,11 +275,18 @@ mod tests {
         assert!(s.switched_ms.is_some());
         s.abort("aborted by a test");
         let t = step(&s, &world(0, 1), 1_000);
-        assert!(t.decision.stop.is_empty(), "the new instance is all that serves");
+        assert!(
+            t.decision.stop.is_empty(),
+            "the new instance is all that serves"
+        );
         assert_eq!(t.decision.new_target, 1);
         assert_eq!(t.traffic.endpoint_weight(2), ALL_TRAFFIC);
         let t = step(&s, &world(1, 1), 2_000);
-        assert_eq!(t.decision.stop, ["n0"], "stopped once the old release is back");
+        assert_eq!(
+            t.decision.stop,
+            ["n0"],
+            "stopped once the old release is back"
+        );
         assert_eq!(t.traffic.endpoint_weight(1), ALL_TRAFFIC);
     }
 

@@ -170,6 +170,22 @@ pub struct Route {
     /// router answers 504 (a hung backend must not hold clients). `None`: the router's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// `route.split`: an A/B split — a sticky share of this route's users goes to another
+    /// service of the stack (an experiment; Etsy's 50/50 on a new schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+}
+
+/// `split: { service: web-next, weight: 20%, sticky: cookie }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    /// The other service of the stack that answers the split's share.
+    pub service: String,
+    /// Its share of the route's users, above 0 and below 100 %.
+    pub weight: BasisPoints,
+    /// What keeps a user on their arm (default `cookie`).
+    pub sticky: Sticky,
 }
 
 /// At most `concurrency` requests in flight to the service (per router), then up to `queue`

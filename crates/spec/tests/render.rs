@@ -266,6 +266,13 @@ services:
     rollout: { strategy: blue_green }
   plain:
     process: { command: [berth, whoami] }
+  shop:
+    process: { command: [berth, whoami] }
+    ports: { http: 0 }
+    route: { host: ab.localhost, port: http, split: { service: shop-next, weight: 20% } }
+  shop-next:
+    process: { command: [berth, whoami] }
+    ports: { http: 0 }
 "#;
 
 #[test]
@@ -310,6 +317,12 @@ fn progressive_delivery_fields_render_with_explicit_defaults_and_round_trip() {
     let plain = &s.services["plain"].rollout;
     assert_eq!(plain.steps, None, "rolling renders as it always did");
     assert_eq!(plain.bake, None);
+    let split = s.services["shop"].route.as_ref().and_then(|r| r.split.clone()).unwrap();
+    assert_eq!(
+        (split.service.as_str(), split.weight, split.sticky),
+        ("shop-next", BasisPoints(2000), Sticky::Cookie),
+        "sticky: cookie by default"
+    );
     let waves = s.environments["production"].waves.clone().unwrap();
     assert_eq!(
         (waves.bake.millis, waves.min_requests, waves.on_failure),

@@ -14,7 +14,7 @@ use crate::diag::Pos;
 use crate::model::{
     valid_header_name, Amount, BasisPoints, Constraint, Cpu, Duration, Health, Limits, Match,
     Memory, OnFailure, Percent, Placement, Process, Resources, RestartPolicy, Rollout, Route,
-    Service, Sticky, Strategy, Volume, ALL_TRAFFIC,
+    Service, Split, Sticky, Strategy, Volume, ALL_TRAFFIC,
 };
 use crate::yaml::Node;
 
@@ -47,7 +47,8 @@ const HEALTH_FIELDS: &[&str] = &[
     "healthy",
     "unhealthy",
 ];
-const ROUTE_FIELDS: &[&str] = &["host", "path", "port", "limits", "timeout"];
+const ROUTE_FIELDS: &[&str] = &["host", "path", "port", "limits", "timeout", "split"];
+const SPLIT_FIELDS: &[&str] = &["service", "weight", "sticky"];
 const LIMITS_FIELDS: &[&str] = &["concurrency", "queue", "queue_timeout"];
 const ROLLOUT_FIELDS: &[&str] = &[
     "strategy",
@@ -146,6 +147,9 @@ pub struct Decoded {
     pub deps: Vec<Item>,
     /// The route's host and path, and where the host is written.
     pub route_at: Option<Pos>,
+    /// `route.split.service` as written, and where (checked across services even when the
+    /// split itself has another problem).
+    pub split_at: Option<(String, Pos)>,
 }
 
 fn default_service() -> Service {
@@ -186,6 +190,7 @@ pub fn service(ctx: &mut Ctx, name: &str, key_pos: Pos, node: &Node) -> Decoded 
         service: default_service(),
         deps: Vec::new(),
         route_at: None,
+        split_at: None,
     };
     let Some(f) = ctx.fields(node, &path, "a mapping of service fields", SERVICE_FIELDS) else {
         return out;
@@ -244,6 +249,7 @@ pub fn service(ctx: &mut Ctx, name: &str, key_pos: Pos, node: &Node) -> Decoded 
         let (route, at) = route(ctx, n, &format!("{path}.route"), kp, &port_names);
         svc.route = route;
         out.route_at = at;
+        out.split_at = split_position(n);
     }
     if let Some(n) = f.get("rollout") {
         svc.rollout = rollout(ctx, n, &format!("{path}.rollout"));
@@ -686,14 +692,92 @@ fn route(
     let timeout = f
         .get("timeout")
         .and_then(|n| positive_duration(ctx, n, &format!("{path}.timeout")));
+    let split = f
+        .get("split")
+        .and_then(|n| split(ctx, n, &format!("{path}.split")));
     let route = Route {
         host,
         path: route_path,
         port: port.unwrap_or_default(),
         limits,
         timeout,
+        split,
     };
     (Some(route), at)
+}
+
+/// `split.service` in a `route:` mapping, as written and where, if it is a plain string.
+fn split_position(route: &Node) -> Option<(String, Pos)> {
+    let find = |n: &Node, key: &str| -> Option<Node> {
+        match &n.kind {
+            crate::yaml::NodeKind::Map(pairs) => pairs
+                .iter()
+                .find(|(k, _)| matches!(&k.kind, crate::yaml::NodeKind::Scalar { value, .. } if value == key))
+                .map(|(_, v)| v.clone()),
+            _ => None,
+        }
+    };
+    let split = find(route, "split")?;
+    let service = find(&split, "service")?;
+    match &service.kind {
+        crate::yaml::NodeKind::Scalar { value, .. } => Some((value.clone(), service.pos)),
+        _ => None,
+    }
+}
+
+/// `route.split:` — `service` (a name; that it is another service of the stack with a route
+/// port is checked across services), `weight` above 0 % and below 100 %, `sticky` (default
+/// cookie).
+fn split(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Split> {
+    let f = ctx.fields(
+        node,
+        path,
+        "a mapping with `service`, `weight` and `sticky`",
+        SPLIT_FIELDS,
+    )?;
+    let service = match f.get("service") {
+        Some(n) => ctx.name(n, &format!("{path}.service"), NameKind::Dns),
+        None => {
+            ctx.error(
+                node.pos,
+                format!("{path}: missing `service`; expected the service that answers the split"),
+            );
+            None
+        }
+    };
+    let weight = match f.get("weight") {
+        Some(n) => {
+            let p = format!("{path}.weight");
+            match ctx.unit::<BasisPoints>(n, &p, "a percentage like 20%") {
+                Some(w) if w.0 == 0 || w.0 >= ALL_TRAFFIC => {
+                    ctx.error(
+                        n.pos,
+                        format!("{p}: expected a share above 0% and below 100%, got {w}"),
+                    );
+                    None
+                }
+                w => w,
+            }
+        }
+        None => {
+            ctx.error(
+                node.pos,
+                format!("{path}: missing `weight`; expected the other service's share, like 20%"),
+            );
+            None
+        }
+    };
+    let sticky = match f.get("sticky") {
+        Some(n) => {
+            ctx.unit::<Sticky>(n, &format!("{path}.sticky"), "cookie, header:NAME or none")?
+        }
+        None => Sticky::Cookie,
+    };
+    Some(Split {
+        service: service?,
+        weight: weight?,
+        sticky,
+    })
 }
 
 /// `route.limits:` — `concurrency` (required, at least 1), `queue` (default 0) and
