@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use berth_api::control::{
-    EndpointView, LimitsView, MatchView, ReleaseShare, RouteView, StickyView,
+    EndpointView, LimitsView, MatchView, ReleaseShare, RouteView, SplitView, StickyView,
 };
 use berth_api::InstanceState;
 
@@ -42,11 +42,38 @@ pub fn build(view: &View) -> Vec<RouteView> {
         if routed.is_empty() {
             continue;
         }
+        // A/B split targets: (service, port name) of each split, answering on the port its
+        // route names.
+        let split_targets: Vec<(&str, &str)> = routed
+            .iter()
+            .filter_map(|(_, route)| {
+                let split = route.split.as_ref()?;
+                Some((split.service.as_str(), route.port.as_str()))
+            })
+            .collect();
+        let mut split_endpoints: HashMap<(&str, &str), Vec<EndpointView>> = HashMap::new();
         // The stack's endpoints by service, in one walk over its instances (id order).
         let mut by_service: HashMap<&str, Vec<EndpointView>> = HashMap::new();
         for r in view.instances_of(stack, env).map(|r| &r.value) {
             if r.desired != Desired::Run || r.state() != InstanceState::Healthy {
                 continue;
+            }
+            for (target, port_name) in &split_targets {
+                if r.spec.service != *target {
+                    continue;
+                }
+                let port = r.status.as_ref().and_then(|s| s.ports.get(*port_name));
+                if let (Some(port), Some(node)) = (port, view.node(&r.spec.node)) {
+                    split_endpoints
+                        .entry((target, port_name))
+                        .or_default()
+                        .push(EndpointView {
+                            addr: format!("{}:{port}", node.value.registration.address),
+                            instance: r.spec.id.clone(),
+                            release: r.spec.release,
+                            weight: berth_rollout::strategy::EQUAL_WEIGHT,
+                        });
+                }
             }
             let Some(route) = release
                 .value
@@ -117,6 +144,15 @@ pub fn build(view: &View) -> Vec<RouteView> {
                 salt: progressive.salt,
                 sticky: progressive.sticky,
                 matched: progressive.matched,
+                split: route.split.as_ref().map(|split| SplitView {
+                    service: split.service.clone(),
+                    basis_points: split.weight.0,
+                    sticky: sticky_view(&split.sticky),
+                    endpoints: split_endpoints
+                        .get(&(split.service.as_str(), route.port.as_str()))
+                        .cloned()
+                        .unwrap_or_default(),
+                }),
                 ..RouteView::default()
             });
         }
@@ -220,17 +256,25 @@ fn progressive(
     out.shares = shares;
     out.salt = format!("{}/{}/{}", rollout.stack, rollout.env, to);
     let spec = service.map(|s| &s.rollout);
-    out.sticky = match spec.and_then(|r| r.sticky.clone()) {
-        Some(berth_spec::model::Sticky::Header(name)) => StickyView::Header { name },
-        Some(berth_spec::model::Sticky::None) => StickyView::None,
-        _ => StickyView::Cookie,
-    };
+    out.sticky = spec
+        .and_then(|r| r.sticky.as_ref())
+        .map(sticky_view)
+        .unwrap_or_default();
     out.matched = spec.and_then(|r| r.matched.as_ref()).map(|m| MatchView {
         header: m.header.clone(),
         value: m.value.clone(),
         release: to,
     });
     out
+}
+
+/// The stack file's `sticky` as the routers read it.
+fn sticky_view(sticky: &berth_spec::model::Sticky) -> StickyView {
+    match sticky {
+        berth_spec::model::Sticky::Cookie => StickyView::Cookie,
+        berth_spec::model::Sticky::Header(name) => StickyView::Header { name: name.clone() },
+        berth_spec::model::Sticky::None => StickyView::None,
+    }
 }
 
 /// One built table, ready to serve.
@@ -356,5 +400,99 @@ mod tests {
             serde_json::to_vec(&table).expect("json").as_slice()
         );
         assert!(cached.instances.contains("i1"));
+    }
+}
+
+#[cfg(test)]
+mod build_tests {
+    use berth_api::control::{ReleaseShare, StickyView};
+
+    use super::build;
+    use crate::controllers::testing::World;
+    use crate::keys;
+    use crate::state::encode;
+
+    const STACK: &str = r#"stack: shop
+environments:
+  prod:
+    regions: [local]
+services:
+  web:
+    process: {command: [sleep, "VERSION"]}
+    ports: { http: 0 }
+    replicas: 4
+    resources: { cpu: 100m, memory: 64Mi }
+    route: { host: shop.localhost, port: http, split: { service: next, weight: 20%, sticky: header:X-User } }
+    rollout: { strategy: canary, steps: [10%, 50%], bake: 1h, sticky: none, match: { header: X-Canary, value: always } }
+  next:
+    process: {command: [sleep, "1"]}
+    ports: { http: 0 }
+    resources: { cpu: 100m, memory: 64Mi }
+"#;
+
+    /// Gives every instance a reported `http` port, as agents do.
+    fn ports(w: &mut World) {
+        let records: Vec<_> = w.view.instances().values().map(|r| r.value.clone()).collect();
+        for (i, mut r) in records.into_iter().enumerate() {
+            if let Some(s) = r.status.as_mut() {
+                s.ports.insert("http".to_string(), 20_000 + i as u16);
+            }
+            w.put(&keys::instance(&r.spec.id), encode(&r));
+        }
+    }
+
+    #[test]
+    fn a_canary_step_and_a_split_reach_the_table() {
+        let mut w = World::new();
+        w.node("a", None);
+        w.deploy(&STACK.replace("VERSION", "1"), 1, None, false);
+        w.settle(20);
+        w.deploy(&STACK.replace("VERSION", "2"), 2, Some(1), false);
+        for round in 0..3 {
+            w.pass(round);
+            w.agents();
+            w.now += 1_000;
+        }
+        ports(&mut w);
+        let routes = build(&w.view);
+        let route = routes
+            .iter()
+            .find(|r| r.service == "web")
+            .expect("the web route");
+        assert_eq!(
+            route.shares,
+            [
+                ReleaseShare {
+                    release: 1,
+                    basis_points: 9_000
+                },
+                ReleaseShare {
+                    release: 2,
+                    basis_points: 1_000
+                }
+            ],
+            "the new release last"
+        );
+        assert_eq!(route.salt, "shop/prod/2");
+        assert_eq!(route.sticky, StickyView::None);
+        assert_eq!(route.matched.as_ref().map(|m| m.release), Some(2));
+        let weight = |release| -> u32 {
+            route
+                .endpoints
+                .iter()
+                .filter(|e| e.release == release)
+                .map(|e| e.weight)
+                .sum()
+        };
+        assert_eq!((weight(1), weight(2)), (9_000, 1_000), "{:?}", route.endpoints);
+        let split = route.split.as_ref().expect("the split");
+        assert_eq!((split.service.as_str(), split.basis_points), ("next", 2_000));
+        assert_eq!(
+            split.sticky,
+            StickyView::Header {
+                name: "X-User".into()
+            }
+        );
+        assert_eq!(split.endpoints.len(), 1, "next's one instance");
     }
 }

@@ -317,7 +317,11 @@ fn progressive_delivery_fields_render_with_explicit_defaults_and_round_trip() {
     let plain = &s.services["plain"].rollout;
     assert_eq!(plain.steps, None, "rolling renders as it always did");
     assert_eq!(plain.bake, None);
-    let split = s.services["shop"].route.as_ref().and_then(|r| r.split.clone()).unwrap();
+    let split = s.services["shop"]
+        .route
+        .as_ref()
+        .and_then(|r| r.split.clone())
+        .unwrap();
     assert_eq!(
         (split.service.as_str(), split.weight, split.sticky),
         ("shop-next", BasisPoints(2000), Sticky::Cookie),
