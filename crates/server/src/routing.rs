@@ -153,7 +153,6 @@ pub fn build(view: &View) -> Vec<RouteView> {
                         .cloned()
                         .unwrap_or_default(),
                 }),
-                ..RouteView::default()
             });
         }
     }
