@@ -431,7 +431,12 @@ services:
 
     /// Gives every instance a reported `http` port, as agents do.
     fn ports(w: &mut World) {
-        let records: Vec<_> = w.view.instances().values().map(|r| r.value.clone()).collect();
+        let records: Vec<_> = w
+            .view
+            .instances()
+            .values()
+            .map(|r| r.value.clone())
+            .collect();
         for (i, mut r) in records.into_iter().enumerate() {
             if let Some(s) = r.status.as_mut() {
                 s.ports.insert("http".to_string(), 20_000 + i as u16);
@@ -483,9 +488,17 @@ services:
                 .map(|e| e.weight)
                 .sum()
         };
-        assert_eq!((weight(1), weight(2)), (9_000, 1_000), "{:?}", route.endpoints);
+        assert_eq!(
+            (weight(1), weight(2)),
+            (9_000, 1_000),
+            "{:?}",
+            route.endpoints
+        );
         let split = route.split.as_ref().expect("the split");
-        assert_eq!((split.service.as_str(), split.basis_points), ("next", 2_000));
+        assert_eq!(
+            (split.service.as_str(), split.basis_points),
+            ("next", 2_000)
+        );
         assert_eq!(
             split.sticky,
             StickyView::Header {

@@ -889,6 +889,93 @@ services:
         assert_eq!(regions(&w), ["eu", "us"]);
     }
 
+    /// Two regions, release 1 live in both, then release 2 whose instances fail only in `us`.
+    fn failing_in_the_second_wave(on_failure: &str) -> World {
+        let yaml = |tag: &str| {
+            shop_waves(tag).replace(
+                "waves: { bake: 0s, min_requests: 0 }",
+                &format!("waves: {{ bake: 0s, min_requests: 0, on_failure: {on_failure} }}"),
+            )
+        };
+        let mut w = World::new();
+        w.node("e", Some("eu"));
+        w.node("u", Some("us"));
+        w.deploy(&yaml("1"), 1, None, false);
+        rounds(&mut w, 8);
+        assert_eq!(status(&w, 1), ReleaseStatus::Live);
+        w.failing_on.insert((2, "u".to_string()));
+        w.deploy(&yaml("2"), 2, Some(1), false);
+        rounds(&mut w, 12);
+        w
+    }
+
+    fn shop_waves(tag: &str) -> String {
+        format!(
+            r#"stack: shop
+environments:
+  prod:
+    regions: [eu, us]
+    waves: {{ bake: 0s, min_requests: 0 }}
+services:
+  web:
+    process: {{command: [sleep, "{tag}"]}}
+    replicas: 1
+    resources: {{ cpu: 100m, memory: 64Mi }}
+    placement: {{ constraints: ["region == ${{region}}"] }}
+    rollout: {{ progress_deadline: 1m }}
+"#
+        )
+    }
+
+    fn by_region(w: &World) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = w
+            .running("web")
+            .iter()
+            .map(|r| (r.region.clone(), r.spec.release))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_failure_in_a_later_wave_reverts_every_region_by_default() {
+        let w = failing_in_the_second_wave("revert_all");
+        assert_eq!(status(&w, 2), ReleaseStatus::Failed);
+        let failed = w
+            .view
+            .release("shop", "prod", 2)
+            .expect("release")
+            .value
+            .clone();
+        assert!(
+            failed.reason.unwrap_or_default().contains("in us"),
+            "the reason names the region"
+        );
+        assert_eq!(w.rollout().to, 1, "{:?}", w.rollout());
+        assert_eq!(
+            by_region(&w),
+            [("eu".to_string(), 1), ("us".to_string(), 1)]
+        );
+    }
+
+    #[test]
+    fn halt_stops_where_it_is_and_says_so() {
+        let w = failing_in_the_second_wave("halt");
+        let r = w.rollout();
+        let why = r.halted.clone().unwrap_or_default();
+        assert!(
+            why.contains("halted in wave 2 (us)") && why.contains("regions done on release 2: eu"),
+            "{r:?}"
+        );
+        assert_eq!(r.to, 2, "no rollback");
+        assert_eq!(status(&w, 2), ReleaseStatus::Failed);
+        assert!(
+            by_region(&w).contains(&("eu".to_string(), 2)),
+            "eu keeps release 2: {:?}",
+            by_region(&w)
+        );
+    }
+
     #[test]
     fn a_change_that_only_scales_is_not_a_canary() {
         let mut w = started([(0, 0), (0, 0)]);

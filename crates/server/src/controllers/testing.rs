@@ -27,6 +27,9 @@ pub(crate) struct World {
     pub routers_released: bool,
     /// Releases whose instances the agents report `failed` (an image that cannot be pulled).
     pub failing: BTreeSet<u64>,
+    /// (release, node): that release's instances fail on that node only (a region-specific
+    /// fault).
+    pub failing_on: BTreeSet<(u64, String)>,
     pub now: u64,
     /// What the routers report, per (service, release): requests per second and 5xx per mille
     /// (see [`Rates`]).
@@ -69,6 +72,7 @@ impl World {
             up: BTreeSet::new(),
             routers_released: true,
             failing: BTreeSet::new(),
+            failing_on: BTreeSet::new(),
             now: 1_000_000,
             traffic: Rates::default(),
         }
@@ -254,7 +258,11 @@ impl World {
                 // An agent that gave up on an instance does not take it back.
                 Desired::Run if v.state() == InstanceState::Failed => {}
                 Desired::Run => {
-                    let state = if self.failing.contains(&v.spec.release) {
+                    let state = if self.failing.contains(&v.spec.release)
+                        || self
+                            .failing_on
+                            .contains(&(v.spec.release, v.spec.node.clone()))
+                    {
                         InstanceState::Failed
                     } else {
                         InstanceState::Healthy
