@@ -232,3 +232,85 @@ fn a_bad_canary_is_aborted_during_step_one_and_never_reaches_half() {
     println!("verdict to 100% stable: {:?}", verdict.elapsed());
     assert_exit(&deploy(&up, &stack("2", 30, "30s", 200), &[]), 3);
 }
+
+/// A client with a cookie jar: keeps every `Set-Cookie` it gets and sends them back.
+struct Client {
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+impl Client {
+    fn get(&mut self, up: &BerthUp, extra: &[(&str, &str)]) -> Option<String> {
+        let cookie: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let cookie = cookie.join("; ");
+        let mut headers = vec![("Host", HOST)];
+        if !cookie.is_empty() {
+            headers.push(("Cookie", cookie.as_str()));
+        }
+        headers.extend_from_slice(extra);
+        let r = common::http::request(up.router(), "GET", "/", &headers, &[]).ok()?;
+        for (name, value) in &r.headers {
+            if name.eq_ignore_ascii_case("set-cookie") {
+                if let Some((k, v)) = value.split(';').next().and_then(|c| c.split_once('=')) {
+                    self.cookies
+                        .insert(k.trim().to_string(), v.trim().to_string());
+                }
+            }
+        }
+        (r.status == 200).then(|| r.json()["version"].as_str().unwrap_or("?").to_string())
+    }
+}
+
+#[test]
+#[ignore = "needs the traffic branch: sticky buckets and match in the router"]
+fn sticky_clients_keep_their_arm_as_the_weight_grows_and_match_reaches_the_new_release() {
+    let up = BerthUp::start();
+    let v2 = stack("2", 0, "1h", 200).replace(
+        "progress_deadline: 1m }",
+        "progress_deadline: 1m, match: { header: X-Canary, value: always } }",
+    );
+    at_step_one(&up, &v2);
+    let mut clients: Vec<Client> = (0..20)
+        .map(|_| Client {
+            cookies: Default::default(),
+        })
+        .collect();
+    let mut arm_at_10 = Vec::new();
+    for c in clients.iter_mut() {
+        let seen: std::collections::BTreeSet<String> =
+            (0..50).filter_map(|_| c.get(&up, &[])).collect();
+        assert_eq!(seen.len(), 1, "a client saw {seen:?} at 10%");
+        arm_at_10.push(seen.into_iter().next().unwrap_or_default());
+    }
+    // Matched requests reach the new release at any step.
+    let mut tester = Client {
+        cookies: Default::default(),
+    };
+    for _ in 0..20 {
+        assert_eq!(
+            tester.get(&up, &[("X-Canary", "always")]).as_deref(),
+            Some("2")
+        );
+    }
+    assert_exit(
+        &cli(&up, &["rollout", "promote", "shop", "--env", "local"]),
+        0,
+    );
+    up.wait_until(Duration::from_secs(30), "the 50% step", || {
+        web(&rollout(&up))["weights"]["2"] == 5000
+    });
+    for (c, before) in clients.iter_mut().zip(&arm_at_10) {
+        let seen: std::collections::BTreeSet<String> =
+            (0..50).filter_map(|_| c.get(&up, &[])).collect();
+        assert_eq!(seen.len(), 1, "a client saw {seen:?} at 50%");
+        if before == "2" {
+            assert!(
+                seen.contains("2"),
+                "a client on the new release at 10% left it at 50%"
+            );
+        }
+    }
+}
