@@ -196,7 +196,9 @@ pub struct MaintenanceView {
 /// below 1 % (Argo Rollouts' smallest weight is 1 %).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseShare {
+    /// The release whose endpoints get this share.
     pub release: u64,
+    /// Its share of the route, in basis points of [`BASIS_POINTS`].
     pub basis_points: u32,
 }
 
@@ -223,8 +225,11 @@ pub enum StickyView {
 /// apart (as `matched`), never in the analysis: testers reach the canary without biasing it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MatchView {
+    /// The request header's name (case-insensitive), e.g. `X-Canary`.
     pub header: String,
+    /// The value it must have, exactly, e.g. `always`.
     pub value: String,
+    /// The release matching requests go to (the rollout's new one).
     pub release: u64,
 }
 
@@ -233,10 +238,14 @@ pub struct MatchView {
 /// their own, so they are independent of a canary's on the same route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitView {
+    /// The other service of the same stack (its bare name, e.g. `web-next`).
     pub service: String,
+    /// The split's share of the route's users, in basis points of [`BASIS_POINTS`].
     pub basis_points: u32,
+    /// What keeps a user on its side of the split.
     #[serde(default)]
     pub sticky: StickyView,
+    /// The other service's healthy, routable instances.
     pub endpoints: Vec<EndpointView>,
 }
 
@@ -297,14 +306,17 @@ pub const LATENCY_SLOTS: usize = LATENCY_BOUNDS_MS.len() + 1;
 
 /// The most counters one [`TrafficReport`] may carry (the server refuses more): an arm is a
 /// (stack, service, release, arm) a router has routed to since it started.
-pub const MAX_REPORT_COUNTERS: usize = 4_096;
+pub const MAX_REPORT_COUNTERS: usize = 2_048;
 
 /// One arm's counters in one router, cumulative since that router started: the server takes
 /// differences between reports, so a lost report loses nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArmCounters {
+    /// The route's stack (empty for a hand-written table without one).
     pub stack: String,
+    /// The route's service (for a split arm too: the experiment's route).
     pub service: String,
+    /// The release of the endpoints answering (the split service's release for a split arm).
     pub release: u64,
     /// `release` for the route's own release groups, or the split service's name.
     pub arm: String,
@@ -343,8 +355,21 @@ pub fn latency_quantile_ms(buckets: &[u64], q: f64) -> Option<u64> {
 /// ms since the epoch; the server files it under its own clock).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrafficReport {
+    /// When the router read its counters (ms since the epoch, router clock; informative).
     pub at_ms: u64,
+    /// Every arm the router's current and previous tables route to, cumulative.
     pub counters: Vec<ArmCounters>,
+    /// When the router process started (ms since the epoch, router clock; 0: unknown). The
+    /// server counts a router it has not heard from since its own start from zero only when
+    /// the router started after the server did; otherwise that first report is a baseline
+    /// (its counts may be from before, already analysed by a previous server). A change of
+    /// `started_ms` is a router restart: its counters start again from zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub started_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `GET /v1/traffic?stack=&service=&release=&since_ms=` (admin): what the routers reported for
@@ -683,6 +708,7 @@ mod tests {
     fn a_traffic_report_round_trips_and_matched_defaults() {
         let report = TrafficReport {
             at_ms: 7,
+            started_ms: 3,
             counters: vec![ArmCounters {
                 stack: "shop".into(),
                 service: "web".into(),

@@ -45,7 +45,7 @@ use std::time::Duration;
 use berth_api::control::{
     DeployRequest, DeployResponse, DesiredInstances, Event, GcResponse, Heartbeat,
     MaintenanceRequest, NodeView, RegisterRequest, RegisterResponse, Release, RollbackRequest,
-    RoutingTable, SecretPut, SecretView, StatusView,
+    RoutingTable, SecretPut, SecretView, StatusView, TrafficReport,
 };
 use bytes::Bytes;
 use futures::Stream;
@@ -273,6 +273,20 @@ impl Client {
     pub async fn heartbeat(&self, node: &str, heartbeat: &Heartbeat) -> Result<(), ClientError> {
         let _: serde_json::Value = self
             .post(&["v1", "nodes", node, "heartbeat"], heartbeat)
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /v1/routers/{router}/traffic` (the node token of the router's node, or admin): a
+    /// router's cumulative per-arm counters, which the server sums over routers for the canary
+    /// analysis. Bounded by the caller's timeout like any request.
+    pub async fn traffic_report(
+        &self,
+        router: &str,
+        report: &TrafficReport,
+    ) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .post(&["v1", "routers", router, "traffic"], report)
             .await?;
         Ok(())
     }

@@ -85,6 +85,7 @@ fn main() -> ExitCode {
             limits: None,
             maintenance: None,
             timeout_ms: None,
+            ..RouteEntry::default()
         }],
     };
     let handle = RouterHandle::with_table(table);

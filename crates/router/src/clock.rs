@@ -20,3 +20,15 @@ pub(crate) fn now() -> std::time::Instant {
 pub(crate) fn tokio_now() -> tokio::time::Instant {
     tokio::time::Instant::now()
 }
+
+/// Now, in ms since the Unix epoch (wall clock): the time stamps of traffic reports, which the
+/// server compares with its own start.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the router's clock module: the one place that reads the wall clock"
+)]
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

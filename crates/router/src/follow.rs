@@ -15,10 +15,13 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use berth_api::control::RoutingTable;
+use berth_api::control::{
+    ArmCounters, EndpointView, RoutingTable, StickyView, TrafficReport, MAX_REPORT_COUNTERS,
+};
 use berth_client::{Client, ClientError};
 use tokio::sync::watch;
 
+use crate::table::{MatchRule, Share, Split, Sticky};
 use crate::{Endpoint, Limits, Maintenance, RouteEntry, RouteTable, RouterHandle};
 
 /// How long each long-poll asks the server to hold: the server's own cap (25 s), so an idle
@@ -72,6 +75,9 @@ pub async fn follow_server_with(
     handle: RouterHandle,
     shutdown: impl Future<Output = ()>,
 ) {
+    let report_clients = clients.clone();
+    let router_id_for_reports = router_id.clone();
+    let report_handle = handle.clone();
     let follow = async {
         let mut applied: Option<String> = None;
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
@@ -126,9 +132,82 @@ pub async fn follow_server_with(
             }
         }
     };
+    let report = report_traffic(report_clients, &router_id_for_reports, &report_handle);
     tokio::select! {
-        () = follow => {}
+        _ = async { tokio::join!(follow, report) } => {}
         () = shutdown => {}
+    }
+}
+
+/// How often a router with new traffic reports its counters to the server.
+pub const REPORT_EVERY: Duration = Duration::from_millis(500);
+
+/// How long one traffic report may take before it is abandoned (the next one carries the
+/// same counts and more: they are cumulative).
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends `handle`'s per-arm counters to the server every [`REPORT_EVERY`] while they change
+/// (an idle router sends nothing), as router `router_id`. Failures are logged (a warning for
+/// the first of a run, then debug) and never retried on their own: the next report, cumulative,
+/// carries everything. A report is capped at [`MAX_REPORT_COUNTERS`] arms.
+async fn report_traffic(clients: watch::Receiver<Client>, router_id: &str, handle: &RouterHandle) {
+    let started_ms = crate::clock::unix_ms();
+    let mut delivered: Option<Vec<ArmCounters>> = None;
+    let mut failures: u32 = 0;
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut counters = handle.arm_counters();
+        let nothing_counted = || counters.iter().all(|c| c.requests == 0 && c.matched == 0);
+        if delivered.as_ref() == Some(&counters) || (delivered.is_none() && nothing_counted()) {
+            continue;
+        }
+        if counters.len() > MAX_REPORT_COUNTERS {
+            tracing::warn!(
+                arms = counters.len(),
+                kept = MAX_REPORT_COUNTERS,
+                "more arms than a traffic report carries: reporting the first ones only"
+            );
+            counters.truncate(MAX_REPORT_COUNTERS);
+        }
+        let report = TrafficReport {
+            at_ms: crate::clock::unix_ms(),
+            counters,
+            started_ms,
+        };
+        let client = clients.borrow().clone();
+        let sent = tokio::time::timeout(REPORT_TIMEOUT, client.traffic_report(router_id, &report));
+        match sent.await {
+            Ok(Ok(())) => {
+                if failures > 0 {
+                    tracing::info!(failures, "traffic reports reach the server again");
+                    failures = 0;
+                }
+                delivered = Some(report.counters);
+            }
+            Ok(Err(err)) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 {
+                    tracing::warn!(%err, server = client.base_url(), "cannot report traffic counters to the server; the canary analysis sees no traffic from this router until it can");
+                } else {
+                    tracing::debug!(%err, failures, "traffic report failed again");
+                }
+            }
+            Err(_) => {
+                failures = failures.saturating_add(1);
+                let after_ms = REPORT_TIMEOUT.as_millis() as u64;
+                if failures == 1 {
+                    tracing::warn!(
+                        after_ms,
+                        server = client.base_url(),
+                        "a traffic report timed out; the next one carries its counts"
+                    );
+                } else {
+                    tracing::debug!(after_ms, failures, "traffic report timed out again");
+                }
+            }
+        }
     }
 }
 
@@ -179,29 +258,17 @@ pub fn to_route_table(table: &RoutingTable) -> RouteTable {
             } else {
                 format!("{}/{}", route.stack, route.service)
             };
-            let endpoints = route
-                .endpoints
-                .iter()
-                .filter_map(|endpoint| match endpoint.addr.parse::<SocketAddr>() {
-                    Ok(addr) => Some(Endpoint {
-                        addr,
-                        instance: endpoint.instance.clone(),
-                        release: endpoint.release,
-                        weight: endpoint.weight,
-                    }),
-                    Err(err) => {
-                        tracing::warn!(
-                            addr = %endpoint.addr,
-                            instance = %endpoint.instance,
-                            service = %service,
-                            version = %table.version,
-                            %err,
-                            "skipping an endpoint whose address is not IP:PORT"
-                        );
-                        None
-                    }
-                })
-                .collect();
+            let endpoints = parse_endpoints(&route.endpoints, &service, &table.version);
+            let split = route.split.as_ref().map(|split| Split {
+                service: if route.stack.is_empty() {
+                    split.service.clone()
+                } else {
+                    format!("{}/{}", route.stack, split.service)
+                },
+                basis_points: split.basis_points,
+                sticky: sticky(&split.sticky),
+                endpoints: parse_endpoints(&split.endpoints, &service, &table.version),
+            });
             RouteEntry {
                 host: route.host.clone(),
                 path_prefix: route.path.clone(),
@@ -216,10 +283,60 @@ pub fn to_route_table(table: &RoutingTable) -> RouteTable {
                     page_html: m.page_html.clone(),
                 }),
                 timeout_ms: route.timeout_ms,
+                shares: route
+                    .shares
+                    .iter()
+                    .map(|s| Share {
+                        release: s.release,
+                        basis_points: s.basis_points,
+                    })
+                    .collect(),
+                salt: route.salt.clone(),
+                sticky: sticky(&route.sticky),
+                matched: route.matched.as_ref().map(|m| MatchRule {
+                    header: m.header.clone(),
+                    value: m.value.clone(),
+                    release: m.release,
+                }),
+                split,
             }
         })
         .collect();
     RouteTable { routes }
+}
+
+/// The endpoints whose address is `IP:PORT`; the others are skipped with a warning.
+fn parse_endpoints(views: &[EndpointView], service: &str, version: &str) -> Vec<Endpoint> {
+    views
+        .iter()
+        .filter_map(|endpoint| match endpoint.addr.parse::<SocketAddr>() {
+            Ok(addr) => Some(Endpoint {
+                addr,
+                instance: endpoint.instance.clone(),
+                release: endpoint.release,
+                weight: endpoint.weight,
+            }),
+            Err(err) => {
+                tracing::warn!(
+                    addr = %endpoint.addr,
+                    instance = %endpoint.instance,
+                    service = %service,
+                    version = %version,
+                    %err,
+                    "skipping an endpoint whose address is not IP:PORT"
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+fn sticky(view: &StickyView) -> Sticky {
+    match view {
+        StickyView::Cookie => Sticky::Cookie,
+        StickyView::Header { name } => Sticky::Header { name: name.clone() },
+        StickyView::None => Sticky::None,
+    }
 }
 
 /// Capped exponential backoff with jitter: each delay is drawn from the upper half of the
@@ -262,7 +379,7 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
-    use berth_api::control::{EndpointView, LimitsView, MaintenanceView, RouteView};
+    use berth_api::control::{LimitsView, MaintenanceView, RouteView};
 
     use super::*;
 
@@ -353,5 +470,105 @@ mod tests {
             })
         );
         assert_eq!(route.maintenance, Some(Maintenance { page_html: None }));
+    }
+
+    /// A router reports only when its counters moved: nothing while idle, one report with
+    /// the counts (and its start time) once answers are counted, nothing more until more are.
+    #[tokio::test]
+    async fn traffic_is_reported_only_when_it_changes() {
+        use axum::extract::Path;
+        use axum::routing::post;
+
+        let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel::<(String, TrafficReport)>();
+        let app = axum::Router::new().route(
+            "/v1/routers/{id}/traffic",
+            post(
+                move |Path(id): Path<String>, axum::Json(report): axum::Json<TrafficReport>| {
+                    let tx = tx.clone();
+                    async move {
+                        let _ = tx.send((id, report));
+                        axum::Json(serde_json::json!({}))
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let handle = RouterHandle::new();
+        handle.update(RouteTable {
+            routes: vec![RouteEntry {
+                host: "a".into(),
+                path_prefix: "/".into(),
+                service: "shop/web".into(),
+                endpoints: vec![Endpoint {
+                    addr: ([127, 0, 0, 1], 1).into(),
+                    instance: "i".into(),
+                    release: 4,
+                    weight: 100,
+                }],
+                ..RouteEntry::default()
+            }],
+        });
+        let client = Client::new(&format!("http://{addr}"), Some("t".into())).expect("client");
+        let (_keep, clients) = watch::channel(client);
+        let reporting = handle.clone();
+        let reporter = tokio::spawn(async move {
+            report_traffic(clients, "agent-n1", &reporting).await;
+        });
+        let quiet = Duration::from_millis(1_200);
+        assert!(
+            tokio::time::timeout(quiet, reports.recv()).await.is_err(),
+            "an idle router reported"
+        );
+        let count = |n: usize| {
+            let table = handle.shared.table.load();
+            let route = table.lookup("a", "/").expect("route");
+            for _ in 0..n {
+                route.endpoints[0].arm.record(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    Duration::from_millis(3),
+                    false,
+                );
+            }
+        };
+        count(3);
+        let (id, report) = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+            .await
+            .expect("a report")
+            .expect("open");
+        assert_eq!(id, "agent-n1");
+        assert!(report.started_ms > 0);
+        let arm = &report.counters[0];
+        assert_eq!(
+            (
+                arm.stack.as_str(),
+                arm.service.as_str(),
+                arm.release,
+                arm.arm.as_str()
+            ),
+            ("shop", "web", 4, "release")
+        );
+        assert_eq!((arm.requests, arm.errors_5xx, arm.matched), (3, 3, 0));
+        assert_eq!(
+            arm.latency_ms_buckets.len(),
+            berth_api::control::LATENCY_SLOTS
+        );
+        assert!(
+            tokio::time::timeout(quiet, reports.recv()).await.is_err(),
+            "a report with nothing new"
+        );
+        count(1);
+        let (_, report) = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+            .await
+            .expect("a second report")
+            .expect("open");
+        assert_eq!(report.counters[0].requests, 4, "cumulative");
+        reporter.abort();
+        server.abort();
     }
 }

@@ -389,6 +389,7 @@ fn table(specs: &[RouteSpec], addrs: &Addrs) -> Arc<RouteTable> {
             limits: spec.limits,
             maintenance: spec.maintenance.clone(),
             timeout_ms: None,
+            ..RouteEntry::default()
         })
         .collect();
     Arc::new(RouteTable { routes })

@@ -42,6 +42,12 @@
 //!   one release; weights split traffic between groups, load decides within one.
 //! - **outstanding** — requests sent to an endpoint and not finished; balancing picks the
 //!   least. **ejected** — an endpoint skipped for a back-off after a connect failure or reset.
+//! - **share** — a release group's part of a route in basis points (of 10,000), placing each
+//!   client by a sticky key hashed with the route's salt into buckets; the newest release owns
+//!   buckets `[0, w)`. **split** — a sticky part of a route's clients sent to another service.
+//!   **arm** — what answers are counted by for progressive delivery: a route's release group
+//!   (`release`) or its split service; **matched** — requests sent by the match header, counted
+//!   apart. Routers report per-arm counters to the server ([`follow`]).
 //! - **retry budget** — retries may add at most 20% to a service's requests (plus a reserve).
 //! - **stale connection** — a reused keep-alive connection the app had closed as idle; a
 //!   request that dies on one never reached the app and is replayed.
@@ -226,6 +232,43 @@ impl RouterHandle {
         }
     }
 
+    /// Every arm's counters, cumulative since this router started: what it reports to the
+    /// server (`POST /v1/routers/{id}/traffic`) for the canary analysis and A/B figures. An arm
+    /// is a route's release group (`arm: "release"`) or its split service (`arm`: that
+    /// service's name); the route's service `STACK/SERVICE` is split into `stack` and
+    /// `service` (`stack` empty for a hand-written table without one). Sorted, so two reports
+    /// compare equal when nothing was counted in between.
+    pub fn arm_counters(&self) -> Vec<berth_api::control::ArmCounters> {
+        let registry = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<_> = registry
+            .arms
+            .iter()
+            .map(|((route, release, arm), stats)| {
+                let snapshot = stats.snapshot();
+                let (stack, service) = route.split_once('/').unwrap_or(("", route));
+                berth_api::control::ArmCounters {
+                    stack: stack.to_owned(),
+                    service: service.to_owned(),
+                    release: *release,
+                    arm: arm.clone(),
+                    requests: snapshot.requests,
+                    errors_5xx: snapshot.errors_5xx,
+                    latency_ms_buckets: snapshot.latency_ms_buckets.to_vec(),
+                    matched: snapshot.matched,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.stack, &a.service, a.release, &a.arm)
+                .cmp(&(&b.stack, &b.service, b.release, &b.arm))
+        });
+        out
+    }
+
     /// Every metric in the Prometheus text exposition format (version 0.0.4): what the
     /// optional metrics listener of [`serve_with`] answers on `/metrics`, and what a shell
     /// that already has an HTTP server can serve itself.
@@ -236,6 +279,11 @@ impl RouterHandle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let upstreams: Vec<_> = registry.upstreams.values().cloned().collect();
-        metrics::render(&registry.services, &upstreams, &self.shared.unrouted)
+        metrics::render(
+            &registry.services,
+            &registry.arms,
+            &upstreams,
+            &self.shared.unrouted,
+        )
     }
 }

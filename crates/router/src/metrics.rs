@@ -17,14 +17,21 @@
 //! | `berth_router_upstream_timeouts_total` | counter | `service` |
 //! | `berth_router_queue_depth` | gauge | `service` |
 //! | `berth_router_upstream_outstanding` | gauge | `addr` |
+//! | `berth_router_arm_requests_total` | counter | `service` (`STACK/SERVICE`), `release`, `arm` (`release`, or the split service) |
+//! | `berth_router_arm_errors_total` | counter | the same: the arm's 5xx answers |
+//! | `berth_router_arm_matched_total` | counter | the same: requests sent by the match header (not in the others) |
+//! | `berth_router_arm_response_head_seconds` | histogram | the same: time to the response head |
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use berth_api::control::LATENCY_BOUNDS_MS;
+
+use crate::compiled::ArmKey;
 use crate::service::{ServiceState, LATENCY_BUCKETS};
-use crate::stats::{Counters, StatusClasses};
+use crate::stats::{ArmStats, Counters, StatusClasses};
 use crate::upstream::Upstream;
 
 /// A per-service metric: name, type, help, and how to read it.
@@ -62,6 +69,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 pub(crate) fn render(
     services: &HashMap<String, Arc<ServiceState>>,
+    arms: &HashMap<ArmKey, Arc<ArmStats>>,
     upstreams: &[Arc<Upstream>],
     unrouted: &Counters,
 ) -> String {
@@ -214,5 +222,75 @@ pub(crate) fn render(
             upstream.outstanding.load(Ordering::Relaxed)
         );
     }
+    render_arms(&mut out, arms);
     out
+}
+
+/// A per-arm counter: name, help, and how to read it.
+type PerArm = (
+    &'static str,
+    &'static str,
+    fn(&crate::stats::ArmSnapshot) -> u64,
+);
+
+/// The per-arm counters (issue 12: requests, errors and latency per arm of a canary or an A/B
+/// split).
+fn render_arms(out: &mut String, arms: &HashMap<ArmKey, Arc<ArmStats>>) {
+    let mut arms: Vec<(&ArmKey, _)> = arms.iter().map(|(k, a)| (k, a.snapshot())).collect();
+    arms.sort_by(|a, b| a.0.cmp(b.0));
+    let labels = |(service, release, arm): &ArmKey| {
+        format!(
+            "service=\"{}\",release=\"{release}\",arm=\"{}\"",
+            escape(service),
+            escape(arm)
+        )
+    };
+    let counters: [PerArm; 3] = [
+        (
+            "berth_router_arm_requests_total",
+            "Answers per arm (a route's release, or its A/B split service), matched requests excluded.",
+            |s| s.requests,
+        ),
+        (
+            "berth_router_arm_errors_total",
+            "5xx answers per arm, matched requests excluded.",
+            |s| s.errors_5xx,
+        ),
+        (
+            "berth_router_arm_matched_total",
+            "Requests sent to an arm by the route's match header (counted in no other arm metric).",
+            |s| s.matched,
+        ),
+    ];
+    for (metric, help, value) in counters {
+        header(out, metric, "counter", help);
+        for (key, snapshot) in &arms {
+            let _ = writeln!(out, "{metric}{{{}}} {}", labels(key), value(snapshot));
+        }
+    }
+    let metric = "berth_router_arm_response_head_seconds";
+    header(
+        out,
+        metric,
+        "histogram",
+        "Time from the request head to the response head per arm, matched requests excluded.",
+    );
+    for (key, snapshot) in &arms {
+        let labels = labels(key);
+        let mut running = 0u64;
+        for (bound, count) in LATENCY_BOUNDS_MS.iter().zip(&snapshot.latency_ms_buckets) {
+            running += count;
+            let _ = writeln!(
+                out,
+                "{metric}_bucket{{{labels},le=\"{}\"}} {running}",
+                *bound as f64 / 1000.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{metric}_bucket{{{labels},le=\"+Inf\"}} {}",
+            snapshot.requests
+        );
+        let _ = writeln!(out, "{metric}_count{{{labels}}} {}", snapshot.requests);
+    }
 }

@@ -47,7 +47,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::compiled::{normalize_host, Route};
+use crate::compiled::{normalize_host, Choice, Route};
 use crate::error::ProxyError;
 use crate::upstream::{now_nanos, Conn, UpBody, Upstream};
 use crate::RouterHandle;
@@ -391,6 +391,8 @@ fn idempotent(method: &Method, headers: &HeaderMap) -> bool {
 /// The outcome of forwarding, for the access log.
 struct Outcome {
     endpoint: Option<SocketAddr>,
+    /// The index of the last endpoint tried, whose arm the answer counts in.
+    target: Option<usize>,
     attempts: u8,
     error: Option<ProxyError>,
     /// The `X-Request-Id` forwarded (when logging), which may not be the client's.
@@ -467,9 +469,21 @@ impl Proxy {
             },
         };
         let access = self.access_log.then(|| AccessLine::of(&request));
+        let choice = route.choose(request.headers());
         let guard = Guard::new(route.clone(), started, permit);
-        let (response, outcome) = self.forward(conn, &route, guard, request).await;
-        route.service.counters.record(response.status());
+        let (mut response, outcome) = self.forward(conn, &route, guard, request, &choice).await;
+        route
+            .counted_service(&choice)
+            .counters
+            .record(response.status());
+        if let Some(target) = outcome.target.and_then(|i| route.endpoints.get(i)) {
+            target
+                .arm
+                .record(response.status(), started.elapsed(), choice.matched);
+        }
+        if let Some(cookie) = choice.set_cookie.and_then(|key| route.set_cookie(key)) {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
         if let Some(access) = access {
             access.emit(conn, &route, &response, started, &outcome);
         }
@@ -484,6 +498,7 @@ impl Proxy {
         route: &Arc<Route>,
         mut guard: Guard,
         mut request: Request<Incoming>,
+        choice: &Choice,
     ) -> (Response<ProxyBody>, Outcome) {
         let upgrade = wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
         let (parts, body) = request.into_parts();
@@ -497,6 +512,7 @@ impl Proxy {
         };
         let mut outcome = Outcome {
             endpoint: None,
+            target: None,
             attempts: 0,
             error: None,
             request_id,
@@ -537,7 +553,10 @@ impl Proxy {
         let mut paid = false;
         let mut head = Some(head);
         loop {
-            let Some(i) = chosen.take().or_else(|| route.pick(None, now_nanos())) else {
+            let Some(i) = chosen
+                .take()
+                .or_else(|| route.pick_for(choice, None, now_nanos()))
+            else {
                 let response = plain(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("no healthy instance of {}\n", route.name),
@@ -545,6 +564,7 @@ impl Proxy {
                 return (response, outcome);
             };
             outcome.attempts += 1;
+            outcome.target = Some(i);
             let target = &route.endpoints[i];
             outcome.endpoint = Some(target.endpoint.addr);
             guard.hold(i);
@@ -641,7 +661,7 @@ impl Proxy {
                                 Payload::Stream(body) => body.is_some(),
                             });
                     let now = now_nanos();
-                    let next = route.pick(Some(i), now);
+                    let next = route.pick_for(choice, Some(i), now);
                     let elsewhere = next.is_some_and(|n| n != i);
                     // Failing over from an instance that failed to another one the router
                     // holds for live costs the service no extra work: the budget is for
@@ -757,6 +777,7 @@ impl Proxy {
         if self.access_log {
             let outcome = Outcome {
                 endpoint: None,
+                target: None,
                 attempts: 0,
                 error: None,
                 request_id: None,

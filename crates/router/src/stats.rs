@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
+use berth_api::control::{LATENCY_BOUNDS_MS, LATENCY_SLOTS};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -122,9 +124,92 @@ impl Counters {
     }
 }
 
+/// One arm's counters as traffic reports and `/metrics` show them: answers (matched ones
+/// apart), their 5xx, and their time to the response head per [`LATENCY_BOUNDS_MS`] bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArmSnapshot {
+    /// Answers from the arm's instances (or the router's 502/504 after trying them), matched
+    /// requests excluded.
+    pub requests: u64,
+    /// Of `requests`, those with a 5xx status.
+    pub errors_5xx: u64,
+    /// Requests sent to the arm by the route's match header.
+    pub matched: u64,
+    /// Of `requests`, per latency bucket (not cumulative; last `+Inf`).
+    pub latency_ms_buckets: [u64; LATENCY_SLOTS],
+}
+
+/// The live counters of one arm (a route's release group, or its split service), sharded like
+/// [`Counters`]. Latency is the time to the response head: what a canary changes, whatever
+/// the body's size or a streaming client's pace.
+#[derive(Debug, Default)]
+pub(crate) struct ArmStats {
+    shards: [Padded<ArmShard>; SHARDS],
+}
+
+#[derive(Debug, Default)]
+struct ArmShard {
+    requests: AtomicU64,
+    errors_5xx: AtomicU64,
+    matched: AtomicU64,
+    latency: [AtomicU64; LATENCY_SLOTS],
+}
+
+impl ArmStats {
+    /// Counts one answer.
+    pub(crate) fn record(&self, status: StatusCode, elapsed: Duration, matched: bool) {
+        let shard = &self.shards[shard()].0;
+        if matched {
+            shard.matched.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        shard.requests.fetch_add(1, Ordering::Relaxed);
+        if status.is_server_error() {
+            shard.errors_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+        let micros = elapsed.as_micros();
+        let slot = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|ms| micros <= u128::from(*ms) * 1_000)
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        shard.latency[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sums the shards.
+    pub(crate) fn snapshot(&self) -> ArmSnapshot {
+        let mut out = ArmSnapshot::default();
+        for shard in &self.shards {
+            let s = &shard.0;
+            out.requests += s.requests.load(Ordering::Relaxed);
+            out.errors_5xx += s.errors_5xx.load(Ordering::Relaxed);
+            out.matched += s.matched.load(Ordering::Relaxed);
+            for (total, slot) in out.latency_ms_buckets.iter_mut().zip(&s.latency) {
+                *total += slot.load(Ordering::Relaxed);
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arms_count_requests_errors_latency_and_matched_apart() {
+        let arm = ArmStats::default();
+        arm.record(StatusCode::OK, Duration::from_micros(900), false);
+        arm.record(StatusCode::BAD_GATEWAY, Duration::from_millis(40), false);
+        arm.record(StatusCode::OK, Duration::from_secs(60), false);
+        arm.record(StatusCode::INTERNAL_SERVER_ERROR, Duration::ZERO, true);
+        let s = arm.snapshot();
+        assert_eq!((s.requests, s.errors_5xx, s.matched), (3, 1, 1));
+        assert_eq!(s.latency_ms_buckets[0], 1, "<= 1 ms");
+        let at_50 = LATENCY_BOUNDS_MS.iter().position(|b| *b == 50).expect("50");
+        assert_eq!(s.latency_ms_buckets[at_50], 1);
+        assert_eq!(s.latency_ms_buckets[LATENCY_SLOTS - 1], 1, "+Inf");
+        assert_eq!(s.latency_ms_buckets.iter().sum::<u64>(), 3);
+    }
 
     #[test]
     fn counts_by_class() {

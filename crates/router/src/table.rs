@@ -26,7 +26,10 @@ pub struct RouteTable {
 }
 
 /// One service exposed under a host and a path prefix.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The progressive-delivery fields ([`RouteEntry::shares`] … [`RouteEntry::split`]) default to
+/// nothing: traffic split by summed endpoint weights, no cookie, no matched header, no split.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteEntry {
     /// The `Host` a request must carry, matched case-insensitively and without its port
     /// (`Shop.Local:8080` matches `shop.local`).
@@ -55,6 +58,98 @@ pub struct RouteEntry {
     /// follows the head is not limited: a streamed answer may take as long as it takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// When non-empty, the route's traffic is split between these release groups by basis
+    /// points (of [`BASIS_POINTS`]) instead of by endpoint weights, and a client is placed by
+    /// its sticky key ([`RouteEntry::sticky`]): the key is hashed with [`RouteEntry::salt`]
+    /// into [`BASIS_POINTS`] buckets, the *last* share listed (the new release) owns buckets
+    /// `[0, basis_points)` and the others follow in the order listed. So raising the new
+    /// release's share only adds clients to it, and none leaves it (Flagger's cookies drift
+    /// everyone to the canary, flagger#1532). Buckets past the shares' sum (a table that does
+    /// not add up to 10,000) go to the first share listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<Share>,
+    /// Salt of the sticky hash: a new salt per rollout reshuffles who goes first.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub salt: String,
+    /// Where a client's sticky key comes from (used only with `shares` or `split`).
+    #[serde(default, skip_serializing_if = "Sticky::is_cookie")]
+    pub sticky: Sticky,
+    /// Requests whose header matches go to that release at any share, counted as *matched*
+    /// (apart from the per-arm requests the canary analysis reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<MatchRule>,
+    /// An A/B split: a sticky share of the route's clients goes to another service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+}
+
+/// All of a route: shares and splits are in basis points of this (0.5 % = 50).
+pub const BASIS_POINTS: u32 = 10_000;
+
+/// A release group's share of a route; see [`RouteEntry::shares`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// The release whose endpoints get this share.
+    pub release: u64,
+    /// Its share, in basis points of [`BASIS_POINTS`].
+    pub basis_points: u32,
+}
+
+/// Where a client's sticky key comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sticky {
+    /// A cookie named `berth_arm_<hash of host and prefix>`: read when the client sends it;
+    /// otherwise the router mints a random key and sets the cookie on the answer.
+    #[default]
+    Cookie,
+    /// The value of this request header (a user id, …); requests without it are placed at
+    /// random.
+    Header {
+        /// The header's name.
+        name: String,
+    },
+    /// Every request is placed at random.
+    None,
+}
+
+impl Sticky {
+    fn is_cookie(&self) -> bool {
+        *self == Sticky::Cookie
+    }
+}
+
+/// A header that sends requests to a release whatever the shares; see [`RouteEntry::matched`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchRule {
+    /// The header's name (case-insensitive).
+    pub header: String,
+    /// The value it must have, exactly.
+    pub value: String,
+    /// Where matching requests go (when that release has endpoints; else as any request).
+    pub release: u64,
+}
+
+/// An A/B split to another service; see [`RouteEntry::split`].
+///
+/// The split is decided first, with a salt of its own (the route's service and the split
+/// service's names, not [`RouteEntry::salt`]), so it is independent of a canary's shares on
+/// the same route and a client stays on its side of an experiment across deploys. Requests
+/// sent to the split count in the split service's status counters and in an arm named after
+/// it; the in-flight gauge and the duration histogram stay the route's service's. Its endpoints form a
+/// pool apart: the route's own answers never go there, nor the split's to the route's own,
+/// unless one side has no endpoint at all (an answer from the other service beats a 503).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// The other service, as counters name it (`STACK/SERVICE` from the server).
+    pub service: String,
+    /// The split's share of the route's clients, in basis points.
+    pub basis_points: u32,
+    /// Where a client's key for the split comes from.
+    #[serde(default, skip_serializing_if = "Sticky::is_cookie")]
+    pub sticky: Sticky,
+    /// The other service's healthy instances.
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// A service's concurrency limit and bounded queue; see [`RouteEntry::limits`].

@@ -49,6 +49,7 @@ fn table(addrs: &[SocketAddr], timeout_ms: Option<u64>) -> RouteTable {
             limits: None,
             maintenance: None,
             timeout_ms,
+            ..RouteEntry::default()
         }],
     }
 }

@@ -198,6 +198,7 @@ fn route(endpoints: Vec<Endpoint>) -> RouteEntry {
         limits: None,
         maintenance: None,
         timeout_ms: None,
+        ..RouteEntry::default()
     }
 }
 

@@ -180,6 +180,7 @@ fn route(host: &str, prefix: &str, service: &str, addrs: &[SocketAddr]) -> Route
         limits: None,
         maintenance: None,
         timeout_ms: None,
+        ..RouteEntry::default()
     }
 }
 
@@ -562,4 +563,214 @@ async fn shutdown_stops_accepting_and_returns() {
         }
     })
     .await;
+}
+
+/// Sends a GET with `cookie` (if any) and returns the body and the `Set-Cookie` answered.
+async fn get_with_cookie(
+    conn: &mut SendRequest<TestBody>,
+    host: &str,
+    cookie: Option<&str>,
+) -> (StatusCode, String, Option<String>) {
+    within("ready", conn.ready())
+        .await
+        .expect("connection open");
+    let mut req = request(host, "/", full(""));
+    if let Some(cookie) = cookie {
+        req.headers_mut().insert(
+            http::header::COOKIE,
+            http::HeaderValue::from_str(cookie).expect("cookie"),
+        );
+    }
+    let response = within("response", conn.send_request(req))
+        .await
+        .expect("response");
+    let status = response.status();
+    let set_cookie = response
+        .headers()
+        .get(http::header::SET_COOKIE)
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let body = within("body", response.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        set_cookie,
+    )
+}
+
+#[tokio::test]
+async fn a_sticky_canary_share_through_the_router_is_counted_per_arm() {
+    use berth_router::table::Share;
+    let stable = backend("stable", None).await;
+    let canary = backend("canary", None).await;
+    let mut entry = route("shop.local", "/", "shop/web", &[stable, canary]);
+    entry.endpoints[1].release = 2;
+    entry.shares = vec![
+        Share {
+            release: 1,
+            basis_points: 8_000,
+        },
+        Share {
+            release: 2,
+            basis_points: 2_000,
+        },
+    ];
+    entry.salt = "shop/production/2".into();
+    let r = router(RouteTable {
+        routes: vec![entry],
+    })
+    .await;
+    let mut conn = connect(r.addr).await;
+    let n = 1_000;
+    let mut on_canary = 0;
+    let mut kept = Vec::new();
+    for _ in 0..n {
+        let (status, body, set_cookie) = get_with_cookie(&mut conn, "shop.local", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let set_cookie = set_cookie.expect("a client without the cookie gets one");
+        if body == "canary" {
+            on_canary += 1;
+        }
+        if kept.len() < 20 {
+            let pair = set_cookie.split(';').next().expect("pair").to_owned();
+            kept.push((pair, body));
+        }
+    }
+    assert!(
+        (150..=250).contains(&on_canary),
+        "{on_canary} of {n} on a 20 % canary"
+    );
+    // Each client with its cookie stays on its arm, and is not given another cookie.
+    for (cookie, first) in &kept {
+        for _ in 0..10 {
+            let (_, body, set_cookie) =
+                get_with_cookie(&mut conn, "shop.local", Some(cookie)).await;
+            assert_eq!(&body, first, "{cookie} changed arms");
+            assert_eq!(set_cookie, None);
+        }
+    }
+    let arms = r.handle.arm_counters();
+    let count = |release: u64| {
+        arms.iter().find(|a| a.release == release).map(|a| {
+            (
+                a.stack.as_str(),
+                a.service.as_str(),
+                a.arm.as_str(),
+                a.requests,
+            )
+        })
+    };
+    let total = n + kept.len() * 10;
+    let (_, _, _, on_stable) = count(1).expect("stable arm");
+    let (stack, service, arm, on_new) = count(2).expect("canary arm");
+    assert_eq!((stack, service, arm), ("shop", "web", "release"));
+    assert_eq!(on_stable + on_new, total as u64);
+    let metrics = r.handle.metrics_text();
+    assert!(
+        metrics.contains(&format!(
+            "berth_router_arm_requests_total{{service=\"shop/web\",release=\"2\",arm=\"release\"}} {on_new}"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("berth_router_arm_response_head_seconds_bucket{service=\"shop/web\",release=\"1\",arm=\"release\",le=\"+Inf\"}"));
+}
+
+#[tokio::test]
+async fn an_ab_split_and_matched_requests_are_routed_and_counted_apart() {
+    use berth_router::table::{MatchRule, Share, Split, Sticky};
+    let stable = backend("stable", None).await;
+    let canary = backend("canary", None).await;
+    let next = backend("next", None).await;
+    let mut entry = route("shop.local", "/", "shop/web", &[stable, canary]);
+    entry.endpoints[1].release = 2;
+    entry.shares = vec![
+        Share {
+            release: 1,
+            basis_points: 10_000,
+        },
+        Share {
+            release: 2,
+            basis_points: 0,
+        },
+    ];
+    entry.matched = Some(MatchRule {
+        header: "X-Canary".into(),
+        value: "always".into(),
+        release: 2,
+    });
+    entry.split = Some(Split {
+        service: "shop/web-next".into(),
+        basis_points: 2_000,
+        sticky: Sticky::Cookie,
+        endpoints: vec![Endpoint {
+            addr: next,
+            instance: "next-0".into(),
+            release: 7,
+            weight: 100,
+        }],
+    });
+    let r = router(RouteTable {
+        routes: vec![entry],
+    })
+    .await;
+    let mut conn = connect(r.addr).await;
+    let n = 1_000;
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    for _ in 0..n {
+        let (status, body, set_cookie) = get_with_cookie(&mut conn, "shop.local", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(set_cookie.is_some());
+        *seen.entry(body).or_default() += 1;
+    }
+    let on_next = seen.get("next").copied().unwrap_or(0);
+    assert!((150..=250).contains(&on_next), "{seen:?}");
+    assert_eq!(seen.get("canary"), None, "the canary is at 0 %: {seen:?}");
+    // The match header reaches the canary at 0 %, counted as matched only.
+    for _ in 0..25 {
+        within("ready", conn.ready()).await.expect("open");
+        let mut req = request("shop.local", "/", full(""));
+        req.headers_mut()
+            .insert("x-canary", http::HeaderValue::from_static("always"));
+        let response = within("response", conn.send_request(req))
+            .await
+            .expect("response");
+        let body = within("body", response.into_body().collect())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], b"canary");
+    }
+    let arms = r.handle.arm_counters();
+    let arm = |release: u64, name: &str| {
+        arms.iter()
+            .find(|a| a.release == release && a.arm == name)
+            .unwrap_or_else(|| panic!("arm {release} {name} in {arms:?}"))
+    };
+    assert_eq!(arm(7, "web-next").requests, on_next);
+    assert_eq!(
+        arm(7, "web-next").service,
+        "web",
+        "reported under the route's service"
+    );
+    assert_eq!(arm(1, "release").requests, n - on_next);
+    assert_eq!(
+        (arm(2, "release").requests, arm(2, "release").matched),
+        (0, 25)
+    );
+    // The split service's answers count as its own in the status counters.
+    let stats = r.handle.stats();
+    assert_eq!(stats.services["shop/web-next"].success, on_next);
+    assert_eq!(stats.services["shop/web"].success, n - on_next + 25);
+    let metrics = r.handle.metrics_text();
+    assert!(
+        metrics.contains(&format!(
+            "berth_router_arm_requests_total{{service=\"shop/web\",release=\"7\",arm=\"web-next\"}} {on_next}"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "berth_router_arm_matched_total{service=\"shop/web\",release=\"2\",arm=\"release\"} 25"
+    ));
 }

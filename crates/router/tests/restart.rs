@@ -118,6 +118,7 @@ fn table(backend: SocketAddr) -> RouteTable {
             limits: None,
             maintenance: None,
             timeout_ms: None,
+            ..RouteEntry::default()
         }],
     }
 }

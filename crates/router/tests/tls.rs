@@ -97,6 +97,7 @@ async fn router(backend: SocketAddr, tls: &TlsConfig) -> SocketAddr {
                 limits: None,
                 maintenance: None,
                 timeout_ms: None,
+                ..RouteEntry::default()
             })
             .collect(),
     };

@@ -22,6 +22,8 @@
 //! - [`rollouts`]  — old paths of the rollout controller's items, re-exported.
 //! - [`routing`]   — the routing table, built from the view once per change and cached.
 //! - [`routers`]   — what each router has applied; when an instance is released by all.
+//! - [`traffic`]   — the routers' per-arm traffic reports in memory, and the window sums a
+//!   canary analysis reads (`shared.traffic.window(stack, service, release, since, now)`).
 //! - [`liveness`]  — node liveness in memory: last calls, `node_is_up`, down marks.
 //! - [`version`]   — content versions (a short hash of a value's JSON).
 //! - [`table`]     — old paths of the routing, routers and liveness items, re-exported.
@@ -60,6 +62,7 @@ pub mod routing;
 pub mod secrets;
 pub mod state;
 pub mod table;
+pub mod traffic;
 pub mod version;
 pub mod view;
 
@@ -126,6 +129,9 @@ pub struct Shared {
     /// Each node's last garbage-collection report, from its heartbeats (in memory, like
     /// liveness: it is for people and for `berth gc` to wait on).
     pub gc_reports: Mutex<HashMap<String, berth_api::control::GcReport>>,
+    /// What the routers reported of their traffic, per arm (in memory, bounded; see
+    /// [`traffic`]): what canary analyses sum with `traffic.window(…)`.
+    pub traffic: traffic::Traffic,
 }
 
 /// Errors that stop the server from starting.
@@ -180,6 +186,7 @@ impl Shared {
             tables: Mutex::new(routing::RecentTables::default()),
             routing: routing::TableCache::default(),
             gc_reports: Mutex::new(HashMap::new()),
+            traffic: traffic::Traffic::new(started_ms),
         }))
     }
 }

@@ -103,11 +103,28 @@ pub trait TrafficSource {
     ) -> berth_rollout::analysis::ArmCounts;
 }
 
-/// The routers' counters as the server has them. The traffic side of issue 12 aggregates the
-/// routers' reports in memory (`shared.traffic`); until that is merged there are none, and
-/// this is the one place that changes when it is.
-pub fn traffic_of(_shared: &Shared) -> &'static dyn TrafficSource {
-    &NoTraffic
+/// The routers' counters as the server has them: the in-memory book of their traffic reports
+/// ([`crate::traffic`]).
+pub fn traffic_of(shared: &Shared) -> &dyn TrafficSource {
+    &shared.traffic
+}
+
+impl TrafficSource for crate::traffic::Traffic {
+    fn window(
+        &self,
+        stack: &str,
+        service: &str,
+        release: u64,
+        since_ms: u64,
+        now_ms: u64,
+    ) -> berth_rollout::analysis::ArmCounts {
+        let w = crate::traffic::Traffic::window(self, stack, service, release, since_ms, now_ms);
+        berth_rollout::analysis::ArmCounts {
+            requests: w.requests,
+            errors_5xx: w.errors_5xx,
+            p99_ms: w.p99_ms(),
+        }
+    }
 }
 
 /// No counters: a canary sees "insufficient data" (and pauses, never promotes) and a wave

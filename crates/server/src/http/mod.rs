@@ -6,6 +6,7 @@ mod releases;
 mod rollouts;
 mod secrets;
 mod status;
+mod traffic;
 
 use std::sync::Arc;
 
@@ -44,6 +45,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/nodes/{name}/desired", get(nodes::desired))
         .route("/v1/nodes/{name}/{action}", post(nodes::set_draining))
         .route("/v1/routes", get(nodes::routes))
+        .route(
+            "/v1/routers/{id}/traffic",
+            post(traffic::report).layer(DefaultBodyLimit::max(crate::traffic::MAX_REPORT_BYTES)),
+        )
+        .route("/v1/traffic", get(traffic::window))
         .route("/v1/gc", post(nodes::gc))
         .route("/v1/plan", post(releases::plan))
         .route("/v1/deploy", post(releases::deploy))
