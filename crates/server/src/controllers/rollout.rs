@@ -533,7 +533,32 @@ fn new_state(
         )
         .map(ServiceRollout::Rolling);
     }
-    let scale_only = record.from.is_some_and(|from| {
+    // A canary or blue/green compares with, and falls back to, a release that went live: when
+    // the release replaced had not (a deploy during an unfinished canary), the newest one that
+    // did is the stable one, and the unfinished release's instances are simply old.
+    let from = match record.from {
+        Some(from) if service.rollout.strategy != berth_spec::model::Strategy::Rolling => {
+            let releases = view.releases_of(&record.stack, &record.env);
+            let went = |n: u64| {
+                releases
+                    .and_then(|all| all.values().find(|r| r.value.number == n))
+                    .is_some_and(|r| crate::state::went_live(&r.value))
+            };
+            if went(from) {
+                Some(from)
+            } else {
+                releases
+                    .into_iter()
+                    .flat_map(|all| all.values())
+                    .filter(|r| r.value.number < record.to && crate::state::went_live(&r.value))
+                    .map(|r| r.value.number)
+                    .max()
+                    .or(Some(from))
+            }
+        }
+        other => other,
+    };
+    let scale_only = from.is_some_and(|from| {
         let (Some(old), Some(new)) = (
             view.release(&record.stack, &record.env, from),
             view.release(&record.stack, &record.env, record.to),
@@ -546,7 +571,7 @@ fn new_state(
         old_service.replicas = service.replicas;
         old_service == *service && old.value.secrets == new.value.secrets
     });
-    ServiceRollout::for_service(record.from, record.to, service, scale_only, now)
+    ServiceRollout::for_service(from, record.to, service, scale_only, now)
 }
 
 #[cfg(test)]
@@ -974,6 +999,24 @@ services:
             "eu keeps release 2: {:?}",
             by_region(&w)
         );
+    }
+
+    #[test]
+    fn a_deploy_during_an_unfinished_canary_compares_with_the_release_that_went_live() {
+        let mut w = started([(0, 0), (0, 0)]);
+        rounds(&mut w, 3);
+        w.deploy(&canary("3"), 3, Some(2), false);
+        rounds(&mut w, 2);
+        let Some(ServiceRollout::Canary(c)) = w.rollout().services.get("web") else {
+            panic!("{:?}", w.rollout());
+        };
+        assert_eq!(
+            (c.from_release, c.to_release),
+            (1, 3),
+            "stable is release 1, not the unfinished 2"
+        );
+        assert_eq!(share(&w, 1), 9_000);
+        assert_eq!(share(&w, 2), 0, "the unfinished canary is out of traffic");
     }
 
     #[test]
