@@ -54,6 +54,9 @@ enum Command {
     History(commands::history::Args),
     /// A new release with an older one's content (default: the previous successful one).
     Rollback(commands::rollback::Args),
+    /// Watch and steer a progressive rollout: status, explain, pause, resume, promote, abort.
+    #[command(subcommand)]
+    Rollout(commands::rollout::Rollout),
     /// Every state change, as it happens with -f.
     Events(commands::events::Args),
     /// The nodes of the cluster.
@@ -108,6 +111,7 @@ fn main() {
         Command::Status(args) => commands::status::run(args, g),
         Command::History(args) => commands::history::run(args, g),
         Command::Rollback(args) => commands::rollback::run(args, g),
+        Command::Rollout(which) => commands::rollout::run(which, g),
         Command::Events(args) => commands::events::run(args, g),
         Command::Nodes => commands::nodes::run(g),
         Command::Node(which) => commands::node::run(which, g),

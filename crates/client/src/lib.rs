@@ -355,6 +355,36 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/stacks/{stack}/{env}/rollout` (admin): the rollout's steps, weights, time left,
+    /// step reports and current analysis (the server's `rollouts::RolloutStatus`).
+    pub async fn rollout<T: DeserializeOwned>(
+        &self,
+        stack: &str,
+        env: &str,
+    ) -> Result<T, ClientError> {
+        self.get(&["v1", "stacks", stack, env, "rollout"], &[])
+            .await
+    }
+
+    /// `POST /v1/stacks/{stack}/{env}/rollout/{command}` (admin): `pause`, `resume`,
+    /// `promote` (`full`: to 100 %) or `abort`; answers what changed.
+    pub async fn rollout_command<T: DeserializeOwned>(
+        &self,
+        stack: &str,
+        env: &str,
+        command: &str,
+        full: bool,
+    ) -> Result<T, ClientError> {
+        let query = if full {
+            vec![("full", "true".to_string())]
+        } else {
+            Vec::new()
+        };
+        let url = self.url(&["v1", "stacks", stack, env, "rollout", command], &query);
+        let what = format!("POST {}", url.path());
+        self.json(&what, self.request(Method::POST, url)).await
+    }
+
     /// `POST /v1/stacks/{stack}/{env}/rollback` (admin): a new release with an older one's
     /// content (the previous successful one unless `req` names one).
     pub async fn rollback(

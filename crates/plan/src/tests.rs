@@ -21,12 +21,11 @@ fn svc(replicas: u32) -> Service {
         replicas,
         health: None,
         route: None,
-        rollout: Rollout {
-            strategy: Strategy::Rolling,
-            max_surge: Amount::Count(1),
-            max_unavailable: Amount::Count(0),
-            progress_deadline: Duration::from_millis(600_000),
-        },
+        rollout: Rollout::rolling(
+            Amount::Count(1),
+            Amount::Count(0),
+            Duration::from_millis(600_000),
+        ),
         depends_on: vec![],
         stop_grace: Duration::from_millis(10_000),
         volumes: vec![],
@@ -52,6 +51,7 @@ fn stack(regions: &[&str], services: &[(&str, Service)]) -> Stack {
                 regions: regions.iter().map(|r| r.to_string()).collect(),
                 approval: false,
                 max_capacity_drop: Percent(50),
+                waves: None,
             },
         )]),
         services: services
@@ -248,6 +248,7 @@ fn in_place_fields_do_not_replace() {
         port: "http".into(),
         limits: None,
         timeout: None,
+        split: None,
     });
     b.rollout.strategy = Strategy::Canary;
     b.depends_on = vec!["api".into()];

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use berth_plan::Plan;
 use berth_spec::model::{
     Amount, Cpu, Duration, Environment, Memory, Percent, Placement, Process, Resources,
-    RestartPolicy, Rollout, Service, Stack, Strategy as RolloutStrategy,
+    RestartPolicy, Rollout, Service, Stack,
 };
 use proptest::collection::btree_map;
 use proptest::prelude::*;
@@ -62,12 +62,11 @@ fn service() -> impl Strategy<Value = Service> {
                     replicas,
                     health: None,
                     route: None,
-                    rollout: Rollout {
-                        strategy: RolloutStrategy::Rolling,
-                        max_surge: Amount::Count(1),
-                        max_unavailable: Amount::Count(0),
-                        progress_deadline: Duration::from_millis(600_000),
-                    },
+                    rollout: Rollout::rolling(
+                        Amount::Count(1),
+                        Amount::Count(0),
+                        Duration::from_millis(600_000),
+                    ),
                     depends_on: vec![],
                     stop_grace: Duration::from_millis(10_000),
                     volumes: vec![],
@@ -106,6 +105,7 @@ fn stack() -> impl Strategy<Value = Stack> {
                     regions: regions.iter().map(|r| r.to_string()).collect(),
                     approval,
                     max_capacity_drop: Percent(drop),
+                    waves: None,
                 },
             )]),
             services: services

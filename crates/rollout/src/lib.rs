@@ -19,8 +19,10 @@
 //! - `sim` (feature `sim`) — a deterministic world that applies decisions, for tests and replays;
 //!   test support, outside the library's normal build (the crate's tests turn it on).
 //!
-//! Blue/green and canary will live beside `rolling`, as variants of [`Strategy`], and reuse
-//! [`observe`].
+//! - [`canary`] — the canary: steps of traffic share, each baked and analysed; [`analysis`] —
+//!   the new release against the stable one (a sequential test valid under repeated looks).
+//! - [`blue_green`] — up at full size out of traffic, a switch at once, the old kept warm.
+//! - [`strategy::ServiceRollout`] — whichever of the three a service runs, persisted.
 //!
 //! ## Vocabulary
 //! - *release* — an immutable numbered snapshot; a rollout goes from `from_release` (none on a
@@ -52,6 +54,9 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod analysis;
+pub mod blue_green;
+pub mod canary;
 pub mod observe;
 pub mod rollback;
 pub mod rolling;
@@ -63,5 +68,5 @@ pub mod waves;
 pub use observe::{Observed, ObservedState};
 pub use rollback::{rollback_target, NoRollback};
 pub use rolling::{rollback_of, step, Decision, Phase, RolloutError, RolloutState, MAX_RESTARTS};
-pub use strategy::{Strategy, StrategyStep, Traffic};
+pub use strategy::{ServiceRollout, ServiceStep, Strategy, StrategyStep, Traffic};
 pub use waves::{dependency_order, WaveStep};

@@ -388,9 +388,15 @@ impl<'a> View<'a> {
 /// New instances that are failing: Failed, or live and not healthy after [`MAX_RESTARTS`]
 /// restarts, by id.
 fn failing_new<'a>(state: &RolloutState, observed: &'a [Observed]) -> Vec<&'a Observed> {
+    failing_of(state.to_release, observed)
+}
+
+/// Instances of `release` that are failing (see [`failing_new`]), by id: shared with the other
+/// strategies, which fail fast on the same signs.
+pub(crate) fn failing_of(release: u64, observed: &[Observed]) -> Vec<&Observed> {
     let mut failing: Vec<&Observed> = observed
         .iter()
-        .filter(|o| o.release == state.to_release)
+        .filter(|o| o.release == release)
         .filter(|o| {
             o.state == ObservedState::Failed
                 || (o.state.is_live() && !o.state.is_healthy() && o.restarts >= MAX_RESTARTS)
@@ -402,7 +408,7 @@ fn failing_new<'a>(state: &RolloutState, observed: &'a [Observed]) -> Vec<&'a Ob
 
 /// A deadline in seconds (`60s`, or `1500ms` when not whole) — seconds read better in a status
 /// line than the stack file's canonical `1m`.
-fn seconds(ms: u64) -> String {
+pub(crate) fn seconds(ms: u64) -> String {
     let d = std::time::Duration::from_millis(ms);
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
@@ -411,7 +417,7 @@ fn seconds(ms: u64) -> String {
     }
 }
 
-fn failure_reason(o: &Observed) -> String {
+pub(crate) fn failure_reason(o: &Observed) -> String {
     if o.state == ObservedState::Failed {
         format!(
             "instance {} of release {} failed after {} restarts",
@@ -570,12 +576,7 @@ mod tests {
     const MINUTE: u64 = 60_000;
 
     fn settings(surge: Amount, unavailable: Amount) -> Rollout {
-        Rollout {
-            strategy: Strategy::Rolling,
-            max_surge: surge,
-            max_unavailable: unavailable,
-            progress_deadline: Duration::from_millis(MINUTE),
-        }
+        Rollout::rolling(surge, unavailable, Duration::from_millis(MINUTE))
     }
 
     fn counts(surge: u32, unavailable: u32) -> Rollout {

@@ -10,7 +10,7 @@
 
 use berth_rollout::sim::{Fate, World};
 use berth_rollout::{step, Observed, ObservedState, Phase, RolloutState};
-use berth_spec::model::{Amount, Duration, Percent, Rollout, Strategy as RolloutStrategy};
+use berth_spec::model::{Amount, Duration, Percent, Rollout};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -50,12 +50,7 @@ impl Scenario {
     /// The rollout, or `None` when the settings are (rightly) refused.
     fn state(&self) -> Option<RolloutState> {
         let (from, to) = self.releases();
-        let rollout = Rollout {
-            strategy: RolloutStrategy::Rolling,
-            max_surge: self.surge,
-            max_unavailable: self.unavailable,
-            progress_deadline: Duration::from_millis(60_000),
-        };
+        let rollout = Rollout::rolling(self.surge, self.unavailable, Duration::from_millis(60_000));
         RolloutState::new(from, to, self.desired, &rollout, 0).ok()
     }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use berth_spec::model::{
     Amount, Constraint, Cpu, DriverKind, Duration, Memory, Placement as SpecPlacement, Process,
-    Resources, RestartPolicy, Rollout, Service, Strategy as RolloutStrategy,
+    Resources, RestartPolicy, Rollout, Service,
 };
 
 use crate::{schedule, Capacity, Demand, Existing, GroupKey, Node, Plan, SchedulerConfig};
@@ -238,12 +238,11 @@ pub fn service(cpu_millis: u64, memory_bytes: u64) -> Service {
         replicas: 1,
         health: None,
         route: None,
-        rollout: Rollout {
-            strategy: RolloutStrategy::Rolling,
-            max_surge: Amount::Count(1),
-            max_unavailable: Amount::Count(0),
-            progress_deadline: Duration::from_millis(600_000),
-        },
+        rollout: Rollout::rolling(
+            Amount::Count(1),
+            Amount::Count(0),
+            Duration::from_millis(600_000),
+        ),
         depends_on: vec![],
         stop_grace: Duration::from_millis(10_000),
         volumes: vec![],

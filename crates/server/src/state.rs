@@ -121,8 +121,42 @@ pub enum RolloutPhase {
     Failed { reason: String },
 }
 
+/// `, canary web at step 1/2 (10%), paused: …` for `berth status`; nothing for rolling.
+fn progressive_note(name: &str, state: &berth_rollout::ServiceRollout) -> String {
+    use berth_rollout::ServiceRollout;
+    match state {
+        ServiceRollout::Canary(c) if !c.phase.is_terminal() => {
+            let step = match c.steps.get(c.step) {
+                Some(bp) => format!(
+                    "step {}/{} ({})",
+                    c.step + 1,
+                    c.steps.len(),
+                    berth_spec::model::BasisPoints(*bp)
+                ),
+                None => "the 100% step".to_string(),
+            };
+            let paused = c
+                .paused
+                .as_ref()
+                .map(|p| format!(", paused: {p}"))
+                .unwrap_or_default();
+            format!(", canary {name} at {step}{paused}")
+        }
+        ServiceRollout::BlueGreen(b) if !b.phase.is_terminal() => match (b.switched_ms, b.ready_ms)
+        {
+            (Some(_), _) => format!(
+                ", blue/green {name} switched, keeping release {}",
+                b.from_release
+            ),
+            (None, Some(_)) => format!(", blue/green {name} ready, baking before the switch"),
+            (None, None) => format!(", blue/green {name} starting out of traffic"),
+        },
+        _ => String::new(),
+    }
+}
+
 /// The persisted rollout of one stack in one environment (`/rollouts/STACK/ENV`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutRecord {
     pub stack: String,
     pub env: String,
@@ -133,8 +167,9 @@ pub struct RolloutRecord {
     pub started_ms: u64,
     /// Index of the current region wave.
     pub wave: usize,
-    /// The state machine of each service that started in the current wave.
-    pub services: BTreeMap<String, berth_rollout::RolloutState>,
+    /// The state machine of each service that started in the current wave (rolling, canary or
+    /// blue/green; a rolling one is stored exactly as before the others existed).
+    pub services: BTreeMap<String, berth_rollout::ServiceRollout>,
     /// Services finished in the current wave.
     pub done: std::collections::BTreeSet<String>,
     pub phase: RolloutPhase,
@@ -149,6 +184,19 @@ pub struct RolloutRecord {
     /// Services with instances no node could take, and the scheduler's explanation.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unplaced: BTreeMap<String, String>,
+    /// A release the routers send nothing to: the failed canary or blue/green release this
+    /// rollback replaces, so traffic is 100 % stable from the verdict's table on, before its
+    /// instances have even begun to drain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_traffic: Option<u64>,
+    /// When the current wave's services were all done, if the environment's `waves` bake
+    /// before the next region starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_done_ms: Option<u64>,
+    /// Why the rollout stopped where it is (`waves.on_failure: halt`); the controller leaves it
+    /// alone until a person acts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
 }
 
 impl RolloutRecord {
@@ -167,7 +215,19 @@ impl RolloutRecord {
             rollback_reason: None,
             rollback: false,
             unplaced: BTreeMap::new(),
+            out_of_traffic: None,
+            wave_done_ms: None,
+            halted: None,
         }
+    }
+
+    /// `, canary web at step 1/2 (10%)…` for each canary or blue/green service still
+    /// progressing (empty for rolling): what status lines and events add.
+    pub fn progress_notes(&self) -> String {
+        self.services
+            .iter()
+            .map(|(name, state)| progressive_note(name, state))
+            .collect()
     }
 
     /// How `berth status` describes it.
@@ -176,10 +236,17 @@ impl RolloutRecord {
             (RolloutPhase::Progressing, Some(why)) => {
                 format!("rolling back to {} ({why})", self.to)
             }
-            (RolloutPhase::Progressing, None) => match self.from {
-                Some(from) => format!("rolling out {from} → {}", self.to),
-                None => format!("rolling out {}", self.to),
-            },
+            (RolloutPhase::Progressing, None) => {
+                let mut line = match self.from {
+                    Some(from) => format!("rolling out {from} → {}", self.to),
+                    None => format!("rolling out {}", self.to),
+                };
+                if let Some(why) = &self.halted {
+                    line = format!("{line}, {why}");
+                }
+                line.push_str(&self.progress_notes());
+                line
+            }
             (RolloutPhase::Succeeded, Some(why)) => format!("rolled back to {} ({why})", self.to),
             (RolloutPhase::Succeeded, None) => "live".to_string(),
             (RolloutPhase::Failed { reason }, _) => format!("failed: {reason}"),

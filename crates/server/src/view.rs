@@ -72,6 +72,33 @@ fn desired_part(r: &InstanceRecord) -> Option<&berth_api::InstanceSpec> {
     (r.desired != Desired::Stop).then_some(&r.spec)
 }
 
+/// See [`routing_of_rollout`]: from, to, progressing, out of traffic, progressive services.
+type RolloutRouting<'a> = (
+    Option<u64>,
+    u64,
+    bool,
+    Option<u64>,
+    Vec<(&'a String, &'a berth_rollout::ServiceRollout)>,
+);
+
+/// The part of a rollout record the routing table reads (see `routing::build`): the releases,
+/// and what decides a canary's or blue/green's traffic split. A rolling rollout's service states
+/// are left out, so its every step does not rebuild the table (as before canaries).
+fn routing_of_rollout(r: &RolloutRecord) -> RolloutRouting<'_> {
+    let progressive = r
+        .services
+        .iter()
+        .filter(|(_, s)| !matches!(s, berth_rollout::ServiceRollout::Rolling(_)))
+        .collect();
+    (
+        r.from,
+        r.to,
+        r.phase == crate::state::RolloutPhase::Progressing,
+        r.out_of_traffic,
+        progressive,
+    )
+}
+
 /// The part of an instance the routing table reads: its ports and release, while it is
 /// wanted and healthy (only such instances are endpoints).
 fn routing_part(r: &InstanceRecord) -> Option<(&BTreeMap<String, u16>, u64)> {
@@ -240,11 +267,12 @@ impl View {
         } else if key.starts_with(keys::ROLLOUTS) {
             let record: RolloutRecord = decode(key, &kv.value)?;
             let at = (record.stack.clone(), record.env.clone());
-            let releases = (record.from, record.to);
-            let old = self.rollouts.insert(at, versioned(record, kv));
             // The table routes the rollout's target release with weights from its strategy's
-            // traffic split of (from, to); its phases do not matter to it today.
-            touched.routing = old.map(|o| (o.value.from, o.value.to)) != Some(releases);
+            // traffic split: (from, to), and for a canary or blue/green its services' states
+            // (a step, a switch), its phase and the release a rollback holds out of traffic.
+            touched.routing = self.rollouts.get(&at).map(|o| routing_of_rollout(&o.value))
+                != Some(routing_of_rollout(&record));
+            self.rollouts.insert(at, versioned(record, kv));
         } else if key.starts_with(keys::RELEASES) {
             let mut release: Release = decode(key, &kv.value)?;
             let at = (release.stack.clone(), release.env.clone());
@@ -692,7 +720,7 @@ pub(crate) mod tests {
     pub(crate) fn service() -> berth_spec::model::Service {
         use berth_spec::model::{
             Amount, Cpu, Duration, Memory, Placement, Process, Resources, RestartPolicy, Rollout,
-            Service, Strategy,
+            Service,
         };
         Service {
             process: Some(Process {
@@ -706,12 +734,11 @@ pub(crate) mod tests {
             replicas: 1,
             health: None,
             route: None,
-            rollout: Rollout {
-                strategy: Strategy::Rolling,
-                max_surge: Amount::Count(1),
-                max_unavailable: Amount::Count(0),
-                progress_deadline: Duration::from_millis(600_000),
-            },
+            rollout: Rollout::rolling(
+                Amount::Count(1),
+                Amount::Count(0),
+                Duration::from_millis(600_000),
+            ),
             depends_on: vec![],
             stop_grace: Duration::from_millis(10_000),
             volumes: vec![],

@@ -39,6 +39,37 @@ pub struct Environment {
     pub approval: bool,
     /// The largest loss of healthy capacity a plan may cause without `--confirm STACK`.
     pub max_capacity_drop: Percent,
+    /// `waves:` — how a release moves from one region to the next: each wave bakes and must
+    /// see enough requests before the next region starts, and a failure in a later wave says
+    /// what happens to the regions already done. `None` (not written): a wave ends as soon as
+    /// its services are done, as before waves could bake; written, every field is explicit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<Waves>,
+}
+
+/// `environments.E.waves`: the bake between region waves and what a failure reverts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Waves {
+    /// A finished wave keeps serving this long before the next region starts.
+    pub bake: Duration,
+    /// And its new release answers at least this many requests first.
+    pub min_requests: u32,
+    /// What a failure in a later wave does to the waves already done.
+    pub on_failure: WaveFailure,
+}
+
+/// `waves.on_failure`: no tool reverts every region on a failure in a later one; berth does by
+/// default, because a release that fails in one region is suspect in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaveFailure {
+    /// Every region already done returns to the previous release (the default).
+    RevertAll,
+    /// Only the failing wave's region returns to the previous release.
+    RevertWave,
+    /// Nothing is reverted: the rollout stops where it is and says so.
+    Halt,
 }
 
 /// One kind of workload.
@@ -139,6 +170,22 @@ pub struct Route {
     /// router answers 504 (a hung backend must not hold clients). `None`: the router's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// `route.split`: an A/B split — a sticky share of this route's users goes to another
+    /// service of the stack (an experiment; Etsy's 50/50 on a new schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+}
+
+/// `split: { service: web-next, weight: 20%, sticky: cookie }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    /// The other service of the stack that answers the split's share.
+    pub service: String,
+    /// Its share of the route's users, above 0 and below 100 %.
+    pub weight: BasisPoints,
+    /// What keeps a user on their arm (default `cookie`).
+    pub sticky: Sticky,
 }
 
 /// At most `concurrency` requests in flight to the service (per router), then up to `queue`
@@ -160,6 +207,188 @@ pub struct Rollout {
     pub max_unavailable: Amount,
     /// Past this without progress, the rollout fails and rolls back.
     pub progress_deadline: Duration,
+    /// `canary`: the new release's share of traffic at each step, strictly increasing, each
+    /// above 0 and below 100 % (100 % follows the last step). Basis points, so 0.5 % is a step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<BasisPoints>>,
+    /// `canary`: the least time at each step; `blue_green`: how long the new release is fully
+    /// healthy before the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake: Option<Duration>,
+    /// `canary`: the least requests the new release answers at each step before the analysis
+    /// may pass it; fewer is "insufficient data", never a pass and never a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u32>,
+    /// `canary`: how a client keeps its arm across requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
+    /// `canary`: requests with this header value go to the new release at any step, and are
+    /// left out of the analysis.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matched: Option<Match>,
+    /// `canary`: what a failed analysis does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
+    /// `blue_green`: the host on which the new release answers before the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_host: Option<String>,
+    /// `blue_green`: switch by itself after `bake` (`false`: wait for `berth rollout promote`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promote: Option<bool>,
+    /// `blue_green`: the old release keeps running, out of traffic, this long after the switch,
+    /// so a rollback is a switch back that starts nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_previous: Option<Duration>,
+}
+
+impl Rollout {
+    /// Rolling settings with every strategy-specific field absent: what a service without a
+    /// `rollout:` gets (and what tests build).
+    pub fn rolling(
+        max_surge: Amount,
+        max_unavailable: Amount,
+        progress_deadline: Duration,
+    ) -> Self {
+        Rollout {
+            strategy: Strategy::Rolling,
+            max_surge,
+            max_unavailable,
+            progress_deadline,
+            steps: None,
+            bake: None,
+            min_requests: None,
+            sticky: None,
+            matched: None,
+            on_failure: None,
+            preview_host: None,
+            auto_promote: None,
+            keep_previous: None,
+        }
+    }
+}
+
+/// A share of traffic in basis points (1/100 of a percent: 10 % = 1000, 0.5 % = 50), written
+/// `10%` or `0.5%` (at most two decimals). Argo Rollouts' smallest weight is 1 %; berth's is
+/// 0.01 %.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BasisPoints(pub u32);
+
+/// All of a route's traffic, in basis points.
+pub const ALL_TRAFFIC: u32 = 10_000;
+
+impl fmt::Display for BasisPoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (whole, frac) = (self.0 / 100, self.0 % 100);
+        if frac == 0 {
+            write!(f, "{whole}%")
+        } else if frac % 10 == 0 {
+            write!(f, "{whole}.{}%", frac / 10)
+        } else {
+            write!(f, "{whole}.{frac:02}%")
+        }
+    }
+}
+
+impl FromStr for BasisPoints {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("`{s}` is not a percentage: expected 0% to 100%, with at most two decimals like 0.5%")
+        };
+        let n = s.strip_suffix('%').ok_or_else(bad)?;
+        let (whole, frac) = n.split_once('.').unwrap_or((n, ""));
+        let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() || whole.len() > 3 || !digits(whole) || frac.len() > 2 || !digits(frac)
+        {
+            return Err(bad());
+        }
+        if n.contains('.') && frac.is_empty() {
+            return Err(bad());
+        }
+        let whole: u32 = whole.parse().map_err(|_| bad())?;
+        let frac: u32 = if frac.is_empty() {
+            0
+        } else {
+            format!("{frac:0<2}").parse().map_err(|_| bad())?
+        };
+        let bp = whole * 100 + frac;
+        if bp > ALL_TRAFFIC {
+            return Err(bad());
+        }
+        Ok(BasisPoints(bp))
+    }
+}
+
+/// `sticky:` — what keeps a client on its arm. The sticky key is hashed with a per-rollout
+/// salt into 10,000 buckets and the new release holds buckets `[0, w)`, so raising the weight
+/// only adds clients (Flagger's cookies slowly pushed everyone to the canary: flagger#1532).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Sticky {
+    /// The router sets a cookie on a client's first answer (the default).
+    Cookie,
+    /// The value of this request header is the sticky key (`header:NAME`).
+    Header(String),
+    /// Every request is placed on its own.
+    None,
+}
+
+impl fmt::Display for Sticky {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sticky::Cookie => f.write_str("cookie"),
+            Sticky::Header(name) => write!(f, "header:{name}"),
+            Sticky::None => f.write_str("none"),
+        }
+    }
+}
+
+/// Whether `name` is an HTTP header name (an RFC 9110 token), at most 128 bytes.
+pub fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl FromStr for Sticky {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cookie" => Ok(Sticky::Cookie),
+            "none" => Ok(Sticky::None),
+            _ => match s.strip_prefix("header:") {
+                Some(name) if valid_header_name(name) => Ok(Sticky::Header(name.to_string())),
+                Some("") => Err("`header:` needs a header name, like header:X-User".to_string()),
+                Some(name) => Err(format!(
+                    "`{name}` is not a header name: expected letters, digits and `-`, like header:X-User"
+                )),
+                None => Err(format!(
+                    "`{s}` is not a sticky mode: expected cookie, header:NAME or none"
+                )),
+            },
+        }
+    }
+}
+
+/// `match:` — requests whose `header` has exactly `value` go to the new release at any step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// The request header's name.
+    pub header: String,
+    /// The value it must have, compared exactly.
+    pub value: String,
+}
+
+/// `on_failure:` of a canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Traffic returns to the stable release and the new one is marked failed (the default).
+    Rollback,
+    /// Traffic returns to the stable release, and the rollout waits for a person.
+    Pause,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -575,7 +804,16 @@ macro_rules! string_serde {
         }
     )*};
 }
-string_serde!(Duration, Cpu, Memory, Percent, Volume, Constraint);
+string_serde!(
+    Duration,
+    Cpu,
+    Memory,
+    Percent,
+    Volume,
+    Constraint,
+    BasisPoints,
+    Sticky
+);
 
 impl Serialize for Amount {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -659,6 +897,37 @@ mod tests {
         assert!("abc".parse::<Cpu>().is_err());
         assert!("12MB".parse::<Memory>().is_err());
         assert!("101%".parse::<Percent>().is_err());
+    }
+
+    #[test]
+    fn basis_points_round_trip_and_refuse_what_is_not_a_share() {
+        for (s, bp) in [
+            ("10%", 1000),
+            ("0.5%", 50),
+            ("12.34%", 1234),
+            ("100%", 10_000),
+            ("0.05%", 5),
+        ] {
+            let parsed: BasisPoints = s.parse().unwrap();
+            assert_eq!(parsed, BasisPoints(bp));
+            assert_eq!(parsed.to_string(), s);
+        }
+        assert_eq!("0.50%".parse::<BasisPoints>().unwrap(), BasisPoints(50));
+        for bad in [
+            "100.01%", "101%", "1.234%", "10", "-1%", ".5%", "5.%", "1e2%", "10 %",
+        ] {
+            assert!(bad.parse::<BasisPoints>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sticky_modes_parse_and_print_as_written() {
+        for s in ["cookie", "none", "header:X-User"] {
+            assert_eq!(s.parse::<Sticky>().unwrap().to_string(), s);
+        }
+        assert!("header:".parse::<Sticky>().is_err());
+        assert!("header:a b".parse::<Sticky>().is_err());
+        assert!("cookies".parse::<Sticky>().is_err());
     }
 
     #[test]

@@ -227,3 +227,141 @@ fn bad_input_never_panics() {
         let _ = render(src.as_bytes(), "e", &["a.x.y.z=[".to_string(), "=".to_string(), ".=.".to_string()]);
     }
 }
+
+const PROGRESSIVE: &str = r#"
+stack: shop
+environments:
+  production:
+    regions: [eu-west, us-east]
+    waves: { bake: 10m, min_requests: 1000, on_failure: revert_all }
+  staging:
+    regions: [local]
+    waves: { on_failure: halt }
+services:
+  web:
+    process: { command: [berth, whoami] }
+    ports: { http: 0 }
+    route: { host: shop.localhost, port: http }
+    rollout:
+      strategy: canary
+      steps: [0.5%, 10%, 50%]
+      bake: 30s
+      min_requests: 200
+      sticky: header:X-User
+      match: { header: X-Canary, value: always }
+      on_failure: pause
+  admin:
+    process: { command: [berth, whoami] }
+    rollout: { strategy: canary }
+  api:
+    process: { command: [berth, whoami] }
+    rollout:
+      strategy: blue_green
+      preview_host: preview.shop.localhost
+      bake: 30s
+      auto_promote: false
+      keep_previous: 15m
+  jobs:
+    process: { command: [berth, whoami] }
+    rollout: { strategy: blue_green }
+  plain:
+    process: { command: [berth, whoami] }
+  shop:
+    process: { command: [berth, whoami] }
+    ports: { http: 0 }
+    route: { host: ab.localhost, port: http, split: { service: shop-next, weight: 20% } }
+  shop-next:
+    process: { command: [berth, whoami] }
+    ports: { http: 0 }
+"#;
+
+#[test]
+fn progressive_delivery_fields_render_with_explicit_defaults_and_round_trip() {
+    use berth_spec::model::{BasisPoints, Match, OnFailure, Sticky, WaveFailure};
+    validate(PROGRESSIVE.as_bytes()).unwrap();
+    let s = render(PROGRESSIVE.as_bytes(), "production", &[]).unwrap();
+    let web = &s.services["web"].rollout;
+    assert_eq!(
+        web.steps,
+        Some(vec![BasisPoints(50), BasisPoints(1000), BasisPoints(5000)])
+    );
+    assert_eq!(web.bake.map(|d| d.millis), Some(30_000));
+    assert_eq!(web.min_requests, Some(200));
+    assert_eq!(web.sticky, Some(Sticky::Header("X-User".into())));
+    assert_eq!(
+        web.matched,
+        Some(Match {
+            header: "X-Canary".into(),
+            value: "always".into()
+        })
+    );
+    assert_eq!(web.on_failure, Some(OnFailure::Pause));
+    let admin = &s.services["admin"].rollout;
+    assert_eq!(
+        admin.steps,
+        Some(vec![BasisPoints(1000), BasisPoints(5000)])
+    );
+    assert_eq!(admin.bake.map(|d| d.millis), Some(300_000), "5m by default");
+    assert_eq!(admin.min_requests, Some(300));
+    assert_eq!(admin.sticky, Some(Sticky::Cookie));
+    assert_eq!(admin.on_failure, Some(OnFailure::Rollback));
+    assert_eq!(admin.matched, None);
+    let api = &s.services["api"].rollout;
+    assert_eq!(api.preview_host.as_deref(), Some("preview.shop.localhost"));
+    assert_eq!(api.auto_promote, Some(false));
+    assert_eq!(api.keep_previous.map(|d| d.millis), Some(900_000));
+    let jobs = &s.services["jobs"].rollout;
+    assert_eq!(jobs.bake.map(|d| d.millis), Some(60_000), "1m by default");
+    assert_eq!(jobs.auto_promote, Some(true));
+    assert_eq!(jobs.preview_host, None);
+    let plain = &s.services["plain"].rollout;
+    assert_eq!(plain.steps, None, "rolling renders as it always did");
+    assert_eq!(plain.bake, None);
+    let split = s.services["shop"]
+        .route
+        .as_ref()
+        .and_then(|r| r.split.clone())
+        .unwrap();
+    assert_eq!(
+        (split.service.as_str(), split.weight, split.sticky),
+        ("shop-next", BasisPoints(2000), Sticky::Cookie),
+        "sticky: cookie by default"
+    );
+    let waves = s.environments["production"].waves.clone().unwrap();
+    assert_eq!(
+        (waves.bake.millis, waves.min_requests, waves.on_failure),
+        (600_000, 1000, WaveFailure::RevertAll)
+    );
+
+    let y = to_yaml(&s);
+    assert!(y.contains("0.5%"), "{y}");
+    validate(y.as_bytes()).unwrap();
+    let again = render(y.as_bytes(), "production", &[]).unwrap();
+    assert_eq!(again, s);
+    assert_eq!(to_yaml(&again), y);
+
+    let staging = render(PROGRESSIVE.as_bytes(), "staging", &[]).unwrap();
+    let waves = staging.environments["staging"].waves.clone().unwrap();
+    assert_eq!(
+        (waves.bake.millis, waves.min_requests, waves.on_failure),
+        (300_000, 300, WaveFailure::Halt)
+    );
+    let none = render(SHOP.as_bytes(), "production", &[]).unwrap();
+    assert!(none.environments.values().all(|e| e.waves.is_none()));
+}
+
+#[test]
+fn canary_fields_can_be_set_from_the_command_line() {
+    use berth_spec::model::BasisPoints;
+    let s = render(
+        PROGRESSIVE.as_bytes(),
+        "production",
+        &["web.rollout.min_requests=5".into()],
+    )
+    .unwrap();
+    assert_eq!(s.services["web"].rollout.min_requests, Some(5));
+    assert_eq!(
+        s.services["web"].rollout.steps.as_ref().map(|v| v[0]),
+        Some(BasisPoints(50))
+    );
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 use berth_api::{InstanceSpec, InstanceState};
 use berth_spec::model::{
     Amount, Cpu, Duration as SpecDuration, Health, Memory, Placement, Process, Resources,
-    RestartPolicy, Rollout, Service, Strategy,
+    RestartPolicy, Rollout, Service,
 };
 use tokio::sync::watch;
 
@@ -41,12 +41,11 @@ fn service() -> Service {
         replicas: 1,
         health: None,
         route: None,
-        rollout: Rollout {
-            strategy: Strategy::Rolling,
-            max_surge: Amount::Count(1),
-            max_unavailable: Amount::Count(0),
-            progress_deadline: SpecDuration::from_millis(600_000),
-        },
+        rollout: Rollout::rolling(
+            Amount::Count(1),
+            Amount::Count(0),
+            SpecDuration::from_millis(600_000),
+        ),
         depends_on: vec![],
         stop_grace: SpecDuration::from_millis(2_500),
         volumes: vec![],

@@ -18,7 +18,7 @@ use berth_agent::DockerDriver;
 use berth_api::InstanceSpec;
 use berth_spec::model::{
     Amount, Cpu, Duration as SpecDuration, Health, Memory, Placement, Process, Resources,
-    RestartPolicy, Rollout, Service, Strategy,
+    RestartPolicy, Rollout, Service,
 };
 use tokio::sync::watch;
 
@@ -38,12 +38,11 @@ pub fn service(command: &[&str]) -> Service {
         replicas: 1,
         health: None,
         route: None,
-        rollout: Rollout {
-            strategy: Strategy::Rolling,
-            max_surge: Amount::Count(1),
-            max_unavailable: Amount::Count(0),
-            progress_deadline: SpecDuration::from_millis(600_000),
-        },
+        rollout: Rollout::rolling(
+            Amount::Count(1),
+            Amount::Count(0),
+            SpecDuration::from_millis(600_000),
+        ),
         depends_on: vec![],
         stop_grace: SpecDuration::from_millis(2_000),
         volumes: vec![],

@@ -79,6 +79,7 @@ mod tests {
             &Facts {
                 node_up: &node_up,
                 released: &released,
+                traffic: &crate::controllers::NoTraffic,
             },
             w.now,
         )

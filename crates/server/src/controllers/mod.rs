@@ -77,12 +77,71 @@ pub const CREATE_BUDGET: usize = 256;
 const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// What the controllers need to know that is not in the store: kept in memory by the server
-/// (heartbeats, router acknowledgements), filled by the shell, plain functions in tests.
+/// (heartbeats, router acknowledgements, routers' traffic counters), filled by the shell, plain
+/// functions in tests.
 pub struct Facts<'a> {
     /// Whether a node has been heard from within the liveness TTL.
     pub node_up: &'a dyn Fn(&str) -> bool,
     /// Whether every live router has applied a table without this instance.
     pub released: &'a dyn Fn(&str) -> bool,
+    /// The routers' counters, for canary analysis and wave gates.
+    pub traffic: &'a dyn TrafficSource,
+}
+
+/// The routers' per-release counters, summed over every router: what canary analysis and
+/// `waves.min_requests` read. A trait so a controller test builds the counts itself; the
+/// server's in-memory aggregator of router reports implements it.
+pub trait TrafficSource {
+    /// The counters of `release` of `stack`'s `service` between `since_ms` and `now_ms`.
+    fn window(
+        &self,
+        stack: &str,
+        service: &str,
+        release: u64,
+        since_ms: u64,
+        now_ms: u64,
+    ) -> berth_rollout::analysis::ArmCounts;
+}
+
+/// The routers' counters as the server has them: the in-memory book of their traffic reports
+/// ([`crate::traffic`]).
+pub fn traffic_of(shared: &Shared) -> &dyn TrafficSource {
+    &shared.traffic
+}
+
+impl TrafficSource for crate::traffic::Traffic {
+    fn window(
+        &self,
+        stack: &str,
+        service: &str,
+        release: u64,
+        since_ms: u64,
+        now_ms: u64,
+    ) -> berth_rollout::analysis::ArmCounts {
+        let w = crate::traffic::Traffic::window(self, stack, service, release, since_ms, now_ms);
+        berth_rollout::analysis::ArmCounts {
+            requests: w.requests,
+            errors_5xx: w.errors_5xx,
+            p99_ms: w.p99_ms(),
+        }
+    }
+}
+
+/// No counters: a canary sees "insufficient data" (and pauses, never promotes) and a wave
+/// with `min_requests` waits. What the shell uses until routers report their traffic.
+pub struct NoTraffic;
+
+impl TrafficSource for NoTraffic {
+    fn window(
+        &self,
+        _stack: &str,
+        _service: &str,
+        _release: u64,
+        _since_ms: u64,
+        _now_ms: u64,
+    ) -> berth_rollout::analysis::ArmCounts {
+        berth_rollout::analysis::ArmCounts::default()
+    }
 }
 
 /// One change a controller decided, with the `mod_revision` of the record it was decided from
@@ -266,6 +325,7 @@ async fn reconcile_until(
         let facts = Facts {
             node_up: &node_up,
             released: &released,
+            traffic: traffic_of(shared),
         };
         let view = shared.view.read();
         decide(
@@ -378,6 +438,7 @@ mod tests {
                 facts: &Facts {
                     node_up: &node_up,
                     released: &released,
+                    traffic: &NoTraffic,
                 },
                 now: 1_000_000,
                 seed: 1,

@@ -8,8 +8,12 @@ use std::collections::BTreeSet;
 
 use berth_api::control::{Release, ReleaseStatus};
 use berth_api::InstanceState;
-use berth_rollout::{ObservedState, Phase as StepPhase, RolloutState, Strategy, WaveStep};
-use berth_spec::model::Service;
+use berth_rollout::analysis::ArmCounts;
+use berth_rollout::canary::TrafficWindow;
+use berth_rollout::{
+    ObservedState, Phase as StepPhase, RolloutState, ServiceRollout, Traffic, WaveStep,
+};
+use berth_spec::model::{Service, WaveFailure};
 
 use super::work::{RegionDemand, Work};
 use super::{Batch, Effect, Pass};
@@ -32,7 +36,7 @@ pub(crate) enum Outcome {
 /// The pass's decisions for one progressing rollout, or `None` when there is nothing to change
 /// (or the rollout is not progressing: see [`super::replicas`]).
 pub fn decide(view: &View, pass: Pass<'_>, rollout: &Versioned<RolloutRecord>) -> Option<Batch> {
-    if rollout.value.phase != RolloutPhase::Progressing {
+    if rollout.value.phase != RolloutPhase::Progressing || rollout.value.halted.is_some() {
         return None;
     }
     let release = target_release(view, &rollout.value)?;
@@ -41,13 +45,59 @@ pub fn decide(view: &View, pass: Pass<'_>, rollout: &Versioned<RolloutRecord>) -
     finish(work, rollout, Some(next))
 }
 
-/// The weight of each routed endpoint of `release` while `rollout` is the stack's rollout: what
-/// the rollout's strategy says (rolling: every healthy instance alike, 100). The routing table
-/// calls it for every endpoint.
-pub fn endpoint_weight(rollout: &RolloutRecord, release: u64) -> u32 {
-    Strategy::Rolling
-        .traffic(rollout.from, rollout.to)
-        .endpoint_weight(release)
+/// How `service`'s traffic is shared between releases while `rollout` is the stack's rollout:
+/// what its strategy's stored state says (rolling, or no state: every healthy instance alike),
+/// with `new_healthy` routed endpoints of the new release. A rollback that replaces a failed
+/// canary or blue/green release gives that release nothing.
+pub fn service_traffic(rollout: &RolloutRecord, service: &str, new_healthy: u32) -> Traffic {
+    let traffic = match rollout.services.get(service) {
+        Some(state) if rollout.phase == RolloutPhase::Progressing => state.traffic(new_healthy),
+        _ => Traffic::Equal,
+    };
+    match (rollout.out_of_traffic, traffic) {
+        (Some(bad), Traffic::Equal) if rollout.phase == RolloutPhase::Progressing => {
+            Traffic::PerRelease(std::collections::BTreeMap::from([
+                (rollout.to, berth_spec::model::ALL_TRAFFIC),
+                (bad, 0),
+            ]))
+        }
+        (_, t) => t,
+    }
+}
+
+/// The weight of each of the `endpoints` routed endpoints of `release` under `traffic`: 100
+/// each when every endpoint is alike; otherwise the release's share in basis points divided
+/// among its endpoints (at least 1 while the share is not 0), which is how routers that split
+/// by summed endpoint weights honour the share.
+pub fn endpoint_weight(traffic: &Traffic, release: u64, endpoints: usize) -> u32 {
+    match traffic {
+        Traffic::Equal => berth_rollout::strategy::EQUAL_WEIGHT,
+        Traffic::PerRelease(_) => {
+            let share = traffic.endpoint_weight(release);
+            let n = u32::try_from(endpoints.max(1)).unwrap_or(u32::MAX);
+            if share == 0 {
+                0
+            } else {
+                (share / n).max(1)
+            }
+        }
+    }
+}
+
+/// A canary's view of the routers' counters for one service: the facts' traffic source with
+/// the stack, the service and the pass's clock bound.
+struct Window<'a> {
+    source: &'a dyn super::TrafficSource,
+    stack: &'a str,
+    service: &'a str,
+    now: u64,
+}
+
+impl TrafficWindow for Window<'_> {
+    fn window(&self, release: u64, since_ms: u64) -> ArmCounts {
+        self.source
+            .window(self.stack, self.service, release, since_ms, self.now)
+    }
 }
 
 /// The rollout's target release, if it is still retained.
@@ -179,9 +229,9 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
         }
         let state = match record.services.get(&name) {
             Some(s) => s.clone(),
-            None => match new_state(&record, &service, work.pass.now) {
+            None => match new_state(work.view, &record, &name, &region, &service, work.pass.now) {
                 Ok(s) => s,
-                Err(e) => return fail(work, record, format!("service {name}: {e}")),
+                Err(e) => return fail(work, record, format!("service {name}: {e}"), false),
             },
         };
         let instances = work.instances(&record, &name, &region);
@@ -221,7 +271,14 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
             .filter(|r| r.value.desired != Desired::Run || node_up(&r.value.spec.node))
             .collect();
         let observed = observe(&instances, &service, &work.release.secrets, record.to);
-        let step = Strategy::Rolling.step(&state, &observed, work.pass.now);
+        let window = Window {
+            source: work.pass.facts.traffic,
+            stack: &record.stack,
+            service: &name,
+            now: work.pass.now,
+        };
+        let step = state.step(&observed, &window, work.pass.now);
+        let progressive = !matches!(step.state, ServiceRollout::Rolling(_));
         let live_new = observed
             .iter()
             .filter(|o| o.release == record.to && o.state.is_live())
@@ -237,7 +294,7 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
                 work.set_desired(rec, Desired::Drain);
             }
         }
-        match &step.state.phase {
+        match step.state.phase() {
             StepPhase::Succeeded => {
                 record.done.insert(name.clone());
             }
@@ -251,7 +308,7 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
                     "service {name} in {region}: {reason}{}",
                     why.map(|m| format!(": {m}")).unwrap_or_default()
                 );
-                return fail(work, record, reason);
+                return fail(work, record, reason, progressive);
             }
             StepPhase::Progressing => {}
         }
@@ -264,7 +321,11 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
     for (lost, _) in work.schedule_region(&record, &region, &demands, true) {
         work.set_desired(lost, Desired::Drain);
     }
-    match berth_rollout::waves::advance(record.wave, record.done.len(), target) {
+    let advance = berth_rollout::waves::advance(record.wave, record.done.len(), target);
+    if advance != WaveStep::Stay && !wave_baked(work, &mut record) {
+        return (record, Outcome::Nothing);
+    }
+    match advance {
         WaveStep::Stay => {}
         WaveStep::Next(wave) => {
             record.wave = wave;
@@ -282,13 +343,78 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
     (record, Outcome::Nothing)
 }
 
+/// Whether the wave whose services are all done may hand over to the next one (or finish):
+/// at once without `waves` in the environment (and for a rollback, which must be quick);
+/// otherwise after `waves.bake` and `waves.min_requests` requests to the new release (summed
+/// over the stack's routed services) since the wave was done.
+fn wave_baked(work: &Work<'_>, record: &mut RolloutRecord) -> bool {
+    let waves = work
+        .target()
+        .environment()
+        .and_then(|(_, e)| e.waves.clone());
+    let Some(waves) = waves.filter(|_| !record.rollback) else {
+        return true;
+    };
+    let now = work.pass.now;
+    let since = *record.wave_done_ms.get_or_insert(now);
+    let baked = now.saturating_sub(since) >= waves.bake.millis;
+    let requests: u64 = work
+        .target()
+        .services
+        .iter()
+        .filter(|(_, s)| s.route.is_some())
+        .map(|(name, _)| {
+            work.pass
+                .facts
+                .traffic
+                .window(&record.stack, name, record.to, since, now)
+                .requests
+        })
+        .sum();
+    if baked && requests >= u64::from(waves.min_requests) {
+        record.wave_done_ms = None;
+        true
+    } else {
+        false
+    }
+}
+
 /// The target failed: roll back to a release that once went live, or stop and say why there
 /// is none (see [`berth_rollout::rollback_target`]: never to a release that did not go live,
 /// and never a second automatic rollback in a row, so two failed releases cannot alternate).
-fn fail(work: &mut Work<'_>, record: RolloutRecord, reason: String) -> (RolloutRecord, Outcome) {
+/// `progressive`: a canary or blue/green release failed, so the rollback takes it out of
+/// traffic at once. A failure in a later wave with `waves.on_failure: halt` stops where it is.
+fn fail(
+    work: &mut Work<'_>,
+    record: RolloutRecord,
+    reason: String,
+    progressive: bool,
+) -> (RolloutRecord, Outcome) {
     // Undo whatever this pass decided for the failed target.
     work.reset();
     let failed_release = record.to;
+    let on_failure = work
+        .target()
+        .environment()
+        .and_then(|(_, e)| e.waves.as_ref().map(|w| w.on_failure));
+    if on_failure == Some(WaveFailure::Halt) && record.wave > 0 && !record.rollback {
+        let mut halted = record.clone();
+        let regions = work.target().regions();
+        let done = regions.get(..record.wave).unwrap_or_default().join(", ");
+        let region = regions.get(record.wave).cloned().unwrap_or_default();
+        halted.halted = Some(format!(
+            "halted in wave {} ({region}) by waves.on_failure: halt: {reason}; regions done on release {failed_release}: {done}",
+            record.wave + 1
+        ));
+        tracing::warn!(stack = %record.stack, env = %record.env, release = failed_release, %reason, "rollout halted");
+        return (
+            halted,
+            Outcome::Failed {
+                failed_release,
+                reason,
+            },
+        );
+    }
     let went_live: BTreeSet<u64> = work
         .view
         .releases_of(&record.stack, &record.env)
@@ -314,6 +440,9 @@ fn fail(work: &mut Work<'_>, record: RolloutRecord, reason: String) -> (RolloutR
             );
             back.rollback_reason = Some(format!("release {failed_release} failed: {reason}"));
             back.rollback = true;
+            if progressive {
+                back.out_of_traffic = Some(failed_release);
+            }
             back
         }
         Err(none) => {
@@ -380,16 +509,20 @@ fn observe(
         .collect()
 }
 
-/// The state machine of one service's rollout: the service's own surge and unavailability, or,
+/// The state machine of one service's rollout: its strategy's (see
+/// [`ServiceRollout::for_service`]: a first deploy or a change that only scales is rolled), or,
 /// for a rollback, everything at once with no capacity lost.
 fn new_state(
+    view: &View,
     record: &RolloutRecord,
+    name: &str,
+    region: &str,
     service: &Service,
     now: u64,
-) -> Result<RolloutState, berth_rollout::RolloutError> {
+) -> Result<ServiceRollout, berth_rollout::RolloutError> {
     let desired = super::replicas::desired_of(service);
     if record.rollback {
-        RolloutState::with_limits(
+        return RolloutState::with_limits(
             record.from,
             record.to,
             desired,
@@ -398,9 +531,47 @@ fn new_state(
             service.rollout.progress_deadline.millis,
             now,
         )
-    } else {
-        RolloutState::for_service(record.from, record.to, service, now)
+        .map(ServiceRollout::Rolling);
     }
+    // A canary or blue/green compares with, and falls back to, a release that went live: when
+    // the release replaced had not (a deploy during an unfinished canary), the newest one that
+    // did is the stable one, and the unfinished release's instances are simply old.
+    let from = match record.from {
+        Some(from) if service.rollout.strategy != berth_spec::model::Strategy::Rolling => {
+            let releases = view.releases_of(&record.stack, &record.env);
+            let went = |n: u64| {
+                releases
+                    .and_then(|all| all.values().find(|r| r.value.number == n))
+                    .is_some_and(|r| crate::state::went_live(&r.value))
+            };
+            if went(from) {
+                Some(from)
+            } else {
+                releases
+                    .into_iter()
+                    .flat_map(|all| all.values())
+                    .filter(|r| r.value.number < record.to && crate::state::went_live(&r.value))
+                    .map(|r| r.value.number)
+                    .max()
+                    .or(Some(from))
+            }
+        }
+        other => other,
+    };
+    let scale_only = from.is_some_and(|from| {
+        let (Some(old), Some(new)) = (
+            view.release(&record.stack, &record.env, from),
+            view.release(&record.stack, &record.env, record.to),
+        ) else {
+            return false;
+        };
+        let Some(mut old_service) = old.value.spec.service_for_region(name, region) else {
+            return false;
+        };
+        old_service.replicas = service.replicas;
+        old_service == *service && old.value.secrets == new.value.secrets
+    });
+    ServiceRollout::for_service(from, record.to, service, scale_only, now)
 }
 
 #[cfg(test)]
@@ -539,6 +710,330 @@ mod tests {
         // The same decisions again (a pass that read the view before the first one's write).
         assert_eq!(w.apply(&batches), 0);
         assert_eq!(w.running("web").len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod progressive_tests {
+    use berth_api::control::ReleaseStatus;
+    use berth_rollout::{ServiceRollout, Traffic};
+
+    use super::service_traffic;
+    use crate::controllers::testing::World;
+    use crate::state::RolloutPhase;
+
+    fn canary(tag: &str) -> String {
+        format!(
+            r#"stack: shop
+environments:
+  prod:
+    regions: [local]
+services:
+  web:
+    process: {{command: [sleep, "{tag}"]}}
+    replicas: 4
+    resources: {{ cpu: 100m, memory: 64Mi }}
+    rollout: {{ strategy: canary, steps: [10%, 50%], bake: 5s, min_requests: 20, progress_deadline: 1m }}
+"#
+        )
+    }
+
+    fn status(w: &World, n: u64) -> ReleaseStatus {
+        w.view
+            .release("shop", "prod", n)
+            .expect("release")
+            .value
+            .status
+    }
+
+    fn live_of(w: &World, release: u64) -> usize {
+        w.running("web")
+            .iter()
+            .filter(|r| r.spec.release == release)
+            .count()
+    }
+
+    fn share(w: &World, release: u64) -> u32 {
+        let new_healthy = live_of(w, w.rollout().to) as u32;
+        match service_traffic(w.rollout(), "web", new_healthy) {
+            Traffic::Equal => 0,
+            t => t.endpoint_weight(release),
+        }
+    }
+
+    /// Release 1 live (a first deploy goes straight to 100 %), then release 2 as a canary.
+    fn started(rates: [(u64, u64); 2]) -> World {
+        let mut w = World::new();
+        w.node("a", None);
+        w.node("b", None);
+        w.deploy(&canary("1"), 1, None, false);
+        w.settle(20);
+        assert_eq!(live_of(&w, 1), 4, "the first deploy is not a canary");
+        assert_eq!(status(&w, 1), ReleaseStatus::Live);
+        w.traffic.0.insert(("web".into(), 1), rates[0]);
+        w.traffic.0.insert(("web".into(), 2), rates[1]);
+        w.deploy(&canary("2"), 2, Some(1), false);
+        w
+    }
+
+    fn rounds(w: &mut World, n: usize) {
+        for round in 0..n {
+            w.pass(round as u64);
+            w.agents();
+            w.now += 1_000;
+        }
+    }
+
+    #[test]
+    fn a_good_canary_goes_through_its_steps_to_100_percent() {
+        let mut w = started([(90, 10), (10, 10)]);
+        rounds(&mut w, 3);
+        assert!(matches!(
+            w.rollout().services.get("web"),
+            Some(ServiceRollout::Canary(_))
+        ));
+        assert_eq!(
+            (live_of(&w, 1), live_of(&w, 2)),
+            (4, 1),
+            "one new beside all stable"
+        );
+        assert_eq!(share(&w, 2), 1_000);
+        assert_eq!(share(&w, 1), 9_000);
+        // 10 requests a second to the canary: 20 after 2 s, bake 5 s.
+        rounds(&mut w, 6);
+        assert_eq!(
+            (live_of(&w, 1), live_of(&w, 2)),
+            (4, 2),
+            "step 2: ⌈4 × 50 %⌉"
+        );
+        assert_eq!(status(&w, 2), ReleaseStatus::RollingOut);
+        // A baking step decides nothing: time must pass (settle would stop at the first quiet
+        // pass).
+        rounds(&mut w, 30);
+        assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
+        assert_eq!((live_of(&w, 1), live_of(&w, 2)), (0, 4));
+        assert_eq!(status(&w, 2), ReleaseStatus::Live);
+        assert_eq!(status(&w, 1), ReleaseStatus::Superseded);
+    }
+
+    #[test]
+    fn a_bad_canary_is_rolled_back_out_of_traffic_at_step_one() {
+        let mut w = started([(90, 0), (10, 300)]);
+        for round in 0..10 {
+            w.pass(round);
+            w.agents();
+            w.now += 1_000;
+            if w.rollout().rollback {
+                break;
+            }
+        }
+        let r = w.rollout().clone();
+        assert!(r.rollback, "{r:?}");
+        assert_eq!((r.from, r.to, r.out_of_traffic), (Some(2), 1, Some(2)));
+        assert_eq!(share(&w, 2), 0, "100 % stable from the verdict's table on");
+        assert_eq!(share(&w, 1), 10_000);
+        let failed = w
+            .view
+            .release("shop", "prod", 2)
+            .expect("release")
+            .value
+            .clone();
+        assert_eq!(failed.status, ReleaseStatus::Failed);
+        let reason = failed.reason.unwrap_or_default();
+        assert!(
+            reason.contains("step 1 (10%)") && reason.contains("error rate"),
+            "{reason}"
+        );
+        w.settle(20);
+        assert_eq!((live_of(&w, 1), live_of(&w, 2)), (4, 0));
+    }
+
+    #[test]
+    fn a_canary_without_traffic_pauses_and_neither_promotes_nor_fails() {
+        let mut w = started([(0, 0), (0, 0)]);
+        rounds(&mut w, 60);
+        let Some(ServiceRollout::Canary(c)) = w.rollout().services.get("web") else {
+            panic!("{:?}", w.rollout());
+        };
+        let why = c.paused.clone().unwrap_or_default();
+        assert!(why.contains("insufficient data"), "{c:?}");
+        assert_eq!(c.step, 0);
+        assert_eq!(status(&w, 2), ReleaseStatus::RollingOut);
+        assert_eq!((live_of(&w, 1), live_of(&w, 2)), (4, 1));
+    }
+
+    #[test]
+    fn blue_green_comes_up_out_of_traffic_switches_and_keeps_the_old_release() {
+        let bg = |tag: &str| {
+            canary(tag).replace(
+                "rollout: { strategy: canary, steps: [10%, 50%], bake: 5s, min_requests: 20, progress_deadline: 1m }",
+                "rollout: { strategy: blue_green, bake: 3s, keep_previous: 10s, progress_deadline: 1m }",
+            )
+        };
+        let mut w = World::new();
+        w.node("a", None);
+        w.node("b", None);
+        w.deploy(&bg("1"), 1, None, false);
+        w.settle(20);
+        w.deploy(&bg("2"), 2, Some(1), false);
+        rounds(&mut w, 2);
+        assert_eq!(
+            (live_of(&w, 1), live_of(&w, 2)),
+            (4, 4),
+            "full size beside the old"
+        );
+        assert_eq!(share(&w, 2), 0, "out of traffic before the switch");
+        rounds(&mut w, 4);
+        assert_eq!(share(&w, 2), 10_000, "switched after the bake");
+        assert_eq!(live_of(&w, 1), 4, "the old release keeps running");
+        rounds(&mut w, 15);
+        assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
+        assert_eq!((live_of(&w, 1), live_of(&w, 2)), (0, 4));
+    }
+
+    #[test]
+    fn a_wave_bakes_before_the_next_region_starts() {
+        let yaml = canary("1").replace(
+            "regions: [local]",
+            "regions: [eu, us]\n    waves: { bake: 5s, min_requests: 0 }",
+        );
+        let mut w = World::new();
+        w.node("e", Some("eu"));
+        w.node("u", Some("us"));
+        w.deploy(&yaml, 1, None, false);
+        rounds(&mut w, 3);
+        let regions = |w: &World| {
+            let mut r: Vec<String> = w.running("web").iter().map(|r| r.region.clone()).collect();
+            r.sort();
+            r.dedup();
+            r
+        };
+        assert_eq!(regions(&w), ["eu"], "eu is done and baking");
+        assert!(w.rollout().wave_done_ms.is_some());
+        rounds(&mut w, 6);
+        assert_eq!(regions(&w), ["eu", "us"]);
+    }
+
+    /// Two regions, release 1 live in both, then release 2 whose instances fail only in `us`.
+    fn failing_in_the_second_wave(on_failure: &str) -> World {
+        let yaml = |tag: &str| {
+            shop_waves(tag).replace(
+                "waves: { bake: 0s, min_requests: 0 }",
+                &format!("waves: {{ bake: 0s, min_requests: 0, on_failure: {on_failure} }}"),
+            )
+        };
+        let mut w = World::new();
+        w.node("e", Some("eu"));
+        w.node("u", Some("us"));
+        w.deploy(&yaml("1"), 1, None, false);
+        rounds(&mut w, 8);
+        assert_eq!(status(&w, 1), ReleaseStatus::Live);
+        w.failing_on.insert((2, "u".to_string()));
+        w.deploy(&yaml("2"), 2, Some(1), false);
+        rounds(&mut w, 12);
+        w
+    }
+
+    fn shop_waves(tag: &str) -> String {
+        format!(
+            r#"stack: shop
+environments:
+  prod:
+    regions: [eu, us]
+    waves: {{ bake: 0s, min_requests: 0 }}
+services:
+  web:
+    process: {{command: [sleep, "{tag}"]}}
+    replicas: 1
+    resources: {{ cpu: 100m, memory: 64Mi }}
+    placement: {{ constraints: ["region == ${{region}}"] }}
+    rollout: {{ progress_deadline: 1m }}
+"#
+        )
+    }
+
+    fn by_region(w: &World) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = w
+            .running("web")
+            .iter()
+            .map(|r| (r.region.clone(), r.spec.release))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_failure_in_a_later_wave_reverts_every_region_by_default() {
+        let w = failing_in_the_second_wave("revert_all");
+        assert_eq!(status(&w, 2), ReleaseStatus::Failed);
+        let failed = w
+            .view
+            .release("shop", "prod", 2)
+            .expect("release")
+            .value
+            .clone();
+        assert!(
+            failed.reason.unwrap_or_default().contains("in us"),
+            "the reason names the region"
+        );
+        assert_eq!(w.rollout().to, 1, "{:?}", w.rollout());
+        assert_eq!(
+            by_region(&w),
+            [("eu".to_string(), 1), ("us".to_string(), 1)]
+        );
+    }
+
+    #[test]
+    fn halt_stops_where_it_is_and_says_so() {
+        let w = failing_in_the_second_wave("halt");
+        let r = w.rollout();
+        let why = r.halted.clone().unwrap_or_default();
+        assert!(
+            why.contains("halted in wave 2 (us)") && why.contains("regions done on release 2: eu"),
+            "{r:?}"
+        );
+        assert_eq!(r.to, 2, "no rollback");
+        assert_eq!(status(&w, 2), ReleaseStatus::Failed);
+        assert!(
+            by_region(&w).contains(&("eu".to_string(), 2)),
+            "eu keeps release 2: {:?}",
+            by_region(&w)
+        );
+    }
+
+    #[test]
+    fn a_deploy_during_an_unfinished_canary_compares_with_the_release_that_went_live() {
+        let mut w = started([(0, 0), (0, 0)]);
+        rounds(&mut w, 3);
+        w.deploy(&canary("3"), 3, Some(2), false);
+        rounds(&mut w, 2);
+        let Some(ServiceRollout::Canary(c)) = w.rollout().services.get("web") else {
+            panic!("{:?}", w.rollout());
+        };
+        assert_eq!(
+            (c.from_release, c.to_release),
+            (1, 3),
+            "stable is release 1, not the unfinished 2"
+        );
+        assert_eq!(share(&w, 1), 9_000);
+        assert_eq!(share(&w, 2), 0, "the unfinished canary is out of traffic");
+    }
+
+    #[test]
+    fn a_change_that_only_scales_is_not_a_canary() {
+        let mut w = started([(0, 0), (0, 0)]);
+        // Replace the canary deploy by a scale-only one: same spec, more replicas.
+        let scaled = canary("1").replace("replicas: 4", "replicas: 5");
+        w.deploy(&scaled, 3, Some(1), false);
+        w.pass(1);
+        assert!(
+            matches!(
+                w.rollout().services.get("web"),
+                Some(ServiceRollout::Rolling(_))
+            ),
+            "{:?}",
+            w.rollout()
+        );
     }
 }
 

@@ -27,7 +27,41 @@ pub(crate) struct World {
     pub routers_released: bool,
     /// Releases whose instances the agents report `failed` (an image that cannot be pulled).
     pub failing: BTreeSet<u64>,
+    /// (release, node): that release's instances fail on that node only (a region-specific
+    /// fault).
+    pub failing_on: BTreeSet<(u64, String)>,
     pub now: u64,
+    /// What the routers report, per (service, release): requests per second and 5xx per mille
+    /// (see [`Rates`]).
+    pub traffic: Rates,
+}
+
+/// Routers' counters that grow with time: `rps` requests a second to each (service, release),
+/// `per_mille` of them 5xx, p99 10 ms.
+#[derive(Clone, Default)]
+pub(crate) struct Rates(pub BTreeMap<(String, u64), (u64, u64)>);
+
+impl super::TrafficSource for Rates {
+    fn window(
+        &self,
+        _stack: &str,
+        service: &str,
+        release: u64,
+        since_ms: u64,
+        now_ms: u64,
+    ) -> berth_rollout::analysis::ArmCounts {
+        let (rps, per_mille) = self
+            .0
+            .get(&(service.to_string(), release))
+            .copied()
+            .unwrap_or((0, 0));
+        let requests = rps * (now_ms.saturating_sub(since_ms) / 1000);
+        berth_rollout::analysis::ArmCounts {
+            requests,
+            errors_5xx: requests * per_mille / 1000,
+            p99_ms: (requests > 0).then_some(10),
+        }
+    }
 }
 
 impl World {
@@ -38,7 +72,9 @@ impl World {
             up: BTreeSet::new(),
             routers_released: true,
             failing: BTreeSet::new(),
+            failing_on: BTreeSet::new(),
             now: 1_000_000,
+            traffic: Rates::default(),
         }
     }
 
@@ -159,6 +195,7 @@ impl World {
         let facts = Facts {
             node_up: &node_up,
             released: &released,
+            traffic: &self.traffic,
         };
         decide(
             &self.view,
@@ -221,7 +258,11 @@ impl World {
                 // An agent that gave up on an instance does not take it back.
                 Desired::Run if v.state() == InstanceState::Failed => {}
                 Desired::Run => {
-                    let state = if self.failing.contains(&v.spec.release) {
+                    let state = if self.failing.contains(&v.spec.release)
+                        || self
+                            .failing_on
+                            .contains(&(v.spec.release, v.spec.node.clone()))
+                    {
                         InstanceState::Failed
                     } else {
                         InstanceState::Healthy

@@ -3,6 +3,7 @@
 
 mod nodes;
 mod releases;
+mod rollouts;
 mod secrets;
 mod status;
 mod traffic;
@@ -56,6 +57,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/v1/stacks/{stack}/{env}/rollback",
             post(releases::rollback),
+        )
+        .route("/v1/stacks/{stack}/{env}/rollout", get(rollouts::status))
+        .route(
+            "/v1/stacks/{stack}/{env}/rollout/{command}",
+            post(rollouts::command),
         )
         .route("/v1/status", get(status::status))
         .route(

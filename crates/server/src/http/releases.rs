@@ -28,7 +28,8 @@ impl From<ReleaseError> for ApiError {
             | ReleaseError::ConcurrentDeploy => ApiError::conflict(e.to_string()),
             ReleaseError::CapacityDrop { .. }
             | ReleaseError::Approval { .. }
-            | ReleaseError::Unplaceable { .. } => ApiError::refused(e.to_string()),
+            | ReleaseError::Unplaceable { .. }
+            | ReleaseError::Vetoed { .. } => ApiError::refused(e.to_string()),
             ReleaseError::NoHistory { .. }
             | ReleaseError::NotRetained { .. }
             | ReleaseError::NoRollbackTarget { .. } => ApiError::not_found(e.to_string()),

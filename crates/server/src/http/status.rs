@@ -268,7 +268,16 @@ fn summarize(e: &berth_store::WatchEvent) -> String {
                 .pointer("/phase/phase")
                 .and_then(|v| v.as_str())
                 .unwrap_or("?");
-            format!("rollout to {to}: {phase}")
+            let notes = serde_json::from_value::<crate::state::RolloutRecord>(value.clone())
+                .map(|r| {
+                    format!(
+                        "{}{}",
+                        r.progress_notes(),
+                        r.halted.map(|h| format!(", {h}")).unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            format!("rollout to {to}: {phase}{notes}")
         }
         "node" => format!(
             "node {} registered",

@@ -305,6 +305,20 @@ async fn try_deploy(
         }));
     }
     check_policy(&full, how, &read.placement, &stack, env)?;
+    if let Some(vetoed) = read
+        .existing
+        .iter()
+        .rev()
+        .find(|r| r.value.spec == *target && crate::rollouts::vetoes(&r.value))
+        .filter(|_| !how.force)
+    {
+        return Err(ReleaseError::Vetoed {
+            number: vetoed.value.number,
+            reason: vetoed.value.reason.clone().unwrap_or_default(),
+            stack: stack.clone(),
+            env: env.to_string(),
+        });
+    }
     let number = read
         .existing
         .last()

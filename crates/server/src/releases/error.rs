@@ -31,6 +31,15 @@ pub enum ReleaseError {
     /// Some instances cannot be placed on the cluster as it is now (and no `--force`).
     #[error("this plan cannot be placed on the cluster as it is now, so its rollout would fail: {}; nothing was stored. Add or undrain nodes, free capacity or relax the constraints, or deploy anyway with --force", .reasons.join("; "))]
     Unplaceable { reasons: Vec<String> },
+    /// The same content as a release whose canary analysis failed or that was aborted: it is
+    /// known bad, so deploying it again needs `--force`.
+    #[error("release {number} of {stack} in {env} had exactly this content and was stopped ({reason}): fix the release, or deploy it again anyway with --force")]
+    Vetoed {
+        number: u64,
+        reason: String,
+        stack: String,
+        env: String,
+    },
     /// The stack's older releases kept changing under the deploy's retries.
     #[error("the releases of this stack kept changing during the deploy: try again")]
     KeptChanging,

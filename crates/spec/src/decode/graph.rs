@@ -16,6 +16,12 @@ pub struct Node<'a> {
     pub deps: &'a [Item],
     /// `(host, path)` and where the host is written, if the service has a route.
     pub route: Option<(&'a str, &'a str, Pos)>,
+    /// `route.split.service` and where it is written.
+    pub split: Option<(&'a str, Pos)>,
+    /// The port the service's route names (a split's target answers on its port of that name).
+    pub route_port: Option<&'a str>,
+    /// The service's declared port names.
+    pub ports: Vec<&'a str>,
 }
 
 /// Every problem with dependencies and routes. Services are visited in source order, so the
@@ -54,6 +60,33 @@ pub fn check(services: &[Node]) -> Vec<Diagnostic> {
                     ),
                 ));
             }
+        }
+    }
+    for s in services {
+        let Some((target, pos)) = s.split else {
+            continue;
+        };
+        let p = format!("services.{}.route.split.service", s.name);
+        match index.get(target).map(|&t| &services[t]) {
+            _ if target == s.name => diags.push(Diagnostic::at(
+                pos,
+                format!("{p}: a route cannot split to its own service"),
+            )),
+            None => diags.push(Diagnostic::at(
+                pos,
+                format!(
+                    "{p}: unknown service `{target}`{}",
+                    did_you_mean(target, services.iter().map(|s| s.name))
+                ),
+            )),
+            Some(t) if s.route_port.is_some_and(|port| !t.ports.contains(&port)) => {
+                let port = s.route_port.unwrap_or_default();
+                diags.push(Diagnostic::at(
+                    pos,
+                    format!("{p}: service `{target}` has no port `{port}` (the route's port), so it cannot answer the split: declare it, like `ports: {{ {port}: 0 }}`"),
+                ))
+            }
+            Some(_) => {}
         }
     }
     cycles(services, &edges, &mut diags);
@@ -161,21 +194,33 @@ mod tests {
                 name: "a",
                 deps: &a,
                 route: None,
+                split: None,
+                route_port: None,
+                ports: vec![],
             },
             Node {
                 name: "b",
                 deps: &b,
                 route: None,
+                split: None,
+                route_port: None,
+                ports: vec![],
             },
             Node {
                 name: "c",
                 deps: &c,
                 route: None,
+                split: None,
+                route_port: None,
+                ports: vec![],
             },
             Node {
                 name: "d",
                 deps: &d,
                 route: None,
+                split: None,
+                route_port: None,
+                ports: vec![],
             },
         ];
         let msgs: Vec<String> = check(&nodes)
@@ -215,6 +260,9 @@ mod tests {
                 name: n,
                 deps: d,
                 route: None,
+                split: None,
+                route_port: None,
+                ports: vec![],
             })
             .collect();
         let diags = check(&nodes);

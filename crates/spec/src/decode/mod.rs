@@ -19,7 +19,7 @@ use self::fields::{Ctx, IntSpec};
 use self::names::{did_you_mean, NameKind};
 use self::scalar::{parse_int, Class};
 use crate::diag::{Diagnostic, Pos};
-use crate::model::{Environment, Percent};
+use crate::model::{Duration, Environment, Percent, WaveFailure, Waves};
 use crate::yaml::Node;
 
 /// A typed entry of `values` (or an overlay of one).
@@ -118,7 +118,14 @@ impl Source<'_> {
 }
 
 const TOP_FIELDS: &[&str] = &["stack", "history", "values", "environments", "services"];
-const ENV_FIELDS: &[&str] = &["regions", "values", "approval", "max_capacity_drop"];
+const ENV_FIELDS: &[&str] = &[
+    "regions",
+    "values",
+    "approval",
+    "max_capacity_drop",
+    "waves",
+];
+const WAVES_FIELDS: &[&str] = &["bake", "min_requests", "on_failure"];
 
 /// The default number of releases kept per environment.
 pub const DEFAULT_HISTORY: u32 = 10;
@@ -303,6 +310,7 @@ fn decode_environments(ctx: &mut Ctx, node: &Node, values: &Values) -> Vec<Sourc
                 regions: Vec::new(),
                 approval: false,
                 max_capacity_drop: Percent(100),
+                waves: None,
             },
             overlay: Values::new(),
         };
@@ -334,6 +342,9 @@ fn decode_environments(ctx: &mut Ctx, node: &Node, values: &Values) -> Vec<Sourc
                     env.env.max_capacity_drop = p;
                 }
             }
+            if let Some(n) = f.get("waves") {
+                env.env.waves = decode_waves(ctx, n, &format!("{path}.waves"));
+            }
             if let Some(n) = f.get("values") {
                 env.overlay = decode_overlay(ctx, n, &format!("{path}.values"), values);
             }
@@ -341,6 +352,49 @@ fn decode_environments(ctx: &mut Ctx, node: &Node, values: &Values) -> Vec<Sourc
         out.push(env);
     }
     out
+}
+
+/// `waves: { bake, min_requests, on_failure }`, every field defaulted when left out.
+fn decode_waves(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Waves> {
+    const MIN_REQUESTS: IntSpec = IntSpec {
+        what: "an integer from 0 to 1000000000",
+        lo: 0,
+        hi: 1_000_000_000,
+        say_max: false,
+    };
+    let f = ctx.fields(
+        node,
+        path,
+        "a mapping with `bake`, `min_requests` and `on_failure`",
+        WAVES_FIELDS,
+    )?;
+    let mut waves = Waves {
+        bake: service::defaults::WAVE_BAKE,
+        min_requests: service::defaults::MIN_REQUESTS,
+        on_failure: WaveFailure::RevertAll,
+    };
+    if let Some(n) = f.get("bake") {
+        if let Some(d) = ctx.unit::<Duration>(n, &format!("{path}.bake"), "a duration") {
+            waves.bake = d;
+        }
+    }
+    if let Some(n) = f.get("min_requests") {
+        if let Some(v) = ctx.int(n, &format!("{path}.min_requests"), MIN_REQUESTS) {
+            waves.min_requests = u32::try_from(v).unwrap_or(waves.min_requests);
+        }
+    }
+    if let Some(n) = f.get("on_failure") {
+        let p = format!("{path}.on_failure");
+        let options = [
+            ("revert_all", WaveFailure::RevertAll),
+            ("revert_wave", WaveFailure::RevertWave),
+            ("halt", WaveFailure::Halt),
+        ];
+        if let Some(v) = service::one_of(ctx, n, &p, &options) {
+            waves.on_failure = v;
+        }
+    }
+    Some(waves)
 }
 
 /// An environment's `values:` — each name must exist in `values` and keep its type. An integer

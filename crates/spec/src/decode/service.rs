@@ -12,8 +12,9 @@ use super::names::{did_you_mean, NameKind};
 use super::scalar::{quote, Class};
 use crate::diag::Pos;
 use crate::model::{
-    Amount, Constraint, Cpu, Duration, Health, Limits, Memory, Percent, Placement, Process,
-    Resources, RestartPolicy, Rollout, Route, Service, Strategy, Volume,
+    valid_header_name, Amount, BasisPoints, Constraint, Cpu, Duration, Health, Limits, Match,
+    Memory, OnFailure, Percent, Placement, Process, Resources, RestartPolicy, Rollout, Route,
+    Service, Split, Sticky, Strategy, Volume, ALL_TRAFFIC,
 };
 use crate::yaml::Node;
 
@@ -46,14 +47,37 @@ const HEALTH_FIELDS: &[&str] = &[
     "healthy",
     "unhealthy",
 ];
-const ROUTE_FIELDS: &[&str] = &["host", "path", "port", "limits", "timeout"];
+const ROUTE_FIELDS: &[&str] = &["host", "path", "port", "limits", "timeout", "split"];
+const SPLIT_FIELDS: &[&str] = &["service", "weight", "sticky"];
 const LIMITS_FIELDS: &[&str] = &["concurrency", "queue", "queue_timeout"];
 const ROLLOUT_FIELDS: &[&str] = &[
     "strategy",
     "max_surge",
     "max_unavailable",
     "progress_deadline",
+    "steps",
+    "bake",
+    "min_requests",
+    "sticky",
+    "match",
+    "on_failure",
+    "preview_host",
+    "auto_promote",
+    "keep_previous",
 ];
+/// The fields only a canary has.
+const CANARY_FIELDS: &[&str] = &["steps", "min_requests", "sticky", "match", "on_failure"];
+/// The fields only a blue/green rollout has.
+const BLUE_GREEN_FIELDS: &[&str] = &["preview_host", "auto_promote", "keep_previous"];
+const MATCH_FIELDS: &[&str] = &["header", "value"];
+/// The most canary steps: more is a typo, not a plan.
+pub const MAX_STEPS: usize = 20;
+const MIN_REQUESTS: IntSpec = IntSpec {
+    what: "an integer from 1 to 1000000000",
+    lo: 1,
+    hi: 1_000_000_000,
+    say_max: false,
+};
 const RESOURCES_FIELDS: &[&str] = &["cpu", "memory"];
 const PLACEMENT_FIELDS: &[&str] = &["spread", "constraints"];
 const PROCESS_FIELDS: &[&str] = &["command"];
@@ -94,6 +118,18 @@ pub mod defaults {
     pub const UNHEALTHY: u32 = 3;
     /// `rollout.progress_deadline`.
     pub const PROGRESS_DEADLINE: Duration = Duration { millis: 60_000 };
+    /// `rollout.steps` of a canary that does not list them.
+    pub const CANARY_STEPS: [u32; 2] = [1_000, 5_000];
+    /// `rollout.bake` of a canary: at least this long at each step.
+    pub const CANARY_BAKE: Duration = Duration { millis: 300_000 };
+    /// `rollout.min_requests` of a canary, and of `waves`.
+    pub const MIN_REQUESTS: u32 = 300;
+    /// `rollout.bake` of a blue/green rollout.
+    pub const BLUE_GREEN_BAKE: Duration = Duration { millis: 60_000 };
+    /// `rollout.keep_previous` of a blue/green rollout.
+    pub const KEEP_PREVIOUS: Duration = Duration { millis: 900_000 };
+    /// `waves.bake`.
+    pub const WAVE_BAKE: Duration = Duration { millis: 300_000 };
     /// `resources.cpu`.
     pub const CPU: Cpu = Cpu { millis: 100 };
     /// `resources.memory`.
@@ -111,6 +147,9 @@ pub struct Decoded {
     pub deps: Vec<Item>,
     /// The route's host and path, and where the host is written.
     pub route_at: Option<Pos>,
+    /// `route.split.service` as written, and where (checked across services even when the
+    /// split itself has another problem).
+    pub split_at: Option<(String, Pos)>,
 }
 
 fn default_service() -> Service {
@@ -124,12 +163,11 @@ fn default_service() -> Service {
         replicas: defaults::REPLICAS,
         health: None,
         route: None,
-        rollout: Rollout {
-            strategy: Strategy::Rolling,
-            max_surge: Amount::Count(1),
-            max_unavailable: Amount::Count(0),
-            progress_deadline: defaults::PROGRESS_DEADLINE,
-        },
+        rollout: Rollout::rolling(
+            Amount::Count(1),
+            Amount::Count(0),
+            defaults::PROGRESS_DEADLINE,
+        ),
         depends_on: Vec::new(),
         stop_grace: defaults::STOP_GRACE,
         volumes: Vec::new(),
@@ -152,6 +190,7 @@ pub fn service(ctx: &mut Ctx, name: &str, key_pos: Pos, node: &Node) -> Decoded 
         service: default_service(),
         deps: Vec::new(),
         route_at: None,
+        split_at: None,
     };
     let Some(f) = ctx.fields(node, &path, "a mapping of service fields", SERVICE_FIELDS) else {
         return out;
@@ -210,6 +249,7 @@ pub fn service(ctx: &mut Ctx, name: &str, key_pos: Pos, node: &Node) -> Decoded 
         let (route, at) = route(ctx, n, &format!("{path}.route"), kp, &port_names);
         svc.route = route;
         out.route_at = at;
+        out.split_at = split_position(n);
     }
     if let Some(n) = f.get("rollout") {
         svc.rollout = rollout(ctx, n, &format!("{path}.rollout"));
@@ -652,14 +692,92 @@ fn route(
     let timeout = f
         .get("timeout")
         .and_then(|n| positive_duration(ctx, n, &format!("{path}.timeout")));
+    let split = f
+        .get("split")
+        .and_then(|n| split(ctx, n, &format!("{path}.split")));
     let route = Route {
         host,
         path: route_path,
         port: port.unwrap_or_default(),
         limits,
         timeout,
+        split,
     };
     (Some(route), at)
+}
+
+/// `split.service` in a `route:` mapping, as written and where, if it is a plain string.
+fn split_position(route: &Node) -> Option<(String, Pos)> {
+    let find = |n: &Node, key: &str| -> Option<Node> {
+        match &n.kind {
+            crate::yaml::NodeKind::Map(pairs) => pairs
+                .iter()
+                .find(|(k, _)| matches!(&k.kind, crate::yaml::NodeKind::Scalar { value, .. } if value == key))
+                .map(|(_, v)| v.clone()),
+            _ => None,
+        }
+    };
+    let split = find(route, "split")?;
+    let service = find(&split, "service")?;
+    match &service.kind {
+        crate::yaml::NodeKind::Scalar { value, .. } => Some((value.clone(), service.pos)),
+        _ => None,
+    }
+}
+
+/// `route.split:` — `service` (a name; that it is another service of the stack with a route
+/// port is checked across services), `weight` above 0 % and below 100 %, `sticky` (default
+/// cookie).
+fn split(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Split> {
+    let f = ctx.fields(
+        node,
+        path,
+        "a mapping with `service`, `weight` and `sticky`",
+        SPLIT_FIELDS,
+    )?;
+    let service = match f.get("service") {
+        Some(n) => ctx.name(n, &format!("{path}.service"), NameKind::Dns),
+        None => {
+            ctx.error(
+                node.pos,
+                format!("{path}: missing `service`; expected the service that answers the split"),
+            );
+            None
+        }
+    };
+    let weight = match f.get("weight") {
+        Some(n) => {
+            let p = format!("{path}.weight");
+            match ctx.unit::<BasisPoints>(n, &p, "a percentage like 20%") {
+                Some(w) if w.0 == 0 || w.0 >= ALL_TRAFFIC => {
+                    ctx.error(
+                        n.pos,
+                        format!("{p}: expected a share above 0% and below 100%, got {w}"),
+                    );
+                    None
+                }
+                w => w,
+            }
+        }
+        None => {
+            ctx.error(
+                node.pos,
+                format!("{path}: missing `weight`; expected the other service's share, like 20%"),
+            );
+            None
+        }
+    };
+    let sticky = match f.get("sticky") {
+        Some(n) => {
+            ctx.unit::<Sticky>(n, &format!("{path}.sticky"), "cookie, header:NAME or none")?
+        }
+        None => Sticky::Cookie,
+    };
+    Some(Split {
+        service: service?,
+        weight: weight?,
+        sticky,
+    })
 }
 
 /// `route.limits:` — `concurrency` (required, at least 1), `queue` (default 0) and
@@ -778,7 +896,194 @@ fn rollout(ctx: &mut Ctx, node: &Node, path: &str) -> Rollout {
         r.progress_deadline = positive_duration(ctx, n, &format!("{path}.progress_deadline"))
             .unwrap_or(r.progress_deadline);
     }
+    progressive(ctx, &f, path, &mut r);
     r
+}
+
+/// The canary and blue/green fields: each only under its own strategy, every default made
+/// explicit for the strategy chosen (so the rendered file says what will happen), nothing for
+/// `rolling` (so a rolling service renders as it always did).
+fn progressive(ctx: &mut Ctx, f: &Fields, path: &str, r: &mut Rollout) {
+    let (name, own): (&str, &[&str]) = match r.strategy {
+        Strategy::Rolling => ("rolling", &[]),
+        Strategy::Canary => ("canary", CANARY_FIELDS),
+        Strategy::BlueGreen => ("blue_green", BLUE_GREEN_FIELDS),
+    };
+    for field in CANARY_FIELDS
+        .iter()
+        .chain(BLUE_GREEN_FIELDS)
+        .chain(std::iter::once(&"bake"))
+    {
+        let mine = own.contains(field) || (*field == "bake" && r.strategy != Strategy::Rolling);
+        if let (false, Some(at)) = (mine, f.key_pos(field)) {
+            let whose = if CANARY_FIELDS.contains(field) {
+                "strategy: canary"
+            } else if BLUE_GREEN_FIELDS.contains(field) {
+                "strategy: blue_green"
+            } else {
+                "strategy: canary or blue_green"
+            };
+            ctx.error(
+                at,
+                format!("{path}.{field}: only for {whose}; this rollout is {name}"),
+            );
+        }
+    }
+    let bake = f
+        .get("bake")
+        .filter(|_| r.strategy != Strategy::Rolling)
+        .and_then(|n| ctx.unit::<Duration>(n, &format!("{path}.bake"), "a duration"));
+    match r.strategy {
+        Strategy::Rolling => {}
+        Strategy::Canary => {
+            r.bake = Some(bake.unwrap_or(defaults::CANARY_BAKE));
+            r.steps = Some(
+                f.get("steps")
+                    .and_then(|n| steps(ctx, n, &format!("{path}.steps")))
+                    .unwrap_or_else(|| defaults::CANARY_STEPS.map(BasisPoints).to_vec()),
+            );
+            let min = f
+                .get("min_requests")
+                .and_then(|n| ctx.int(n, &format!("{path}.min_requests"), MIN_REQUESTS))
+                .and_then(|v| u32::try_from(v).ok());
+            r.min_requests = Some(min.unwrap_or(defaults::MIN_REQUESTS));
+            let sticky = f.get("sticky").and_then(|n| {
+                ctx.unit::<Sticky>(n, &format!("{path}.sticky"), "cookie, header:NAME or none")
+            });
+            r.sticky = Some(sticky.unwrap_or(Sticky::Cookie));
+            r.matched = f
+                .get("match")
+                .and_then(|n| matched(ctx, n, &format!("{path}.match")));
+            let on_failure = f.get("on_failure").and_then(|n| {
+                one_of(
+                    ctx,
+                    n,
+                    &format!("{path}.on_failure"),
+                    &[
+                        ("rollback", OnFailure::Rollback),
+                        ("pause", OnFailure::Pause),
+                    ],
+                )
+            });
+            r.on_failure = Some(on_failure.unwrap_or(OnFailure::Rollback));
+        }
+        Strategy::BlueGreen => {
+            r.bake = Some(bake.unwrap_or(defaults::BLUE_GREEN_BAKE));
+            r.preview_host = f.get("preview_host").and_then(|n| {
+                let p = format!("{path}.preview_host");
+                let h = ctx.string(n, &p, Region::Deny)?;
+                if valid_host(&h) {
+                    Some(h)
+                } else {
+                    ctx.error(
+                        n.pos,
+                        format!(
+                            "{p}: expected a host name like preview.shop.example.com, got {}",
+                            quote(&h)
+                        ),
+                    );
+                    None
+                }
+            });
+            let auto = f
+                .get("auto_promote")
+                .and_then(|n| ctx.bool(n, &format!("{path}.auto_promote")));
+            r.auto_promote = Some(auto.unwrap_or(true));
+            let keep = f.get("keep_previous").and_then(|n| {
+                ctx.unit::<Duration>(n, &format!("{path}.keep_previous"), "a duration")
+            });
+            r.keep_previous = Some(keep.unwrap_or(defaults::KEEP_PREVIOUS));
+        }
+    }
+}
+
+/// `steps:` — strictly increasing shares, each above 0 % and below 100 %.
+fn steps(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Vec<BasisPoints>> {
+    let items = ctx.list(node, path, "a list of percentages like [10%, 50%]")?;
+    if items.is_empty() {
+        ctx.error(
+            node.pos,
+            format!("{path}: expected at least one step, like [10%, 50%]"),
+        );
+        return None;
+    }
+    if items.len() > MAX_STEPS {
+        ctx.error(
+            node.pos,
+            format!(
+                "{path}: {} steps; expected at most {MAX_STEPS}",
+                items.len()
+            ),
+        );
+        return None;
+    }
+    let mut out: Vec<BasisPoints> = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let Some(bp) = ctx.unit::<BasisPoints>(item, &p, "a percentage like 10%") else {
+            ok = false;
+            continue;
+        };
+        if bp.0 == 0 {
+            ctx.error(item.pos, format!("{p}: a step needs a share above 0%"));
+            ok = false;
+        } else if bp.0 >= ALL_TRAFFIC {
+            ctx.error(
+                item.pos,
+                format!("{p}: expected a share below 100%: 100% follows the last step by itself"),
+            );
+            ok = false;
+        } else if let Some(prev) = out.last().filter(|prev| **prev >= bp) {
+            ctx.error(
+                item.pos,
+                format!("{p}: {bp} after {prev}; steps must increase, since a canary only ever gains traffic"),
+            );
+            ok = false;
+        }
+        out.push(bp);
+    }
+    ok.then_some(out)
+}
+
+/// `match: { header, value }`.
+fn matched(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Match> {
+    let f = ctx.fields(
+        node,
+        path,
+        "a mapping with `header` and `value`",
+        MATCH_FIELDS,
+    )?;
+    let mut get = |field: &str, what: &str| -> Option<String> {
+        match f.get(field) {
+            Some(n) => ctx.string(n, &format!("{path}.{field}"), Region::Deny),
+            None => {
+                ctx.error(
+                    node.pos,
+                    format!("{path}: missing `{field}`; expected {what}"),
+                );
+                None
+            }
+        }
+    };
+    let header = get("header", "the request header to match, like X-Canary");
+    let value = get("value", "the header value that selects the new release");
+    let header = header?;
+    if !valid_header_name(&header) {
+        let at = f.get("header").map_or(node.pos, |n| n.pos);
+        ctx.error(
+            at,
+            format!(
+                "{path}.header: expected a header name like X-Canary, got {}",
+                quote(&header)
+            ),
+        );
+        return None;
+    }
+    Some(Match {
+        header,
+        value: value?,
+    })
 }
 
 /// A count (`1`) or a percentage of the desired replicas (`25%`).
@@ -882,7 +1187,7 @@ fn placement(ctx: &mut Ctx, node: &Node, path: &str) -> Placement {
 }
 
 /// One of a fixed set of words, with a suggestion for a near miss.
-fn one_of<T: Copy>(ctx: &mut Ctx, node: &Node, path: &str, options: &[(&str, T)]) -> Option<T> {
+pub fn one_of<T: Copy>(ctx: &mut Ctx, node: &Node, path: &str, options: &[(&str, T)]) -> Option<T> {
     let words: Vec<&str> = options.iter().map(|(w, _)| *w).collect();
     let what = format!("one of {}", words.join(", "));
     let s = ctx.scalar(node, path, &what, Region::Deny)?;

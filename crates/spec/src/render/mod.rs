@@ -56,6 +56,9 @@ pub fn render_env(
                 (Some(r), Some(at)) => Some((r.host.as_str(), r.path.as_str(), at)),
                 _ => None,
             },
+            split: d.split_at.as_ref().map(|(name, at)| (name.as_str(), *at)),
+            route_port: d.service.route.as_ref().map(|r| r.port.as_str()),
+            ports: d.service.ports.keys().map(String::as_str).collect(),
         })
         .collect();
     let mut diags = ctx.diags;
@@ -75,6 +78,7 @@ pub fn render_env(
                 regions: Vec::new(),
                 approval: false,
                 max_capacity_drop: Percent(100),
+                waves: None,
             },
         ),
     };

@@ -135,6 +135,7 @@ mod tests {
                 limits: None,
                 maintenance: None,
                 timeout_ms: None,
+                ..RouteView::default()
             }],
         }
     }
