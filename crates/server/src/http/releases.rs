@@ -98,6 +98,9 @@ pub async fn history(
     Path((stack, env)): Path<(String, String)>,
 ) -> Result<Json<Vec<Release>>, ApiError> {
     caller.require_admin()?;
+    // What the event stream has shown must be in the answer (`deploy --wait` reads it when
+    // woken by an event): the view first catches up with the store.
+    super::nodes::fresh_view(&shared).await?;
     let releases = releases::history(&shared.view.read(), &stack, &env)?;
     Ok(Json(releases))
 }
@@ -115,4 +118,74 @@ pub async fn rollback(
     Ok(Json(
         releases::rollback(&shared, &stack, &env, req.release).await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::extract::{Path, State};
+    use berth_api::control::{Release, ReleaseStatus};
+    use berth_store::EmbeddedStore;
+
+    use crate::http::Caller;
+    use crate::{keys, Clock, ServerConfig, Shared};
+
+    /// `berth deploy --wait` reads the history when the event stream says the release went
+    /// live: the history must hold every write the store had when it was asked, even if the
+    /// view's follower has not applied it yet (it answered from the view as it was, and a wait
+    /// woken by the last event of a settled cluster then waited forever — `disruptions` hung in
+    /// the full suite). The follower starts only after the write, and a current-thread runtime
+    /// runs it only when the handler yields, so the old handler read the stale view every time.
+    #[tokio::test]
+    async fn the_history_shows_what_the_store_holds_when_asked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(dir.path().join("state.redb"))
+            .await
+            .expect("store");
+        let shared = Shared::new(ServerConfig {
+            data_dir: dir.path().to_path_buf(),
+            store: Arc::new(store),
+            clock: Clock::system(),
+            tls: None,
+        })
+        .await
+        .expect("shared");
+        let source = "stack: shop\nenvironments:\n  staging:\n    regions: [local]\nservices:\n  web:\n    image: example/web:1\n";
+        let release = Release {
+            number: 1,
+            stack: "shop".into(),
+            env: "staging".into(),
+            created_ms: 0,
+            who: "admin".into(),
+            status: ReleaseStatus::Live,
+            summary: String::new(),
+            plan_id: String::new(),
+            rollback_of: None,
+            reason: None,
+            images: Default::default(),
+            secrets: Default::default(),
+            spec: berth_spec::render(source.as_bytes(), "staging", &[]).expect("stack"),
+        };
+        shared
+            .store
+            .put(
+                &keys::release("shop", "staging", 1),
+                crate::state::encode(&release),
+            )
+            .await
+            .expect("put");
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        let follower = shared.clone();
+        tokio::spawn(async move { follower.view.follow(follower.store.as_ref(), stopped).await });
+        let answer = super::history(
+            State(shared.clone()),
+            Caller::Admin,
+            Path(("shop".to_string(), "staging".to_string())),
+        )
+        .await;
+        let releases = answer.expect("the release is in the history").0;
+        assert_eq!(releases.len(), 1);
+        assert_eq!(releases[0].status, ReleaseStatus::Live);
+    }
 }

@@ -29,6 +29,7 @@ pub async fn status(
     Path((stack, env)): Path<(String, String)>,
 ) -> Result<Json<RolloutStatus>, ApiError> {
     caller.require_admin()?;
+    super::nodes::fresh_view(&shared).await?;
     let now = shared.clock.now_ms();
     let view = shared.view.read();
     let traffic = crate::controllers::traffic_of(&shared);

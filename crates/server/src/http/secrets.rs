@@ -47,6 +47,8 @@ pub async fn list(
     Path(stack): Path<String>,
 ) -> Result<Json<Vec<SecretView>>, ApiError> {
     caller.require_admin()?;
+    // A `berth secret ls` right after `berth secret set` shows the new version.
+    super::nodes::fresh_view(&shared).await?;
     let views = secrets::list(&shared.view.read(), &stack)?;
     Ok(Json(views))
 }
