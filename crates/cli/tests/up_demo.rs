@@ -202,16 +202,22 @@ fn demo_answers_then_a_new_version_then_a_rollback() {
         "berth events should show release 3's instances becoming healthy:\n{text}"
     );
     // Nothing happens any more, so every change is listed: the last one shown is the store's
-    // last revision, which `--since` that revision shows alone.
+    // last revision, which `--since` the revision before it shows alone ("start after this
+    // store revision", the flag's help), and `--since` it shows nothing more.
     let all = events(&up, &[]);
     let last = all.last().expect("some events")["revision"]
         .as_i64()
         .expect("a revision");
-    let since = last.to_string();
+    let since = (last - 1).to_string();
     let newer = events(&up, &["--since", &since]);
     assert!(
         newer.iter().all(|e| e["revision"] == last) && !newer.is_empty(),
-        "berth events stopped at revision {last}, but --since {last} shows {newer:?}"
+        "berth events stopped at revision {last}, but --since {since} shows {newer:?}"
+    );
+    let none = events(&up, &["--since", &last.to_string()]);
+    assert!(
+        none.is_empty(),
+        "--since {last} (the last revision) shows {none:?}"
     );
 }
 
