@@ -285,7 +285,8 @@ pub struct RolloutStatus {
     /// Why it stopped where it is (`waves.on_failure: halt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halted: Option<String>,
-    /// Each region wave: `done`, `rolling out`, `baking`, `waiting`.
+    /// Each region wave: `done`, `rolling out`, `baking`, `waiting`, `halted`, or `reverted`
+    /// (the wave `waves.on_failure: revert_wave` returned to the previous release).
     pub waves: Vec<(String, String)>,
     pub services: Vec<ServiceStatus>,
 }
@@ -316,6 +317,8 @@ pub fn status(
         .map(|(i, region)| {
             let state = if r.phase == Phase::Succeeded || i < r.wave {
                 "done"
+            } else if i == r.wave && r.halted.is_some() && r.revert_wave {
+                "reverted"
             } else if i == r.wave && r.halted.is_some() {
                 "halted"
             } else if i == r.wave && r.wave_done_ms.is_some() {

@@ -197,6 +197,11 @@ pub struct RolloutRecord {
     /// alone until a person acts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halted: Option<String>,
+    /// A rollback that returns only its current wave's region to the previous release and then
+    /// halts (`waves.on_failure: revert_wave`): the regions of earlier waves keep the failed
+    /// target, which went live and baked there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revert_wave: bool,
 }
 
 impl RolloutRecord {
@@ -218,6 +223,7 @@ impl RolloutRecord {
             out_of_traffic: None,
             wave_done_ms: None,
             halted: None,
+            revert_wave: false,
         }
     }
 
@@ -233,9 +239,10 @@ impl RolloutRecord {
     /// How `berth status` describes it.
     pub fn describe(&self) -> String {
         match (&self.phase, &self.rollback_reason) {
-            (RolloutPhase::Progressing, Some(why)) => {
-                format!("rolling back to {} ({why})", self.to)
-            }
+            (RolloutPhase::Progressing, Some(why)) => match &self.halted {
+                Some(halted) => halted.clone(),
+                None => format!("rolling back to {} ({why})", self.to),
+            },
             (RolloutPhase::Progressing, None) => {
                 let mut line = match self.from {
                     Some(from) => format!("rolling out {from} → {}", self.to),

@@ -325,6 +325,21 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
     if advance != WaveStep::Stay && !wave_baked(work, &mut record) {
         return (record, Outcome::Nothing);
     }
+    if advance != WaveStep::Stay && record.revert_wave {
+        // The failed wave is back on the previous release: stop here and say so.
+        let failed = record.from.unwrap_or_default();
+        let done = regions.get(..record.wave).unwrap_or_default().join(", ");
+        record.halted = Some(format!(
+            "reverted wave {} ({region}) to release {} by waves.on_failure: revert_wave ({}); regions still on release {failed}: {done}; the rollout stops here",
+            record.wave + 1,
+            record.to,
+            record.rollback_reason.as_deref().unwrap_or("failed"),
+        ));
+        record.services.clear();
+        record.done.clear();
+        tracing::warn!(stack = %record.stack, env = %record.env, release = failed, %region, "failed wave reverted, rollout halted");
+        return (record, Outcome::Nothing);
+    }
     match advance {
         WaveStep::Stay => {}
         WaveStep::Next(wave) => {
@@ -440,6 +455,12 @@ fn fail(
             );
             back.rollback_reason = Some(format!("release {failed_release} failed: {reason}"));
             back.rollback = true;
+            // revert_wave: only the failed wave's region goes back; the earlier waves keep the
+            // new release (a failure in the first wave reverts everything there is to revert).
+            if on_failure == Some(WaveFailure::RevertWave) && record.wave > 0 && !record.rollback {
+                back.wave = record.wave;
+                back.revert_wave = true;
+            }
             if progressive {
                 back.out_of_traffic = Some(failed_release);
             }
@@ -998,6 +1019,33 @@ services:
             by_region(&w).contains(&("eu".to_string(), 2)),
             "eu keeps release 2: {:?}",
             by_region(&w)
+        );
+    }
+
+    #[test]
+    fn revert_wave_reverts_only_the_failed_wave_and_stops() {
+        let mut w = failing_in_the_second_wave("revert_wave");
+        assert_eq!(status(&w, 2), ReleaseStatus::Failed);
+        assert_eq!(
+            by_region(&w),
+            [("eu".to_string(), 2), ("us".to_string(), 1)],
+            "eu stays on release 2, us is back on release 1: {:?}",
+            w.rollout()
+        );
+        let r = w.rollout().clone();
+        let why = r.halted.clone().unwrap_or_default();
+        assert!(
+            why.contains("reverted wave 2 (us) to release 1 by waves.on_failure: revert_wave")
+                && why.contains("still on release 2: eu"),
+            "{r:?}"
+        );
+        assert!(r.describe().contains("revert_wave"), "{}", r.describe());
+        // The rollout stops: more passes change nothing.
+        rounds(&mut w, 6);
+        assert_eq!(w.rollout(), &r);
+        assert_eq!(
+            by_region(&w),
+            [("eu".to_string(), 2), ("us".to_string(), 1)]
         );
     }
 
