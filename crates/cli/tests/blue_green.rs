@@ -140,10 +140,13 @@ fn blue_green_previews_switches_at_once_keeps_the_old_release_and_switches_back(
     for pid in blue_pids.values() {
         assert!(common::process::stat(*pid).is_some(), "pid {pid} is gone");
     }
-    assert_eq!(
-        release_status(&up, "bg", "local", 2).as_deref(),
-        Some("rolling_out")
+    // Live at the switch (so `berth deploy --wait` returns then), not after keep_previous.
+    up.wait_until(
+        Duration::from_secs(5),
+        "release 2 live at the switch",
+        || release_status(&up, "bg", "local", 2).as_deref() == Some("live"),
     );
+    assert_eq!(pids(&up, &blue), blue_pids, "kept through keep_previous");
 
     // A switch back: the old processes answer again within a second.
     assert_exit(&cli(&up, &["rollout", "abort", "bg", "--env", "local"]), 0);

@@ -202,6 +202,11 @@ pub struct RolloutRecord {
     /// target, which went live and baked there.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revert_wave: bool,
+    /// The target went live before the rollout finished: every service of the last wave is
+    /// done or a blue/green that switched, and only `keep_previous` remains (the old release
+    /// running out of traffic), so `berth deploy --wait` need not wait for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live_at_switch: bool,
 }
 
 impl RolloutRecord {
@@ -224,6 +229,7 @@ impl RolloutRecord {
             wave_done_ms: None,
             halted: None,
             revert_wave: false,
+            live_at_switch: false,
         }
     }
 
@@ -243,6 +249,9 @@ impl RolloutRecord {
                 Some(halted) => halted.clone(),
                 None => format!("rolling back to {} ({why})", self.to),
             },
+            (RolloutPhase::Progressing, None) if self.live_at_switch => {
+                format!("live{}", self.progress_notes())
+            }
             (RolloutPhase::Progressing, None) => {
                 let mut line = match self.from {
                     Some(from) => format!("rolling out {from} → {}", self.to),

@@ -321,6 +321,24 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
     for (lost, _) in work.schedule_region(&record, &region, &demands, true) {
         work.set_desired(lost, Desired::Drain);
     }
+    // Blue/green goes live at the switch: in the last wave, once every service is done or a
+    // blue/green that switched, the target is live and only keep_previous is left.
+    let live_at_switch = record.rollback_reason.is_none()
+        && record.wave + 1 == regions.len()
+        && target
+            .services
+            .keys()
+            .filter(|name| target.service_for_region(name, &region).is_some())
+            .all(|name| {
+                record.done.contains(name)
+                    || matches!(
+                        record.services.get(name),
+                        Some(ServiceRollout::BlueGreen(b))
+                            if b.switched_ms.is_some() && b.phase == StepPhase::Progressing
+                    )
+            });
+    let newly_live = live_at_switch && !record.live_at_switch;
+    record.live_at_switch |= live_at_switch;
     let advance = berth_rollout::waves::advance(record.wave, record.done.len(), target);
     if advance != WaveStep::Stay && !wave_baked(work, &mut record) {
         return (record, Outcome::Nothing);
@@ -354,6 +372,10 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
             record.phase = RolloutPhase::Succeeded;
             return (record, Outcome::Live);
         }
+    }
+    if newly_live {
+        tracing::info!(stack = %record.stack, env = %record.env, release = record.to, "live at the blue/green switch; the previous release is kept out of traffic");
+        return (record, Outcome::Live);
     }
     (record, Outcome::Nothing)
 }
@@ -910,6 +932,43 @@ services:
         rounds(&mut w, 15);
         assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
         assert_eq!((live_of(&w, 1), live_of(&w, 2)), (0, 4));
+    }
+
+    #[test]
+    fn blue_green_goes_live_at_the_switch_and_keeps_the_old_release_out_of_traffic() {
+        let bg = |tag: &str| {
+            canary(tag).replace(
+                "rollout: { strategy: canary, steps: [10%, 50%], bake: 5s, min_requests: 20, progress_deadline: 1m }",
+                "rollout: { strategy: blue_green, bake: 3s, keep_previous: 10s, progress_deadline: 1m }",
+            )
+        };
+        let mut w = World::new();
+        w.node("a", None);
+        w.node("b", None);
+        w.deploy(&bg("1"), 1, None, false);
+        w.settle(20);
+        w.deploy(&bg("2"), 2, Some(1), false);
+        rounds(&mut w, 2);
+        assert_eq!(
+            status(&w, 2),
+            ReleaseStatus::RollingOut,
+            "not before the switch"
+        );
+        rounds(&mut w, 4);
+        assert_eq!(share(&w, 2), 10_000, "switched after the bake");
+        assert_eq!(status(&w, 2), ReleaseStatus::Live, "live at the switch");
+        assert_eq!(status(&w, 1), ReleaseStatus::Superseded);
+        assert_eq!(share(&w, 1), 0, "the old release is out of traffic");
+        assert_eq!(live_of(&w, 1), 4, "and still running for keep_previous");
+        assert!(
+            w.rollout().describe().starts_with("live"),
+            "{}",
+            w.rollout().describe()
+        );
+        rounds(&mut w, 15);
+        assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
+        assert_eq!((live_of(&w, 1), live_of(&w, 2)), (0, 4));
+        assert_eq!(status(&w, 2), ReleaseStatus::Live);
     }
 
     #[test]
