@@ -497,6 +497,11 @@ pub struct Release {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Failed by `berth rollout abort` or by its canary analysis: deploying the same content
+    /// again is refused (exit 3) without `--force`. A crash or a timeout does not set it (that
+    /// may be retried). Absent in older records, which read as not vetoed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vetoed: bool,
     /// The fully rendered stack.
     pub spec: Stack,
     /// Image service → the image id (`sha256:…`) its instances run, pinned the first time an

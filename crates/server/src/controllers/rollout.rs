@@ -30,6 +30,8 @@ pub(crate) enum Outcome {
     Failed {
         failed_release: u64,
         reason: String,
+        /// By an abort or the canary analysis: the release's content is vetoed.
+        vetoed: bool,
     },
 }
 
@@ -197,9 +199,14 @@ fn release_effects(
         Outcome::Failed {
             failed_release,
             reason,
+            vetoed,
         } => {
             if let Some(r) = view.release(&record.stack, &record.env, *failed_release) {
-                effects.push(set(r, ReleaseStatus::Failed, Some(reason.clone())));
+                let mut effect = set(r, ReleaseStatus::Failed, Some(reason.clone()));
+                if let Effect::SetReleaseStatus { release, .. } = &mut effect {
+                    release.vetoed |= *vetoed;
+                }
+                effects.push(effect);
             }
         }
     }
@@ -231,7 +238,7 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
             Some(s) => s.clone(),
             None => match new_state(work.view, &record, &name, &region, &service, work.pass.now) {
                 Ok(s) => s,
-                Err(e) => return fail(work, record, format!("service {name}: {e}"), false),
+                Err(e) => return fail(work, record, format!("service {name}: {e}"), false, false),
             },
         };
         let instances = work.instances(&record, &name, &region);
@@ -308,7 +315,8 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
                     "service {name} in {region}: {reason}{}",
                     why.map(|m| format!(": {m}")).unwrap_or_default()
                 );
-                return fail(work, record, reason, progressive);
+                let vetoed = step.state.vetoed();
+                return fail(work, record, reason, progressive, vetoed);
             }
             StepPhase::Progressing => {}
         }
@@ -426,6 +434,7 @@ fn fail(
     record: RolloutRecord,
     reason: String,
     progressive: bool,
+    vetoed: bool,
 ) -> (RolloutRecord, Outcome) {
     // Undo whatever this pass decided for the failed target.
     work.reset();
@@ -449,6 +458,7 @@ fn fail(
             Outcome::Failed {
                 failed_release,
                 reason,
+                vetoed,
             },
         );
     }
@@ -503,6 +513,7 @@ fn fail(
         Outcome::Failed {
             failed_release,
             reason,
+            vetoed,
         },
     )
 }
@@ -857,6 +868,69 @@ services:
         assert_eq!((live_of(&w, 1), live_of(&w, 2)), (0, 4));
         assert_eq!(status(&w, 2), ReleaseStatus::Live);
         assert_eq!(status(&w, 1), ReleaseStatus::Superseded);
+    }
+
+    /// The veto is a typed mark set where an abort or the analysis fails the release, not
+    /// words read back from its reason: a crash whose agent message reads like an abort is a
+    /// retry, not a veto.
+    #[test]
+    fn only_an_abort_or_the_analysis_vetoes_a_release() {
+        let until_rollback = |w: &mut World| {
+            for round in 0..10 {
+                w.pass(round);
+                w.agents();
+                w.now += 1_000;
+                if w.rollout().rollback {
+                    break;
+                }
+            }
+            assert!(w.rollout().rollback, "{:?}", w.rollout());
+            w.view
+                .release("shop", "prod", 2)
+                .expect("release")
+                .value
+                .clone()
+        };
+        // The analysis fails it.
+        let mut w = started([(90, 0), (10, 300)]);
+        let failed = until_rollback(&mut w);
+        assert!(crate::rollouts::vetoes(&failed), "{failed:?}");
+        // A person aborts a healthy canary.
+        let mut w = started([(90, 10), (10, 1)]);
+        rounds(&mut w, 3);
+        let mut record = w.rollout().clone();
+        crate::rollouts::apply_command(
+            &mut record,
+            crate::rollouts::Command::Abort,
+            "alice",
+            w.now,
+        )
+        .expect("abort");
+        w.put(
+            &crate::keys::rollout("shop", "prod"),
+            crate::state::encode(&record),
+        );
+        let aborted = until_rollback(&mut w);
+        assert!(crate::rollouts::vetoes(&aborted), "{aborted:?}");
+        // A crash whose message happens to say "aborted by" does not veto.
+        let mut crash = w
+            .view
+            .release("shop", "prod", 1)
+            .expect("release")
+            .value
+            .clone();
+        crash.status = ReleaseStatus::Failed;
+        crash.reason = Some(
+            "service web in local: instance shop-web-1-0 failed after 3 restarts: aborted by signal 6 (SIGABRT)"
+                .to_string(),
+        );
+        assert!(!crate::rollouts::vetoes(&crash), "a crash is a retry");
+        // A record written before the mark existed (no `vetoed` key) still reads.
+        let mut old = serde_json::to_value(&crash).expect("json");
+        assert!(old.get("vetoed").is_none(), "not written when false");
+        old["reason"] = serde_json::json!("aborted by alice at step 1");
+        let old: berth_api::control::Release = serde_json::from_value(old).expect("old record");
+        assert!(!old.vetoed);
     }
 
     #[test]
