@@ -363,6 +363,7 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
         ));
         record.services.clear();
         record.done.clear();
+        record.out_of_traffic = None;
         tracing::warn!(stack = %record.stack, env = %record.env, release = failed, %region, "failed wave reverted, rollout halted");
         return (record, Outcome::Nothing);
     }
@@ -492,8 +493,10 @@ fn fail(
             if on_failure == Some(WaveFailure::RevertWave) && record.wave > 0 && !record.rollback {
                 back.wave = record.wave;
                 back.revert_wave = true;
-            }
-            if progressive {
+            } else if progressive {
+                // Not for revert_wave: the routers share traffic by release across regions,
+                // and the earlier waves' regions keep serving the failed release; the failed
+                // wave's instances stop as soon as the previous release is back there.
                 back.out_of_traffic = Some(failed_release);
             }
             back
@@ -1155,6 +1158,42 @@ services:
         );
     }
 
+    /// A canary in waves that fails in the second region: with revert_wave the failed release
+    /// is not taken out of traffic, since eu keeps serving it.
+    #[test]
+    fn a_reverted_canary_wave_leaves_the_earlier_regions_in_traffic() {
+        let yaml = |tag: &str| {
+            shop_waves(tag)
+                .replace(
+                    "waves: { bake: 0s, min_requests: 0 }",
+                    "waves: { bake: 0s, min_requests: 0, on_failure: revert_wave }",
+                )
+                .replace(
+                    "rollout: { progress_deadline: 1m }",
+                    "rollout: { strategy: canary, steps: [50%], bake: 1s, min_requests: 1, progress_deadline: 1m }",
+                )
+        };
+        let mut w = World::new();
+        w.node("e", Some("eu"));
+        w.node("u", Some("us"));
+        w.deploy(&yaml("1"), 1, None, false);
+        rounds(&mut w, 8);
+        assert_eq!(status(&w, 1), ReleaseStatus::Live);
+        w.traffic.0.insert(("web".into(), 1), (100, 0));
+        w.traffic.0.insert(("web".into(), 2), (100, 0));
+        w.failing_on.insert((2, "u".to_string()));
+        w.deploy(&yaml("2"), 2, Some(1), false);
+        rounds(&mut w, 20);
+        let r = w.rollout().clone();
+        assert!(r.halted.is_some(), "{r:?}");
+        assert_eq!(
+            by_region(&w),
+            [("eu".to_string(), 2), ("us".to_string(), 1)],
+            "{r:?}"
+        );
+        assert_eq!(r.out_of_traffic, None, "eu's release 2 keeps serving");
+    }
+
     #[test]
     fn revert_wave_reverts_only_the_failed_wave_and_stops() {
         let mut w = failing_in_the_second_wave("revert_wave");
@@ -1173,6 +1212,10 @@ services:
             "{r:?}"
         );
         assert!(r.describe().contains("revert_wave"), "{}", r.describe());
+        assert!(
+            matches!(service_traffic(&r, "web", 1), Traffic::Equal),
+            "eu's release 2 stays in traffic beside us's release 1"
+        );
         // The rollout stops: more passes change nothing.
         rounds(&mut w, 6);
         assert_eq!(w.rollout(), &r);
