@@ -497,6 +497,11 @@ pub struct Release {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Failed by `berth rollout abort` or by its canary analysis: deploying the same content
+    /// again is refused (exit 3) without `--force`. A crash or a timeout does not set it (that
+    /// may be retried). Absent in older records, which read as not vetoed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vetoed: bool,
     /// The fully rendered stack.
     pub spec: Stack,
     /// Image service → the image id (`sha256:…`) its instances run, pinned the first time an
@@ -579,6 +584,32 @@ pub struct ServiceView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
     pub instances: Vec<InstanceView>,
+    /// For a route with an A/B `split` or a canary in progress: each arm's requests, errors
+    /// and p99 latency over the last [`STATUS_TRAFFIC_WINDOW_MS`], summed over the routers'
+    /// reports, so the experiment's or the canary's sides can be compared at a glance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<ArmTrafficView>,
+}
+
+/// How far back `berth status` sums each arm's traffic: recent enough to show what is
+/// happening now, long enough to hold a few reports of every router.
+pub const STATUS_TRAFFIC_WINDOW_MS: u64 = 60_000;
+
+/// One arm of a routed service's traffic as `berth status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArmTrafficView {
+    /// The router's arm: `release` (the route's own release groups) or the A/B split service.
+    pub arm: String,
+    /// The release counted, or `None` for every release of the arm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<u64>,
+    /// Answers, matched requests excluded.
+    pub requests: u64,
+    /// Of `requests`, the 5xx ones.
+    pub errors_5xx: u64,
+    /// The latency bucket bound under which 99 % answered (ms); `None` without requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<u64>,
 }
 
 /// A stack in one environment as `berth status` shows it.

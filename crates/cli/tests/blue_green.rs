@@ -140,10 +140,13 @@ fn blue_green_previews_switches_at_once_keeps_the_old_release_and_switches_back(
     for pid in blue_pids.values() {
         assert!(common::process::stat(*pid).is_some(), "pid {pid} is gone");
     }
-    assert_eq!(
-        release_status(&up, "bg", "local", 2).as_deref(),
-        Some("rolling_out")
+    // Live at the switch (so `berth deploy --wait` returns then), not after keep_previous.
+    up.wait_until(
+        Duration::from_secs(5),
+        "release 2 live at the switch",
+        || release_status(&up, "bg", "local", 2).as_deref() == Some("live"),
     );
+    assert_eq!(pids(&up, &blue), blue_pids, "kept through keep_previous");
 
     // A switch back: the old processes answer again within a second.
     assert_exit(&cli(&up, &["rollout", "abort", "bg", "--env", "local"]), 0);
@@ -159,4 +162,24 @@ fn blue_green_previews_switches_at_once_keeps_the_old_release_and_switches_back(
     assert_eq!(again, blue, "the switch back started new instances");
     assert_eq!(pids(&up, &again), blue_pids);
     let _ = through_router(&up, HOST, "/");
+
+    // `deploy --wait` returns at the switch, not after keep_previous (5 minutes): a minute's
+    // timeout is plenty, and the previous release's processes are still there when it does.
+    up.wait_until(Duration::from_secs(30), "release 1 live again", || {
+        release_status(&up, "bg", "local", 1).as_deref() == Some("live")
+    });
+    let started = common::clock::now();
+    assert_exit(
+        &deploy(&up, &stack("3", "1s"), &["--wait", "--timeout", "60"]),
+        0,
+    );
+    println!(
+        "deploy --wait of a blue/green release: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        answer(up.router(), HOST).map(|(v, _)| v).as_deref(),
+        Some("3")
+    );
+    assert_eq!(pids(&up, &blue), blue_pids, "kept for keep_previous");
 }

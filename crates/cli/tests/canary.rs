@@ -132,6 +132,20 @@ fn a_canary_takes_its_share_pauses_without_data_and_is_promoted_or_aborted_by_ha
     let explain = cli_ok(&up, &["rollout", "explain", "shop", "--env", "local"]);
     assert!(explain.contains("insufficient data"), "{explain}");
     assert!(explain.contains("ln Λ"), "{explain}");
+    // `berth status` shows each arm's figures (issue 12 point 5): the step's answers.
+    let want = [
+        format!(
+            "traffic (last 60s) release 1: {} requests, 0 5xx (0.0%), p99 ",
+            1_000 - new
+        ),
+        format!("traffic (last 60s) release 2: {new} requests, 0 5xx (0.0%), p99 "),
+    ];
+    let mut last = String::new();
+    let shown = common::poll_until(Duration::from_secs(20), || {
+        last = cli_ok(&up, &["status", "shop"]);
+        want.iter().all(|w| last.contains(w.as_str()))
+    });
+    assert!(shown, "`berth status` never showed {want:?}:\n{last}");
 
     // promote --full: 100 % to the new release with no failed request.
     let out = cli(

@@ -64,6 +64,10 @@ pub struct BlueGreenState {
     /// When traffic switched to the new release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switched_ms: Option<u64>,
+    /// Failed by a person's abort (`berth rollout abort`): the release's content is vetoed
+    /// (deploying it again needs `--force`), unlike a crash or a timeout, which may be retried.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vetoed: bool,
     /// Where the rollout is.
     pub phase: Phase,
 }
@@ -107,6 +111,7 @@ impl BlueGreenState {
             ready_ms: None,
             promote: false,
             switched_ms: None,
+            vetoed: false,
             phase: Phase::Progressing,
         }
     }
@@ -121,6 +126,7 @@ impl BlueGreenState {
     /// `berth rollout abort` or a rollback within `keep_previous`: switch back.
     pub fn abort(&mut self, reason: &str) {
         if self.phase == Phase::Progressing {
+            self.vetoed = true;
             self.phase = Phase::Failed {
                 reason: reason.to_string(),
             };

@@ -126,6 +126,10 @@ pub struct CanaryState {
     /// What became of each finished step, oldest first (at most one per step and pause).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reports: Vec<StepReport>,
+    /// Failed by a person's abort or by the canary analysis: the release's content is vetoed
+    /// (deploying it again needs `--force`), unlike a crash or a timeout, which may be retried.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vetoed: bool,
     /// Where the rollout is.
     pub phase: Phase,
 }
@@ -290,6 +294,7 @@ impl CanaryState {
             paused: None,
             held_back: false,
             reports: Vec::new(),
+            vetoed: false,
             phase: Phase::Progressing,
         }
     }
@@ -405,6 +410,7 @@ impl CanaryState {
     /// the new instances stopped, the rollout failed with `reason`.
     pub fn abort(&mut self, reason: &str) {
         if self.phase == Phase::Progressing {
+            self.vetoed = true;
             self.phase = Phase::Failed {
                 reason: reason.to_string(),
             };
@@ -497,7 +503,10 @@ fn progress(
             let reason = format!("canary analysis failed at {}: {why}", step_name(next));
             next.report(now_ms, Some(a.clone()), format!("failed: {why}"));
             match next.on_failure {
-                OnFailure::Rollback => next.phase = Phase::Failed { reason },
+                OnFailure::Rollback => {
+                    next.vetoed = true;
+                    next.phase = Phase::Failed { reason };
+                }
                 OnFailure::Pause => {
                     if !next.held_back {
                         next.held_back = true;

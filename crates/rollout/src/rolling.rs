@@ -167,6 +167,10 @@ pub struct RolloutState {
     /// rollback to a release still partly running — so they must not fail it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failing_at_start: Option<BTreeSet<String>>,
+    /// Failed by a person's abort (`berth rollout abort`): the release's content is vetoed
+    /// (deploying it again needs `--force`), unlike a crash or a timeout, which may be retried.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vetoed: bool,
     /// Where the rollout is.
     pub phase: Phase,
 }
@@ -269,6 +273,7 @@ impl RolloutState {
             last_progress_ms: now_ms,
             best_healthy_new: 0,
             failing_at_start: None,
+            vetoed: false,
             phase: Phase::Progressing,
         })
     }

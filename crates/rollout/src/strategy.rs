@@ -241,6 +241,16 @@ impl ServiceRollout {
         }
     }
 
+    /// Whether it failed by a person's abort or by the canary analysis, which vetoes the
+    /// release's content (see the states' `vetoed`).
+    pub fn vetoed(&self) -> bool {
+        match self {
+            ServiceRollout::Rolling(s) => s.vetoed,
+            ServiceRollout::Canary(s) => s.vetoed,
+            ServiceRollout::BlueGreen(s) => s.vetoed,
+        }
+    }
+
     /// The phase of whichever machine it is.
     pub fn phase(&self) -> &Phase {
         match self {

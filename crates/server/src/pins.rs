@@ -165,6 +165,7 @@ mod tests {
             plan_id: String::new(),
             rollback_of: None,
             reason: None,
+            vetoed: false,
             images: BTreeMap::new(),
             secrets: BTreeMap::new(),
             spec,

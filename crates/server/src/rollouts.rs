@@ -22,19 +22,11 @@ pub use berth_rollout::dependency_order;
 use crate::state::{encode, StateError, Versioned};
 use crate::{keys, Shared};
 
-/// Words a release's failure reason carries when a canary's analysis failed it or a person
-/// aborted it (see [`crate::controllers::rollout`] and [`apply_command`]).
-const VETO_MARKS: [&str; 2] = ["canary analysis failed", "aborted by "];
-
 /// Whether deploying `release`'s content again is refused without `--force`: it failed by its
-/// canary analysis or by `berth rollout abort` (a crash or a timeout is a retry, not a veto).
-/// Read from the failure reason, because the release record's type belongs to `berth-api`.
+/// canary analysis or by `berth rollout abort` (a crash or a timeout is a retry, not a veto),
+/// as the controller marked it ([`berth_api::control::Release::vetoed`]).
 pub fn vetoes(release: &berth_api::control::Release) -> bool {
-    release.status == berth_api::control::ReleaseStatus::Failed
-        && release
-            .reason
-            .as_deref()
-            .is_some_and(|r| VETO_MARKS.iter().any(|m| r.contains(m)))
+    release.status == berth_api::control::ReleaseStatus::Failed && release.vetoed
 }
 
 /// What a person asks of a rollout.
@@ -145,6 +137,7 @@ pub fn apply_command(
                 Some(format!("{name}: switching back"))
             }
             (ServiceRollout::Rolling(r), Command::Abort) => {
+                r.vetoed = true;
                 r.phase = StepPhase::Failed {
                     reason: format!("aborted by {who}"),
                 };
@@ -285,7 +278,8 @@ pub struct RolloutStatus {
     /// Why it stopped where it is (`waves.on_failure: halt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halted: Option<String>,
-    /// Each region wave: `done`, `rolling out`, `baking`, `waiting`.
+    /// Each region wave: `done`, `rolling out`, `baking`, `waiting`, `halted`, or `reverted`
+    /// (the wave `waves.on_failure: revert_wave` returned to the previous release).
     pub waves: Vec<(String, String)>,
     pub services: Vec<ServiceStatus>,
 }
@@ -316,6 +310,8 @@ pub fn status(
         .map(|(i, region)| {
             let state = if r.phase == Phase::Succeeded || i < r.wave {
                 "done"
+            } else if i == r.wave && r.halted.is_some() && r.revert_wave {
+                "reverted"
             } else if i == r.wave && r.halted.is_some() {
                 "halted"
             } else if i == r.wave && r.wave_done_ms.is_some() {

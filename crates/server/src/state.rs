@@ -197,6 +197,16 @@ pub struct RolloutRecord {
     /// alone until a person acts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halted: Option<String>,
+    /// A rollback that returns only its current wave's region to the previous release and then
+    /// halts (`waves.on_failure: revert_wave`): the regions of earlier waves keep the failed
+    /// target, which went live and baked there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revert_wave: bool,
+    /// The target went live before the rollout finished: every service of the last wave is
+    /// done or a blue/green that switched, and only `keep_previous` remains (the old release
+    /// running out of traffic), so `berth deploy --wait` need not wait for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live_at_switch: bool,
 }
 
 impl RolloutRecord {
@@ -218,6 +228,8 @@ impl RolloutRecord {
             out_of_traffic: None,
             wave_done_ms: None,
             halted: None,
+            revert_wave: false,
+            live_at_switch: false,
         }
     }
 
@@ -233,8 +245,12 @@ impl RolloutRecord {
     /// How `berth status` describes it.
     pub fn describe(&self) -> String {
         match (&self.phase, &self.rollback_reason) {
-            (RolloutPhase::Progressing, Some(why)) => {
-                format!("rolling back to {} ({why})", self.to)
+            (RolloutPhase::Progressing, Some(why)) => match &self.halted {
+                Some(halted) => halted.clone(),
+                None => format!("rolling back to {} ({why})", self.to),
+            },
+            (RolloutPhase::Progressing, None) if self.live_at_switch => {
+                format!("live{}", self.progress_notes())
             }
             (RolloutPhase::Progressing, None) => {
                 let mut line = match self.from {

@@ -632,6 +632,7 @@ pub(crate) mod tests {
             plan_id: String::new(),
             rollback_of: None,
             reason: None,
+            vetoed: false,
             images: BTreeMap::new(),
             secrets: BTreeMap::new(),
             spec: spec.clone(),

@@ -30,6 +30,8 @@ pub(crate) enum Outcome {
     Failed {
         failed_release: u64,
         reason: String,
+        /// By an abort or the canary analysis: the release's content is vetoed.
+        vetoed: bool,
     },
 }
 
@@ -197,9 +199,14 @@ fn release_effects(
         Outcome::Failed {
             failed_release,
             reason,
+            vetoed,
         } => {
             if let Some(r) = view.release(&record.stack, &record.env, *failed_release) {
-                effects.push(set(r, ReleaseStatus::Failed, Some(reason.clone())));
+                let mut effect = set(r, ReleaseStatus::Failed, Some(reason.clone()));
+                if let Effect::SetReleaseStatus { release, .. } = &mut effect {
+                    release.vetoed |= *vetoed;
+                }
+                effects.push(effect);
             }
         }
     }
@@ -231,7 +238,7 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
             Some(s) => s.clone(),
             None => match new_state(work.view, &record, &name, &region, &service, work.pass.now) {
                 Ok(s) => s,
-                Err(e) => return fail(work, record, format!("service {name}: {e}"), false),
+                Err(e) => return fail(work, record, format!("service {name}: {e}"), false, false),
             },
         };
         let instances = work.instances(&record, &name, &region);
@@ -308,7 +315,8 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
                     "service {name} in {region}: {reason}{}",
                     why.map(|m| format!(": {m}")).unwrap_or_default()
                 );
-                return fail(work, record, reason, progressive);
+                let vetoed = step.state.vetoed();
+                return fail(work, record, reason, progressive, vetoed);
             }
             StepPhase::Progressing => {}
         }
@@ -321,8 +329,42 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
     for (lost, _) in work.schedule_region(&record, &region, &demands, true) {
         work.set_desired(lost, Desired::Drain);
     }
+    // Blue/green goes live at the switch: in the last wave, once every service is done or a
+    // blue/green that switched, the target is live and only keep_previous is left.
+    let live_at_switch = record.rollback_reason.is_none()
+        && record.wave + 1 == regions.len()
+        && target
+            .services
+            .keys()
+            .filter(|name| target.service_for_region(name, &region).is_some())
+            .all(|name| {
+                record.done.contains(name)
+                    || matches!(
+                        record.services.get(name),
+                        Some(ServiceRollout::BlueGreen(b))
+                            if b.switched_ms.is_some() && b.phase == StepPhase::Progressing
+                    )
+            });
+    let newly_live = live_at_switch && !record.live_at_switch;
+    record.live_at_switch |= live_at_switch;
     let advance = berth_rollout::waves::advance(record.wave, record.done.len(), target);
     if advance != WaveStep::Stay && !wave_baked(work, &mut record) {
+        return (record, Outcome::Nothing);
+    }
+    if advance != WaveStep::Stay && record.revert_wave {
+        // The failed wave is back on the previous release: stop here and say so.
+        let failed = record.from.unwrap_or_default();
+        let done = regions.get(..record.wave).unwrap_or_default().join(", ");
+        record.halted = Some(format!(
+            "reverted wave {} ({region}) to release {} by waves.on_failure: revert_wave ({}); regions still on release {failed}: {done}; the rollout stops here",
+            record.wave + 1,
+            record.to,
+            record.rollback_reason.as_deref().unwrap_or("failed"),
+        ));
+        record.services.clear();
+        record.done.clear();
+        record.out_of_traffic = None;
+        tracing::warn!(stack = %record.stack, env = %record.env, release = failed, %region, "failed wave reverted, rollout halted");
         return (record, Outcome::Nothing);
     }
     match advance {
@@ -339,6 +381,10 @@ fn progress(work: &mut Work<'_>, mut record: RolloutRecord) -> (RolloutRecord, O
             record.phase = RolloutPhase::Succeeded;
             return (record, Outcome::Live);
         }
+    }
+    if newly_live {
+        tracing::info!(stack = %record.stack, env = %record.env, release = record.to, "live at the blue/green switch; the previous release is kept out of traffic");
+        return (record, Outcome::Live);
     }
     (record, Outcome::Nothing)
 }
@@ -389,6 +435,7 @@ fn fail(
     record: RolloutRecord,
     reason: String,
     progressive: bool,
+    vetoed: bool,
 ) -> (RolloutRecord, Outcome) {
     // Undo whatever this pass decided for the failed target.
     work.reset();
@@ -412,6 +459,7 @@ fn fail(
             Outcome::Failed {
                 failed_release,
                 reason,
+                vetoed,
             },
         );
     }
@@ -440,7 +488,15 @@ fn fail(
             );
             back.rollback_reason = Some(format!("release {failed_release} failed: {reason}"));
             back.rollback = true;
-            if progressive {
+            // revert_wave: only the failed wave's region goes back; the earlier waves keep the
+            // new release (a failure in the first wave reverts everything there is to revert).
+            if on_failure == Some(WaveFailure::RevertWave) && record.wave > 0 && !record.rollback {
+                back.wave = record.wave;
+                back.revert_wave = true;
+            } else if progressive {
+                // Not for revert_wave: the routers share traffic by release across regions,
+                // and the earlier waves' regions keep serving the failed release; the failed
+                // wave's instances stop as soon as the previous release is back there.
                 back.out_of_traffic = Some(failed_release);
             }
             back
@@ -460,6 +516,7 @@ fn fail(
         Outcome::Failed {
             failed_release,
             reason,
+            vetoed,
         },
     )
 }
@@ -816,6 +873,69 @@ services:
         assert_eq!(status(&w, 1), ReleaseStatus::Superseded);
     }
 
+    /// The veto is a typed mark set where an abort or the analysis fails the release, not
+    /// words read back from its reason: a crash whose agent message reads like an abort is a
+    /// retry, not a veto.
+    #[test]
+    fn only_an_abort_or_the_analysis_vetoes_a_release() {
+        let until_rollback = |w: &mut World| {
+            for round in 0..10 {
+                w.pass(round);
+                w.agents();
+                w.now += 1_000;
+                if w.rollout().rollback {
+                    break;
+                }
+            }
+            assert!(w.rollout().rollback, "{:?}", w.rollout());
+            w.view
+                .release("shop", "prod", 2)
+                .expect("release")
+                .value
+                .clone()
+        };
+        // The analysis fails it.
+        let mut w = started([(90, 0), (10, 300)]);
+        let failed = until_rollback(&mut w);
+        assert!(crate::rollouts::vetoes(&failed), "{failed:?}");
+        // A person aborts a healthy canary.
+        let mut w = started([(90, 10), (10, 1)]);
+        rounds(&mut w, 3);
+        let mut record = w.rollout().clone();
+        crate::rollouts::apply_command(
+            &mut record,
+            crate::rollouts::Command::Abort,
+            "alice",
+            w.now,
+        )
+        .expect("abort");
+        w.put(
+            &crate::keys::rollout("shop", "prod"),
+            crate::state::encode(&record),
+        );
+        let aborted = until_rollback(&mut w);
+        assert!(crate::rollouts::vetoes(&aborted), "{aborted:?}");
+        // A crash whose message happens to say "aborted by" does not veto.
+        let mut crash = w
+            .view
+            .release("shop", "prod", 1)
+            .expect("release")
+            .value
+            .clone();
+        crash.status = ReleaseStatus::Failed;
+        crash.reason = Some(
+            "service web in local: instance shop-web-1-0 failed after 3 restarts: aborted by signal 6 (SIGABRT)"
+                .to_string(),
+        );
+        assert!(!crate::rollouts::vetoes(&crash), "a crash is a retry");
+        // A record written before the mark existed (no `vetoed` key) still reads.
+        let mut old = serde_json::to_value(&crash).expect("json");
+        assert!(old.get("vetoed").is_none(), "not written when false");
+        old["reason"] = serde_json::json!("aborted by alice at step 1");
+        let old: berth_api::control::Release = serde_json::from_value(old).expect("old record");
+        assert!(!old.vetoed);
+    }
+
     #[test]
     fn a_bad_canary_is_rolled_back_out_of_traffic_at_step_one() {
         let mut w = started([(90, 0), (10, 300)]);
@@ -889,6 +1009,43 @@ services:
         rounds(&mut w, 15);
         assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
         assert_eq!((live_of(&w, 1), live_of(&w, 2)), (0, 4));
+    }
+
+    #[test]
+    fn blue_green_goes_live_at_the_switch_and_keeps_the_old_release_out_of_traffic() {
+        let bg = |tag: &str| {
+            canary(tag).replace(
+                "rollout: { strategy: canary, steps: [10%, 50%], bake: 5s, min_requests: 20, progress_deadline: 1m }",
+                "rollout: { strategy: blue_green, bake: 3s, keep_previous: 10s, progress_deadline: 1m }",
+            )
+        };
+        let mut w = World::new();
+        w.node("a", None);
+        w.node("b", None);
+        w.deploy(&bg("1"), 1, None, false);
+        w.settle(20);
+        w.deploy(&bg("2"), 2, Some(1), false);
+        rounds(&mut w, 2);
+        assert_eq!(
+            status(&w, 2),
+            ReleaseStatus::RollingOut,
+            "not before the switch"
+        );
+        rounds(&mut w, 4);
+        assert_eq!(share(&w, 2), 10_000, "switched after the bake");
+        assert_eq!(status(&w, 2), ReleaseStatus::Live, "live at the switch");
+        assert_eq!(status(&w, 1), ReleaseStatus::Superseded);
+        assert_eq!(share(&w, 1), 0, "the old release is out of traffic");
+        assert_eq!(live_of(&w, 1), 4, "and still running for keep_previous");
+        assert!(
+            w.rollout().describe().starts_with("live"),
+            "{}",
+            w.rollout().describe()
+        );
+        rounds(&mut w, 15);
+        assert_eq!(w.rollout().phase, RolloutPhase::Succeeded);
+        assert_eq!((live_of(&w, 1), live_of(&w, 2)), (0, 4));
+        assert_eq!(status(&w, 2), ReleaseStatus::Live);
     }
 
     #[test]
@@ -998,6 +1155,73 @@ services:
             by_region(&w).contains(&("eu".to_string(), 2)),
             "eu keeps release 2: {:?}",
             by_region(&w)
+        );
+    }
+
+    /// A canary in waves that fails in the second region: with revert_wave the failed release
+    /// is not taken out of traffic, since eu keeps serving it.
+    #[test]
+    fn a_reverted_canary_wave_leaves_the_earlier_regions_in_traffic() {
+        let yaml = |tag: &str| {
+            shop_waves(tag)
+                .replace(
+                    "waves: { bake: 0s, min_requests: 0 }",
+                    "waves: { bake: 0s, min_requests: 0, on_failure: revert_wave }",
+                )
+                .replace(
+                    "rollout: { progress_deadline: 1m }",
+                    "rollout: { strategy: canary, steps: [50%], bake: 1s, min_requests: 1, progress_deadline: 1m }",
+                )
+        };
+        let mut w = World::new();
+        w.node("e", Some("eu"));
+        w.node("u", Some("us"));
+        w.deploy(&yaml("1"), 1, None, false);
+        rounds(&mut w, 8);
+        assert_eq!(status(&w, 1), ReleaseStatus::Live);
+        w.traffic.0.insert(("web".into(), 1), (100, 0));
+        w.traffic.0.insert(("web".into(), 2), (100, 0));
+        w.failing_on.insert((2, "u".to_string()));
+        w.deploy(&yaml("2"), 2, Some(1), false);
+        rounds(&mut w, 20);
+        let r = w.rollout().clone();
+        assert!(r.halted.is_some(), "{r:?}");
+        assert_eq!(
+            by_region(&w),
+            [("eu".to_string(), 2), ("us".to_string(), 1)],
+            "{r:?}"
+        );
+        assert_eq!(r.out_of_traffic, None, "eu's release 2 keeps serving");
+    }
+
+    #[test]
+    fn revert_wave_reverts_only_the_failed_wave_and_stops() {
+        let mut w = failing_in_the_second_wave("revert_wave");
+        assert_eq!(status(&w, 2), ReleaseStatus::Failed);
+        assert_eq!(
+            by_region(&w),
+            [("eu".to_string(), 2), ("us".to_string(), 1)],
+            "eu stays on release 2, us is back on release 1: {:?}",
+            w.rollout()
+        );
+        let r = w.rollout().clone();
+        let why = r.halted.clone().unwrap_or_default();
+        assert!(
+            why.contains("reverted wave 2 (us) to release 1 by waves.on_failure: revert_wave")
+                && why.contains("still on release 2: eu"),
+            "{r:?}"
+        );
+        assert!(r.describe().contains("revert_wave"), "{}", r.describe());
+        assert!(
+            matches!(service_traffic(&r, "web", 1), Traffic::Equal),
+            "eu's release 2 stays in traffic beside us's release 1"
+        );
+        // The rollout stops: more passes change nothing.
+        rounds(&mut w, 6);
+        assert_eq!(w.rollout(), &r);
+        assert_eq!(
+            by_region(&w),
+            [("eu".to_string(), 2), ("us".to_string(), 1)]
         );
     }
 

@@ -175,6 +175,7 @@ impl World {
             plan_id: String::new(),
             rollback_of: None,
             reason: None,
+            vetoed: false,
             spec,
             images: BTreeMap::new(),
             secrets: BTreeMap::new(),

@@ -5,7 +5,10 @@ use std::convert::Infallible;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
-use berth_api::control::{Event, InstanceView, ServiceView, StackView, StatusView};
+use berth_api::control::{
+    ArmTrafficView, Event, InstanceView, ServiceView, StackView, StatusView,
+    STATUS_TRAFFIC_WINDOW_MS,
+};
 use berth_api::InstanceState;
 use berth_store::EventKind;
 use futures::{Stream, StreamExt};
@@ -110,12 +113,17 @@ pub async fn status(
                 .filter(|r| r.desired == Desired::Run && r.state() == InstanceState::Healthy)
                 .count() as u32;
             let pending = rollout.value.unplaced.get(&name).cloned();
+            let traffic = release
+                .and_then(|r| r.value.spec.services.get(&name))
+                .map(|spec| arm_traffic(&shared, stack, &name, spec, &rollout.value, now))
+                .unwrap_or_default();
             services.push(ServiceView {
                 name,
                 desired,
                 healthy,
                 pending,
                 instances,
+                traffic,
             });
         }
         if q.stack.is_some() || !services.is_empty() || rollout.value.to > 0 {
@@ -137,6 +145,58 @@ pub async fn status(
         }
     }
     Ok(Json(StatusView { stacks }))
+}
+
+/// The arms `berth status` shows for `service` (see [`ServiceView::traffic`]): with an A/B
+/// split, the route's own arm and the split service's; with a canary in progress, the stable
+/// and the new release. Nothing for a service with neither (its one arm says nothing new).
+fn arm_traffic(
+    shared: &crate::Shared,
+    stack: &str,
+    name: &str,
+    spec: &berth_spec::model::Service,
+    rollout: &crate::state::RolloutRecord,
+    now: u64,
+) -> Vec<ArmTrafficView> {
+    let Some(route) = &spec.route else {
+        return Vec::new();
+    };
+    let canary = match rollout.services.get(name) {
+        Some(berth_rollout::ServiceRollout::Canary(c))
+            if rollout.phase == crate::state::RolloutPhase::Progressing
+                && !c.phase.is_terminal() =>
+        {
+            Some((c.from_release, c.to_release))
+        }
+        _ => None,
+    };
+    let mut arms: Vec<(String, Option<u64>)> = Vec::new();
+    match canary {
+        Some((from, to)) => {
+            arms.push((crate::traffic::OWN_ARM.to_string(), Some(from)));
+            arms.push((crate::traffic::OWN_ARM.to_string(), Some(to)));
+        }
+        None if route.split.is_some() => arms.push((crate::traffic::OWN_ARM.to_string(), None)),
+        None => {}
+    }
+    if let Some(split) = &route.split {
+        arms.push((split.service.clone(), None));
+    }
+    let since = now.saturating_sub(STATUS_TRAFFIC_WINDOW_MS);
+    arms.into_iter()
+        .map(|(arm, release)| {
+            let w = shared
+                .traffic
+                .window_of(stack, name, release, &arm, since, now);
+            ArmTrafficView {
+                arm,
+                release,
+                requests: w.requests,
+                errors_5xx: w.errors_5xx,
+                p99_ms: w.p99_ms(),
+            }
+        })
+        .collect()
 }
 
 /// `?follow=true&since=REV`: `since` is the last revision already seen; events start after it.

@@ -336,6 +336,7 @@ async fn try_deploy(
         plan_id: full.id.clone(),
         rollback_of: how.rollback_of,
         reason: None,
+        vetoed: false,
         images: match &how.images {
             Some(pins) => pins
                 .iter()

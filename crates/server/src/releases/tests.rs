@@ -260,6 +260,7 @@ fn release(
             plan_id: String::new(),
             rollback_of: None,
             reason: reason.map(str::to_string),
+            vetoed: false,
             images: BTreeMap::new(),
             secrets: BTreeMap::new(),
             spec: stack(version, 10, &[]),
