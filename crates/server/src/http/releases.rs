@@ -165,6 +165,7 @@ mod tests {
             reason: None,
             images: Default::default(),
             secrets: Default::default(),
+            vetoed: false,
             spec: berth_spec::render(source.as_bytes(), "staging", &[]).expect("stack"),
         };
         shared
