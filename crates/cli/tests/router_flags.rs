@@ -153,3 +153,73 @@ fn berth_router_takes_the_metrics_token_from_the_environment() {
     let right = http::get_auth(metrics, "/metrics", "from-the-env").expect("scrape");
     assert_eq!(right.status, 200, "{}", right.text());
 }
+
+/// Issue 17 point 6: the router keeps a valid W3C trace id, starts one when it is absent, and
+/// the trace id goes into the access log (`--access-log`) and the `X-Trace-Id` answer header.
+#[test]
+fn the_access_log_and_the_answer_carry_the_trace_id() {
+    let up = BerthUp::start_with(&["--demo", "--access-log"]);
+    common::cluster::wait_settled(&up, "demo", "web", 3, Some(1));
+    let ask = |extra: &[(&str, &str)]| {
+        let mut headers = vec![("Host", "demo.localhost")];
+        headers.extend_from_slice(extra);
+        http::request(up.router(), "GET", "/", &headers, &[]).expect("GET through the router")
+    };
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let kept = ask(&[("traceparent", incoming)]);
+    assert_eq!(kept.status, 200, "{}", kept.text());
+    assert_eq!(
+        kept.header("x-trace-id"),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    let started = ask(&[]);
+    assert_eq!(started.status, 200, "{}", started.text());
+    let new_id = started
+        .header("x-trace-id")
+        .expect("a started trace is named in X-Trace-Id")
+        .to_string();
+    assert_eq!(new_id.len(), 32, "{new_id}");
+    assert!(new_id.bytes().all(|b| b.is_ascii_hexdigit()), "{new_id}");
+    for id in ["4bf92f3577b34da6a3ce929d0e0e4736", new_id.as_str()] {
+        let field = format!("trace_id={id}");
+        let quoted = format!("trace_id=\"{id}\"");
+        up.wait_until(
+            Duration::from_secs(10),
+            &format!("an access-log line with {field}"),
+            || {
+                common::strip_ansi(&up.proc().stderr_text())
+                    .lines()
+                    .any(|l| {
+                        l.contains("berth_router::access")
+                            && (l.contains(&field) || l.contains(&quoted))
+                    })
+            },
+        );
+    }
+}
+
+/// Issue 17 point 8: a log that goes to a file carries no ANSI colour codes, and the access
+/// log names the endpoint as an address, not Rust's `Some(…)`.
+#[test]
+fn a_log_written_to_a_file_is_plain_text() {
+    let up = BerthUp::start_with(&["--demo", "--access-log"]);
+    common::cluster::wait_settled(&up, "demo", "web", 3, Some(1));
+    let answer = http::request(up.router(), "GET", "/", &[("Host", "demo.localhost")], &[])
+        .expect("GET through the router");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    up.wait_until(Duration::from_secs(10), "an access-log line", || {
+        up.proc().stderr_text().contains("berth_router::access")
+    });
+    let log = up.proc().stderr_text();
+    assert!(
+        !log.contains('\u{1b}'),
+        "the log file holds ANSI escapes:\n{}",
+        up.log_tail()
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("berth_router::access") && l.contains("status=200"))
+        .expect("an answered request in the access log");
+    assert!(!line.contains("Some("), "{line}");
+    assert!(line.contains("endpoint=127.0.0.1:"), "{line}");
+}

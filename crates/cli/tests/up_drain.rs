@@ -170,24 +170,6 @@ struct Sleep {
     done: Instant,
 }
 
-/// `text` without ANSI colour sequences (`ESC [ … m`), which the log may carry.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The router's access-log line of request `id` (berth's stderr, colours removed), as
 /// `(status, endpoint, attempts)`; string values may be quoted, and are returned unquoted.
 fn access_line(log: &str, id: &str) -> Option<(String, String, String)> {
@@ -394,7 +376,7 @@ fn replace_under_sleeps(
     // Each sleep request was answered by an old instance, on its first attempt.
     let mut log = String::new();
     let found = common::poll_until(Duration::from_secs(5), || {
-        log = strip_ansi(&up.proc().stderr_text());
+        log = common::strip_ansi(&up.proc().stderr_text());
         sleeps.iter().all(|s| access_line(&log, &s.id).is_some())
     });
     assert!(
@@ -406,9 +388,8 @@ fn replace_under_sleeps(
     for s in &sleeps {
         let (status, endpoint, attempts) = access_line(&log, &s.id).expect("found above");
         let instance = endpoint
-            .strip_prefix("Some(")
-            .and_then(|e| e.strip_suffix(')'))
-            .and_then(|e| e.parse::<SocketAddr>().ok())
+            .parse::<SocketAddr>()
+            .ok()
             .and_then(|a| old_addrs.get(&a));
         let Some(instance) = instance.filter(|_| status == "200" && attempts == "1") else {
             panic!(

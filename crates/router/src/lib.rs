@@ -112,6 +112,7 @@ mod socket;
 pub mod stats;
 pub mod table;
 pub mod tls;
+mod trace;
 pub mod trust;
 mod upstream;
 

@@ -354,6 +354,8 @@ struct Head {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    /// The trace this hop continues or started (its `traceparent` is in `headers`).
+    trace: crate::trace::Hop,
 }
 
 impl Head {
@@ -397,6 +399,8 @@ struct Outcome {
     error: Option<ProxyError>,
     /// The `X-Request-Id` forwarded (when logging), which may not be the client's.
     request_id: Option<HeaderValue>,
+    /// The trace id forwarded, for the access log (`None` for answers made before forwarding).
+    trace_id: Option<crate::trace::TraceId>,
 }
 
 impl Proxy {
@@ -472,6 +476,11 @@ impl Proxy {
         let choice = route.choose(request.headers());
         let guard = Guard::new(route.clone(), started, permit);
         let (mut response, outcome) = self.forward(conn, &route, guard, request, &choice).await;
+        if let Some(trace_id) = outcome.trace_id {
+            response
+                .headers_mut()
+                .insert(crate::trace::X_TRACE_ID, trace_id.header_value());
+        }
         route
             .counted_service(&choice)
             .counters
@@ -516,6 +525,7 @@ impl Proxy {
             attempts: 0,
             error: None,
             request_id,
+            trace_id: Some(head.trace.trace_id),
         };
         let mut payload = match read_small_body(body, &mut head.headers, self.body_timeout).await {
             Ok(payload) => payload,
@@ -781,6 +791,7 @@ impl Proxy {
                 attempts: 0,
                 error: None,
                 request_id: None,
+                trace_id: None,
             };
             let _ = error;
             AccessLine::of(request).emit_with(
@@ -870,6 +881,11 @@ impl AccessLine {
             .or(outcome.request_id.as_ref())
             .and_then(|v| v.to_str().ok())
             .unwrap_or(&self.request_id);
+        let trace_hex = outcome.trace_id.map(|id| id.hex());
+        let trace_id = trace_hex
+            .as_ref()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .unwrap_or("");
         tracing::info!(
             target: "berth_router::access",
             remote = %conn.remote,
@@ -878,14 +894,28 @@ impl AccessLine {
             path = %self.path,
             status = response.status().as_u16(),
             service = service.unwrap_or(""),
-            endpoint = ?outcome.endpoint,
+            endpoint = %LoggedEndpoint(outcome.endpoint),
             attempts = outcome.attempts,
             head_us = started.elapsed().as_micros() as u64,
             request_id,
+            trace_id,
             error = outcome.error.as_ref().map(|e| e.kind()),
             fault = outcome.error.as_ref().map(|e| e.fault().as_str()),
             "request"
         );
+    }
+}
+
+/// The endpoint in the access log: its address, or `-` when none was tried (a log line is
+/// read by people and parsers, not as Rust's `Some(…)`).
+struct LoggedEndpoint(Option<SocketAddr>);
+
+impl std::fmt::Display for LoggedEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => write!(f, "{addr}"),
+            None => f.write_str("-"),
+        }
     }
 }
 
@@ -981,10 +1011,12 @@ fn upstream_head(parts: Parts, conn: ConnInfo, upgrade: bool) -> Head {
             headers.insert(X_REQUEST_ID, first);
         }
     }
+    let trace = crate::trace::hop(&mut headers, crate::compiled::random);
     Head {
         method,
         uri,
         headers,
+        trace,
     }
 }
 

@@ -1150,3 +1150,101 @@ async fn a_slow_head_and_an_idle_keep_alive_are_closed_but_a_slow_response_is_no
         .expect("the held request is answered");
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// Sends `GET /headers` with `extra` headers and returns the answer's headers and what the
+/// instance saw.
+async fn headers_seen(
+    conn: &mut SendRequest<Full<Bytes>>,
+    extra: &[(&str, &str)],
+) -> (http::HeaderMap, HashMap<String, String>) {
+    within("ready", conn.ready()).await.expect("open");
+    let mut request = Request::builder().uri("/headers").header("host", HOST);
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::new())).expect("request");
+    let response = within("response", conn.send_request(request))
+        .await
+        .expect("response");
+    let (parts, body) = response.into_parts();
+    let body = within("body", body.collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        parts.headers,
+        serde_json::from_slice(&body).expect("json from the backend"),
+    )
+}
+
+/// The 32-hex-digit trace id of a version-00 `traceparent`, checking its shape.
+fn trace_id_of(traceparent: &str) -> &str {
+    let fields: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(fields.len(), 4, "{traceparent}");
+    assert_eq!(fields[0], "00", "{traceparent}");
+    assert_eq!(fields[1].len(), 32, "{traceparent}");
+    assert_eq!(fields[2].len(), 16, "{traceparent}");
+    assert_ne!(fields[2], "0000000000000000", "{traceparent}");
+    fields[1]
+}
+
+#[tokio::test]
+async fn trace_context_is_kept_or_started_and_answered() {
+    let (addr, _) = simple("app").await;
+    let r = router(RouteTable {
+        routes: vec![route(vec![endpoint(addr, 1, 100)])],
+    })
+    .await;
+    let mut conn = connect(r.addr).await;
+
+    // No traceparent: the router starts a trace, and tells the client its id.
+    let (answer, seen) = headers_seen(&mut conn, &[]).await;
+    let started = seen
+        .get("traceparent")
+        .expect("a trace is started upstream");
+    let id = trace_id_of(started);
+    assert_eq!(
+        answer.get("x-trace-id").and_then(|v| v.to_str().ok()),
+        Some(id),
+        "X-Trace-Id names the trace the instance got"
+    );
+    let (_, again) = headers_seen(&mut conn, &[]).await;
+    assert_ne!(
+        trace_id_of(again.get("traceparent").expect("traceparent")),
+        id,
+        "every untraced request starts its own trace"
+    );
+
+    // A valid traceparent keeps its trace id, with the router's hop as the new parent, and
+    // tracestate goes through unchanged.
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (answer, seen) = headers_seen(
+        &mut conn,
+        &[
+            ("traceparent", incoming),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ],
+    )
+    .await;
+    let forwarded = seen.get("traceparent").expect("traceparent");
+    assert_eq!(trace_id_of(forwarded), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(
+        !forwarded.contains("00f067aa0ba902b7"),
+        "the hop has its own parent id: {forwarded}"
+    );
+    assert!(forwarded.ends_with("-01"), "sampled flag kept: {forwarded}");
+    assert_eq!(
+        seen.get("tracestate").map(String::as_str),
+        Some("congo=t61rcWkgMzE")
+    );
+    assert_eq!(
+        answer.get("x-trace-id").and_then(|v| v.to_str().ok()),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+
+    // An invalid one (all-zero trace id) is replaced by a new trace.
+    let invalid = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+    let (_, seen) = headers_seen(&mut conn, &[("traceparent", invalid)]).await;
+    let replaced = seen.get("traceparent").expect("traceparent");
+    assert_ne!(trace_id_of(replaced), "00000000000000000000000000000000");
+}

@@ -299,9 +299,14 @@ pub(crate) fn ignore_sigpipe() {
 pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,berth=info"));
+    // Colours only for a person at a terminal: a log file or a pipe gets plain text (and
+    // `NO_COLOR`, https://no-color.org, turns them off everywhere).
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 

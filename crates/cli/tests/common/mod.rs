@@ -277,3 +277,21 @@ pub fn wait_until(timeout: Duration, what: &str, condition: impl FnMut() -> bool
         panic!("timed out after {timeout:?} waiting for {what}");
     }
 }
+
+/// `text` without ANSI colour sequences (`ESC [ … m`), which the log may carry.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
