@@ -640,6 +640,16 @@ pub struct Event {
     pub key: String,
     /// A one-line description for people.
     pub summary: String,
+    /// The stack the change belongs to (none for a node or `berth gc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+    /// The environment, when the change belongs to one (releases, rollouts, instances, pins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// When the server saw the change (ms since the epoch); `None` for a change older than the
+    /// server's start or its memory of recent revisions (the store keeps no time per change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
 }
 
 /// `berth maintenance on|off`: routers answer 503 with a maintenance page for the service, and

@@ -259,3 +259,42 @@ fn events_since_rev_starts_after_rev() {
         last - 1
     );
 }
+
+/// Issue 17 point 8: the events table has a time column and names the stack; the server's
+/// bookkeeping keys do not leak into it; `--stack` and `--env` filter.
+#[test]
+fn the_events_table_has_times_names_stacks_and_filters() {
+    let up = BerthUp::start();
+    let file = write_file(up.dir(), "tail.yaml", WEB);
+    cli_ok(&up, &["deploy", "-f", &file, "--env", "local"]);
+    wait_settled(&up, "tail", "web", 1, Some(1));
+    let all = cli_ok(&up, &["events"]);
+    assert!(!all.contains("node-tokens"), "{all}");
+    assert!(!all.contains(" other "), "{all}");
+    let release = all
+        .lines()
+        .find(|l| l.contains("release 1: live"))
+        .unwrap_or_else(|| panic!("no release event:\n{all}"));
+    assert!(
+        release.contains("tail/local release 1: live"),
+        "the summary names the stack: {release}"
+    );
+    // `REV  YYYY-MM-DD HH:MM:SS  SUBJECT  SUMMARY`
+    let fields: Vec<&str> = release.split_whitespace().collect();
+    assert!(
+        fields.len() > 3
+            && fields[1].len() == 10
+            && fields[1].as_bytes()[4] == b'-'
+            && fields[2].len() == 8
+            && fields[2].as_bytes()[2] == b':',
+        "a time after the revision: {release}"
+    );
+    let tail = cli_ok(&up, &["events", "--stack", "tail", "--env", "local"]);
+    assert!(tail.contains("tail/local release 1: live"), "{tail}");
+    assert!(
+        !tail.contains(" registered"),
+        "a node is no stack's: {tail}"
+    );
+    let none = cli_ok(&up, &["events", "--stack", "nosuch"]);
+    assert!(none.trim().is_empty(), "{none}");
+}

@@ -420,9 +420,26 @@ impl Client {
         follow: bool,
         since: Option<i64>,
     ) -> impl Stream<Item = Result<Event, ClientError>> + Send + 'static {
+        self.events_of(follow, since, None, None)
+    }
+
+    /// [`Client::events`] for one stack and/or environment only (filtered by the server).
+    pub fn events_of(
+        &self,
+        follow: bool,
+        since: Option<i64>,
+        stack: Option<&str>,
+        env: Option<&str>,
+    ) -> impl Stream<Item = Result<Event, ClientError>> + Send + 'static {
         let mut query = vec![("follow", follow.to_string())];
         if let Some(s) = since {
             query.push(("since", s.to_string()));
+        }
+        if let Some(stack) = stack {
+            query.push(("stack", stack.to_string()));
+        }
+        if let Some(env) = env {
+            query.push(("env", env.to_string()));
         }
         let url = self.url(&["v1", "events"], &query);
         let mut request = self

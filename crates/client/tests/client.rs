@@ -302,6 +302,9 @@ fn event_json(revision: i64) -> String {
         subject: "release".into(),
         key: format!("/releases/shop/{revision}"),
         summary: format!("release {revision}"),
+        stack: Some("shop".into()),
+        env: None,
+        at_ms: None,
     })
     .expect("json")
 }

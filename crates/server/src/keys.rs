@@ -138,9 +138,30 @@ pub fn parse_pin(key: &str) -> Option<(&str, &str, u64, &str)> {
     Some((stack, env, number.parse().ok()?, service))
 }
 
-/// What kind of thing a key names, for the event stream.
+/// The stack (and environment, when the key has one) a key belongs to, from its path alone:
+/// releases, rollouts and pins are `PREFIX/STACK/ENV/…`, secrets and maintenance
+/// `PREFIX/STACK/NAME`. Instances carry theirs in the value, nodes have none.
+pub fn stack_of(key: &str) -> Option<(&str, Option<&str>)> {
+    for prefix in [RELEASES, ROLLOUTS, PINS] {
+        if let Some(rest) = key.strip_prefix(prefix) {
+            let mut parts = rest.split('/');
+            let stack = parts.next().filter(|s| !s.is_empty())?;
+            return Some((stack, parts.next().filter(|e| !e.is_empty())));
+        }
+    }
+    for prefix in [SECRETS, SECRET_VERSIONS, MAINTENANCE] {
+        if let Some(rest) = key.strip_prefix(prefix) {
+            let stack = rest.split('/').next().filter(|s| !s.is_empty())?;
+            return Some((stack, None));
+        }
+    }
+    None
+}
+
+/// What kind of thing a key names, for the event stream; `other` is the server's own
+/// bookkeeping (credential hashes, …), which the stream does not show.
 pub fn subject(key: &str) -> &'static str {
-    if key.starts_with(NODES) {
+    if key.starts_with(NODES) || key.starts_with(NODE_SEEN) {
         "node"
     } else if key.starts_with(INSTANCES) {
         "instance"
@@ -176,5 +197,25 @@ mod tests {
         assert_eq!(parse_pin("/pins/shop/staging/0000000007/"), None);
         assert_eq!(parse_pin(&release("shop", "staging", 7)), None);
         assert_eq!(subject(&key), "pin");
+        assert_eq!(stack_of(&key), Some(("shop", Some("staging"))));
+    }
+
+    #[test]
+    fn the_stack_of_a_key_comes_from_its_path() {
+        assert_eq!(
+            stack_of(&release("shop", "prod", 3)),
+            Some(("shop", Some("prod")))
+        );
+        assert_eq!(
+            stack_of(&rollout("shop", "prod")),
+            Some(("shop", Some("prod")))
+        );
+        assert_eq!(stack_of(&maintenance("shop", "web")), Some(("shop", None)));
+        assert_eq!(stack_of("/secrets/shop/DB_PASSWORD"), Some(("shop", None)));
+        assert_eq!(stack_of(&node("n1")), None);
+        assert_eq!(stack_of(&node_token("n1")), None);
+        assert_eq!(stack_of("/releases/"), None);
+        assert_eq!(subject(&node_seen("n1")), "node");
+        assert_eq!(subject(&node_token("n1")), "other");
     }
 }

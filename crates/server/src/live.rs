@@ -11,7 +11,7 @@
 //! [`crate::view::Touched`]). A heartbeat's status report on node A wakes nobody; a new
 //! instance on node A wakes A's agent and, once healthy, the routers — not 10,000 agents.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use berth_store::{Store, WatchEvent};
@@ -33,7 +33,16 @@ pub struct LiveView {
     nodes: Mutex<HashMap<String, watch::Sender<i64>>>,
     /// The view's routing revision, sent when the routing table's inputs changed.
     routing: watch::Sender<i64>,
+    /// When this server's view reached each recent revision (see [`LiveView::seen_at`]), and
+    /// the revision at or below which nothing is known (the start, then the oldest forgotten).
+    seen: Mutex<(i64, VecDeque<(i64, u64)>)>,
+    /// The wall clock that stamps [`LiveView::seen`].
+    clock: crate::clock::Clock,
 }
+
+/// How many revisions [`LiveView::seen_at`] remembers: the store keeps no time per change, so
+/// the event stream's times come from here; older changes have none.
+pub const SEEN_REVISIONS: usize = 4096;
 
 impl LiveView {
     /// A live view starting from `view` (normally [`View::load`] at start-up).
@@ -45,7 +54,43 @@ impl LiveView {
             revision: watch::channel(revision).0,
             nodes: Mutex::new(HashMap::new()),
             routing: watch::channel(routing).0,
+            seen: Mutex::new((revision, VecDeque::new())),
+            clock: crate::clock::Clock::system(),
         }
+    }
+
+    /// The same view, stamping revisions with `clock` (tests drive it).
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> LiveView {
+        self.clock = clock;
+        self
+    }
+
+    /// When (ms since the epoch) this server's view reached `revision`: the time of the first
+    /// remembered revision at or after it, so at most the batch's latency late. `None` for a
+    /// revision older than the last [`SEEN_REVISIONS`] or than this server's start.
+    pub fn seen_at(&self, revision: i64) -> Option<u64> {
+        let guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (floor, seen) = &*guard;
+        if revision <= *floor {
+            // Listed at start-up, or forgotten: it may have happened long before.
+            return None;
+        }
+        let i = seen.partition_point(|(r, _)| *r < revision);
+        seen.get(i).map(|(_, ms)| *ms)
+    }
+
+    fn stamp(&self, revision: i64) {
+        let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (floor, seen) = &mut *guard;
+        if revision <= *floor || seen.back().is_some_and(|(r, _)| *r >= revision) {
+            return;
+        }
+        if seen.len() == SEEN_REVISIONS {
+            if let Some((forgotten, _)) = seen.pop_front() {
+                *floor = forgotten;
+            }
+        }
+        seen.push_back((revision, self.clock.now_ms()));
     }
 
     /// A receiver (a counter) that changes when node `name`'s desired instances (or what every agent is
@@ -225,6 +270,7 @@ impl LiveView {
             last.revision - 1
         };
         if complete > self.revision() {
+            self.stamp(complete);
             self.revision.send_replace(complete);
         }
         self.wake(&touched, routing);
@@ -366,6 +412,38 @@ mod tests {
         assert!(!n2.has_changed().expect("open"), "n2's is not");
         let _ = stop_tx.send(true);
         follower.await.expect("follower");
+    }
+
+    #[test]
+    fn seen_at_knows_only_revisions_this_server_saw_and_remembers_a_bounded_number() {
+        let now = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1_000));
+        let clock = {
+            let now = now.clone();
+            crate::clock::Clock::from_fn(move || now.load(std::sync::atomic::Ordering::SeqCst))
+        };
+        let mut view = View::default();
+        view.revision = 10;
+        let live = LiveView::new(view).with_clock(clock);
+        assert_eq!(live.seen_at(11), None, "nothing seen yet");
+        live.stamp(12);
+        now.store(2_000, std::sync::atomic::Ordering::SeqCst);
+        live.stamp(15);
+        assert_eq!(
+            live.seen_at(10),
+            None,
+            "listed at start: its time is unknown"
+        );
+        assert_eq!(live.seen_at(11), Some(1_000), "published with revision 12");
+        assert_eq!(live.seen_at(12), Some(1_000));
+        assert_eq!(live.seen_at(13), Some(2_000));
+        assert_eq!(live.seen_at(15), Some(2_000));
+        assert_eq!(live.seen_at(16), None, "not reached yet");
+        for r in 0..SEEN_REVISIONS as i64 {
+            live.stamp(100 + r);
+        }
+        assert_eq!(live.seen_at(12), None, "forgotten past the bound");
+        assert_eq!(live.seen_at(100), Some(2_000));
+        assert_eq!(live.seen.lock().unwrap().1.len(), SEEN_REVISIONS);
     }
 
     /// A waiter for a revision the view never reaches (no follower) gives up after the limit

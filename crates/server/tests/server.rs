@@ -959,6 +959,60 @@ async fn the_event_stream_shows_the_deploy() {
         events.windows(2).all(|w| w[0].revision <= w[1].revision),
         "revisions never go back"
     );
+    // Each change names its stack (and environment), carries the time the server saw it,
+    // and the server's own bookkeeping (the node's credential hash) is not on the stream.
+    for e in events.iter().filter(|e| e.subject != "node") {
+        assert_eq!(e.stack.as_deref(), Some("shop"), "{e:?}");
+        assert!(e.summary.starts_with("shop/"), "{e:?}");
+    }
+    let release = events
+        .iter()
+        .find(|e| e.subject == "release")
+        .expect("a release event");
+    assert_eq!(release.env.as_deref(), Some("staging"), "{release:?}");
+    assert!(
+        release.summary.starts_with("shop/staging release 1: "),
+        "{release:?}"
+    );
+    assert!(
+        events.iter().all(|e| e.at_ms.is_some()),
+        "every change since the server started has a time: {events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.subject != "other" && !e.key.starts_with("/node-tokens/")),
+        "{events:#?}"
+    );
+    let other_stack: Vec<_> = tokio::time::timeout(
+        DEADLINE,
+        server
+            .admin
+            .events_of(false, None, Some("elsewhere"), None)
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("a stream without follow ends");
+    assert!(other_stack.is_empty(), "{other_stack:?}");
+    let shop: Vec<_> = tokio::time::timeout(
+        DEADLINE,
+        server
+            .admin
+            .events_of(false, None, Some("shop"), Some("staging"))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("a stream without follow ends");
+    assert!(
+        shop.iter()
+            .any(|e| e.as_ref().is_ok_and(|e| e.subject == "release")),
+        "{shop:?}"
+    );
+    assert!(
+        shop.iter()
+            .all(|e| e.as_ref().is_ok_and(|e| e.stack.as_deref() == Some("shop"))),
+        "{shop:?}"
+    );
     // `since` starts after a revision.
     let last = events.last().unwrap().revision;
     let later: Vec<_> = tokio::time::timeout(

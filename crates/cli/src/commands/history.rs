@@ -29,30 +29,8 @@ pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
             if let Some(reason) = &r.reason {
                 summary.push_str(&format!(" [{reason}]"));
             }
-            println!("{:<8} {:<20} {:<8} {:<12} {}", r.number, format_time(r.created_ms), r.who, status, summary);
+            println!("{:<8} {:<20} {:<8} {:<12} {}", r.number, super::clock_time::format_time(r.created_ms), r.who, status, summary);
         }
         Ok(())
     })
-}
-
-/// `YYYY-MM-DD HH:MM:SS` in UTC, without a date crate (civil-from-days, Howard Hinnant).
-fn format_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod clock_time;
 pub mod daemons;
 pub mod deploy;
 pub mod drain;

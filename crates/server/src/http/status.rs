@@ -19,6 +19,7 @@ use super::{AppState, Caller};
 use crate::error::ApiError;
 use crate::keys;
 use crate::state::{Desired, InstanceRecord};
+use crate::Shared;
 
 /// `GET /v1/health` (no token): `ok` while the store accepts writes; 503 with
 /// `store: unwritable (…)` after a write failed (a full disk) until the store has recovered,
@@ -206,6 +207,12 @@ pub struct EventsQuery {
     follow: bool,
     #[serde(default)]
     since: Option<i64>,
+    /// Only this stack's changes.
+    #[serde(default)]
+    stack: Option<String>,
+    /// Only this environment's changes (of any stack, or of `stack`).
+    #[serde(default)]
+    env: Option<String>,
 }
 
 /// How many past changes `berth events` shows without `--since`.
@@ -260,20 +267,21 @@ pub async fn events(
             let reached = reached || item.as_ref().is_ok_and(|e| e.revision >= now);
             Some((item, (stream, reached)))
         });
+    let (want_stack, want_env) = (q.stack, q.env);
     let events = stream
         .filter_map(|item| std::future::ready(item.ok()))
-        .map(|e| {
-            let event = Event {
-                revision: e.revision,
-                kind: match e.kind {
-                    EventKind::Put => "put".to_string(),
-                    EventKind::Delete => "delete".to_string(),
-                },
-                subject: keys::subject(&e.kv.key).to_string(),
-                summary: summarize(&e),
-                key: e.kv.key,
-            };
-            Ok(SseEvent::default().data(serde_json::to_string(&event).unwrap_or_default()))
+        .filter_map(move |e| {
+            let event = event_of(&shared, e).filter(|event| {
+                want_stack
+                    .as_ref()
+                    .is_none_or(|s| event.stack.as_ref() == Some(s))
+                    && want_env
+                        .as_ref()
+                        .is_none_or(|w| event.env.as_ref() == Some(w))
+            });
+            std::future::ready(event.map(|event| {
+                Ok(SseEvent::default().data(serde_json::to_string(&event).unwrap_or_default()))
+            }))
         });
     let events: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
         if !follow && wanted > now {
@@ -284,9 +292,61 @@ pub async fn events(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-/// One line about a change, for people.
+/// The event a store change is for people: `None` for the server's own bookkeeping
+/// (credential hashes and the like), which is nobody's business on the stream.
+fn event_of(shared: &Shared, e: berth_store::WatchEvent) -> Option<Event> {
+    let subject = keys::subject(&e.kv.key);
+    if subject == "other" {
+        return None;
+    }
+    let (stack, env) = match keys::stack_of(&e.kv.key) {
+        Some((stack, env)) => (Some(stack.to_string()), env.map(str::to_string)),
+        // An instance names its stack in its record (the one before a delete).
+        None if subject == "instance" => {
+            let record = match e.kind {
+                EventKind::Put => Some(&e.kv.value),
+                EventKind::Delete => e.prev.as_ref().map(|p| &p.value),
+            };
+            record
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+                .map(|v| {
+                    let field = |p: &str| v.pointer(p).and_then(|s| s.as_str()).map(str::to_string);
+                    (field("/spec/stack"), field("/env"))
+                })
+                .unwrap_or_default()
+        }
+        None => (None, None),
+    };
+    let summary = summarize(&e);
+    let summary = match (&stack, &env) {
+        (Some(stack), Some(env)) => format!("{stack}/{env} {summary}"),
+        (Some(stack), None) => format!("{stack} {summary}"),
+        _ => summary,
+    };
+    Some(Event {
+        revision: e.revision,
+        kind: match e.kind {
+            EventKind::Put => "put".to_string(),
+            EventKind::Delete => "delete".to_string(),
+        },
+        subject: subject.to_string(),
+        summary,
+        at_ms: shared.view.seen_at(e.revision),
+        key: e.kv.key,
+        stack,
+        env,
+    })
+}
+
+/// One line about a change, for people (the stack is prefixed by [`event_of`]).
 fn summarize(e: &berth_store::WatchEvent) -> String {
     let key = &e.kv.key;
+    if let Some(node) = key.strip_prefix(keys::NODE_SEEN) {
+        return match e.kind {
+            EventKind::Put => format!("node {node} is down (no heartbeat)"),
+            EventKind::Delete => format!("node {node} is up again"),
+        };
+    }
     if matches!(e.kind, EventKind::Delete) {
         return format!(
             "{} {} removed",
