@@ -639,10 +639,7 @@ pub fn resolve_ports(id: &str, declared: &BTreeMap<String, u16>) -> Result<BTree
 /// The instance's main port, exported as `PORT`: the one named `http` if there is one, else the
 /// first by name.
 pub fn primary_port(ports: &BTreeMap<String, u16>) -> Option<(&str, u16)> {
-    ports
-        .get_key_value("http")
-        .or_else(|| ports.iter().next())
-        .map(|(n, p)| (n.as_str(), *p))
+    berth_api::primary_port(ports)
 }
 
 /// The environment berth defines for an instance: the service's `env`, then the values of its

@@ -571,6 +571,9 @@ pub struct InstanceView {
     /// When the instance entered `state` (ms since the epoch, agent clock; 0 before a report).
     #[serde(default)]
     pub since_ms: u64,
+    /// How many times its agent restarted it after it exited (0 before a report).
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 /// One service of a stack as `berth status` shows it.
@@ -584,6 +587,9 @@ pub struct ServiceView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
     pub instances: Vec<InstanceView>,
+    /// Whether `berth maintenance on` holds the service: routers answer 503 with its page.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maintenance: bool,
     /// For a route with an A/B `split` or a canary in progress: each arm's requests, errors
     /// and p99 latency over the last [`STATUS_TRAFFIC_WINDOW_MS`], summed over the routers'
     /// reports, so the experiment's or the canary's sides can be compared at a glance.

@@ -34,7 +34,17 @@ pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
                 s.rollout
             );
             for svc in &s.services {
-                println!("  {}  {}/{} healthy", svc.name, svc.healthy, svc.desired);
+                println!(
+                    "  {}  {}/{} healthy{}",
+                    svc.name,
+                    svc.healthy,
+                    svc.desired,
+                    if svc.maintenance {
+                        "  MAINTENANCE (routers answer 503: `berth maintenance off` ends it)"
+                    } else {
+                        ""
+                    }
+                );
                 if let Some(why) = &svc.pending {
                     println!("    pending: {why}");
                 }
@@ -43,12 +53,13 @@ pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
                 }
                 for i in &svc.instances {
                     println!(
-                        "    {:<32} {:<10} release {:<4} node {:<12} {:<22} wanted: {}{}",
+                        "    {:<32} {:<10} release {:<4} node {:<12} {:<22} restarts {:<3} wanted: {}{}",
                         i.id,
                         format!("{:?}", i.state).to_lowercase(),
                         i.release,
                         i.node,
                         i.addr.clone().unwrap_or_default(),
+                        i.restarts,
                         i.desired,
                         i.message
                             .as_ref()

@@ -91,8 +91,8 @@ pub async fn status(
                     addr: r
                         .status
                         .as_ref()
-                        .and_then(|s| s.ports.values().next())
-                        .and_then(|p| {
+                        .and_then(|s| berth_api::primary_port(&s.ports))
+                        .and_then(|(_, p)| {
                             view.node(&r.spec.node)
                                 .map(|n| format!("{}:{p}", n.value.registration.address))
                         }),
@@ -107,6 +107,7 @@ pub async fn status(
                     },
                     created_ms: r.created_ms,
                     since_ms: r.status.as_ref().map(|s| s.since_ms).unwrap_or(0),
+                    restarts: r.status.as_ref().map(|s| s.restarts).unwrap_or(0),
                 })
                 .collect();
             let healthy = of_service
@@ -118,12 +119,16 @@ pub async fn status(
                 .and_then(|r| r.value.spec.services.get(&name))
                 .map(|spec| arm_traffic(&shared, stack, &name, spec, &rollout.value, now))
                 .unwrap_or_default();
+            let maintenance = view
+                .maintenance()
+                .contains_key(&(stack.to_string(), name.clone()));
             services.push(ServiceView {
                 name,
                 desired,
                 healthy,
                 pending,
                 instances,
+                maintenance,
                 traffic,
             });
         }
