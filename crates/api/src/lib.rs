@@ -129,6 +129,16 @@ pub struct InstanceStatus {
     pub image_id: Option<String>,
 }
 
+/// An instance's main port, the one exported as `PORT` and shown by `berth status`: the port
+/// named `http` if there is one, else the first by name. One rule, so the address people see is
+/// the one the instance serves on.
+pub fn primary_port(ports: &BTreeMap<String, u16>) -> Option<(&str, u16)> {
+    ports
+        .get_key_value("http")
+        .or_else(|| ports.iter().next())
+        .map(|(n, p)| (n.as_str(), *p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,14 +190,4 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<InstanceStatus>(&json).unwrap(), s);
     }
-}
-
-/// An instance's main port, the one exported as `PORT` and shown by `berth status`: the port
-/// named `http` if there is one, else the first by name. One rule, so the address people see is
-/// the one the instance serves on.
-pub fn primary_port(ports: &BTreeMap<String, u16>) -> Option<(&str, u16)> {
-    ports
-        .get_key_value("http")
-        .or_else(|| ports.iter().next())
-        .map(|(n, p)| (n.as_str(), *p))
 }
