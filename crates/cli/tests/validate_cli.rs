@@ -597,3 +597,45 @@ fn whoami_finishes_in_flight_requests_on_sigterm() {
         w.proc.log_tail()
     );
 }
+
+/// Issue 17 point 7: completions for each shell and man pages, from the parser's own
+/// definitions.
+#[test]
+fn completions_and_man_pages_are_generated_from_the_parser() {
+    for (shell, expected) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef berth"),
+        ("fish", "complete -c berth"),
+    ] {
+        let out = common::run(["completions", shell]);
+        common::assert_exit(&out, 0);
+        let script = common::stdout(&out);
+        assert!(script.contains(expected), "{shell}: {script}");
+        assert!(script.contains("deploy"), "{shell} completes the commands");
+    }
+    let out = common::run(["completions", "tcsh"]);
+    common::assert_exit(&out, 2);
+
+    let out = common::run(["man"]);
+    common::assert_exit(&out, 0);
+    assert!(common::stdout(&out).starts_with(".ie"), "roff on stdout");
+    let dir = common::temp_dir();
+    let pages = dir.path().join("man1");
+    let out = common::run(["man", "--out", pages.to_str().expect("utf-8 path")]);
+    common::assert_exit(&out, 0);
+    for page in [
+        "berth.1",
+        "berth-deploy.1",
+        "berth-secret-set.1",
+        "berth-rollout-promote.1",
+    ] {
+        let text = std::fs::read_to_string(pages.join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}\n{}", common::stdout(&out)));
+        assert!(text.contains(".TH"), "{page} is a man page");
+    }
+    let deploy = std::fs::read_to_string(pages.join("berth-deploy.1")).expect("deploy page");
+    assert!(
+        deploy.contains("stack file to deploy"),
+        "flag help is in the page"
+    );
+}

@@ -49,7 +49,9 @@ pub struct AgentArgs {
     /// Run a router on this address too.
     #[arg(long)]
     router: Option<SocketAddr>,
-    #[arg(long)]
+    /// Where the agent keeps its node token and its instances' records and logs (default:
+    /// $BERTH_DATA_DIR/agent, else ~/.berth/agent).
+    #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// The address at which this node's instances are reachable.
     #[arg(long, default_value = "127.0.0.1")]

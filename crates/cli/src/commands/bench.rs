@@ -9,10 +9,13 @@ mod control_plane;
 pub enum Bench {
     /// The scheduler, in memory with no network: placements/s, and planning latency at 100 nodes.
     Scheduler {
+        /// How many simulated nodes to place on.
         #[arg(long, default_value_t = 10_000)]
         nodes: usize,
+        /// How many instances to place.
         #[arg(long, default_value_t = 1_000_000)]
         instances: usize,
+        /// The random seed (the same seed gives the same placements).
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },

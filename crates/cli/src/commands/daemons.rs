@@ -241,9 +241,11 @@ pub struct ServerArgs {
     /// `embedded:PATH` (default: DATA_DIR/state.redb). etcd comes with the HA issue.
     #[arg(long)]
     store: Option<String>,
+    /// The address the API listens on (agents, routers and the CLI connect to it).
     #[arg(long, default_value = "127.0.0.1:7070")]
     api: SocketAddr,
-    #[arg(long)]
+    /// Where the store, tokens and certificates live (default: $BERTH_DATA_DIR or ~/.berth).
+    #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     api_tls: ApiTlsOpts,
@@ -262,6 +264,7 @@ pub struct ServerArgs {
 /// Arguments of `berth router`.
 #[derive(clap::Args, Debug)]
 pub struct RouterArgs {
+    /// The address the router accepts HTTP on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     #[command(flatten)]

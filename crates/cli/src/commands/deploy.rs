@@ -10,10 +10,13 @@ use crate::context::{client_error, runtime, Globals};
 /// Arguments of `berth deploy`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    #[arg(short = 'f', long = "file")]
+    /// The stack file to deploy.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: String,
-    #[arg(long)]
+    /// The environment of the stack file to deploy to.
+    #[arg(long, value_name = "ENV")]
     env: String,
+    /// Override a rendered field: `service.path=value`, e.g. `web.env.VERSION=2` (repeatable).
     #[arg(long = "set", value_name = "SVC.PATH=VALUE")]
     set: Vec<String>,
     /// Wait for the rollout, showing progress; exit 1 if it fails.

@@ -5,8 +5,10 @@ use crate::context::{client_error, print_json, runtime, Globals};
 /// Arguments of `berth history`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// The stack.
     stack: String,
-    #[arg(long)]
+    /// Its environment.
+    #[arg(long, value_name = "ENV")]
     env: String,
 }
 

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bench;
 pub mod clock_time;
+pub mod completions;
 pub mod daemons;
 pub mod deploy;
 pub mod drain;

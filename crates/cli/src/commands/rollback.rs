@@ -10,8 +10,10 @@ use crate::context::{client_error, runtime, Globals};
 /// Arguments of `berth rollback`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// The stack to roll back.
     stack: String,
-    #[arg(long)]
+    /// Its environment.
+    #[arg(long, value_name = "ENV")]
     env: String,
     /// The release to return to (default: the previous successful one).
     release: Option<u64>,

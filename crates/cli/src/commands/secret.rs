@@ -13,16 +13,26 @@ pub enum Secret {
     /// Set a secret's value, read from stdin (one trailing newline removed) or --from-file
     /// (taken as is). Each set makes a new version; deploy the stack to roll it out.
     Set {
+        /// The stack the secret belongs to.
         stack: String,
+        /// The secret's name, as the stack file's `secrets:` lists it.
         name: String,
         /// Read the value from this file instead of stdin.
         #[arg(long = "from-file", value_name = "FILE")]
         from_file: Option<String>,
     },
     /// A stack's secrets: names, versions and when they were set (never values).
-    List { stack: String },
+    List {
+        /// The stack.
+        stack: String,
+    },
     /// Forget a secret's value (running instances keep theirs).
-    Rm { stack: String, name: String },
+    Rm {
+        /// The stack the secret belongs to.
+        stack: String,
+        /// The secret's name.
+        name: String,
+    },
 }
 
 /// Runs one `berth secret` command.
