@@ -260,8 +260,11 @@ pub async fn events(
             let reached = reached || item.as_ref().is_ok_and(|e| e.revision >= now);
             Some((item, (stream, reached)))
         });
+    // The audit log has its own command (`berth audit`): its appends would crowd the stream.
     let events = stream
-        .filter_map(|item| std::future::ready(item.ok()))
+        .filter_map(|item| {
+            std::future::ready(item.ok().filter(|e| keys::subject(&e.kv.key) != "audit"))
+        })
         .map(|e| {
             let event = Event {
                 revision: e.revision,
