@@ -82,6 +82,14 @@ enum Command {
     Bench(commands::bench::Bench),
     /// A tiny HTTP workload that answers with its instance, release and node (for tests and demos).
     Whoami(commands::whoami::Args),
+    /// Users with a role (viewer, deployer, approver, admin) and their tokens.
+    #[command(subcommand)]
+    User(commands::user::User),
+    /// Your own token: `berth token rotate` replaces it.
+    #[command(subcommand)]
+    Token(commands::user::Token),
+    /// The audit log: who did what, when, from where; `berth audit verify` checks its chain.
+    Audit(commands::audit::Args),
 }
 
 /// Restores the default SIGPIPE action, so `berth status | head -1` ends quietly like any Unix
@@ -123,6 +131,9 @@ fn main() {
         Command::Gc(args) => commands::gc::run(args, g),
         Command::Bench(which) => commands::bench::run(which),
         Command::Whoami(args) => commands::whoami::run(args),
+        Command::User(which) => commands::user::run(which, g),
+        Command::Token(which) => commands::user::run_token(which, g),
+        Command::Audit(args) => commands::audit::run(args, g),
     };
     std::process::exit(exit::code_of(result));
 }

@@ -36,7 +36,7 @@ pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC, without a date crate (civil-from-days, Howard Hinnant).
-fn format_time(ms: u64) -> String {
+pub(crate) fn format_time(ms: u64) -> String {
     let secs = ms / 1000;
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
