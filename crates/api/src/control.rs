@@ -640,6 +640,10 @@ pub struct Event {
     pub key: String,
     /// A one-line description for people.
     pub summary: String,
+    /// Who made the change, where the record says (a release: the user who deployed or
+    /// rolled back, `admin` for the admin token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
 }
 
 /// `berth maintenance on|off`: routers answer 503 with a maintenance page for the service, and

@@ -9,7 +9,7 @@ mod common;
 
 use std::process::Output;
 
-use common::cluster::{cli, cli_ok, releases, wait_settled};
+use common::cluster::{cli, cli_ok, events, releases, wait_settled};
 use common::up::BerthUp;
 use common::{assert_exit, command, run_command, stderr, stdout, write_file, RUN_TIMEOUT};
 use serde_json::Value;
@@ -56,12 +56,19 @@ fn users_roles_and_an_audit_log_that_names_an_edited_entry() {
     assert_exit(&out, 0);
     let alice = stdout(&out).trim().to_string();
     assert!(alice.starts_with("berth_u_alice."), "{alice}");
-    assert!(stderr(&out).contains("shown only this once"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("shown only this once"),
+        "{}",
+        stderr(&out)
+    );
     let vic = stdout(&cli(&up, &["user", "add", "vic", "--role", "viewer"]))
         .trim()
         .to_string();
     let list = cli_ok(&up, &["user", "list"]);
-    assert!(list.contains("alice") && list.contains("deployer"), "{list}");
+    assert!(
+        list.contains("alice") && list.contains("deployer"),
+        "{list}"
+    );
     assert!(!list.contains(&alice), "the token is never listed: {list}");
 
     // The deployer deploys; its name is `who`.
@@ -70,35 +77,74 @@ fn users_roles_and_an_audit_log_that_names_an_edited_entry() {
     wait_settled(&up, "demo", "web", 1, Some(1));
     let history = releases(&up, "demo", "local");
     assert_eq!(history[0]["who"], "alice", "{history:?}");
+    let seen = events(&up, &[]);
+    assert!(
+        seen.iter()
+            .any(|e| e["subject"] == "release" && e["who"] == "alice"),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().all(|e| e["subject"] != "audit"),
+        "the log stays out of events: {seen:#?}"
+    );
 
     // The viewer reads, and is refused a deploy naming the capability (nothing stored).
     assert_exit(&as_token(&up, &vic, &["status"]), 0);
-    let out = as_token(&up, &vic, &["deploy", "-f", &file, "--env", "local", "--set", "web.replicas=2"]);
+    let out = as_token(
+        &up,
+        &vic,
+        &[
+            "deploy",
+            "-f",
+            &file,
+            "--env",
+            "local",
+            "--set",
+            "web.replicas=2",
+        ],
+    );
     assert_exit(&out, 1);
-    assert!(stderr(&out).contains("missing capability deploy"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("missing capability deploy"),
+        "{}",
+        stderr(&out)
+    );
     // A viewer does not read the audit log or add users.
     let out = as_token(&up, &vic, &["audit"]);
-    assert!(stderr(&out).contains("missing capability audit_read"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("missing capability audit_read"),
+        "{}",
+        stderr(&out)
+    );
     // A deploy refused by the environment's policy: exit 3.
-    assert_exit(&as_token(&up, &alice, &["deploy", "-f", &file, "--env", "prod"]), 3);
+    assert_exit(
+        &as_token(&up, &alice, &["deploy", "-f", &file, "--env", "prod"]),
+        3,
+    );
     // A failed login.
     assert_exit(&as_token(&up, "not-a-token", &["status"]), 1);
     assert_eq!(releases(&up, "demo", "local").len(), 1, "nothing stored");
 
     let entries = audit(&up);
     let find = |pred: &dyn Fn(&Value) -> bool| entries.iter().find(|e| pred(e)).cloned();
-    let deploy = find(&|e| e["user"] == "alice" && e["action"] == "POST /v1/deploy" && e["result"] == "ok")
-        .unwrap_or_else(|| panic!("no deploy entry: {entries:#?}"));
+    let deploy =
+        find(&|e| e["user"] == "alice" && e["action"] == "POST /v1/deploy" && e["result"] == "ok")
+            .unwrap_or_else(|| panic!("no deploy entry: {entries:#?}"));
     assert_eq!(deploy["role"], "deployer");
     assert_eq!(deploy["target"], "demo/local");
     assert_eq!(deploy["source"], "127.0.0.1");
-    assert!(!deploy["plan_id"].as_str().unwrap_or("").is_empty(), "{deploy}");
     assert!(
-        find(&|e| e["user"] == "vic" && e["result"] == "denied: missing capability deploy").is_some(),
+        !deploy["plan_id"].as_str().unwrap_or("").is_empty(),
+        "{deploy}"
+    );
+    assert!(
+        find(&|e| e["user"] == "vic" && e["result"] == "denied: missing capability deploy")
+            .is_some(),
         "{entries:#?}"
     );
     assert!(
-        find(&|e| e["user"] == "alice" && e["target"] == "demo/prod" && e["result"] == "refused").is_some(),
+        find(&|e| e["user"] == "alice" && e["target"] == "demo/prod" && e["result"] == "refused")
+            .is_some(),
         "{entries:#?}"
     );
     assert!(
@@ -110,7 +156,10 @@ fn users_roles_and_an_audit_log_that_names_an_edited_entry() {
     let only_vic: Vec<Value> = serde_json::from_str(&only_vic).expect("json");
     assert!(!only_vic.is_empty() && only_vic.iter().all(|e| e["user"] == "vic"));
     let text = cli_ok(&up, &["audit", "--stack", "demo", "--since", "1h"]);
-    assert!(text.contains("POST /v1/deploy") && !text.contains("unauthorized"), "{text}");
+    assert!(
+        text.contains("POST /v1/deploy") && !text.contains("unauthorized"),
+        "{text}"
+    );
 
     // Rotation ends the old token; removal ends the user.
     let out = as_token(&up, &alice, &["token", "rotate"]);
@@ -137,9 +186,16 @@ fn users_roles_and_an_audit_log_that_names_an_edited_entry() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         use berth_store::Store;
-        let store = berth_store::EmbeddedStore::open(&path).await.expect("open the store");
+        let store = berth_store::EmbeddedStore::open(&path)
+            .await
+            .expect("open the store");
         let key = format!("/audit/{seq:020}");
-        let mut value = store.get(&key).await.expect("get").expect("the entry").value;
+        let mut value = store
+            .get(&key)
+            .await
+            .expect("get")
+            .expect("the entry")
+            .value;
         let at = value
             .windows(5)
             .position(|w| w == b"alice")

@@ -302,6 +302,7 @@ fn event_json(revision: i64) -> String {
         subject: "release".into(),
         key: format!("/releases/shop/{revision}"),
         summary: format!("release {revision}"),
+        who: None,
     })
     .expect("json")
 }

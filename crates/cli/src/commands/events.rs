@@ -29,8 +29,13 @@ pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
                     serde_json::to_string(&event).context("cannot print JSON")?
                 );
             } else {
+                let by = event
+                    .who
+                    .as_deref()
+                    .map(|w| format!(" (by {w})"))
+                    .unwrap_or_default();
                 println!(
-                    "{:>8}  {:<9} {}",
+                    "{:>8}  {:<9} {}{by}",
                     event.revision, event.subject, event.summary
                 );
             }

@@ -274,6 +274,7 @@ pub async fn events(
                 },
                 subject: keys::subject(&e.kv.key).to_string(),
                 summary: summarize(&e),
+                who: who_of(&e),
                 key: e.kv.key,
             };
             Ok(SseEvent::default().data(serde_json::to_string(&event).unwrap_or_default()))
@@ -285,6 +286,16 @@ pub async fn events(
             Box::pin(events)
         };
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// Who made a change, where its record says: a release's `who` (the user who deployed or
+/// rolled back it).
+fn who_of(e: &berth_store::WatchEvent) -> Option<String> {
+    if !matches!(e.kind, EventKind::Put) || keys::subject(&e.kv.key) != "release" {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(&e.kv.value).ok()?;
+    value.get("who")?.as_str().map(str::to_string)
 }
 
 /// One line about a change, for people.
