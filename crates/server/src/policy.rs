@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -404,7 +404,11 @@ pub async fn enforce(State(shared): State<Arc<Shared>>, req: Request, next: Next
     // A deploy body names its stack and environment inside: read it (the handler gets the
     // same bytes back).
     let body = if rule.scope == Scope::DeployBody {
-        match axum::body::to_bytes(body, crate::http::MAX_BODY_BYTES).await {
+        // Read as the handler's extractor would (the route's body limit applies).
+        let mut whole = Request::new(body);
+        *whole.headers_mut() = parts.headers.clone();
+        *whole.extensions_mut() = parts.extensions.clone();
+        match axum::body::Bytes::from_request(whole, &shared).await {
             Ok(bytes) => {
                 if let Ok(req) = serde_json::from_slice::<berth_api::control::DeployRequest>(&bytes)
                 {
@@ -421,8 +425,16 @@ pub async fn enforce(State(shared): State<Arc<Shared>>, req: Request, next: Next
                 }
                 axum::body::Body::from(bytes)
             }
-            // Too large (or cut): the handler's extractor answers it as before.
-            Err(_) => axum::body::Body::empty(),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return crate::http::body_too_large().into_response();
+            }
+            Err(rejection) => {
+                return ApiError::invalid(
+                    format!("cannot read the request body: {}", rejection.body_text()),
+                    vec![],
+                )
+                .into_response();
+            }
         }
     } else {
         body

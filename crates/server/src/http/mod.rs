@@ -337,21 +337,26 @@ pub fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     match body {
         Ok(Json(v)) => Ok(v),
         Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(ApiError::new(
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is larger than the API's limit of {} bytes; stack files are \
-                     limited to {} (split the stack, or move large data out of it)",
-                    MAX_BODY_BYTES,
-                    stack_file_limit()
-                ),
-            ))
+            Err(body_too_large())
         }
         Err(rejection) => Err(ApiError::invalid(
             format!("malformed request body: {}", rejection.body_text()),
             vec![],
         )),
     }
+}
+
+/// 413 for a request body over [`MAX_BODY_BYTES`], naming the stack-file limit.
+pub fn body_too_large() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is larger than the API's limit of {} bytes; stack files are \
+             limited to {} (split the stack, or move large data out of it)",
+            MAX_BODY_BYTES,
+            stack_file_limit()
+        ),
+    )
 }
 
 /// The shared state, as handlers take it.
