@@ -425,3 +425,34 @@ async fn node_and_bad_tokens_keep_their_answers() {
         assert!(!text.contains(&forged) && !text.contains("wrong"), "{text}");
     }
 }
+
+/// A route nobody added to the table runs nothing and answers 500 naming the table, even for
+/// the admin token: deny by default.
+#[tokio::test]
+async fn a_route_missing_from_the_table_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shared = shared(dir.path()).await;
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ran.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/unlisted",
+            axum::routing::post(move || {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                async { "ran" }
+            }),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            enforce,
+        ))
+        .with_state(shared.clone());
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).expect("admin token");
+    let (status, text) = call(&app, "POST", "/v1/unlisted", admin.trim(), Body::from("{}")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
+    assert!(text.contains("is not in the policy table"), "{text}");
+    assert!(
+        !ran.load(std::sync::atomic::Ordering::SeqCst),
+        "the handler ran"
+    );
+}
