@@ -656,6 +656,10 @@ pub struct Event {
     /// server's start or its memory of recent revisions (the store keeps no time per change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_ms: Option<u64>,
+    /// Who made the change, where the record says (a release: the user who deployed or
+    /// rolled back, `admin` for the admin token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
 }
 
 /// `berth maintenance on|off`: routers answer 503 with a maintenance page for the service, and

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod identity;
 pub mod join;
 
 use std::collections::BTreeMap;

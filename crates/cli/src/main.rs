@@ -86,6 +86,14 @@ enum Command {
     Completions(commands::completions::CompletionsArgs),
     /// Print berth's man page, or write one per command with --out DIR.
     Man(commands::completions::ManArgs),
+    /// Users with a role (viewer, deployer, approver, admin) and their tokens.
+    #[command(subcommand)]
+    User(commands::user::User),
+    /// Your own token: `berth token rotate` replaces it.
+    #[command(subcommand)]
+    Token(commands::user::Token),
+    /// The audit log: who did what, when, from where; `berth audit verify` checks its chain.
+    Audit(commands::audit::Args),
 }
 
 /// Restores the default SIGPIPE action, so `berth status | head -1` ends quietly like any Unix
@@ -129,6 +137,9 @@ fn main() {
         Command::Whoami(args) => commands::whoami::run(args),
         Command::Completions(args) => commands::completions::completions(args, Cli::command()),
         Command::Man(args) => commands::completions::man(args, Cli::command()),
+        Command::User(which) => commands::user::run(which, g),
+        Command::Token(which) => commands::user::run_token(which, g),
+        Command::Audit(args) => commands::audit::run(args, g),
     };
     std::process::exit(exit::code_of(result));
 }

@@ -255,6 +255,47 @@ impl Client {
         Ok(())
     }
 
+    /// `POST /v1/users` (admin_users): adds a user; the answer holds its token, once.
+    pub async fn add_user(
+        &self,
+        req: &berth_api::identity::UserAdd,
+    ) -> Result<berth_api::identity::UserToken, ClientError> {
+        self.post(&["v1", "users"], req).await
+    }
+
+    /// `GET /v1/users` (admin_users): every user, never a token.
+    pub async fn users(&self) -> Result<Vec<berth_api::identity::UserView>, ClientError> {
+        self.get(&["v1", "users"], &[]).await
+    }
+
+    /// `DELETE /v1/users/{name}` (admin_users): removes a user; its token stops working.
+    pub async fn remove_user(&self, name: &str) -> Result<(), ClientError> {
+        let url = self.url(&["v1", "users", name], &[]);
+        let what = format!("DELETE {}", url.path());
+        let _: serde_json::Value = self.json(&what, self.request(Method::DELETE, url)).await?;
+        Ok(())
+    }
+
+    /// `POST /v1/token/rotate` (the calling user): a new token; the one sent stops working.
+    pub async fn rotate_token(&self) -> Result<berth_api::identity::UserToken, ClientError> {
+        self.post(&["v1", "token", "rotate"], &serde_json::json!({}))
+            .await
+    }
+
+    /// `GET /v1/audit` (audit_read): the newest audit entries passing the filter, oldest
+    /// first. `query` holds `since` (ms), `user`, `stack`, `limit`.
+    pub async fn audit(
+        &self,
+        query: &[(&str, String)],
+    ) -> Result<Vec<berth_api::identity::AuditEntry>, ClientError> {
+        self.get(&["v1", "audit"], query).await
+    }
+
+    /// `GET /v1/audit/verify` (audit_read): checks the audit log's hash chain.
+    pub async fn audit_verify(&self) -> Result<berth_api::identity::AuditVerify, ClientError> {
+        self.get(&["v1", "audit", "verify"], &[]).await
+    }
+
     /// `POST /v1/gc` (admin): asks every agent to collect garbage once (stopped containers,
     /// images no retained release needs). Each node's report shows in [`Client::nodes`] once
     /// its `last_gc.generation` reaches the answer's `generation`.

@@ -305,6 +305,7 @@ fn event_json(revision: i64) -> String {
         stack: Some("shop".into()),
         env: None,
         at_ms: None,
+        who: None,
     })
     .expect("json")
 }

@@ -20,6 +20,11 @@
 //! /secrets/STACK/NAME              SecretRecord: a secret's value and version (see `state`)
 //! /secret-versions/STACK/NAME      u64: the secret's last version, kept when it is deleted so a
 //!                                  version number never names two different values
+//! /users/NAME                      UserRecord: role, scopes, the token's SHA-256 (never the token)
+//! /audit/NNNNNNNNNNNNNNNNNNNN      AuditEntry, hash-chained (see `audit`); never rewritten,
+//!                                  deleted only by retention, oldest first
+//! /audit-head                      AuditHead: the first kept and the last entry's numbers and
+//!                                  hashes, written in the same transaction as every entry
 //! ```
 //! Secret values are also copied into the instance records of the services that declare them
 //! (`InstanceSpec::secret_env`): the store *is* the secret store, so protect it like one (a
@@ -158,8 +163,28 @@ pub fn stack_of(key: &str) -> Option<(&str, Option<&str>)> {
     None
 }
 
+/// Prefix of every user record.
+pub const USERS: &str = "/users/";
+
+/// One user's record.
+pub fn user(name: &str) -> String {
+    format!("{USERS}{name}")
+}
+
+/// Prefix of every audit entry.
+pub const AUDIT: &str = "/audit/";
+
+/// One audit entry (zero-padded, so a prefix range returns them in order).
+pub fn audit_entry(seq: u64) -> String {
+    format!("{AUDIT}{seq:020}")
+}
+
+/// The audit log's head: where the kept chain starts and ends.
+pub const AUDIT_HEAD: &str = "/audit-head";
+
 /// What kind of thing a key names, for the event stream; `other` is the server's own
-/// bookkeeping (credential hashes, …), which the stream does not show.
+/// bookkeeping (credential hashes, …) and `audit` the audit log, which the stream does not
+/// show.
 pub fn subject(key: &str) -> &'static str {
     if key.starts_with(NODES) || key.starts_with(NODE_SEEN) {
         "node"
@@ -177,6 +202,10 @@ pub fn subject(key: &str) -> &'static str {
         "secret"
     } else if key == GC_GENERATION {
         "gc"
+    } else if key.starts_with(USERS) {
+        "user"
+    } else if key.starts_with(AUDIT) || key == AUDIT_HEAD {
+        "audit"
     } else {
         "other"
     }

@@ -5,6 +5,9 @@
 //!
 //! ## Layout
 //! - [`auth`]      — admin, join and node tokens (files on disk, hashes in memory).
+//! - [`users`]     — users, roles and their tokens (hashes in the store).
+//! - [`policy`]    — the one table of route → capability and scope, enforced before handlers.
+//! - [`audit`]     — the hash-chained audit log in the store.
 //! - [`pki`]       — the cluster CA, the API's certificate, the join token's CA fingerprint.
 //! - [`keys`]      — the store's key layout.
 //! - [`state`]     — the records kept in the store and a snapshot of them.
@@ -38,6 +41,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod controllers;
@@ -55,6 +59,7 @@ pub mod liveness;
 pub mod pins;
 pub mod pki;
 pub mod placement;
+pub mod policy;
 pub mod releases;
 pub mod rollouts;
 pub mod routers;
@@ -63,6 +68,7 @@ pub mod secrets;
 pub mod state;
 pub mod table;
 pub mod traffic;
+pub mod users;
 pub mod version;
 pub mod view;
 
@@ -132,6 +138,8 @@ pub struct Shared {
     /// What the routers reported of their traffic, per arm (in memory, bounded; see
     /// [`traffic`]): what canary analyses sum with `traffic.window(…)`.
     pub traffic: traffic::Traffic,
+    /// The audit log's retention and failed-authentication budget (see [`audit`]).
+    pub audit: audit::AuditLog,
 }
 
 /// Errors that stop the server from starting.
@@ -187,6 +195,7 @@ impl Shared {
             routing: routing::TableCache::default(),
             gc_reports: Mutex::new(HashMap::new()),
             traffic: traffic::Traffic::new(started_ms),
+            audit: audit::AuditLog::default(),
         }))
     }
 }

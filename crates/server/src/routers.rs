@@ -119,6 +119,13 @@ pub fn check_router_id(caller: &Caller, id: &str) -> Result<(), ApiError> {
             format!("router: a router id is 1 to {MAX_ROUTER_ID} printable characters without spaces"),
             vec![],
         )),
+        Caller::User(u) if u.role == berth_api::identity::Role::Admin => {
+            check_router_id(&Caller::Admin, id)
+        }
+        Caller::User(u) => Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            format!("router: acknowledging routing tables as a router takes a node token or the admin role; user {} is a {}", u.name, u.role),
+        )),
         Caller::Joining => Err(ApiError::unauthorized()),
     }
 }

@@ -45,8 +45,13 @@ pub fn run(args: Args, globals: &Globals) -> anyhow::Result<()> {
                     .at_ms
                     .map(super::clock_time::format_time)
                     .unwrap_or_else(|| "-".to_string());
+                let by = event
+                    .who
+                    .as_deref()
+                    .map(|w| format!(" (by {w})"))
+                    .unwrap_or_default();
                 println!(
-                    "{:>8}  {:<19}  {:<9} {}",
+                    "{:>8}  {:<19}  {:<9} {}{by}",
                     event.revision, at, event.subject, event.summary
                 );
             }

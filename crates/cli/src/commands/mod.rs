@@ -4,6 +4,7 @@
 //! (the deploy request and the printing of its answer; following a release with `--wait`).
 
 pub mod agent;
+pub mod audit;
 pub mod bench;
 pub mod clock_time;
 pub mod completions;
@@ -30,6 +31,7 @@ pub mod router_tls;
 pub mod secret;
 pub mod source;
 pub mod status;
+pub mod user;
 pub mod validate;
 pub mod wait;
 pub mod whoami;

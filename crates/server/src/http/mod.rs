@@ -1,5 +1,7 @@
 //! The `/v1` API. Every route but `/v1/health` needs a bearer token; malformed bodies get 400
-//! with a message naming the field.
+//! with a message naming the field. Every route is checked against the policy table
+//! ([`crate::policy::POLICY`]) before its handler runs: a route missing from it answers 500
+//! (deny by default), and `policy::tests` fails on it.
 
 mod nodes;
 mod releases;
@@ -7,6 +9,7 @@ mod rollouts;
 mod secrets;
 mod status;
 mod traffic;
+mod users;
 
 use std::sync::Arc;
 
@@ -74,6 +77,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/v1/secrets/{stack}/{name}",
             put(secrets::put).delete(secrets::delete),
         )
+        .route("/v1/users", get(users::list).post(users::add))
+        .route("/v1/users/{name}", delete(users::remove))
+        .route("/v1/token/rotate", post(users::rotate))
+        .route("/v1/audit", get(users::audit))
+        .route("/v1/audit/verify", get(users::audit_verify))
+        // Every route above, and only those: the policy table's check (authentication,
+        // capability, scope, audit) runs before the handler.
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            crate::policy::enforce,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
 }
@@ -81,8 +95,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// Who is calling, established from the bearer token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// A person or CI with the admin token.
+    /// A person or CI with the admin token: the bootstrap admin, named `admin`.
     Admin,
+    /// A person or CI with a user token (`berth user add`); the policy table has checked the
+    /// route's capability and scope against its role before any handler sees it.
+    User(Box<crate::users::UserRecord>),
     /// An agent, by its node token.
     Node(String),
     /// An agent presenting the join token (only registration accepts it).
@@ -90,20 +107,52 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// Refuses anyone but an admin.
+    /// Refuses anyone but a person: the admin token or a user. Which users may call the route
+    /// is the policy table's decision ([`crate::policy::POLICY`]), made before the handler;
+    /// this keeps node and join tokens out exactly as before users existed.
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self {
-            Caller::Admin => Ok(()),
+            Caller::Admin | Caller::User(_) => Ok(()),
             _ => Err(ApiError::unauthorized()),
         }
     }
 
-    /// Refuses anyone but the named node (or an admin).
+    /// Refuses anyone but the named node (or an admin: the admin token or an admin user).
     pub fn require_node(&self, name: &str) -> Result<(), ApiError> {
         match self {
-            Caller::Admin => Ok(()),
+            c if c.is_admin() => Ok(()),
             Caller::Node(n) if n == name => Ok(()),
             _ => Err(ApiError::unauthorized()),
+        }
+    }
+
+    /// The admin token, or a user with the admin role.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::User(u) => u.role == berth_api::identity::Role::Admin,
+            _ => false,
+        }
+    }
+
+    /// The name `who` carries in releases, events and the audit log: the user's name, `admin`
+    /// for the admin token, `node:NAME` for an agent.
+    pub fn name(&self) -> String {
+        match self {
+            Caller::Admin => crate::users::BOOTSTRAP_ADMIN.to_string(),
+            Caller::User(u) => u.name.clone(),
+            Caller::Node(n) => format!("node:{n}"),
+            Caller::Joining => "join-token".to_string(),
+        }
+    }
+
+    /// The role the audit log records.
+    pub fn role_name(&self) -> &'static str {
+        match self {
+            Caller::Admin => "admin",
+            Caller::User(u) => u.role.name(),
+            Caller::Node(_) => "node",
+            Caller::Joining => "join",
         }
     }
 
@@ -126,6 +175,10 @@ impl FromRequestParts<Arc<Shared>> for Caller {
         shared: &Arc<Shared>,
     ) -> Result<Self, axum::response::Response> {
         use axum::response::IntoResponse;
+        // The policy layer authenticated the request already.
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -154,6 +207,11 @@ impl FromRequestParts<Arc<Shared>> for Caller {
             }
         }
         if let Some(token) = token {
+            match crate::users::authenticate(shared, token).await {
+                Ok(Some(user)) => return Ok(Caller::User(Box::new(user))),
+                Ok(None) => {}
+                Err(e) => return Err(ApiError::from(e).into_response()),
+            }
             if let Some(name) = crate::auth::node_token_name(token) {
                 match stored_node_token(shared, name, token).await {
                     Ok(true) => return Ok(Caller::Node(name.to_string())),
@@ -279,21 +337,26 @@ pub fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     match body {
         Ok(Json(v)) => Ok(v),
         Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(ApiError::new(
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is larger than the API's limit of {} bytes; stack files are \
-                     limited to {} (split the stack, or move large data out of it)",
-                    MAX_BODY_BYTES,
-                    stack_file_limit()
-                ),
-            ))
+            Err(body_too_large())
         }
         Err(rejection) => Err(ApiError::invalid(
             format!("malformed request body: {}", rejection.body_text()),
             vec![],
         )),
     }
+}
+
+/// 413 for a request body over [`MAX_BODY_BYTES`], naming the stack-file limit.
+pub fn body_too_large() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is larger than the API's limit of {} bytes; stack files are \
+             limited to {} (split the stack, or move large data out of it)",
+            MAX_BODY_BYTES,
+            stack_file_limit()
+        ),
+    )
 }
 
 /// The shared state, as handlers take it.

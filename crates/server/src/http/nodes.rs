@@ -36,7 +36,7 @@ pub async fn register(
     caller: Caller,
     req: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    if !matches!(caller, Caller::Joining | Caller::Admin | Caller::Node(_)) {
+    if !(matches!(caller, Caller::Joining | Caller::Node(_)) || caller.is_admin()) {
         return Err(ApiError::unauthorized());
     }
     let req = body(req)?;
@@ -402,7 +402,7 @@ pub async fn routes(
     if let Some(router) = &q.router {
         routers::check_router_id(&caller, router)?;
     }
-    let by_admin = caller == Caller::Admin;
+    let by_admin = caller.is_admin();
     if let (Some(router), Some(version)) = (&q.router, &q.version) {
         routers::record_ack(&shared, router, version, by_admin);
     }

@@ -77,8 +77,9 @@ pub async fn deploy(
     caller.require_admin()?;
     let req = body(req)?;
     let target = render(&req)?;
+    let who = caller.name();
     let how = Start {
-        who: "admin",
+        who: &who,
         confirm: req.confirm.as_deref(),
         plan_id: req.plan_id.as_deref(),
         rollback_of: None,
@@ -116,7 +117,7 @@ pub async fn rollback(
     caller.require_admin()?;
     let req = body(req)?;
     Ok(Json(
-        releases::rollback(&shared, &stack, &env, req.release).await?,
+        releases::rollback(&shared, &stack, &env, req.release, &caller.name()).await?,
     ))
 }
 

@@ -63,6 +63,6 @@ pub async fn command(
             )))
         }
     };
-    let changed = rollouts::command(&shared, &stack, &env, command, "admin").await?;
+    let changed = rollouts::command(&shared, &stack, &env, command, &caller.name()).await?;
     Ok(Json(CommandResponse { changed }))
 }

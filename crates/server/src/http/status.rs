@@ -301,7 +301,8 @@ pub async fn events(
 /// (credential hashes and the like), which is nobody's business on the stream.
 fn event_of(shared: &Shared, e: berth_store::WatchEvent) -> Option<Event> {
     let subject = keys::subject(&e.kv.key);
-    if subject == "other" {
+    // The audit log has its own command (`berth audit`): its appends would crowd the stream.
+    if subject == "other" || subject == "audit" {
         return None;
     }
     let (stack, env) = match keys::stack_of(&e.kv.key) {
@@ -337,6 +338,7 @@ fn event_of(shared: &Shared, e: berth_store::WatchEvent) -> Option<Event> {
         subject: subject.to_string(),
         summary,
         at_ms: shared.view.seen_at(e.revision),
+        who: who_of(&e),
         key: e.kv.key,
         stack,
         env,
@@ -344,6 +346,17 @@ fn event_of(shared: &Shared, e: berth_store::WatchEvent) -> Option<Event> {
 }
 
 /// One line about a change, for people (the stack is prefixed by [`event_of`]).
+
+/// Who made a change, where its record says: a release's `who` (the user who deployed or
+/// rolled back it).
+fn who_of(e: &berth_store::WatchEvent) -> Option<String> {
+    if !matches!(e.kind, EventKind::Put) || keys::subject(&e.kv.key) != "release" {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(&e.kv.value).ok()?;
+    value.get("who")?.as_str().map(str::to_string)
+}
+
 fn summarize(e: &berth_store::WatchEvent) -> String {
     let key = &e.kv.key;
     if let Some(node) = key.strip_prefix(keys::NODE_SEEN) {
@@ -422,6 +435,15 @@ fn summarize(e: &berth_store::WatchEvent) -> String {
             "secret {}: version {}",
             &key[keys::SECRET_VERSIONS.len()..],
             value.as_u64().unwrap_or(0)
+        ),
+        // Never the token's hash: the name and role only.
+        "user" => format!(
+            "user {}: {}",
+            &key[keys::USERS.len()..],
+            value
+                .pointer("/role")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
         ),
         other => format!("{other} {key} changed"),
     }

@@ -47,6 +47,7 @@ pub async fn rollback(
     stack: &str,
     env: &str,
     requested: Option<u64>,
+    who: &str,
 ) -> Result<DeployResponse, ReleaseError> {
     deploy::catch_up(shared).await?;
     let (spec, number, images) = {
@@ -67,7 +68,7 @@ pub async fn rollback(
         env,
         &spec,
         &Start {
-            who: "admin",
+            who,
             confirm: Some(stack),
             plan_id: None,
             rollback_of: Some(number),
