@@ -345,8 +345,6 @@ fn event_of(shared: &Shared, e: berth_store::WatchEvent) -> Option<Event> {
     })
 }
 
-/// One line about a change, for people (the stack is prefixed by [`event_of`]).
-
 /// Who made a change, where its record says: a release's `who` (the user who deployed or
 /// rolled back it).
 fn who_of(e: &berth_store::WatchEvent) -> Option<String> {
@@ -357,6 +355,7 @@ fn who_of(e: &berth_store::WatchEvent) -> Option<String> {
     value.get("who")?.as_str().map(str::to_string)
 }
 
+/// One line about a change, for people (the stack is prefixed by [`event_of`]).
 fn summarize(e: &berth_store::WatchEvent) -> String {
     let key = &e.kv.key;
     if let Some(node) = key.strip_prefix(keys::NODE_SEEN) {
