@@ -257,6 +257,11 @@ pub struct ServerArgs {
         value_parser = super::router_tls::parse_cert
     )]
     tls_cert: Vec<super::router_tls::TlsCert>,
+    /// The key-encryption key of the secrets sealed in the store (64 hex digits, mode 0600).
+    /// Default: DATA_DIR/secrets.key, created on the first start. A key that does not open
+    /// the store's secrets stops the server at start.
+    #[arg(long, value_name = "FILE")]
+    secrets_key_file: Option<PathBuf>,
 }
 
 /// Arguments of `berth router`.
@@ -448,6 +453,7 @@ async fn start_server(
     api: SocketAddr,
     tls_opts: &ApiTlsOpts,
     own_cert: &[super::router_tls::TlsCert],
+    secrets_key_file: Option<&Path>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<ApiStarted> {
     let tls = tls_wanted(api, tls_opts, !own_cert.is_empty())?;
@@ -496,10 +502,17 @@ async fn start_server(
         store,
         clock: Clock::system(),
         tls: api_tls.as_ref().map(|t| t.config.clone()),
+        secrets_key_file: secrets_key_file.map(Path::to_path_buf),
     };
+    // Opened here, not in the task: a wrong secrets key (or a store that cannot be read)
+    // stops `berth server` with its reason before it says it is up.
+    let tls_config = config.tls.clone();
+    let shared = berth_server::Shared::new(config)
+        .await
+        .context("the server cannot start")?;
     let mut stop = stop;
     let task = tokio::spawn(async move {
-        berth_server::serve(listener, config, async move {
+        berth_server::serve_shared(listener, shared, tls_config, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await
@@ -689,7 +702,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     )?;
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let started = start_server(&data_dir, None, args.api, &args.api_tls, &[], stop_rx.clone()).await?;
+        let started = start_server(&data_dir, None, args.api, &args.api_tls, &[], None, stop_rx.clone()).await?;
         let server = started.task;
         let api_url = started.url.clone();
         write_private(&data_dir.join("api.url"), &api_url).with_context(|| format!("cannot write {}/api.url", data_dir.display()))?;
@@ -777,6 +790,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
             args.api,
             &args.api_tls,
             &args.tls_cert,
+            args.secrets_key_file.as_deref(),
             stop_rx,
         )
         .await?;

@@ -74,6 +74,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/v1/secrets/{stack}/{name}",
             put(secrets::put).delete(secrets::delete),
         )
+        .route("/v1/secret-key/rotate", post(secrets::rotate_key))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
 }

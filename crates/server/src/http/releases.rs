@@ -148,6 +148,7 @@ mod tests {
             store: Arc::new(store),
             clock: Clock::system(),
             tls: None,
+            secrets_key_file: None,
         })
         .await
         .expect("shared");
