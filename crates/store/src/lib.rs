@@ -23,6 +23,7 @@
 //! - [`StoreError`] — every failure, each saying where it happened and what to do.
 //! - [`EmbeddedStore`], [`EmbeddedOptions`] — the redb backend.
 //! - [`EtcdStore`] — the etcd backend ([`etcd::parse_url`] reads `etcd://h1:2379,…`).
+//! - [`export`] — every key at one revision as JSON, and back into an empty store.
 //!
 //! ## Vocabulary (etcd's)
 //! - **revision** — a store-wide counter (`i64`). It starts at 0 on an empty store and grows by
@@ -48,6 +49,7 @@ mod codec;
 mod embedded;
 mod error;
 pub mod etcd;
+pub mod export;
 mod types;
 mod watch;
 

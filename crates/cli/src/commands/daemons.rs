@@ -315,7 +315,9 @@ pub(crate) fn init_logging() {
         .try_init();
 }
 
-async fn open_store(
+/// Opens the store `--store` names (default: DATA_DIR/state.redb), for `berth server` and
+/// `berth store export|import`.
+pub(crate) async fn open_store(
     data_dir: &Path,
     spec: Option<&str>,
     etcd_prefix: &str,

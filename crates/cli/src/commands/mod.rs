@@ -28,6 +28,7 @@ pub mod router_tls;
 pub mod secret;
 pub mod source;
 pub mod status;
+pub mod store;
 pub mod validate;
 pub mod wait;
 pub mod whoami;
