@@ -405,3 +405,44 @@ async fn large_values(subject: Subject) {
         assert!(e.kv.value == big, "{} carries the whole value", e.kv.key);
     }
 }
+
+/// The three-member helper (for the HA tests to come) forms one cluster: a write through one
+/// member is read, and watched, through another; a store given every member keeps working
+/// when one of them is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_member_cluster_is_one_store() {
+    let mut etcd = Etcd::cluster(3).await;
+    let first = EtcdStore::connect(&etcd.endpoints[..1], "/berth")
+        .await
+        .expect("member 0");
+    let last = EtcdStore::connect(&etcd.endpoints[2..], "/berth")
+        .await
+        .expect("member 2");
+    let mut w = last.watch("/", 0).await.expect("watch on member 2");
+    let r = first
+        .put("/k", b"v".to_vec())
+        .await
+        .expect("put via member 0");
+    assert_eq!(
+        last.get("/k")
+            .await
+            .expect("get")
+            .expect("replicated")
+            .mod_revision,
+        r
+    );
+    assert_eq!(next(&mut w).await.revision, r);
+    let all = etcd.store("/berth").await;
+    etcd.kill_member(0);
+    let r2 = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match all.put("/k2", b"w".to_vec()).await {
+                Ok(r) => return r,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("a write lands with one member of three gone");
+    assert!(r2 > r);
+}

@@ -118,6 +118,14 @@ impl Etcd {
         }
     }
 
+    /// SIGKILLs member `i` (and reaps it): a crashed etcd member.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(m) = self.members.get_mut(i) {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+
     /// A store on this cluster with berth's keys under `prefix`.
     pub async fn store(&self, prefix: &str) -> EtcdStore {
         EtcdStore::connect(&self.endpoints, prefix)
