@@ -544,6 +544,18 @@ pub struct SecretView {
     pub updated_ms: u64,
 }
 
+/// What `berth secret rotate-key` (`POST /v1/secret-key/rotate`) did: every secret value is
+/// now sealed under data key `key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretKeyRotated {
+    /// The new data key's id.
+    pub key: u64,
+    /// How many records (secrets, and instances holding copies) were re-sealed.
+    pub resealed: usize,
+    /// Older data keys deleted from the store (no value named them any more).
+    pub retired: Vec<u64>,
+}
+
 /// `berth rollback`'s request: a release number, or the previous successful one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

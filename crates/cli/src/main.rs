@@ -73,6 +73,9 @@ enum Command {
     /// Secret values for the names stack files declare (`secrets: [DB_PASSWORD]`).
     #[command(subcommand)]
     Secret(commands::secret::Secret),
+    /// Back up or move the store: `berth store export > FILE`, `berth store import FILE`.
+    #[command(subcommand)]
+    Store(commands::store::StoreCommand),
     /// A service's output.
     Logs(commands::logs::Args),
     /// Every agent removes berth's stopped containers and the images no retained release needs.
@@ -132,6 +135,7 @@ fn main() {
         Command::Maintenance(args) => commands::maintenance::run(args, g),
         Command::Logs(args) => commands::logs::run(args, g),
         Command::Secret(which) => commands::secret::run(which, g),
+        Command::Store(which) => commands::store::run(which),
         Command::Gc(args) => commands::gc::run(args, g),
         Command::Bench(which) => commands::bench::run(which),
         Command::Whoami(args) => commands::whoami::run(args),

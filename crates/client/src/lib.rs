@@ -45,7 +45,7 @@ use std::time::Duration;
 use berth_api::control::{
     DeployRequest, DeployResponse, DesiredInstances, Event, GcResponse, Heartbeat,
     MaintenanceRequest, NodeView, RegisterRequest, RegisterResponse, Release, RollbackRequest,
-    RoutingTable, SecretPut, SecretView, StatusView, TrafficReport,
+    RoutingTable, SecretKeyRotated, SecretPut, SecretView, StatusView, TrafficReport,
 };
 use bytes::Bytes;
 use futures::Stream;
@@ -294,6 +294,13 @@ impl Client {
     /// `GET /v1/audit/verify` (audit_read): checks the audit log's hash chain.
     pub async fn audit_verify(&self) -> Result<berth_api::identity::AuditVerify, ClientError> {
         self.get(&["v1", "audit", "verify"], &[]).await
+    }
+
+    /// `POST /v1/secret-key/rotate` (admin): a new data key for the secrets sealed in the
+    /// store, every value re-sealed under it (`berth secret rotate-key`).
+    pub async fn rotate_secret_key(&self) -> Result<SecretKeyRotated, ClientError> {
+        self.post(&["v1", "secret-key", "rotate"], &serde_json::json!({}))
+            .await
     }
 
     /// `POST /v1/gc` (admin): asks every agent to collect garbage once (stopped containers,

@@ -81,6 +81,7 @@ fn serve(dir: &str, port_file: &str) {
             store: Arc::new(store),
             clock: berth_server::Clock::system(),
             tls: None,
+            secrets_key_file: None,
         };
         let tmp = format!("{port_file}.tmp");
         std::fs::write(&tmp, port.to_string()).expect("port");

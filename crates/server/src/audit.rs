@@ -615,6 +615,7 @@ mod store_tests {
             store: Arc::new(store),
             clock: crate::Clock::system(),
             tls: None,
+            secrets_key_file: None,
         })
         .await
         .expect("shared");

@@ -172,7 +172,7 @@ pub fn load_or_create(dir: &Path, name: &str) -> Result<String, TokenError> {
 }
 
 /// Writes a secret file atomically with mode 0600 from the start (never briefly world-readable).
-fn write_secret(path: &Path, content: &str) -> std::io::Result<()> {
+pub(crate) fn write_secret(path: &Path, content: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new()
         .write(true)

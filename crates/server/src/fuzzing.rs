@@ -95,6 +95,7 @@ impl ApiFuzzer {
                 store: Arc::new(store),
                 clock: Clock::system(),
                 tls: None,
+                secrets_key_file: None,
             })
             .await
             .expect("the server's state");

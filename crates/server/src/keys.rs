@@ -17,7 +17,8 @@
 //! /instances/ID                    InstanceRecord: spec, what the server wants, what the agent saw
 //! /maintenance/STACK/SERVICE       MaintenanceView, while the service is in maintenance mode
 //! /gc/generation                   u64: bumped by every `berth gc`, sent to agents
-//! /secrets/STACK/NAME              SecretRecord: a secret's value and version (see `state`)
+//! /secrets/STACK/NAME              SecretRecord: a secret's value, sealed, and version (see
+//!                                  `state`, `seal`)
 //! /secret-versions/STACK/NAME      u64: the secret's last version, kept when it is deleted so a
 //!                                  version number never names two different values
 //! /users/NAME                      UserRecord: role, scopes, the token's SHA-256 (never the token)
@@ -25,10 +26,13 @@
 //!                                  deleted only by retention, oldest first
 //! /audit-head                      AuditHead: the first kept and the last entry's numbers and
 //!                                  hashes, written in the same transaction as every entry
+//! /secret-keys/NNNNNNNNNN          DataKeyRecord: a data key, wrapped by the key-encryption key
+//!                                  in DATA_DIR/secrets.key (see `seal`); the highest is active
 //! ```
-//! Secret values are also copied into the instance records of the services that declare them
-//! (`InstanceSpec::secret_env`): the store *is* the secret store, so protect it like one (a
-//! private data directory; etcd behind TLS and authentication).
+//! Secret values are also copied, sealed, into the instance records of the services that
+//! declare them (`InstanceRecord::sealed_env`); only the instance's own node gets them opened.
+//! The store holds no plaintext value, but the key file opens them all: keep it apart from
+//! copies of the store (backups hold ciphertext only).
 //! Release numbers are zero-padded so that a prefix range returns them in order.
 
 /// Prefix of every node record.
@@ -200,6 +204,8 @@ pub fn subject(key: &str) -> &'static str {
         "maintenance"
     } else if key.starts_with(SECRETS) || key.starts_with(SECRET_VERSIONS) {
         "secret"
+    } else if key.starts_with(crate::seal::SECRET_KEYS) {
+        "secret-key"
     } else if key == GC_GENERATION {
         "gc"
     } else if key.starts_with(USERS) {

@@ -16,6 +16,7 @@
 //! - [`http`]      — the API handlers, one module per area: parse, call, answer.
 //! - [`releases`]  — deploy, plan, retention, history and rollback rules (service functions).
 //! - [`secrets`]   — secret names, values and versions (service functions).
+//! - [`seal`]      — secret values sealed at rest: the key file, the data keys, the AEAD.
 //! - [`pins`]      — image ids agents report, pinned in their own keys (first report wins).
 //! - [`placement`] — the scheduler's snapshot from the store; placement checks for plans.
 //! - [`controllers`] — one controller per concern (rollout, replicas, drain, liveness), each a
@@ -64,6 +65,7 @@ pub mod releases;
 pub mod rollouts;
 pub mod routers;
 pub mod routing;
+pub mod seal;
 pub mod secrets;
 pub mod state;
 pub mod table;
@@ -91,6 +93,9 @@ pub struct ServerConfig {
     /// When set, the API speaks only TLS with this configuration (see [`listen::serve_api`]);
     /// [`pki::server_tls`] makes it from the cluster CA.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The key-encryption key of the secrets sealed in the store (`--secrets-key-file`);
+    /// `None`: `DATA_DIR/secrets.key`, created on the first start (see [`seal`]).
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// What every handler and controller shares.
@@ -104,6 +109,8 @@ pub struct Shared {
     pub view: live::LiveView,
     pub admin: auth::TokenHash,
     pub join: auth::TokenHash,
+    /// Seals and opens secret values (see [`seal`]).
+    pub keyring: seal::Keyring,
     pub clock: Clock,
     /// Wakes the controller early (a deploy, a heartbeat with news).
     pub kick: Notify,
@@ -156,6 +163,10 @@ pub enum StartError {
     Store(#[from] berth_store::StoreError),
     #[error("cannot read the cluster state: {0}")]
     State(state::StateError),
+    #[error(transparent)]
+    Secrets(#[from] seal::SealError),
+    #[error("cannot seal the secrets an older berth stored in the clear: {0}")]
+    Migrate(secrets::SecretError),
     #[error("the API server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -170,6 +181,24 @@ impl Shared {
         let admin = auth::load_or_create(&config.data_dir, "admin.token")?;
         // Either form (`berth1-CA-SECRET` or `SECRET`): only the secret is checked.
         let join = pki::join_secret(&config.data_dir)?;
+        // Before anything reads a value: a wrong key stops the start here, and what an older
+        // berth stored in the clear (or a rotation a crash interrupted) is sealed first.
+        let keyring = seal::Keyring::open(
+            config.store.as_ref(),
+            &config.data_dir,
+            config.secrets_key_file.as_deref(),
+            config.clock.now_ms(),
+        )
+        .await?;
+        let sealed = secrets::seal_plaintext(config.store.as_ref(), &keyring)
+            .await
+            .map_err(StartError::Migrate)?;
+        if sealed > 0 {
+            tracing::info!(
+                records = sealed,
+                "sealed secret values under the current data key"
+            );
+        }
         let view = view::View::load(config.store.as_ref())
             .await
             .map_err(StartError::State)?;
@@ -181,6 +210,7 @@ impl Shared {
             view: live::LiveView::new(view),
             admin: auth::TokenHash::of(&admin),
             join: auth::TokenHash::of(&join),
+            keyring,
             clock: config.clock,
             kick: Notify::new(),
             heartbeats: Mutex::new(known.last_seen),
@@ -208,6 +238,17 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let tls = config.tls.clone();
     let shared = Shared::new(config).await?;
+    serve_shared(listener, shared, tls, shutdown).await
+}
+
+/// [`serve`] for a [`Shared`] made beforehand with [`Shared::new`]: so a command line can
+/// report a start-up error (a wrong secrets key) before it says the server is up.
+pub async fn serve_shared(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let follower = {
         let (shared, stop) = (shared.clone(), stop_rx.clone());

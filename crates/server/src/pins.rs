@@ -191,6 +191,7 @@ mod tests {
             desired_since_ms: None,
             status: None,
             secret_versions: BTreeMap::new(),
+            sealed_env: BTreeMap::new(),
         }
     }
 

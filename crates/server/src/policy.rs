@@ -227,6 +227,13 @@ pub const POLICY: &[Rule] = &[
         S::Path,
         true,
     ),
+    rule(
+        "POST",
+        "/v1/secret-key/rotate",
+        C::SecretsWrite,
+        S::None,
+        true,
+    ),
     rule("GET", "/v1/users", C::AdminUsers, S::None, false),
     rule("POST", "/v1/users", C::AdminUsers, S::None, true),
     rule("DELETE", "/v1/users/{name}", C::AdminUsers, S::None, true),

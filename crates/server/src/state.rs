@@ -65,6 +65,12 @@ pub struct InstanceRecord {
     /// [`InstanceRecord::runs`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_versions: BTreeMap<String, u64>,
+    /// The values of the instance's secrets, sealed (see [`crate::seal`]): copies of the secret
+    /// records' sealed values, opened only to answer the instance's own node. `spec.secret_env`
+    /// stays empty in the store (a record written before sealing held the values there; the
+    /// server seals them at start, see [`crate::secrets::seal_plaintext`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sealed_env: BTreeMap<String, crate::seal::Sealed>,
 }
 
 impl InstanceRecord {
@@ -282,11 +288,18 @@ pub fn went_live(release: &Release) -> bool {
     }
 }
 
-/// A secret (`/secrets/STACK/NAME`). The value is only ever read by the server to put it in
-/// the instance specs it sends to agents; the API shows names, versions and times.
+/// A secret (`/secrets/STACK/NAME`). The value is sealed ([`crate::seal`]) and only ever
+/// opened by the server to put it in the instance specs it sends to agents; the API shows
+/// names, versions and times.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretRecord {
-    pub value: String,
+    /// The plaintext value, only in a record written before values were sealed: read once,
+    /// at start, to seal it ([`crate::secrets::seal_plaintext`]), never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value sealed under a data key, with (stack, name, version) as associated data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<crate::seal::Sealed>,
     /// 1 for the first write, bumped by every later one (also after a delete and a new set,
     /// so a version never names two values).
     pub version: u64,
@@ -298,6 +311,7 @@ impl std::fmt::Debug for SecretRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretRecord")
             .field("value", &"<secret>")
+            .field("sealed", &self.sealed)
             .field("version", &self.version)
             .field("updated_ms", &self.updated_ms)
             .finish()

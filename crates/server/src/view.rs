@@ -574,7 +574,8 @@ pub(crate) mod tests {
         let mut view = View::load(&store).await.expect("load");
         let mut events = store.watch("/", view.revision + 1).await.expect("watch");
         let secret = SecretRecord {
-            value: "v".into(),
+            value: None,
+            sealed: None,
             version: 1,
             updated_ms: 1,
         };
@@ -775,6 +776,7 @@ pub(crate) mod tests {
             desired_since_ms: None,
             status: None,
             secret_versions: BTreeMap::new(),
+            sealed_env: BTreeMap::new(),
         }
     }
 

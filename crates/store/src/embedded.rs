@@ -326,7 +326,7 @@ impl Store for EmbeddedStore {
 
 /// Refuses what etcd refuses: a key put twice, or put and deleted, in one branch (the result
 /// would depend on op order in one backend and be an error in the other).
-fn validate_branch(ops: &[Op], branch: &str) -> Result<(), StoreError> {
+pub(crate) fn validate_branch(ops: &[Op], branch: &str) -> Result<(), StoreError> {
     let mut puts = HashSet::new();
     for op in ops {
         let key = match op {

@@ -7,7 +7,8 @@
 //! - [`EmbeddedStore`] — the default: one file (`DATA_DIR/state.redb`), for a single control-plane
 //!   node. Built on `redb` (ACID, copy-on-write B-trees, an fsync per commit;
 //!   concurrent transactions share one commit: group commit).
-//! - an etcd backend (later, `etcd-client`), for several `berth server` replicas.
+//! - [`EtcdStore`] — an etcd cluster (`etcd-client`), for several `berth server` replicas, with
+//!   berth's keys under a prefix (`/berth` by default).
 //!
 //! Controllers are written against [`Store`] only, usually as `Arc<dyn Store>`.
 //!
@@ -21,6 +22,8 @@
 //! - [`WatchStream`], [`WatchEvent`], [`EventKind`] — ordered, gap-free change notifications.
 //! - [`StoreError`] — every failure, each saying where it happened and what to do.
 //! - [`EmbeddedStore`], [`EmbeddedOptions`] — the redb backend.
+//! - [`EtcdStore`] — the etcd backend ([`etcd::parse_url`] reads `etcd://h1:2379,…`).
+//! - [`export`] — every key at one revision as JSON, and back into an empty store.
 //!
 //! ## Vocabulary (etcd's)
 //! - **revision** — a store-wide counter (`i64`). It starts at 0 on an empty store and grows by
@@ -45,11 +48,14 @@ mod clock;
 mod codec;
 mod embedded;
 mod error;
+pub mod etcd;
+pub mod export;
 mod types;
 mod watch;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use error::StoreError;
+pub use etcd::EtcdStore;
 pub use types::{
     Compare, CompareTarget, EventKind, KeyValue, Op, OpResponse, RangeResponse, Txn, TxnResponse,
     WatchEvent,

@@ -238,9 +238,14 @@ pub(crate) fn supervisor_config(
 /// Arguments of `berth server`.
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
-    /// `embedded:PATH` (default: DATA_DIR/state.redb). etcd comes with the HA issue.
+    /// `embedded:PATH` (default: DATA_DIR/state.redb), or `etcd://HOST:PORT[,HOST:PORT…]`: an
+    /// etcd cluster's client URLs, berth's keys under --etcd-prefix.
     #[arg(long)]
     store: Option<String>,
+    /// With `--store etcd://…`: the etcd key prefix berth's keys live under, so several
+    /// clusters (or other users) can share one etcd.
+    #[arg(long, value_name = "PREFIX", default_value = berth_store::etcd::DEFAULT_PREFIX)]
+    etcd_prefix: String,
     /// The address the API listens on (agents, routers and the CLI connect to it).
     #[arg(long, default_value = "127.0.0.1:7070")]
     api: SocketAddr,
@@ -259,6 +264,11 @@ pub struct ServerArgs {
         value_parser = super::router_tls::parse_cert
     )]
     tls_cert: Vec<super::router_tls::TlsCert>,
+    /// The key-encryption key of the secrets sealed in the store (64 hex digits, mode 0600).
+    /// Default: DATA_DIR/secrets.key, created on the first start. A key that does not open
+    /// the store's secrets stops the server at start.
+    #[arg(long, value_name = "FILE")]
+    secrets_key_file: Option<PathBuf>,
 }
 
 /// Arguments of `berth router`.
@@ -313,12 +323,28 @@ pub(crate) fn init_logging() {
         .try_init();
 }
 
-async fn open_store(data_dir: &Path, spec: Option<&str>) -> anyhow::Result<Arc<EmbeddedStore>> {
+/// Opens the store `--store` names (default: DATA_DIR/state.redb), for `berth server` and
+/// `berth store export|import`.
+pub(crate) async fn open_store(
+    data_dir: &Path,
+    spec: Option<&str>,
+    etcd_prefix: &str,
+) -> anyhow::Result<Arc<dyn berth_store::Store>> {
     let path = match spec {
         None => data_dir.join("state.redb"),
+        Some(s) if s.starts_with("etcd://") => {
+            let endpoints =
+                berth_store::etcd::parse_url(s).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+            let store = berth_store::EtcdStore::connect(&endpoints, etcd_prefix)
+                .await
+                .with_context(|| format!("cannot open the store {s}"))?;
+            return Ok(Arc::new(store));
+        }
         Some(s) => match s.strip_prefix("embedded:") {
             Some(p) => PathBuf::from(p),
-            None => anyhow::bail!("--store {s}: only `embedded:PATH` is supported for now (etcd comes with the HA issue)"),
+            None => anyhow::bail!(
+                "--store {s}: write `embedded:PATH` or `etcd://HOST:PORT[,HOST:PORT…]`"
+            ),
         },
     };
     let store = EmbeddedStore::open(&path)
@@ -448,11 +474,20 @@ fn api_url(api: SocketAddr, tls: bool) -> String {
     format!("{scheme}://{dial}")
 }
 
+/// Where the server's state is: `--store`, `--etcd-prefix`, `--secrets-key-file` (`berth up`:
+/// the defaults).
+#[derive(Clone, Copy, Default)]
+struct StoreOpts<'a> {
+    spec: Option<&'a str>,
+    etcd_prefix: &'a str,
+    secrets_key_file: Option<&'a Path>,
+}
+
 /// Starts the API server in the background: the tokens, with TLS the cluster CA and the API's
 /// certificate (or the operator's, `own_cert`), then the listener.
 async fn start_server(
     data_dir: &Path,
-    store_spec: Option<&str>,
+    store_opts: StoreOpts<'_>,
     api: SocketAddr,
     tls_opts: &ApiTlsOpts,
     own_cert: &[super::router_tls::TlsCert],
@@ -460,7 +495,8 @@ async fn start_server(
 ) -> anyhow::Result<ApiStarted> {
     let tls = tls_wanted(api, tls_opts, !own_cert.is_empty())?;
     secure_data_dir(data_dir)?;
-    let store = open_store(data_dir, store_spec).await?;
+    let secrets_key_file = store_opts.secrets_key_file;
+    let store = open_store(data_dir, store_opts.spec, store_opts.etcd_prefix).await?;
     let listener = TcpListener::bind(api).await.with_context(|| {
         format!("cannot listen on {api} for the API: is another berth running? pick another --api")
     })?;
@@ -504,10 +540,17 @@ async fn start_server(
         store,
         clock: Clock::system(),
         tls: api_tls.as_ref().map(|t| t.config.clone()),
+        secrets_key_file: secrets_key_file.map(Path::to_path_buf),
     };
+    // Opened here, not in the task: a wrong secrets key (or a store that cannot be read)
+    // stops `berth server` with its reason before it says it is up.
+    let tls_config = config.tls.clone();
+    let shared = berth_server::Shared::new(config)
+        .await
+        .context("the server cannot start")?;
     let mut stop = stop;
     let task = tokio::spawn(async move {
-        berth_server::serve(listener, config, async move {
+        berth_server::serve_shared(listener, shared, tls_config, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await
@@ -697,7 +740,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     )?;
     runtime()?.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let started = start_server(&data_dir, None, args.api, &args.api_tls, &[], stop_rx.clone()).await?;
+        let started = start_server(&data_dir, StoreOpts { etcd_prefix: berth_store::etcd::DEFAULT_PREFIX, ..StoreOpts::default() }, args.api, &args.api_tls, &[], stop_rx.clone()).await?;
         let server = started.task;
         let api_url = started.url.clone();
         write_private(&data_dir.join("api.url"), &api_url).with_context(|| format!("cannot write {}/api.url", data_dir.display()))?;
@@ -781,7 +824,11 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let started = start_server(
             &data_dir,
-            args.store.as_deref(),
+            StoreOpts {
+                spec: args.store.as_deref(),
+                etcd_prefix: &args.etcd_prefix,
+                secrets_key_file: args.secrets_key_file.as_deref(),
+            },
             args.api,
             &args.api_tls,
             &args.tls_cert,

@@ -31,6 +31,7 @@ pub mod router_tls;
 pub mod secret;
 pub mod source;
 pub mod status;
+pub mod store;
 pub mod user;
 pub mod validate;
 pub mod wait;

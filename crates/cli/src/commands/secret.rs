@@ -1,4 +1,5 @@
-//! `berth secret set|list|rm`: the values behind the secret names a stack file declares.
+//! `berth secret set|list|rm|rotate-key`: the values behind the secret names a stack file
+//! declares, and the data key they are sealed under in the store.
 //!
 //! `set` reads the value from stdin (or `--from-file`), never from an argument, so it does not
 //! land in the shell's history or in `ps`. Nothing here ever prints a value.
@@ -33,6 +34,9 @@ pub enum Secret {
         /// The secret's name.
         name: String,
     },
+    /// Seal every secret value in the store under a new data key, while the server keeps
+    /// serving (the key file, DATA_DIR/secrets.key, stays: it wraps the new data key too).
+    RotateKey,
 }
 
 /// Runs one `berth secret` command.
@@ -95,6 +99,21 @@ pub fn run(which: Secret, globals: &Globals) -> anyhow::Result<()> {
                 println!("secret {name} of {stack} removed");
                 Ok(())
             }
+        }),
+        Secret::RotateKey => runtime()?.block_on(async {
+            let done = client.rotate_secret_key().await.map_err(client_error)?;
+            if globals.json() {
+                return print_json(&done);
+            }
+            println!(
+                "secrets sealed under data key {}: {} records re-sealed",
+                done.key, done.resealed
+            );
+            if !done.retired.is_empty() {
+                let ids: Vec<String> = done.retired.iter().map(u64::to_string).collect();
+                println!("retired data keys {}", ids.join(", "));
+            }
+            Ok(())
         }),
     }
 }

@@ -269,6 +269,7 @@ mod tests {
             store: store.clone(),
             clock,
             tls: None,
+            secrets_key_file: None,
         })
         .await
         .expect("shared");

@@ -404,6 +404,7 @@ mod tests {
             store: Arc::new(store),
             clock: crate::Clock::from_fn(|| 1_000_000),
             tls: None,
+            secrets_key_file: None,
         })
         .await
         .expect("shared");

@@ -46,12 +46,16 @@ pub(crate) struct RegionDemand {
     pub more: u32,
 }
 
+/// The sealed values of a service's secrets, by name (copied from the secret records, never
+/// opened here: see [`crate::seal::secret_aad`]).
+type SealedEnv = BTreeMap<String, crate::seal::Sealed>;
+
 /// New instances of one service asked for in one pass, with the secret values they start with.
 struct Wanted {
     name: String,
     service: Service,
     count: u32,
-    secret_env: BTreeMap<String, String>,
+    sealed_env: SealedEnv,
     secret_versions: BTreeMap<String, u64>,
 }
 
@@ -160,22 +164,25 @@ impl<'a> Work<'a> {
         });
     }
 
-    /// The current values of a service's secrets (the deploy checked they were set), or `None`
-    /// when one was deleted since: the service then gets no new instance, and `berth status`
-    /// says why.
+    /// The current values of a service's secrets, sealed (the deploy checked they were set), or
+    /// `None` when one was deleted since: the service then gets no new instance, and `berth
+    /// status` says why.
     fn secret_values(
         &mut self,
         record: &RolloutRecord,
         name: &str,
         service: &Service,
-    ) -> Option<(BTreeMap<String, String>, BTreeMap<String, u64>)> {
+    ) -> Option<(SealedEnv, BTreeMap<String, u64>)> {
         let values = self.view.secrets_of(&record.stack);
-        let mut secret_env = BTreeMap::new();
+        let mut sealed_env = BTreeMap::new();
         let mut secret_versions = BTreeMap::new();
         for secret in &service.secrets {
-            match values.get(secret) {
-                Some(r) => {
-                    secret_env.insert(secret.clone(), r.value.value.clone());
+            match values
+                .get(secret)
+                .and_then(|r| Some((r.value.sealed.as_ref()?, r)))
+            {
+                Some((sealed, r)) => {
+                    sealed_env.insert(secret.clone(), sealed.clone());
                     secret_versions.insert(secret.clone(), r.value.version);
                 }
                 None => {
@@ -190,7 +197,7 @@ impl<'a> Work<'a> {
                 }
             }
         }
-        Some((secret_env, secret_versions))
+        Some((sealed_env, secret_versions))
     }
 
     /// Calls the scheduler once for one rollout in `region` with every service's demand, records
@@ -227,14 +234,14 @@ impl<'a> Work<'a> {
         let wants: Vec<usize> = resolved.iter().map(|(more, _, _)| *more).collect();
         let shares = fair_shares(&wants, left);
         let mut wanted: Vec<Wanted> = Vec::with_capacity(demands.len());
-        for ((d, (_, secret_env, secret_versions)), share) in
+        for ((d, (_, sealed_env, secret_versions)), share) in
             demands.iter().zip(resolved).zip(shares)
         {
             wanted.push(Wanted {
                 name: d.name.clone(),
                 service: d.service.clone(),
                 count: u32::try_from(share).unwrap_or(u32::MAX),
-                secret_env,
+                sealed_env,
                 secret_versions,
             });
         }
@@ -364,7 +371,8 @@ impl<'a> Work<'a> {
                     .image
                     .as_ref()
                     .and_then(|_| self.release.images.get(name).cloned()),
-                secret_env: w.secret_env.clone(),
+                // The values travel sealed: opened only for the node's own desired set.
+                secret_env: BTreeMap::new(),
             },
             env: record.env.clone(),
             region: region.to_string(),
@@ -373,6 +381,7 @@ impl<'a> Work<'a> {
             desired_since_ms: None,
             status: None,
             secret_versions: w.secret_versions.clone(),
+            sealed_env: w.sealed_env.clone(),
         };
         self.created += 1;
         self.touched.insert(id);

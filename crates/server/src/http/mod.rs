@@ -77,6 +77,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/v1/secrets/{stack}/{name}",
             put(secrets::put).delete(secrets::delete),
         )
+        .route("/v1/secret-key/rotate", post(secrets::rotate_key))
         .route("/v1/users", get(users::list).post(users::add))
         .route("/v1/users/{name}", delete(users::remove))
         .route("/v1/token/rotate", post(users::rotate))

@@ -356,38 +356,65 @@ pub async fn desired(
         .view
         .node_changes(&name)
         .unwrap_or_else(|| shared.view.subscribe());
-    let compute = || {
-        let answer = desired_of(&shared.view.read(), &name, to_node);
-        std::future::ready(Ok((answer.version.clone(), answer)))
+    let compute = || async {
+        let keyring = &shared.keyring;
+        let first = desired_of(&shared.view.read(), keyring, &name, to_node);
+        let answer = match first {
+            // Another server rotated the data key: read the store's keys and try once more.
+            Err(crate::seal::SealError::UnknownKey(_)) => {
+                keyring
+                    .refresh(shared.store.as_ref())
+                    .await
+                    .map_err(sealed_error)?;
+                desired_of(&shared.view.read(), keyring, &name, to_node)
+            }
+            other => other,
+        }
+        .map_err(sealed_error)?;
+        Ok((answer.version.clone(), answer))
     };
     let result = long_poll(q.version.as_deref(), q.wait, wake, compute).await?;
     Ok(Json(result))
 }
 
-/// What node `name`'s agent is sent, from the view.
-fn desired_of(view: &View, name: &str, to_node: bool) -> DesiredInstances {
-    let instances: Vec<_> = view
+/// A sealed value that does not open: the agent gets an error, never a wrong value.
+fn sealed_error(e: crate::seal::SealError) -> ApiError {
+    tracing::error!(error = %e, "cannot open a sealed secret value for a node's desired set");
+    ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// What node `name`'s agent is sent, from the view: to the node itself with its instances'
+/// secret values opened ([`crate::secrets::open_env`]).
+fn desired_of(
+    view: &View,
+    keyring: &crate::seal::Keyring,
+    name: &str,
+    to_node: bool,
+) -> Result<DesiredInstances, crate::seal::SealError> {
+    let mut instances = Vec::new();
+    for r in view
         .instances_on(name)
         .filter(|r| r.value.desired != Desired::Stop)
-        .map(|r| {
-            if to_node {
-                r.value.spec.clone()
-            } else {
-                r.value.spec.without_secret_values()
-            }
-        })
-        .collect();
+    {
+        instances.push(if to_node {
+            let mut spec = r.value.spec.clone();
+            spec.secret_env = crate::secrets::open_env(keyring, &r.value)?;
+            spec
+        } else {
+            r.value.spec.without_secret_values()
+        });
+    }
     let keep_images = view.keep_images();
     let (gc_generation, _) = view.gc_generation();
     // Everything the agent acts on is in the version, so a `berth gc` or a changed keep list
     // wakes its long-poll.
     let version = version::content_version(&(&instances, &*keep_images, gc_generation));
-    DesiredInstances {
+    Ok(DesiredInstances {
         version,
         instances,
         keep_images: keep_images.to_vec(),
         gc_generation,
-    }
+    })
 }
 
 /// The routing table, long-polled by routers. The `version` a router sends is the table it has

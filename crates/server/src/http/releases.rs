@@ -149,6 +149,7 @@ mod tests {
             store: Arc::new(store),
             clock: Clock::system(),
             tls: None,
+            secrets_key_file: None,
         })
         .await
         .expect("shared");

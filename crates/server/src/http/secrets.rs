@@ -15,7 +15,16 @@ impl From<SecretError> for ApiError {
         match e {
             SecretError::State(e) => e.into(),
             SecretError::NotFound { .. } => ApiError::not_found(e.to_string()),
-            SecretError::KeptChanging { .. } => ApiError::conflict(e.to_string()),
+            SecretError::KeptChanging { .. } | SecretError::RotationBusy(_) => {
+                ApiError::conflict(e.to_string())
+            }
+            SecretError::Seal(crate::seal::SealError::Raced(_)) => {
+                ApiError::conflict(e.to_string())
+            }
+            SecretError::Seal(crate::seal::SealError::State(e)) => e.into(),
+            SecretError::Seal(e) => {
+                ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
             SecretError::BadStack(_)
             | SecretError::BadName(_)
             | SecretError::TooLarge(_)
@@ -65,4 +74,15 @@ pub async fn delete(
     Ok(Json(
         serde_json::json!({ "stack": stack, "name": name, "deleted": true }),
     ))
+}
+
+/// `POST /v1/secret-key/rotate`: a new data key, every secret value re-sealed under it while
+/// the server keeps serving (see [`secrets::rotate_key`]). Answers the new key's id, how many
+/// records were re-sealed and which old keys were deleted.
+pub async fn rotate_key(
+    State(shared): AppState,
+    caller: Caller,
+) -> Result<Json<secrets::Rotated>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(secrets::rotate_key(&shared).await?))
 }

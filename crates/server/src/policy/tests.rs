@@ -154,6 +154,7 @@ async fn shared(dir: &std::path::Path) -> Arc<Shared> {
         store: Arc::new(store),
         clock: Clock::system(),
         tls: None,
+        secrets_key_file: None,
     })
     .await
     .expect("shared")

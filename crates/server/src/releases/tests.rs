@@ -29,6 +29,7 @@ async fn fixture() -> Fixture {
         store: Arc::new(store),
         clock: Clock::system(),
         tls: None,
+        secrets_key_file: None,
     })
     .await
     .expect("shared");

@@ -120,6 +120,7 @@ impl Server {
             store: Arc::new(store),
             clock: Clock::system(),
             tls: None,
+            secrets_key_file: None,
         };
         let task = tokio::spawn(berth_server::serve(listener, config, async move {
             let _ = stopped.await;

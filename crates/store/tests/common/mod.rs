@@ -1,0 +1,3 @@
+//! Test support shared by the store's integration tests.
+
+pub mod etcd;
