@@ -27,6 +27,7 @@ pub mod rollout_status;
 pub mod router_tls;
 pub mod secret;
 pub mod source;
+pub mod stack;
 pub mod status;
 pub mod validate;
 pub mod wait;
