@@ -147,6 +147,17 @@ pub enum Error {
         /// The Engine's (or the client's) message.
         message: String,
     },
+    /// The instance cannot run as the user it asks for (root without
+    /// `--allow-root-processes`, an unknown user, an agent that cannot switch).
+    #[error("instance `{id}`: service `{service}` {why}")]
+    RunAs {
+        /// The instance.
+        id: String,
+        /// Its service.
+        service: String,
+        /// Why, and what to do.
+        why: crate::run_as::RunAsError,
+    },
     /// A health check that cannot be built from the service.
     #[error("instance `{id}`: health check {problem}")]
     Health {
@@ -172,6 +183,7 @@ impl Error {
                 | Error::NoDocker { .. }
                 | Error::ImagePull { .. }
                 | Error::HostPathRefused { .. }
+                | Error::RunAs { .. }
         )
     }
 }

@@ -337,6 +337,10 @@ async fn exec(launch: &Launch, timeout: Duration) -> ProbeResult {
         .stderr(std::process::Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
+    // The check runs as the workload does: a `process.user` service's check is not root's.
+    if let Some(run) = &launch.run_as {
+        crate::run_as::switch_in_child(&mut cmd, run);
+    }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot run `{}`: {e}", launch.program.display()))?;

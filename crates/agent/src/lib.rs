@@ -80,6 +80,8 @@ pub mod process;
 #[warn(missing_docs)]
 pub mod record;
 #[warn(missing_docs)]
+pub mod run_as;
+#[warn(missing_docs)]
 pub mod supervisor;
 
 /// The Engine client [`DockerDriver::client`] hands out, re-exported so tests and tools that act

@@ -19,6 +19,11 @@
 //! written to `instance.json`), then — winning over all — `PORT`, `PORT_<NAME>`,
 //! `BERTH_SERVICE`, `BERTH_INSTANCE`, `BERTH_RELEASE` and `BERTH_NODE`. Its working directory is
 //! its instance directory.
+//!
+//! # User
+//! It runs as `process.user`, else the agent's `--process-user`, else as the agent; root only
+//! with `--allow-root-processes`. `HOME`, `USER` and `LOGNAME` are then that user's. The switch,
+//! and why the instance directory stays the agent's, are in [`crate::run_as`].
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -39,6 +44,7 @@ use crate::error::{io_err, Error, Result};
 use crate::health::HealthCheck;
 use crate::logs::{self, LogConfig, LOG_FILE};
 use crate::record::{self, InstanceRecord};
+use crate::run_as::{ProcessUsers, RunAs};
 
 /// The record file in each instance's directory.
 pub const RECORD_FILE: &str = "instance.json";
@@ -64,6 +70,7 @@ pub struct ProcessDriver {
     data_dir: PathBuf,
     self_exe: Option<PathBuf>,
     logs: LogConfig,
+    users: ProcessUsers,
 }
 
 /// How a process ended, as far as the agent could tell.
@@ -200,6 +207,9 @@ pub struct Launch {
     pub env: BTreeMap<String, String>,
     /// The working directory: the instance's directory.
     pub cwd: PathBuf,
+    /// The user it runs as (`process.user`, else the agent's `--process-user`); `None`: as
+    /// the agent.
+    pub run_as: Option<RunAs>,
 }
 
 impl ProcessDriver {
@@ -209,7 +219,15 @@ impl ProcessDriver {
             data_dir: data_dir.into(),
             self_exe: None,
             logs: LogConfig::default(),
+            users: ProcessUsers::default(),
         }
+    }
+
+    /// Sets who `process:` instances run as: `--process-user` (for services without
+    /// `process.user`) and `--allow-root-processes`. See [`crate::run_as`].
+    pub fn with_users(mut self, users: ProcessUsers) -> Self {
+        self.users = users;
+        self
     }
 
     /// Uses `path` for `berth` as `command[0]` instead of [`std::env::current_exe`]: tests run
@@ -293,16 +311,28 @@ impl ProcessDriver {
         } else {
             PathBuf::from(first)
         };
+        let wanted = spec.spec.process.as_ref().and_then(|p| p.user.as_deref());
+        let run_as = self.users.resolve(wanted).map_err(|why| Error::RunAs {
+            id: spec.id.clone(),
+            service: spec.service.clone(),
+            why,
+        })?;
         let mut env: BTreeMap<String, String> = PASSTHROUGH_ENV
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
             .collect();
+        if let Some(run) = &run_as {
+            env.insert("HOME".into(), run.home.display().to_string());
+            env.insert("USER".into(), run.name.clone());
+            env.insert("LOGNAME".into(), run.name.clone());
+        }
         env.extend(instance_env(spec, ports)?);
         Ok(Launch {
             program,
             args: rest.to_vec(),
             env,
             cwd: self.instance_dir(&spec.id)?,
+            run_as,
         })
     }
 
@@ -360,6 +390,10 @@ impl ProcessDriver {
                     .map(drop)
                     .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
             });
+        }
+        // After the new session (which needs no privilege either way) and after std's chdir.
+        if let Some(run) = &launch.run_as {
+            crate::run_as::switch_in_child(&mut cmd, run);
         }
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             id: spec.id.clone(),

@@ -110,6 +110,9 @@ pub struct SupervisorConfig {
     /// directories and `--allow-host-path`. Checked at every start; a refused volume fails the
     /// instance, saying which volume and which flag.
     pub host_paths: crate::host_paths::HostPathPolicy,
+    /// Who `process:` instances run as: `--process-user` and `--allow-root-processes` (by
+    /// default: as the agent, and root only if the agent is root and nothing asks for a user).
+    pub process_users: crate::run_as::ProcessUsers,
 }
 
 impl SupervisorConfig {
@@ -138,6 +141,7 @@ impl SupervisorConfig {
                 .map_or(0.85, |p| p / 100.0),
             gc_disk_every: Duration::from_secs(60),
             node_address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            process_users: crate::run_as::ProcessUsers::default(),
         }
     }
 }
@@ -307,7 +311,9 @@ impl Supervisor {
 /// The process driver of `config`'s data directory: it runs `process:` services, and keeps
 /// every instance's record and logs (whatever runs it).
 fn process_driver(config: &SupervisorConfig) -> ProcessDriver {
-    let driver = ProcessDriver::new(&config.data_dir).with_log_config(config.logs);
+    let driver = ProcessDriver::new(&config.data_dir)
+        .with_log_config(config.logs)
+        .with_users(config.process_users.clone());
     match &config.self_exe {
         Some(exe) => driver.with_self_exe(exe),
         None => driver,

@@ -159,6 +159,7 @@ async fn exec_probe_exits_zero_gets_the_instance_env_and_is_killed_on_timeout() 
         args: vec!["-c".into(), script.into()],
         env: BTreeMap::new(),
         cwd: dir.path().to_path_buf(),
+        run_as: None,
     };
     let fails = Probe::Exec(launch("exit 3"))
         .run(Duration::from_secs(5))

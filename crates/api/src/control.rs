@@ -428,6 +428,20 @@ pub struct DeployRequest {
     pub force: bool,
 }
 
+/// `berth stack rm STACK --env E`: a release with none of the live release's services, which
+/// stops every instance. It needs the stack's name typed back, like any plan that empties a
+/// service; the releases before it stay in the history, so `berth rollback` brings the stack
+/// back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackRemoveRequest {
+    /// The stack's name typed back (`--confirm STACK`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<String>,
+    /// Only plan; store nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
 /// A plan as the server computed it against the live release.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanView {

@@ -54,6 +54,9 @@ enum Command {
     History(commands::history::Args),
     /// A new release with an older one's content (default: the previous successful one).
     Rollback(commands::rollback::Args),
+    /// Manage a deployed stack: `berth stack rm STACK --env E --confirm STACK`.
+    #[command(subcommand)]
+    Stack(commands::stack::Stack),
     /// Watch and steer a progressive rollout: status, explain, pause, resume, promote, abort.
     #[command(subcommand)]
     Rollout(commands::rollout::Rollout),
@@ -126,6 +129,7 @@ fn main() {
         Command::Status(args) => commands::status::run(args, g),
         Command::History(args) => commands::history::run(args, g),
         Command::Rollback(args) => commands::rollback::run(args, g),
+        Command::Stack(which) => commands::stack::run(which, g),
         Command::Rollout(which) => commands::rollout::run(which, g),
         Command::Events(args) => commands::events::run(args, g),
         Command::Nodes => commands::nodes::run(g),

@@ -45,7 +45,8 @@ use std::time::Duration;
 use berth_api::control::{
     DeployRequest, DeployResponse, DesiredInstances, Event, GcResponse, Heartbeat,
     MaintenanceRequest, NodeView, RegisterRequest, RegisterResponse, Release, RollbackRequest,
-    RoutingTable, SecretKeyRotated, SecretPut, SecretView, StatusView, TrafficReport,
+    RoutingTable, SecretKeyRotated, SecretPut, SecretView, StackRemoveRequest, StatusView,
+    TrafficReport,
 };
 use bytes::Bytes;
 use futures::Stream;
@@ -442,6 +443,20 @@ impl Client {
         req: &RollbackRequest,
     ) -> Result<DeployResponse, ClientError> {
         self.post(&["v1", "stacks", stack, env, "rollback"], req)
+            .await
+    }
+
+    /// `DELETE /v1/stacks/{stack}/{env}` (admin): `berth stack rm` — a release without the
+    /// stack's services (refused, exit 3, unless `req.confirm` is the stack's name).
+    pub async fn remove_stack(
+        &self,
+        stack: &str,
+        env: &str,
+        req: &StackRemoveRequest,
+    ) -> Result<DeployResponse, ClientError> {
+        let url = self.url(&["v1", "stacks", stack, env], &[]);
+        let what = format!("DELETE {}", url.path());
+        self.json(&what, self.request(Method::DELETE, url).json(req))
             .await
     }
 

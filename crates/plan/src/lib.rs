@@ -26,6 +26,10 @@
 //! - *capacity lost*: per service, the share of its old instances that are stopped and not
 //!   replaced in the same region — removal is 100 %, scaling 4 → 1 is 75 %.
 //! - *destructive*: some capacity is lost, or a service is removed.
+//! - *emptying*: a plan that removes a service, stops every instance of one, or leaves a region
+//!   with no instance of the stack. It needs `--confirm STACK` whatever the environment's
+//!   `max_capacity_drop` says ([`Plan::emptying`], [`Plan::needs_confirm`]): that is the shape
+//!   of `--set web.replicas=0`, the command that emptied three clusters.
 //! - *plan id*: the first 12 hex characters of the SHA-256 of the canonical JSON of base and
 //!   target; the full hash is kept as well.
 
@@ -151,6 +155,86 @@ pub struct ServiceChange {
     pub capacity_lost_percent: u32,
     /// Per-region counts, in the target's rollout order, then regions only the base had.
     pub regions: Vec<RegionDelta>,
+    /// For a `process:` service of the target: the user its instances run as, `process.user`,
+    /// or [`AGENT_DEFAULT_USER`] when the stack leaves it to the agent. `None` for image
+    /// services and removed ones. Shown so that a reviewer sees where a command runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_as: Option<String>,
+}
+
+/// What [`ServiceChange::runs_as`] says for a `process:` service without `process.user`: the
+/// agent decides (its `--process-user`, else the user the agent runs as).
+pub const AGENT_DEFAULT_USER: &str =
+    "the agent's default (--process-user, else the agent's own user)";
+
+/// Why a plan needs `--confirm STACK` whatever the environment allows: one emptying change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Emptying {
+    /// A service of the live release is not in the target.
+    ServiceRemoved {
+        /// The service.
+        service: String,
+        /// Its instances before, per region (`after` is 0 everywhere).
+        regions: Vec<RegionDelta>,
+    },
+    /// A service keeps existing but with no instance left (`replicas: 0`).
+    ServiceEmptied {
+        /// The service.
+        service: String,
+        /// Its instances before and after, per region.
+        regions: Vec<RegionDelta>,
+    },
+    /// A region that ran instances of the stack runs none afterwards.
+    RegionEmptied {
+        /// The region.
+        region: String,
+        /// What each service had there before (`(service, instances)`), by service name.
+        services: Vec<(String, u64)>,
+    },
+}
+
+impl std::fmt::Display for Emptying {
+    /// One line saying what would be lost, per service and region:
+    /// `service web loses every instance: 6 → 0 (eu 2 → 0, us 2 → 0, ap 2 → 0)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let per_region = |regions: &[RegionDelta]| {
+            regions
+                .iter()
+                .filter(|d| d.before > 0 || d.after > 0)
+                .map(|d| format!("{} {} → {}", d.region, d.before, d.after))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let total = |regions: &[RegionDelta]| regions.iter().map(|d| d.before).sum::<u64>();
+        match self {
+            Emptying::ServiceRemoved { service, regions } => {
+                let n = total(regions);
+                write!(f, "service {service} is removed: {n} → 0 instances")?;
+                if n > 0 {
+                    write!(f, " ({})", per_region(regions))?;
+                }
+                Ok(())
+            }
+            Emptying::ServiceEmptied { service, regions } => write!(
+                f,
+                "service {service} loses every instance: {} → 0 ({})",
+                total(regions),
+                per_region(regions)
+            ),
+            Emptying::RegionEmptied { region, services } => {
+                let what: Vec<String> = services
+                    .iter()
+                    .map(|(s, n)| format!("{s} {n} → 0"))
+                    .collect();
+                write!(
+                    f,
+                    "region {region} is emptied: no instance of the stack is left there ({})",
+                    what.join(", ")
+                )
+            }
+        }
+    }
 }
 
 /// The plan's total cost: what an operator weighs before typing the stack's name back.
@@ -199,6 +283,13 @@ pub struct Plan {
     pub destructive: bool,
     /// The worst capacity loss is above `max_capacity_drop`: `--confirm STACK` is required.
     pub exceeds_capacity_drop: bool,
+    /// The emptying changes (services removed or emptied, regions emptied): each needs
+    /// `--confirm STACK` whatever `max_capacity_drop` says. Empty for a first deploy.
+    #[serde(default)]
+    pub emptying: Vec<Emptying>,
+    /// `--confirm STACK` is required: [`Plan::exceeds_capacity_drop`] or any [`Plan::emptying`].
+    #[serde(default)]
+    pub needs_confirm: bool,
     /// What will likely fail although the stack is valid, one line each: volumes that every
     /// agent refuses by default (see [`refused_volumes`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -237,6 +328,79 @@ pub fn refused_volumes(target: &Stack) -> Vec<String> {
                 ));
             }
         }
+    }
+    out
+}
+
+/// `process:` services of the target that run as root (`process.user: root` or uid `0`):
+/// every agent refuses them unless started with `--allow-root-processes`. A warning rather
+/// than a refusal, as with [`refused_volumes`], since an agent may allow them.
+pub fn root_processes(target: &Stack) -> Vec<String> {
+    target
+        .services
+        .iter()
+        .filter_map(|(name, s)| {
+            let user = s.process.as_ref()?.user.as_deref()?;
+            (user == "root" || (!user.is_empty() && user.bytes().all(|b| b == b'0'))).then(|| {
+                format!(
+                    "service {name} runs as {user}: every agent refuses it unless started with --allow-root-processes, so its instances will fail"
+                )
+            })
+        })
+        .collect()
+}
+
+/// The emptying changes among `services` (sorted by name), then the regions (in `regions`
+/// order) where the stack had instances in `base` and has none in `target`.
+fn emptying(
+    services: &[ServiceChange],
+    regions: &[String],
+    base: Option<&Stack>,
+    target: &Stack,
+) -> Vec<Emptying> {
+    let mut out = Vec::new();
+    for s in services {
+        match s.kind {
+            ChangeKind::Removed => out.push(Emptying::ServiceRemoved {
+                service: s.name.clone(),
+                regions: s.regions.clone(),
+            }),
+            ChangeKind::Changed if s.before > 0 && s.after == 0 => {
+                out.push(Emptying::ServiceEmptied {
+                    service: s.name.clone(),
+                    regions: s.regions.clone(),
+                })
+            }
+            _ => {}
+        }
+    }
+    // A region is emptied when the stack had instances there and has none afterwards,
+    // counting every service (one the plan does not touch may still run there).
+    let count = |side: Option<&Stack>, region: &str| -> u64 {
+        side.map_or(0, |st| {
+            st.services
+                .values()
+                .map(|svc| instances_in(Some((svc, st.regions())), region))
+                .sum()
+        })
+    };
+    for region in regions {
+        if count(base, region) == 0 || count(Some(target), region) > 0 {
+            continue;
+        }
+        let had: Vec<(String, u64)> = base
+            .map(|b| {
+                b.services
+                    .iter()
+                    .map(|(n, svc)| (n.clone(), instances_in(Some((svc, b.regions())), region)))
+                    .filter(|(_, k)| *k > 0)
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Emptying::RegionEmptied {
+            region: region.clone(),
+            services: had,
+        });
     }
     out
 }
@@ -310,6 +474,10 @@ impl Plan {
             .iter()
             .any(|s| s.lost > 0 || s.kind == ChangeKind::Removed);
         let exceeds_capacity_drop = blast_radius.worst_capacity_lost_percent > max_capacity_drop.0;
+        let emptying = emptying(&services, &regions, base, target);
+        let needs_confirm = exceeds_capacity_drop || !emptying.is_empty();
+        let mut warnings = refused_volumes(target);
+        warnings.extend(root_processes(target));
 
         Ok(Plan {
             id,
@@ -324,7 +492,9 @@ impl Plan {
             max_capacity_drop,
             destructive,
             exceeds_capacity_drop,
-            warnings: refused_volumes(target),
+            emptying,
+            needs_confirm,
+            warnings,
         })
     }
 
@@ -480,8 +650,17 @@ fn service_change(
     if kind == ChangeKind::Changed && fields.is_empty() && start == 0 && stop == 0 {
         return Ok(None);
     }
+    let runs_as = new.and_then(|(svc, _)| {
+        let p = svc.process.as_ref()?;
+        Some(
+            p.user
+                .clone()
+                .unwrap_or_else(|| AGENT_DEFAULT_USER.to_string()),
+        )
+    });
     Ok(Some(ServiceChange {
         name: name.to_string(),
+        runs_as,
         kind,
         fields,
         replaces_instances,

@@ -44,6 +44,28 @@ fn plural(n: u64) -> &'static str {
     }
 }
 
+/// `    runs as: nobody` for a process service whose instances start, so a reviewer sees where
+/// its command runs (also when the stack leaves it to the agent).
+fn runs_as(f: &mut fmt::Formatter<'_>, s: &ServiceChange) -> fmt::Result {
+    match &s.runs_as {
+        Some(user) => writeln!(f, "    runs as: {user}"),
+        None => Ok(()),
+    }
+}
+
+/// `  (eu 2 → 0, us 2 → 1)`: a service's counts per region, when it runs in more than one.
+fn per_region(s: &ServiceChange) -> String {
+    if s.regions.len() < 2 {
+        return String::new();
+    }
+    let parts: Vec<String> = s
+        .regions
+        .iter()
+        .map(|d| format!("{} {} → {}", d.region, d.before, d.after))
+        .collect();
+    format!("  {}", parts.join(", "))
+}
+
 fn service(f: &mut fmt::Formatter<'_>, s: &ServiceChange) -> fmt::Result {
     match s.kind {
         ChangeKind::Added => {
@@ -53,6 +75,7 @@ fn service(f: &mut fmt::Formatter<'_>, s: &ServiceChange) -> fmt::Result {
             for c in s.fields.iter().filter(|c| !empty(c)) {
                 field(f, c, "    ")?;
             }
+            runs_as(f, s)?;
         }
         ChangeKind::Removed => {
             writeln!(
@@ -80,6 +103,9 @@ fn service(f: &mut fmt::Formatter<'_>, s: &ServiceChange) -> fmt::Result {
                     f,
                     "    (no field changes: the environment's regions changed)"
                 )?;
+            }
+            if s.start > 0 {
+                runs_as(f, s)?;
             }
         }
     }
@@ -128,8 +154,12 @@ impl fmt::Display for Plan {
                 };
                 writeln!(
                     f,
-                    "    {:<width$} {:>3}%  ({} → {}{note})",
-                    s.name, s.capacity_lost_percent, s.before, s.after
+                    "    {:<width$} {:>3}%  ({} → {}{note}){}",
+                    s.name,
+                    s.capacity_lost_percent,
+                    s.before,
+                    s.after,
+                    per_region(s)
                 )?;
             }
         }
@@ -163,6 +193,16 @@ impl fmt::Display for Plan {
             "  destructive: {}",
             if self.destructive { "yes" } else { "no" }
         )?;
+        if !self.emptying.is_empty() {
+            writeln!(
+                f,
+                "  needs --confirm {} whatever the environment allows:",
+                self.stack
+            )?;
+            for e in &self.emptying {
+                writeln!(f, "    {e}")?;
+            }
+        }
         if self.approval {
             writeln!(f, "  approval: required before apply")?;
         }

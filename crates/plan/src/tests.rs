@@ -12,6 +12,7 @@ fn svc(replicas: u32) -> Service {
     Service {
         process: Some(Process {
             command: vec!["berth".into(), "whoami".into()],
+            user: None,
         }),
         image: None,
         command: None,
@@ -467,4 +468,148 @@ fn volumes_every_agent_refuses_are_warned_about_in_the_plan() {
     );
     let safe = stack(&["eu"], &[("web", svc(1))]);
     assert!(Plan::new(None, &safe).unwrap().warnings.is_empty());
+}
+
+/// A stack whose environment allows any capacity drop: what every environment was by default
+/// before 50 %, and what an operator may still write. The emptying rules hold regardless.
+fn lenient(regions: &[&str], services: &[(&str, Service)]) -> Stack {
+    let mut s = stack(regions, services);
+    for e in s.environments.values_mut() {
+        e.max_capacity_drop = Percent(100);
+    }
+    s
+}
+
+#[test]
+fn emptying_a_service_in_three_regions_needs_confirm_even_where_any_drop_is_allowed() {
+    // Dailymotion's command in berth's terms: `--set web.replicas=0` across three regions.
+    let regions = ["eu", "us", "ap"];
+    let a = lenient(&regions, &[("web", svc(2)), ("api", svc(1))]);
+    let b = lenient(&regions, &[("web", svc(0)), ("api", svc(1))]);
+    let p = plan(&a, &b);
+    assert!(!p.exceeds_capacity_drop, "100% is within a 100% budget");
+    assert!(p.needs_confirm, "emptying a service always needs --confirm");
+    assert_eq!(
+        p.emptying.len(),
+        1,
+        "api still runs in every region: {:?}",
+        p.emptying
+    );
+    let line = p.emptying[0].to_string();
+    assert_eq!(
+        line,
+        "service web loses every instance: 6 → 0 (eu 2 → 0, us 2 → 0, ap 2 → 0)"
+    );
+    let text = p.to_string();
+    assert!(
+        text.contains("needs --confirm shop whatever the environment allows:"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("    {line}")), "{text}");
+    assert!(
+        text.contains("web 100%  (6 → 0)  eu 2 → 0, us 2 → 0, ap 2 → 0"),
+        "{text}"
+    );
+
+    // Without api, every region is emptied too, and each line says what it had.
+    let a = lenient(&regions, &[("web", svc(2))]);
+    let p = plan(&a, &lenient(&regions, &[("web", svc(0))]));
+    let lines: Vec<String> = p.emptying.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(
+        lines[1],
+        "region eu is emptied: no instance of the stack is left there (web 2 → 0)"
+    );
+}
+
+#[test]
+fn removing_a_service_or_a_region_needs_confirm_whatever_the_budget() {
+    let a = lenient(&["eu", "us"], &[("web", svc(2)), ("old", svc(1))]);
+    let p = plan(&a, &lenient(&["eu", "us"], &[("web", svc(2))]));
+    assert!(p.needs_confirm && !p.exceeds_capacity_drop);
+    assert_eq!(
+        p.emptying
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["service old is removed: 2 → 0 instances (eu 1 → 0, us 1 → 0)"]
+    );
+
+    // An empty service removed is still a removal.
+    let a = lenient(&["eu"], &[("web", svc(2)), ("idle", svc(0))]);
+    let p = plan(&a, &lenient(&["eu"], &[("web", svc(2))]));
+    assert!(p.needs_confirm);
+    assert_eq!(
+        p.emptying[0].to_string(),
+        "service idle is removed: 0 → 0 instances"
+    );
+
+    // Dropping a region from the environment empties it.
+    let a = lenient(&["eu", "us"], &[("web", svc(2))]);
+    let p = plan(&a, &lenient(&["eu"], &[("web", svc(2))]));
+    assert!(p.needs_confirm);
+    assert_eq!(
+        p.emptying
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["region us is emptied: no instance of the stack is left there (web 2 → 0)"]
+    );
+}
+
+#[test]
+fn ordinary_changes_need_no_confirm() {
+    // First deploys, scale-ups, replacements and drops within the budget.
+    let a = stack(&["eu", "us"], &[("web", svc(4))]);
+    assert!(!Plan::new(None, &a).unwrap().needs_confirm);
+    assert!(!plan(&a, &stack(&["eu", "us"], &[("web", svc(6))])).needs_confirm);
+    let mut w = svc(4);
+    w.env.insert("VERSION".into(), "2".into());
+    assert!(!plan(&a, &stack(&["eu", "us"], &[("web", w)])).needs_confirm);
+    let p = plan(&a, &stack(&["eu", "us"], &[("web", svc(2))]));
+    assert!(
+        p.destructive && !p.needs_confirm && p.emptying.is_empty(),
+        "50% of 50%"
+    );
+    // Above the budget: needed, with no emptying change.
+    let p = plan(&a, &stack(&["eu", "us"], &[("web", svc(1))]));
+    assert!(p.needs_confirm && p.exceeds_capacity_drop && p.emptying.is_empty());
+}
+
+#[test]
+fn the_plan_shows_the_user_a_process_runs_as() {
+    let mut web = svc(1);
+    if let Some(p) = web.process.as_mut() {
+        p.user = Some("nobody".into());
+    }
+    let target = stack(&["eu"], &[("web", web.clone()), ("api", svc(1))]);
+    let p = Plan::new(None, &target).unwrap();
+    assert_eq!(only(&p, "web").runs_as.as_deref(), Some("nobody"));
+    assert_eq!(only(&p, "api").runs_as.as_deref(), Some(AGENT_DEFAULT_USER));
+    let text = p.to_string();
+    assert!(text.contains("    runs as: nobody"), "{text}");
+    assert!(
+        text.contains(&format!("    runs as: {AGENT_DEFAULT_USER}")),
+        "{text}"
+    );
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+
+    // A change of user replaces the instances and says who they run as now.
+    let mut root = web;
+    if let Some(p) = root.process.as_mut() {
+        p.user = Some("root".into());
+    }
+    let p = plan(&target, &stack(&["eu"], &[("web", root), ("api", svc(1))]));
+    let w = only(&p, "web");
+    assert!(w.replaces_instances);
+    let text = p.to_string();
+    assert!(
+        text.contains("process.user: \"nobody\" → \"root\""),
+        "{text}"
+    );
+    assert!(text.contains("    runs as: root"), "{text}");
+    assert_eq!(
+        p.warnings,
+        ["service web runs as root: every agent refuses it unless started with --allow-root-processes, so its instances will fail"]
+    );
 }

@@ -22,6 +22,7 @@ fn driver() -> impl Strategy<Value = (Option<Process>, Option<String>)> {
         (0u8..3).prop_map(|v| (
             Some(Process {
                 command: vec!["berth".into(), "whoami".into(), format!("--v{v}")],
+                user: None,
             }),
             None
         )),

@@ -229,6 +229,7 @@ pub fn service(cpu_millis: u64, memory_bytes: u64) -> Service {
     Service {
         process: Some(Process {
             command: vec!["berth".into(), "whoami".into()],
+            user: None,
         }),
         image: None,
         command: None,

@@ -227,6 +227,15 @@ pub const POLICY: &[Rule] = &[
         S::Path,
         true,
     ),
+    // A stack rm is a release without services (history kept, rollback brings it back), so a
+    // deployer in scope may do it, with the same --confirm as any emptying deploy.
+    rule(
+        "DELETE",
+        "/v1/stacks/{stack}/{env}",
+        C::Deploy,
+        S::Path,
+        true,
+    ),
     rule(
         "POST",
         "/v1/secret-key/rotate",

@@ -727,6 +727,7 @@ pub(crate) mod tests {
         Service {
             process: Some(Process {
                 command: vec!["berth".into(), "whoami".into()],
+                user: None,
             }),
             image: None,
             command: None,

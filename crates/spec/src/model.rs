@@ -28,6 +28,12 @@ pub struct Stack {
     pub services: BTreeMap<String, Service>,
 }
 
+/// `max_capacity_drop` when an environment does not say: a plan may lose at most half of a
+/// service's healthy capacity without `--confirm STACK`. It was 100 % once, which let
+/// `--set web.replicas=0` through unasked — the one command that emptied Dailymotion's
+/// clusters.
+pub const DEFAULT_MAX_CAPACITY_DROP: Percent = Percent(50);
+
 /// An environment's rollout waves and policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,7 +43,9 @@ pub struct Environment {
     /// A second person approves a plan before it applies.
     #[serde(default)]
     pub approval: bool,
-    /// The largest loss of healthy capacity a plan may cause without `--confirm STACK`.
+    /// The largest loss of healthy capacity a plan may cause without `--confirm STACK`
+    /// ([`DEFAULT_MAX_CAPACITY_DROP`] when not written). A plan that removes a service, stops
+    /// every instance of one or empties a region needs the confirmation whatever this says.
     pub max_capacity_drop: Percent,
     /// `waves:` — how a release moves from one region to the next: each wave bakes and must
     /// see enough requests before the next region starts, and a failure in a later wave says
@@ -129,6 +137,12 @@ pub enum DriverKind {
 #[serde(deny_unknown_fields)]
 pub struct Process {
     pub command: Vec<String>,
+    /// `user:` — the login name (or numeric uid) the command runs as, with that user's primary
+    /// group and supplementary groups. `None`: the agent's `--process-user`, else the agent's
+    /// own user. `root` (or uid 0) runs only on an agent started with `--allow-root-processes`.
+    /// Skipped when unset so that releases stored before the field existed keep their plan id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A health check: exactly one of `http`, `tcp`, `exec`.

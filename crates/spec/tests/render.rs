@@ -30,7 +30,8 @@ fn overlays_and_defaults() {
     );
     assert_eq!(
         staging.environments["staging"].max_capacity_drop,
-        Percent(100)
+        Percent(50),
+        "an environment that does not say allows a 50 % drop without --confirm"
     );
     let api = &prod.services["api"];
     assert_eq!(api.replicas, 1);

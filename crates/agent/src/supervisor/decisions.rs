@@ -32,6 +32,7 @@ fn service() -> Service {
     Service {
         process: Some(Process {
             command: vec!["/bin/true".into()],
+            user: None,
         }),
         image: None,
         command: None,

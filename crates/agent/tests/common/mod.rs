@@ -29,6 +29,7 @@ pub fn service(command: &[&str]) -> Service {
     Service {
         process: Some(Process {
             command: command.iter().map(|s| s.to_string()).collect(),
+            user: None,
         }),
         image: None,
         command: None,

@@ -67,6 +67,8 @@ pub struct AgentArgs {
     #[arg(long = "allow-host-path", value_name = "PREFIX")]
     allow_host_path: Vec<PathBuf>,
     #[command(flatten)]
+    process_users: super::daemons::ProcessUserOpts,
+    #[command(flatten)]
     router_opts: RouterOpts,
 }
 
@@ -163,8 +165,12 @@ pub fn agent(args: AgentArgs, globals: &crate::context::Globals) -> anyhow::Resu
         let _ = std::fs::remove_file(data_dir.join("node.token"));
         node.previous_token = previous_token;
         let mut agent_stop = stop_rx.clone();
-        let mut supervisor =
-            super::daemons::supervisor_config(&data_dir, &default_data_dir(), &args.allow_host_path);
+        let mut supervisor = super::daemons::supervisor_config(
+            &data_dir,
+            &default_data_dir(),
+            &args.allow_host_path,
+            &args.process_users,
+        )?;
         supervisor.node_address = publish_address(&args.address);
         let agent = tokio::spawn(berth_agent::node::run(
             node.clone(),

@@ -216,23 +216,48 @@ pub struct UpArgs {
     #[arg(long = "allow-host-path", value_name = "PREFIX")]
     allow_host_path: Vec<PathBuf>,
     #[command(flatten)]
+    process_users: ProcessUserOpts,
+    #[command(flatten)]
     api_tls: ApiTlsOpts,
     #[command(flatten)]
     router_opts: RouterOpts,
 }
 
+/// Who the agent runs `process:` instances as (`berth agent` and `berth up`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct ProcessUserOpts {
+    /// Run `process:` services without `process.user` as USER (a name or a uid; the agent
+    /// must be root to switch). Default: as the agent itself.
+    #[arg(long = "process-user", value_name = "USER")]
+    process_user: Option<String>,
+    /// Let `process.user: root` (or uid 0, or --process-user root) run; refused otherwise.
+    #[arg(long = "allow-root-processes")]
+    allow_root_processes: bool,
+}
+
 /// The agent's supervisor settings for `data_dir`: berth's data directory `berth_dir`
-/// protected from volumes besides the defaults, and the `--allow-host-path` prefixes.
+/// protected from volumes besides the defaults, the `--allow-host-path` prefixes and the
+/// process users. A `--process-user` that cannot be used (unknown, root without
+/// `--allow-root-processes`, an agent that is not root) is refused here, at start, rather than
+/// failing every instance later.
 pub(crate) fn supervisor_config(
     data_dir: &Path,
     berth_dir: &Path,
     allow: &[PathBuf],
-) -> SupervisorConfig {
+    users: &ProcessUserOpts,
+) -> anyhow::Result<SupervisorConfig> {
     let mut config = SupervisorConfig::new(data_dir);
     config.host_paths = allow
         .iter()
         .fold(config.host_paths.protect(berth_dir), |p, a| p.allow(a));
-    config
+    config.process_users = berth_agent::run_as::ProcessUsers {
+        default: users.process_user.clone(),
+        allow_root: users.allow_root_processes,
+    };
+    if let Err(why) = config.process_users.resolve(None) {
+        anyhow::bail!("--process-user: every process service without `process.user` {why}");
+    }
+    Ok(config)
 }
 
 /// Arguments of `berth server`.
@@ -731,6 +756,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     // Every connection is a file: start with the most the system allows (issue 10).
     berth_net::raise_fd_limit_or_warn();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    // A --process-user that cannot be used is refused before anything starts.
+    let supervisor = supervisor_config(
+        &data_dir.join("agent"),
+        &data_dir,
+        &args.allow_host_path,
+        &args.process_users,
+    )?;
     // berth up supervises instances: like every agent it holds DATA_DIR/agent's lock (the
     // directory a `berth agent` defaults to), so a second agent there is refused instead of
     // adopting and restarting them. Held until the process ends.
@@ -765,7 +797,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         // error now, with what to do, rather than an agent that silently never joins.
         berth_agent::node::server_trust(&node)?;
         let mut agent_stop = stop_rx.clone();
-        let agent = tokio::spawn(berth_agent::node::run(node, supervisor_config(&data_dir.join("agent"), &data_dir, &args.allow_host_path), async move {
+        let agent = tokio::spawn(berth_agent::node::run(node, supervisor, async move {
             let _ = agent_stop.wait_for(|s| *s).await;
         }));
         println!("berth is up");

@@ -30,6 +30,7 @@ pub mod rollout_status;
 pub mod router_tls;
 pub mod secret;
 pub mod source;
+pub mod stack;
 pub mod status;
 pub mod store;
 pub mod user;

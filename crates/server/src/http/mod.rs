@@ -56,6 +56,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/gc", post(nodes::gc))
         .route("/v1/plan", post(releases::plan))
         .route("/v1/deploy", post(releases::deploy))
+        .route("/v1/stacks/{stack}/{env}", delete(releases::remove))
         .route("/v1/stacks/{stack}/{env}/releases", get(releases::history))
         .route(
             "/v1/stacks/{stack}/{env}/rollback",

@@ -5,7 +5,9 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use berth_api::control::{DeployRequest, DeployResponse, Release, RollbackRequest};
+use berth_api::control::{
+    DeployRequest, DeployResponse, Release, RollbackRequest, StackRemoveRequest,
+};
 use berth_spec::Stack;
 
 use super::{body, AppState, Caller};
@@ -27,6 +29,7 @@ impl From<ReleaseError> for ApiError {
             | ReleaseError::KeptChanging
             | ReleaseError::ConcurrentDeploy => ApiError::conflict(e.to_string()),
             ReleaseError::CapacityDrop { .. }
+            | ReleaseError::Destructive { .. }
             | ReleaseError::Approval { .. }
             | ReleaseError::Unplaceable { .. }
             | ReleaseError::Vetoed { .. } => ApiError::refused(e.to_string()),
@@ -86,6 +89,7 @@ pub async fn deploy(
         images: None,
         dry_run: req.dry_run,
         force: req.force,
+        removes_stack: false,
     };
     Ok(Json(
         releases::deploy(&shared, &req.env, &target, &how).await?,
@@ -119,6 +123,25 @@ pub async fn rollback(
     Ok(Json(
         releases::rollback(&shared, &stack, &env, req.release, &caller.name()).await?,
     ))
+}
+
+/// `DELETE /v1/stacks/{stack}/{env}`: `berth stack rm` — a release without the live one's
+/// services, refused (428, exit 3) unless `confirm` is the stack's name. The history stays.
+pub async fn remove(
+    State(shared): AppState,
+    caller: Caller,
+    Path((stack, env)): Path<(String, String)>,
+    req: Result<Json<StackRemoveRequest>, JsonRejection>,
+) -> Result<Json<DeployResponse>, ApiError> {
+    caller.require_admin()?;
+    let req = body(req)?;
+    let how = Start {
+        who: "admin",
+        confirm: req.confirm.as_deref(),
+        dry_run: req.dry_run,
+        ..Start::default()
+    };
+    Ok(Json(releases::remove(&shared, &stack, &env, &how).await?))
 }
 
 #[cfg(test)]

@@ -34,6 +34,9 @@ pub struct Start<'a> {
     pub dry_run: bool,
     /// Deploy even though the plan says some instances cannot be placed (`--force`).
     pub force: bool,
+    /// `berth stack rm`: the target is the live release without its services; the release's
+    /// summary says so, and a refusal names the command to run again.
+    pub removes_stack: bool,
 }
 
 /// What a deploy decides from, read from the live view at one revision.
@@ -231,6 +234,30 @@ pub fn carried_pins(base: Option<&Release>, target: &Stack) -> BTreeMap<String, 
         .collect()
 }
 
+/// One line per service that loses capacity: `web 75% (4 → 1: eu 2 → 1, us 2 → 0)`.
+fn capacity_lost(plan: &berth_plan::Plan) -> Vec<String> {
+    plan.services
+        .iter()
+        .filter(|s| s.lost > 0)
+        .map(|s| {
+            let regions: Vec<String> = s
+                .regions
+                .iter()
+                .filter(|d| d.before > d.after)
+                .map(|d| format!("{} {} → {}", d.region, d.before, d.after))
+                .collect();
+            format!(
+                "{} {}% ({} → {}: {})",
+                s.name,
+                s.capacity_lost_percent,
+                s.before,
+                s.after,
+                regions.join(", ")
+            )
+        })
+        .collect()
+}
+
 /// The policy checks a plan must pass before it is stored.
 fn check_policy(
     full: &FullPlan,
@@ -240,13 +267,26 @@ fn check_policy(
     env: &str,
 ) -> Result<(), ReleaseError> {
     let plan = &full.plan;
-    if plan.exceeds_capacity_drop && how.confirm != Some(stack) {
+    if plan.needs_confirm && how.confirm != Some(stack) {
+        if !plan.emptying.is_empty() {
+            return Err(ReleaseError::Destructive {
+                stack: stack.to_string(),
+                env: env.to_string(),
+                lost: plan.emptying.iter().map(ToString::to_string).collect(),
+                again: if how.removes_stack {
+                    format!("If that is what you want, run `berth stack rm {stack} --env {env} --confirm {stack}` (the history is kept: `berth rollback {stack} --env {env}` brings it back)")
+                } else {
+                    format!("Review it with `berth plan`, then deploy again with --confirm {stack}")
+                },
+            });
+        }
         return Err(ReleaseError::CapacityDrop {
             percent: plan.blast_radius.worst_capacity_lost_percent,
             worst: plan.blast_radius.worst_service.clone().unwrap_or_default(),
             env: env.to_string(),
             max: plan.max_capacity_drop.to_string(),
             stack: stack.to_string(),
+            lost: capacity_lost(plan),
         });
     }
     if plan.approval {
@@ -332,7 +372,11 @@ async fn try_deploy(
         created_ms: now,
         who: how.who.to_string(),
         status: ReleaseStatus::RollingOut,
-        summary: plan::summarize(&full, how.rollback_of),
+        summary: if how.removes_stack {
+            format!("stack rm: {}", plan::summarize(&full, None))
+        } else {
+            plan::summarize(&full, how.rollback_of)
+        },
         plan_id: full.id.clone(),
         rollback_of: how.rollback_of,
         reason: None,

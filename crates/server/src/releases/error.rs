@@ -17,13 +17,26 @@ pub enum ReleaseError {
     #[error("the live state moved since plan {given} (the plan is now {now}): run `berth plan` again and review it")]
     PlanMoved { given: String, now: String },
     /// The plan loses more capacity than the environment allows without `--confirm STACK`.
-    #[error("this plan loses {percent}% of {worst}'s healthy capacity, more than {env}'s max_capacity_drop of {max}: review it, then deploy again with --confirm {stack}")]
+    /// `lost`: one line per service that loses capacity, with its counts per region.
+    #[error("this plan loses {percent}% of {worst}'s healthy capacity, more than {env}'s max_capacity_drop of {max}: it would lose {}; nothing was stored. Review it with `berth plan`, then deploy again with --confirm {stack}", .lost.join("; "))]
     CapacityDrop {
         percent: u32,
         worst: String,
         env: String,
         max: String,
         stack: String,
+        lost: Vec<String>,
+    },
+    /// The plan removes a service, stops every instance of one or empties a region: it needs
+    /// `--confirm STACK` whatever the environment's `max_capacity_drop` allows. `lost`: one
+    /// line per such change, saying what would be lost per service and region.
+    #[error("this plan is destructive and needs --confirm {stack} whatever {env} allows: {}; nothing was stored. {again}", .lost.join("; "))]
+    Destructive {
+        stack: String,
+        env: String,
+        lost: Vec<String>,
+        /// What to do now, for a deploy or for `berth stack rm`.
+        again: String,
     },
     /// The environment asks for a second person's approval.
     #[error("environment {env} requires a second person's approval, which this server does not support yet: remove `approval: true` from {env} to deploy without it")]

@@ -8,6 +8,7 @@
 //! - [`retention`] — which releases a new one retires, and their deletion with their pins.
 //! - [`rollback`]  — which release a rollback returns to; the rollback itself.
 //! - [`history`]   — the retained releases, newest first.
+//! - [`remove`]    — `berth stack rm`: a release without services, kept in the history.
 //!
 //! Decisions are read from the live view ([`crate::live`]); a write waits until the view has
 //! it before answering, so the caller's next request sees it.
@@ -16,12 +17,14 @@ pub mod deploy;
 mod error;
 pub mod history;
 pub mod plan;
+pub mod remove;
 pub mod retention;
 pub mod rollback;
 
 pub use deploy::{deploy, plan, Start};
 pub use error::ReleaseError;
 pub use history::history;
+pub use remove::remove;
 pub use rollback::rollback;
 
 #[cfg(test)]

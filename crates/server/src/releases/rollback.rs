@@ -75,6 +75,7 @@ pub async fn rollback(
             images: Some(images),
             dry_run: false,
             force: true,
+            removes_stack: false,
         },
     )
     .await

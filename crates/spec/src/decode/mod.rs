@@ -309,7 +309,7 @@ fn decode_environments(ctx: &mut Ctx, node: &Node, values: &Values) -> Vec<Sourc
             env: Environment {
                 regions: Vec::new(),
                 approval: false,
-                max_capacity_drop: Percent(100),
+                max_capacity_drop: crate::model::DEFAULT_MAX_CAPACITY_DROP,
                 waves: None,
             },
             overlay: Values::new(),

@@ -21,6 +21,9 @@ pub enum NameKind {
     Region,
     /// Node label keys in `spread`: `[a-z0-9][a-z0-9._/-]*`.
     Label,
+    /// `process.user`: a login name or a numeric uid, `[A-Za-z0-9_][A-Za-z0-9._-]*`, at most
+    /// 32 characters (what `useradd` accepts, without the trailing `$` of machine accounts).
+    User,
 }
 
 impl NameKind {
@@ -33,6 +36,7 @@ impl NameKind {
             NameKind::Port => "[a-z][a-z0-9_]*",
             NameKind::Region => "[a-z0-9][a-z0-9._-]*",
             NameKind::Label => "[a-z0-9][a-z0-9._/-]*",
+            NameKind::User => "[A-Za-z0-9_][A-Za-z0-9._-]*, at most 32 characters",
         }
     }
 
@@ -69,6 +73,11 @@ impl NameKind {
             NameKind::Label => {
                 (first.is_ascii_lowercase() || first.is_ascii_digit())
                     && all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._/-".contains(c))
+            }
+            NameKind::User => {
+                s.len() <= 32
+                    && (first.is_ascii_alphanumeric() || first == '_')
+                    && all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
             }
         }
     }

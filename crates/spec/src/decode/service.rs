@@ -80,7 +80,7 @@ const MIN_REQUESTS: IntSpec = IntSpec {
 };
 const RESOURCES_FIELDS: &[&str] = &["cpu", "memory"];
 const PLACEMENT_FIELDS: &[&str] = &["spread", "constraints"];
-const PROCESS_FIELDS: &[&str] = &["command"];
+const PROCESS_FIELDS: &[&str] = &["command", "user"];
 
 const COUNT: IntSpec = IntSpec {
     what: "a non-negative integer",
@@ -326,7 +326,11 @@ fn driver(ctx: &mut Ctx, f: &Fields, path: &str, key_pos: Pos, svc: &mut Service
     if let Some(n) = process {
         let p = format!("{path}.process");
         let mut command = Vec::new();
+        let mut user = None;
         if let Some(pf) = ctx.fields(n, &p, "a mapping with `command`", PROCESS_FIELDS) {
+            if let Some(u) = pf.get("user") {
+                user = ctx.name(u, &format!("{p}.user"), NameKind::User);
+            }
             match pf.get("command") {
                 Some(c) => command = command_list(ctx, c, &format!("{p}.command")),
                 None => ctx.error(
@@ -335,7 +339,7 @@ fn driver(ctx: &mut Ctx, f: &Fields, path: &str, key_pos: Pos, svc: &mut Service
                 ),
             }
         }
-        svc.process = Some(Process { command });
+        svc.process = Some(Process { command, user });
     }
     if let Some(n) = image {
         let p = format!("{path}.image");

@@ -16,7 +16,7 @@ use crate::decode::fields::Ctx;
 use crate::decode::names::did_you_mean;
 use crate::decode::{graph, service, Source, SourceEnv};
 use crate::diag::Diagnostic;
-use crate::model::{Environment, Percent, Stack};
+use crate::model::{Environment, Stack};
 
 /// Renders the services of `src` with `env`'s values (the defaults for `None`) and `overrides`.
 /// Returns the stack when neither the source nor this rendering has a problem.
@@ -77,7 +77,7 @@ pub fn render_env(
             Environment {
                 regions: Vec::new(),
                 approval: false,
-                max_capacity_drop: Percent(100),
+                max_capacity_drop: crate::model::DEFAULT_MAX_CAPACITY_DROP,
                 waves: None,
             },
         ),
