@@ -109,6 +109,13 @@ fn an_agent_restarted_without_labels_keeps_them_and_a_change_is_said() {
     let registered = serde_json::json!({"zone": "b", "disk": "ssd"});
     assert_eq!(labels(&up), Some(registered.clone()));
 
+    // The server marks a node ready as it registers, a moment before the agent has saved the
+    // node token the registration issued: a stop in between loses it (and the join token
+    // cannot re-register a known name). Stop the first agent only once it saved its token.
+    let token = up.data_dir().join("node-n2").join("node.token");
+    up.wait_until(Duration::from_secs(20), "n2's node.token", || {
+        token.exists()
+    });
     // The README's `--replace` example restarts without --labels: they are kept, and said so.
     first.signal(nix::sys::signal::Signal::SIGTERM);
     first.wait_exit(Duration::from_secs(20));
