@@ -302,7 +302,8 @@ pub async fn events(
 fn event_of(shared: &Shared, e: berth_store::WatchEvent) -> Option<Event> {
     let subject = keys::subject(&e.kv.key);
     // The audit log has its own command (`berth audit`): its appends would crowd the stream.
-    if subject == "other" || subject == "audit" {
+    // The wrapped data keys are bookkeeping too (a rotation is in the audit log).
+    if matches!(subject, "other" | "audit" | "secret-key") {
         return None;
     }
     let (stack, env) = match keys::stack_of(&e.kv.key) {
