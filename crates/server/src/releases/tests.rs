@@ -262,6 +262,7 @@ fn release(
             rollback_of: None,
             reason: reason.map(str::to_string),
             vetoed: false,
+            approved_by: Vec::new(),
             images: BTreeMap::new(),
             secrets: BTreeMap::new(),
             spec: stack(version, 10, &[]),
