@@ -245,6 +245,20 @@ fn two_approvers_other_than_the_author_run_the_plan_and_a_moved_one_is_void() {
         "a rejected plan is not pending"
     );
     assert_eq!(releases(&up, "shop", "prod").len(), 3);
+
+    // `berth stack rm` waits for approval too, authored by its caller (not `admin`).
+    let out = as_token(
+        &up,
+        &alice,
+        &["stack", "rm", "shop", "--env", "prod", "--confirm", "shop"],
+    );
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("is pending approval (0/2), requested by alice"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(releases(&up, "shop", "prod").len(), 3, "nothing is stored");
 }
 
 #[test]

@@ -137,8 +137,10 @@ pub async fn remove(
 ) -> Result<Json<DeployResponse>, ApiError> {
     caller.require_admin()?;
     let req = body(req)?;
+    // The caller's name: a pending `stack rm` (approval: N) is authored by them.
+    let who = caller.name();
     let how = Start {
-        who: "admin",
+        who: &who,
         confirm: req.confirm.as_deref(),
         dry_run: req.dry_run,
         ..Start::default()
