@@ -259,6 +259,27 @@ fn two_approvers_other_than_the_author_run_the_plan_and_a_moved_one_is_void() {
         stderr(&out)
     );
     assert_eq!(releases(&up, "shop", "prod").len(), 3, "nothing is stored");
+
+    // Approving and rejecting are audited with the plan id (the policy table's rows).
+    let audit: Vec<Value> =
+        serde_json::from_str::<Value>(&cli_ok(&up, &["audit", "--output", "json"]))
+            .expect("audit JSON")
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+    let has = |user: &str, verb: &str, plan: &str, result: &str| {
+        audit.iter().any(|e| {
+            e["user"] == user
+                && e["action"]
+                    == format!("POST /v1/stacks/{{stack}}/{{env}}/approvals/{{plan}}/{verb}")
+                        .as_str()
+                && e["plan_id"] == plan
+                && e["result"] == result
+        })
+    };
+    assert!(has("carol", "approve", &first, "ok"), "{audit:#?}");
+    assert!(has("admin", "approve", &author, "refused"), "{audit:#?}");
+    assert!(has("bob", "reject", &v4, "ok"), "{audit:#?}");
 }
 
 #[test]
