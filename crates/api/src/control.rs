@@ -529,6 +529,52 @@ pub struct Release {
     /// two releases shows in the plan and replaces the instances of the services using it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, u64>,
+    /// The users who approved this release's plan (`approval: N` environments), in the order
+    /// they approved; empty when none was needed. `who` stays the plan's author.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<String>,
+}
+
+/// A plan waiting for approval (`berth approvals`): what, by whom, how far, until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    pub stack: String,
+    pub env: String,
+    pub plan_id: String,
+    /// Who asked for it (the deploy's or rollback's caller); never one of its approvers.
+    pub author: String,
+    /// The distinct users who approved so far.
+    pub approved_by: Vec<String>,
+    /// How many approvals it needs (`approval: N`).
+    pub needed: u32,
+    pub created_ms: u64,
+    /// After this it cannot be approved any more (`approval_timeout`).
+    pub expires_ms: u64,
+    /// `pending`, `rejected` or `expired`.
+    pub status: String,
+    /// Who rejected it and why, once rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+    /// The release a pending rollback returns to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+}
+
+/// `POST /v1/stacks/{stack}/{env}/approvals/{plan}/reject`: why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectRequest {
+    pub reason: String,
+}
+
+/// The answer to `berth approve`: the approval as it stands, a line for people, and the
+/// deploy once the last approval started it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApproveResponse {
+    pub approval: ApprovalView,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployResponse>,
 }
 
 /// `PUT /v1/secrets/{stack}/{name}`: a secret's new value.

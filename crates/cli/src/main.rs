@@ -100,6 +100,12 @@ enum Command {
     Token(commands::user::Token),
     /// The audit log: who did what, when, from where; `berth audit verify` checks its chain.
     Audit(commands::audit::Args),
+    /// Approve a pending plan (`approval: N` environments); the N-th approval runs it.
+    Approve(commands::approval::ApproveArgs),
+    /// Refuse a pending plan, with a reason; it can never be approved then.
+    Reject(commands::approval::RejectArgs),
+    /// The plans waiting for approval: id, stack/env, author, approvals so far, expiry.
+    Approvals(commands::approval::ListArgs),
 }
 
 /// Restores the default SIGPIPE action, so `berth status | head -1` ends quietly like any Unix
@@ -148,6 +154,9 @@ fn main() {
         Command::User(which) => commands::user::run(which, g),
         Command::Token(which) => commands::user::run_token(which, g),
         Command::Audit(args) => commands::audit::run(args, g),
+        Command::Approve(args) => commands::approval::approve(args, g),
+        Command::Reject(args) => commands::approval::reject(args, g),
+        Command::Approvals(args) => commands::approval::list(args, g),
     };
     std::process::exit(exit::code_of(result));
 }

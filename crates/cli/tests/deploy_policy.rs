@@ -1,5 +1,5 @@
 //! The deploy policies the README promises, through the real binary: exit code 3 ("refused by
-//! policy") for `approval: true` and for a capacity drop without `--confirm STACK`, and
+//! policy") for `approval: true` (the deploy waits for an approver) and for a capacity drop without `--confirm STACK`, and
 //! `berth deploy --plan ID`, which applies exactly the plan with that id and is refused once
 //! the live state moved since it was printed. A refusal stores nothing.
 
@@ -56,9 +56,11 @@ fn approval_true_and_an_unconfirmed_capacity_drop_exit_3_and_store_nothing() {
     let up = BerthUp::start();
     let file = write_file(up.dir(), "gated.yaml", STACK);
 
-    // `approval: true`: plain, confirmed and forced deploys are all refused with exit 3.
+    // `approval: true`: plain, confirmed and forced deploys all wait for one approver other
+    // than their author (exit 3, the plan id printed; see tests/approvals.rs for the rest).
     let plan = cli_ok(&up, &["plan", "-f", &file, "--env", "production"]);
     assert!(plan.contains("plan id: "), "plan still works:\n{plan}");
+    let id = plan_id(&plan);
     for extra in [&[][..], &["--confirm", "gated"], &["--force"]] {
         let mut args = vec!["deploy", "-f", &file, "--env", "production"];
         args.extend_from_slice(extra);
@@ -66,8 +68,9 @@ fn approval_true_and_an_unconfirmed_capacity_drop_exit_3_and_store_nothing() {
         assert_exit(&out, 3);
         let why = stderr(&out);
         assert!(
-            why.contains("environment production requires a second person's approval")
-                && why.contains("remove `approval: true` from production"),
+            why.contains(&format!(
+                "plan {id} is pending approval (0/1), requested by admin"
+            )) && why.contains(&format!("berth approve gated --env production --plan {id}")),
             "berth {args:?}: {why}"
         );
     }

@@ -434,6 +434,46 @@ impl Client {
         self.json(&what, self.request(Method::POST, url)).await
     }
 
+    /// `POST /v1/stacks/{stack}/{env}/approvals/{plan}/approve` (approve): one more approval of
+    /// a pending plan; the last one needed runs it.
+    pub async fn approve(
+        &self,
+        stack: &str,
+        env: &str,
+        plan: &str,
+    ) -> Result<berth_api::control::ApproveResponse, ClientError> {
+        self.post(
+            &["v1", "stacks", stack, env, "approvals", plan, "approve"],
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `POST /v1/stacks/{stack}/{env}/approvals/{plan}/reject` (approve): refuses a pending
+    /// plan with a reason.
+    pub async fn reject(
+        &self,
+        stack: &str,
+        env: &str,
+        plan: &str,
+        req: &berth_api::control::RejectRequest,
+    ) -> Result<berth_api::control::ApprovalView, ClientError> {
+        self.post(
+            &["v1", "stacks", stack, env, "approvals", plan, "reject"],
+            req,
+        )
+        .await
+    }
+
+    /// `GET /v1/approvals` (read): the plans waiting for approval, optionally of one stack
+    /// and environment.
+    pub async fn approvals(
+        &self,
+        query: &[(&str, String)],
+    ) -> Result<Vec<berth_api::control::ApprovalView>, ClientError> {
+        self.get(&["v1", "approvals"], query).await
+    }
+
     /// `POST /v1/stacks/{stack}/{env}/rollback` (admin): a new release with an older one's
     /// content (the previous successful one unless `req` names one).
     pub async fn rollback(

@@ -276,6 +276,10 @@ pub struct Plan {
     pub blast_radius: BlastRadius,
     /// The target environment requires a second person to approve.
     pub approval: bool,
+    /// How many distinct approvers, none of them the author, the target environment needs
+    /// (`approval: N`; 0 when `approval` is false).
+    #[serde(default)]
+    pub approvals_needed: u32,
     /// The target environment's allowed capacity drop without `--confirm` (0 % if it has none).
     pub max_capacity_drop: Percent,
     /// Some capacity is lost or a service is removed: the kind of plan that emptied three
@@ -469,7 +473,8 @@ impl Plan {
         let (approval, max_capacity_drop) = target
             .environment()
             .map(|(_, e)| (e.approval, e.max_capacity_drop))
-            .unwrap_or((false, Percent(0)));
+            .unwrap_or((0, Percent(0)));
+        let (approval, approvals_needed) = (approval > 0, approval);
         let destructive = services
             .iter()
             .any(|s| s.lost > 0 || s.kind == ChangeKind::Removed);
@@ -489,6 +494,7 @@ impl Plan {
             services,
             blast_radius,
             approval,
+            approvals_needed,
             max_capacity_drop,
             destructive,
             exceeds_capacity_drop,

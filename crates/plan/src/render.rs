@@ -204,7 +204,11 @@ impl fmt::Display for Plan {
             }
         }
         if self.approval {
-            writeln!(f, "  approval: required before apply")?;
+            writeln!(
+                f,
+                "  approval: required before apply ({} approver(s), not the author)",
+                self.approvals_needed.max(1)
+            )?;
         }
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;

@@ -50,7 +50,8 @@ fn stack(regions: &[&str], services: &[(&str, Service)]) -> Stack {
             "production".to_string(),
             Environment {
                 regions: regions.iter().map(|r| r.to_string()).collect(),
-                approval: false,
+                approval: 0,
+                approval_timeout: berth_spec::model::DEFAULT_APPROVAL_TIMEOUT,
                 max_capacity_drop: Percent(50),
                 waves: None,
             },
@@ -339,7 +340,7 @@ fn policy_changes_are_stack_changes() {
     let mut b = a.clone();
     b.history = 20;
     for e in b.environments.values_mut() {
-        e.approval = true;
+        e.approval = 1;
         e.max_capacity_drop = Percent(25);
     }
     let p = plan(&a, &b);

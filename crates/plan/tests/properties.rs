@@ -104,7 +104,8 @@ fn stack() -> impl Strategy<Value = Stack> {
                 "production".to_string(),
                 Environment {
                     regions: regions.iter().map(|r| r.to_string()).collect(),
-                    approval,
+                    approval: u32::from(approval),
+                    approval_timeout: berth_spec::model::DEFAULT_APPROVAL_TIMEOUT,
                     max_capacity_drop: Percent(drop),
                     waves: None,
                 },

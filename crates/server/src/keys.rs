@@ -26,6 +26,8 @@
 //!                                  deleted only by retention, oldest first
 //! /audit-head                      AuditHead: the first kept and the last entry's numbers and
 //!                                  hashes, written in the same transaction as every entry
+//! /approvals/STACK/ENV/PLAN_ID    PendingApproval: a deploy or rollback waiting for `approval: N`
+//!                                  approvers (see `approvals`); deleted when it runs
 //! /secret-keys/NNNNNNNNNN          DataKeyRecord: a data key, wrapped by the key-encryption key
 //!                                  in DATA_DIR/secrets.key (see `seal`); the highest is active
 //! ```
@@ -151,7 +153,7 @@ pub fn parse_pin(key: &str) -> Option<(&str, &str, u64, &str)> {
 /// releases, rollouts and pins are `PREFIX/STACK/ENV/…`, secrets and maintenance
 /// `PREFIX/STACK/NAME`. Instances carry theirs in the value, nodes have none.
 pub fn stack_of(key: &str) -> Option<(&str, Option<&str>)> {
-    for prefix in [RELEASES, ROLLOUTS, PINS] {
+    for prefix in [RELEASES, ROLLOUTS, PINS, APPROVALS] {
         if let Some(rest) = key.strip_prefix(prefix) {
             let mut parts = rest.split('/');
             let stack = parts.next().filter(|s| !s.is_empty())?;
@@ -165,6 +167,19 @@ pub fn stack_of(key: &str) -> Option<(&str, Option<&str>)> {
         }
     }
     None
+}
+
+/// Prefix of every pending approval.
+pub const APPROVALS: &str = "/approvals/";
+
+/// Every pending approval of a stack in one environment.
+pub fn approvals(stack: &str, env: &str) -> String {
+    format!("{APPROVALS}{stack}/{env}/")
+}
+
+/// One pending approval, by its plan id.
+pub fn approval(stack: &str, env: &str, plan_id: &str) -> String {
+    format!("{APPROVALS}{stack}/{env}/{plan_id}")
 }
 
 /// Prefix of every user record.
@@ -200,6 +215,8 @@ pub fn subject(key: &str) -> &'static str {
         "release"
     } else if key.starts_with(PINS) {
         "pin"
+    } else if key.starts_with(APPROVALS) {
+        "approval"
     } else if key.starts_with(MAINTENANCE) {
         "maintenance"
     } else if key.starts_with(SECRETS) || key.starts_with(SECRET_VERSIONS) {

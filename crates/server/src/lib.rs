@@ -42,6 +42,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod clock;

@@ -166,6 +166,7 @@ mod tests {
             rollback_of: None,
             reason: None,
             vetoed: false,
+            approved_by: Vec::new(),
             images: BTreeMap::new(),
             secrets: BTreeMap::new(),
             spec,

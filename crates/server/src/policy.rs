@@ -249,6 +249,23 @@ pub const POLICY: &[Rule] = &[
     rule("POST", "/v1/token/rotate", C::OwnToken, S::None, true),
     rule("GET", "/v1/audit", C::AuditRead, S::None, false),
     rule("GET", "/v1/audit/verify", C::AuditRead, S::None, false),
+    rule("GET", "/v1/approvals", C::Read, S::None, false),
+    // Approving runs someone else's plan; rejecting refuses it: both are an approver's call,
+    // in the plan's stack and environment.
+    rule(
+        "POST",
+        "/v1/stacks/{stack}/{env}/approvals/{plan}/approve",
+        C::Approve,
+        S::Path,
+        true,
+    ),
+    rule(
+        "POST",
+        "/v1/stacks/{stack}/{env}/approvals/{plan}/reject",
+        C::Approve,
+        S::Path,
+        true,
+    ),
 ];
 
 /// The table's row for a request.
@@ -411,6 +428,7 @@ pub async fn enforce(State(shared): State<Arc<Shared>>, req: Request, next: Next
             match k {
                 "stack" => named.stack = Some(v.to_string()),
                 "env" => named.env = Some(v.to_string()),
+                "plan" => named.plan_id = v.to_string(),
                 _ => {}
             }
             target.push(v.to_string());

@@ -634,6 +634,7 @@ pub(crate) mod tests {
             rollback_of: None,
             reason: None,
             vetoed: false,
+            approved_by: Vec::new(),
             images: BTreeMap::new(),
             secrets: BTreeMap::new(),
             spec: spec.clone(),

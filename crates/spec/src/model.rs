@@ -34,15 +34,54 @@ pub struct Stack {
 /// clusters.
 pub const DEFAULT_MAX_CAPACITY_DROP: Percent = Percent(50);
 
+/// `approval_timeout` when an environment does not say: a pending plan expires after a day.
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration {
+    millis: 24 * 3600 * 1000,
+};
+
+/// The default for serde (records written before `approval_timeout` existed).
+fn default_approval_timeout() -> Duration {
+    DEFAULT_APPROVAL_TIMEOUT
+}
+
+/// Whether `d` is the default, which is left out of the serialized record.
+fn is_default_approval_timeout(d: &Duration) -> bool {
+    *d == DEFAULT_APPROVAL_TIMEOUT
+}
+
+/// `approval` as records hold it: a count, or the boolean older records wrote (`true` is 1).
+fn approval_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Bool(bool),
+        Count(u32),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Bool(b) => u32::from(b),
+        Either::Count(n) => n,
+    })
+}
+
 /// An environment's rollout waves and policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
     /// Regions in rollout order; each is one wave.
     pub regions: Vec<String>,
-    /// A second person approves a plan before it applies.
-    #[serde(default)]
-    pub approval: bool,
+    /// `approval: N`: how many distinct people other than the author approve a plan before
+    /// it applies (0: none). `true` in a stack file (and in records written before counts
+    /// existed) means 1, `false` 0.
+    #[serde(default, deserialize_with = "approval_count")]
+    pub approval: u32,
+    /// `approval_timeout`: how long a pending plan waits for its approvals before it expires
+    /// ([`DEFAULT_APPROVAL_TIMEOUT`] when not written; not serialized then, so records written
+    /// before it existed read the same).
+    #[serde(
+        default = "default_approval_timeout",
+        skip_serializing_if = "is_default_approval_timeout"
+    )]
+    pub approval_timeout: Duration,
     /// The largest loss of healthy capacity a plan may cause without `--confirm STACK`
     /// ([`DEFAULT_MAX_CAPACITY_DROP`] when not written). A plan that removes a service, stops
     /// every instance of one or empties a region needs the confirmation whatever this says.

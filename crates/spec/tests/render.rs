@@ -366,3 +366,40 @@ fn canary_fields_can_be_set_from_the_command_line() {
         Some(BasisPoints(50))
     );
 }
+
+/// `approval: N` counts approvers (`true` is 1, `false` 0), `approval_timeout` defaults to
+/// 24 h, and a record written when `approval` was a boolean still reads.
+#[test]
+fn approval_is_a_count_with_a_timeout() {
+    let file = |approval: &str| {
+        format!("stack: s\nenvironments:\n  prod:\n    regions: [local]\n    approval: {approval}\nservices:\n  web:\n    image: example/web:1\n")
+    };
+    let env = |approval: &str| {
+        render(file(approval).as_bytes(), "prod", &[]).map(|s| s.environments["prod"].clone())
+    };
+    assert_eq!(env("2").unwrap().approval, 2);
+    assert_eq!(env("true").unwrap().approval, 1);
+    assert_eq!(env("false").unwrap().approval, 0);
+    let e = env("1\n    approval_timeout: 2s").unwrap();
+    assert_eq!((e.approval, e.approval_timeout.millis), (1, 2_000));
+    assert_eq!(
+        env("2").unwrap().approval_timeout,
+        berth_spec::model::DEFAULT_APPROVAL_TIMEOUT
+    );
+    let bad = messages(render(file("many").as_bytes(), "prod", &[]));
+    assert!(
+        bad.iter().any(|m| m.contains("environments.prod.approval")),
+        "{bad:?}"
+    );
+    let bad = messages(render(file("7").as_bytes(), "prod", &[]));
+    assert!(!bad.is_empty(), "at most 6 approvers");
+    // Older records: `approval: true` in JSON.
+    let old: berth_spec::model::Environment =
+        serde_json::from_str(r#"{"regions":["local"],"approval":true,"max_capacity_drop":"50%"}"#)
+            .unwrap();
+    assert_eq!(old.approval, 1);
+    assert_eq!(
+        old.approval_timeout,
+        berth_spec::model::DEFAULT_APPROVAL_TIMEOUT
+    );
+}

@@ -4,6 +4,7 @@
 //! (the deploy request and the printing of its answer; following a release with `--wait`).
 
 pub mod agent;
+pub mod approval;
 pub mod audit;
 pub mod bench;
 pub mod clock_time;

@@ -176,6 +176,7 @@ impl World {
             rollback_of: None,
             reason: None,
             vetoed: false,
+            approved_by: Vec::new(),
             spec,
             images: BTreeMap::new(),
             secrets: BTreeMap::new(),

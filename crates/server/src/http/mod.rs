@@ -3,6 +3,7 @@
 //! ([`crate::policy::POLICY`]) before its handler runs: a route missing from it answers 500
 //! (deny by default), and `policy::tests` fails on it.
 
+mod approvals;
 mod nodes;
 mod releases;
 mod rollouts;
@@ -84,6 +85,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/token/rotate", post(users::rotate))
         .route("/v1/audit", get(users::audit))
         .route("/v1/audit/verify", get(users::audit_verify))
+        .route("/v1/approvals", get(approvals::list))
+        .route(
+            "/v1/stacks/{stack}/{env}/approvals/{plan}/approve",
+            post(approvals::approve),
+        )
+        .route(
+            "/v1/stacks/{stack}/{env}/approvals/{plan}/reject",
+            post(approvals::reject),
+        )
         // Every route above, and only those: the policy table's check (authentication,
         // capability, scope, audit) runs before the handler.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -30,7 +30,7 @@ impl From<ReleaseError> for ApiError {
             | ReleaseError::ConcurrentDeploy => ApiError::conflict(e.to_string()),
             ReleaseError::CapacityDrop { .. }
             | ReleaseError::Destructive { .. }
-            | ReleaseError::Approval { .. }
+            | ReleaseError::Pending { .. }
             | ReleaseError::Unplaceable { .. }
             | ReleaseError::Vetoed { .. } => ApiError::refused(e.to_string()),
             ReleaseError::NoHistory { .. }
@@ -90,6 +90,8 @@ pub async fn deploy(
         dry_run: req.dry_run,
         force: req.force,
         removes_stack: false,
+        approved_by: None,
+        approval_exempt: false,
     };
     Ok(Json(
         releases::deploy(&shared, &req.env, &target, &how).await?,
@@ -135,8 +137,10 @@ pub async fn remove(
 ) -> Result<Json<DeployResponse>, ApiError> {
     caller.require_admin()?;
     let req = body(req)?;
+    // The caller's name: a pending `stack rm` (approval: N) is authored by them.
+    let who = caller.name();
     let how = Start {
-        who: "admin",
+        who: &who,
         confirm: req.confirm.as_deref(),
         dry_run: req.dry_run,
         ..Start::default()
@@ -191,6 +195,7 @@ mod tests {
             images: Default::default(),
             secrets: Default::default(),
             vetoed: false,
+            approved_by: Vec::new(),
             spec: berth_spec::render(source.as_bytes(), "staging", &[]).expect("stack"),
         };
         shared

@@ -349,11 +349,17 @@ fn event_of(shared: &Shared, e: berth_store::WatchEvent) -> Option<Event> {
 /// Who made a change, where its record says: a release's `who` (the user who deployed or
 /// rolled back it).
 fn who_of(e: &berth_store::WatchEvent) -> Option<String> {
-    if !matches!(e.kind, EventKind::Put) || keys::subject(&e.kv.key) != "release" {
+    let field = match keys::subject(&e.kv.key) {
+        "release" => "who",
+        // A pending plan: its author.
+        "approval" => "author",
+        _ => return None,
+    };
+    if !matches!(e.kind, EventKind::Put) {
         return None;
     }
     let value: serde_json::Value = serde_json::from_slice(&e.kv.value).ok()?;
-    value.get("who")?.as_str().map(str::to_string)
+    value.get(field)?.as_str().map(str::to_string)
 }
 
 /// One line about a change, for people (the stack is prefixed by [`event_of`]).
@@ -436,6 +442,30 @@ fn summarize(e: &berth_store::WatchEvent) -> String {
             &key[keys::SECRET_VERSIONS.len()..],
             value.as_u64().unwrap_or(0)
         ),
+        // A pending plan: its id, how far its approvals are, and its author.
+        "approval" => {
+            let field = |p: &str| value.pointer(p).and_then(|v| v.as_str()).unwrap_or("?");
+            let have = value
+                .pointer("/approved_by")
+                .and_then(|v| v.as_array())
+                .map_or(0, Vec::len);
+            let needed = value
+                .pointer("/needed")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(1);
+            match value.pointer("/rejected/by").and_then(|v| v.as_str()) {
+                Some(by) => format!(
+                    "plan {} rejected by {by}: {}",
+                    field("/plan_id"),
+                    field("/rejected/reason")
+                ),
+                None => format!(
+                    "plan {} pending approval ({have}/{needed}) by {}",
+                    field("/plan_id"),
+                    field("/author")
+                ),
+            }
+        }
         // Never the token's hash: the name and role only.
         "user" => format!(
             "user {}: {}",

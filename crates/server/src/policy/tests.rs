@@ -172,6 +172,7 @@ fn concrete(route: &str) -> String {
         .replace("{id}", "agent-n1")
         .replace("{service}", "web")
         .replace("{command}", "pause")
+        .replace("{plan}", "ab12cd34ef56")
 }
 
 fn body_for(rule: &Rule, stack_source: &str, env: &str) -> Body {

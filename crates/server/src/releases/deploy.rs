@@ -37,6 +37,12 @@ pub struct Start<'a> {
     /// `berth stack rm`: the target is the live release without its services; the release's
     /// summary says so, and a refusal names the command to run again.
     pub removes_stack: bool,
+    /// The approvers of a pending plan (`berth approve`): the environment's `approval: N` is
+    /// met, and the release records them. `None`: not approved (yet).
+    pub approved_by: Option<&'a [String]>,
+    /// A rollback to a release that went live (approved, or needing no approval then): it
+    /// needs no new approval, so getting back to a known-good state stays one command.
+    pub approval_exempt: bool,
 }
 
 /// What a deploy decides from, read from the live view at one revision.
@@ -289,11 +295,6 @@ fn check_policy(
             lost: capacity_lost(plan),
         });
     }
-    if plan.approval {
-        return Err(ReleaseError::Approval {
-            env: env.to_string(),
-        });
-    }
     // A cluster with no node yet (agents still joining, as at `berth up`'s start) is not
     // refused: the plan shows the lines, and the rollout places once nodes arrive.
     let (lines, has_nodes) = placement;
@@ -345,6 +346,11 @@ async fn try_deploy(
         }));
     }
     check_policy(&full, how, &read.placement, &stack, env)?;
+    // Last: a plan that passed every other check waits for its approvers (stored as pending,
+    // exit 3 with its id) instead of becoming a release.
+    if full.plan.approval && how.approved_by.is_none() && !how.approval_exempt {
+        return Err(crate::approvals::pend(shared, env, target, how, &full.id).await?);
+    }
     if let Some(vetoed) = read
         .existing
         .iter()
@@ -390,6 +396,7 @@ async fn try_deploy(
             None => carried_pins(base, target),
         },
         secrets: read.secrets.clone(),
+        approved_by: how.approved_by.map(<[String]>::to_vec).unwrap_or_default(),
         spec: target.clone(),
     };
     let from = base.map(|b| b.number);

@@ -38,9 +38,12 @@ pub enum ReleaseError {
         /// What to do now, for a deploy or for `berth stack rm`.
         again: String,
     },
-    /// The environment asks for a second person's approval.
-    #[error("environment {env} requires a second person's approval, which this server does not support yet: remove `approval: true` from {env} to deploy without it")]
-    Approval { env: String },
+    /// The environment asks for `approval: N`: the plan is stored as pending (exit 3, its id
+    /// printed) until N users other than its author approve it.
+    #[error("{}/{}: plan {} is pending approval ({}/{}), requested by {}; nothing was deployed yet. It runs when {} user(s) other than {} approve it with `berth approve {} --env {} --plan {}` before it expires (approval_timeout); `berth approvals` lists what waits, `berth reject` refuses it", .view.stack, .view.env, .view.plan_id, .view.approved_by.len(), .view.needed, .view.author, .view.needed, .view.author, .view.stack, .view.env, .view.plan_id)]
+    Pending {
+        view: Box<berth_api::control::ApprovalView>,
+    },
     /// Some instances cannot be placed on the cluster as it is now (and no `--force`).
     #[error("this plan cannot be placed on the cluster as it is now, so its rollout would fail: {}; nothing was stored. Add or undrain nodes, free capacity or relax the constraints, or deploy anyway with --force", .reasons.join("; "))]
     Unplaceable { reasons: Vec<String> },

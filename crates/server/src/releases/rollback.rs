@@ -41,7 +41,9 @@ pub fn target<'a>(
 
 /// `berth rollback`: starts a new release with the content and pinned image ids of
 /// [`target`]'s choice. Confirmed and forced: it returns to what ran before, so neither the
-/// capacity policy nor placement holds it back.
+/// capacity policy nor placement holds it back. In an `approval: N` environment a rollback
+/// to a release that went live needs no new approval; to one that never did, it is pending
+/// like a deploy.
 pub async fn rollback(
     shared: &Shared,
     stack: &str,
@@ -50,7 +52,7 @@ pub async fn rollback(
     who: &str,
 ) -> Result<DeployResponse, ReleaseError> {
     deploy::catch_up(shared).await?;
-    let (spec, number, images) = {
+    let (spec, number, images, exempt) = {
         let view = shared.view.read();
         let releases: Vec<Versioned<Release>> = view
             .releases_of(stack, env)
@@ -61,7 +63,13 @@ pub async fn rollback(
             .and_then(|r| view.release(stack, env, r.value.to))
             .map(|r| &r.value);
         let target = target(&releases, current, requested, stack, env)?;
-        (target.spec.clone(), target.number, target.images.clone())
+        // A release that went live was approved (or needed no approval) when it ran.
+        (
+            target.spec.clone(),
+            target.number,
+            target.images.clone(),
+            went_live(target),
+        )
     };
     deploy::deploy(
         shared,
@@ -76,6 +84,8 @@ pub async fn rollback(
             dry_run: false,
             force: true,
             removes_stack: false,
+            approved_by: None,
+            approval_exempt: exempt,
         },
     )
     .await

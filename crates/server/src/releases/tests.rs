@@ -262,6 +262,7 @@ fn release(
             rollback_of: None,
             reason: reason.map(str::to_string),
             vetoed: false,
+            approved_by: Vec::new(),
             images: BTreeMap::new(),
             secrets: BTreeMap::new(),
             spec: stack(version, 10, &[]),
@@ -343,4 +344,44 @@ async fn a_store_written_by_an_older_version_reads_its_pins_from_the_record() {
     let shown = history(&f.shared.view.read(), "shop", "staging").expect("history");
     assert_eq!(shown[0].images["web"], "sha256:old");
     assert!(f.shared.view.read().pins_of("shop", "staging", 1).is_none());
+}
+
+/// In an `approval: 1` environment a rollback to a release that went live runs at once
+/// (getting back to a known-good state stays one command); a rollback to one that never went
+/// live waits for an approver like a deploy, and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_needs_no_approval_only_to_a_release_that_went_live() {
+    let f = fixture().await;
+    let gated = |version: u32| {
+        let source = format!("stack: shop\nenvironments:\n  staging:\n    regions: [local]\n    approval: 1\nservices:\n  web:\n    process: {{command: [sleep, \"1000\"]}}\n    env: {{ VERSION: \"{version}\" }}\n    replicas: 1\n");
+        berth_spec::render(source.as_bytes(), "staging", &[]).expect("a valid stack")
+    };
+    for (n, status, version) in [
+        (1, ReleaseStatus::Superseded, 1),
+        (2, ReleaseStatus::Failed, 2),
+        (3, ReleaseStatus::Live, 3),
+    ] {
+        let mut r = release(n, status, None, version).value;
+        r.spec = gated(version);
+        if status == ReleaseStatus::Failed {
+            r.reason = Some("unhealthy".into());
+        }
+        f.shared
+            .store
+            .put(&keys::release("shop", "staging", n), state::encode(&r))
+            .await
+            .expect("put");
+    }
+    let err = rollback(&f.shared, "shop", "staging", Some(2), "alice")
+        .await
+        .expect_err("release 2 never went live");
+    assert!(
+        matches!(&err, ReleaseError::Pending { view } if view.author == "alice" && view.rollback_of == Some(2)),
+        "{err:?}"
+    );
+    assert_eq!(numbers(&f.shared).await, vec![1, 2, 3], "nothing stored");
+    let done = rollback(&f.shared, "shop", "staging", Some(1), "alice")
+        .await
+        .expect("release 1 went live: no approval needed");
+    assert_eq!(done.release, Some(4));
 }

@@ -122,6 +122,7 @@ const ENV_FIELDS: &[&str] = &[
     "regions",
     "values",
     "approval",
+    "approval_timeout",
     "max_capacity_drop",
     "waves",
 ];
@@ -308,7 +309,8 @@ fn decode_environments(ctx: &mut Ctx, node: &Node, values: &Values) -> Vec<Sourc
             name: name.to_string(),
             env: Environment {
                 regions: Vec::new(),
-                approval: false,
+                approval: 0,
+                approval_timeout: crate::model::DEFAULT_APPROVAL_TIMEOUT,
                 max_capacity_drop: crate::model::DEFAULT_MAX_CAPACITY_DROP,
                 waves: None,
             },
@@ -333,7 +335,16 @@ fn decode_environments(ctx: &mut Ctx, node: &Node, values: &Values) -> Vec<Sourc
                 ),
             }
             if let Some(n) = f.get("approval") {
-                env.env.approval = ctx.bool(n, &format!("{path}.approval")).unwrap_or(false);
+                env.env.approval = decode_approval(ctx, n, &format!("{path}.approval"));
+            }
+            if let Some(n) = f.get("approval_timeout") {
+                if let Some(d) = ctx.unit::<Duration>(
+                    n,
+                    &format!("{path}.approval_timeout"),
+                    "a duration like 24h or 30m",
+                ) {
+                    env.env.approval_timeout = d;
+                }
             }
             if let Some(n) = f.get("max_capacity_drop") {
                 if let Some(p) =
@@ -352,6 +363,26 @@ fn decode_environments(ctx: &mut Ctx, node: &Node, values: &Values) -> Vec<Sourc
         out.push(env);
     }
     out
+}
+
+/// `approval: N` (distinct approvers), or `true` (1) / `false` (0) as before counts existed.
+fn decode_approval(ctx: &mut Ctx, node: &Node, path: &str) -> u32 {
+    const COUNT: IntSpec = IntSpec {
+        what: "true, false or a number of approvers from 0 to 6",
+        lo: 0,
+        hi: 6,
+        say_max: false,
+    };
+    if let crate::yaml::NodeKind::Scalar { value, plain: true } = &node.kind {
+        match value.trim() {
+            "true" => return 1,
+            "false" => return 0,
+            _ => {}
+        }
+    }
+    ctx.int(node, path, COUNT)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
 }
 
 /// `waves: { bake, min_requests, on_failure }`, every field defaulted when left out.

@@ -76,7 +76,8 @@ pub fn render_env(
             String::new(),
             Environment {
                 regions: Vec::new(),
-                approval: false,
+                approval: 0,
+                approval_timeout: crate::model::DEFAULT_APPROVAL_TIMEOUT,
                 max_capacity_drop: crate::model::DEFAULT_MAX_CAPACITY_DROP,
                 waves: None,
             },
