@@ -172,8 +172,18 @@ pub enum StartError {
 }
 
 impl Shared {
-    /// Loads (or creates) the tokens and prepares the shared state.
+    /// Loads (or creates) the tokens and prepares the shared state, always leading (the
+    /// embedded store: one server).
     pub async fn new(config: ServerConfig) -> Result<Arc<Shared>, StartError> {
+        Shared::with_leadership(config, Arc::new(leadership::SoleLeader::new())).await
+    }
+
+    /// [`Shared::new`] with the controllers run only while `leadership` leads (several
+    /// servers on etcd: [`leadership::EtcdLeadership`]).
+    pub async fn with_leadership(
+        config: ServerConfig,
+        leadership: Arc<dyn leadership::Leadership>,
+    ) -> Result<Arc<Shared>, StartError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -206,7 +216,7 @@ impl Shared {
         let known = liveness::Known::load(config.store.as_ref()).await?;
         Ok(Arc::new(Shared {
             store: config.store,
-            leadership: Arc::new(leadership::SoleLeader::new()),
+            leadership,
             view: live::LiveView::new(view),
             admin: auth::TokenHash::of(&admin),
             join: auth::TokenHash::of(&join),

@@ -72,6 +72,10 @@ pub async fn run(shared: std::sync::Arc<Shared>, mut stop: tokio::sync::watch::R
 /// One pass: decide from the view and memory, then write the marks: one transaction for
 /// every node that went down, one for every node that came back.
 pub async fn pass(shared: &Shared) {
+    // Only the leader marks nodes (its writes are fenced too, for a leader deposed meanwhile).
+    if !shared.leadership.is_leading() {
+        return;
+    }
     // Held across the writes: `berth node rm` takes it too, so no mark is written for a node
     // being removed (and the view read below is not older than a removal).
     let _order = shared.liveness_marks.lock().await;
@@ -117,11 +121,14 @@ async fn mark_down(shared: &Shared, nodes: &[(String, u64)], revisions: &[i64], 
                 crate::state::encode(last),
             ));
         }
-        shared.store.txn(Txn {
-            compares,
-            success: ops,
-            failure: vec![],
-        })
+        shared.store.txn(crate::leadership::fenced(
+            shared.leadership.as_ref(),
+            Txn {
+                compares,
+                success: ops,
+                failure: vec![],
+            },
+        ))
     };
     let all: Vec<_> = nodes.iter().zip(revisions).collect();
     let written: Vec<&str> = match write(all.clone()).await {
@@ -158,13 +165,18 @@ async fn clear(shared: &Shared, nodes: &[String]) {
         .collect();
     let done = shared
         .store
-        .txn(Txn {
-            compares: vec![],
-            success: ops,
-            failure: vec![],
-        })
+        .txn(crate::leadership::fenced(
+            shared.leadership.as_ref(),
+            Txn {
+                compares: vec![],
+                success: ops,
+                failure: vec![],
+            },
+        ))
         .await;
     match done {
+        // A failed fence (no longer leading) clears nothing: the next leader decides again.
+        Ok(r) if !r.succeeded => {}
         Ok(_) => {
             if let Ok(mut m) = shared.marked_down.lock() {
                 for n in nodes {

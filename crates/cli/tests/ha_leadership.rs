@@ -1,0 +1,177 @@
+//! Several `berth server` processes on one etcd prefix (issue 14, point 2): exactly one leads
+//! (holds `/leader` under the prefix); `kill -9` of the leader → another leads within the lease
+//! TTL plus one retry; a leader `SIGSTOP`ped past its lease is replaced, and once `SIGCONT`ed it
+//! steps down and writes nothing more to the leader key; a graceful stop (SIGTERM) resigns at
+//! once. The real binary, on a real etcd started here on loopback ports chosen at run time.
+
+mod common;
+
+#[path = "../../store/tests/common/etcd.rs"]
+mod etcd;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_store::Store;
+use common::process::Proc;
+use nix::sys::signal::Signal;
+
+/// The lease TTL (`berth_server::leadership::LEADER_TTL`) and the campaign retry.
+const TTL: Duration = Duration::from_secs(3);
+const RETRY: Duration = Duration::from_secs(1);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// `berth server` number `i` on `store` under `/ha`, healthy; all but the first share the
+/// first one's secrets key (they seal into one store).
+fn start_server(dir: &Path, i: usize, store: &str, key: Option<&Path>) -> (Proc, String) {
+    let api = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let data = dir.join(format!("data{i}"));
+    let mut cmd = common::command(["server", "--data-dir"]);
+    cmd.arg(&data)
+        .arg("--api")
+        .arg(api.to_string())
+        .arg("--store")
+        .arg(store)
+        .arg("--etcd-prefix")
+        .arg("/ha");
+    if let Some(key) = key {
+        cmd.arg("--secrets-key-file").arg(key);
+    }
+    let proc = Proc::spawn(cmd, &format!("berth-server-{i}"), dir);
+    proc.wait_until(
+        Duration::from_secs(30),
+        "GET /v1/health answers 200",
+        || common::http::is_ok(api, "/v1/health"),
+    );
+    (proc, format!("http://{api}"))
+}
+
+/// The API URL the leader key names, and the key's mod_revision.
+fn leader(rt: &tokio::runtime::Runtime, store: &berth_store::EtcdStore) -> Option<(String, i64)> {
+    let kv = rt
+        .block_on(store.get("/leader"))
+        .expect("read /ha/leader")?;
+    let v: serde_json::Value = serde_json::from_slice(&kv.value).expect("a leader record");
+    Some((v["api"].as_str()?.to_string(), kv.mod_revision))
+}
+
+/// Waits until the leader key names `api`; returns how long that took.
+fn until_leads(
+    rt: &tokio::runtime::Runtime,
+    store: &berth_store::EtcdStore,
+    api: &str,
+    within: Duration,
+    procs: &[&Proc],
+) -> Duration {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "failover times of real processes, on the real monotonic clock"
+    )]
+    let start = Instant::now();
+    loop {
+        if leader(rt, store).is_some_and(|(a, _)| a == api) {
+            return start.elapsed();
+        }
+        if start.elapsed() > within {
+            let logs: String = procs.iter().map(|p| p.log_tail()).collect();
+            panic!("{api} does not lead within {within:?}\n{logs}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn one_server_leads_a_killed_or_paused_leader_is_replaced_and_a_stop_resigns() {
+    let rt = runtime();
+    let etcd = rt.block_on(etcd::Etcd::start());
+    let url = format!("etcd://{}", etcd.endpoints[0].trim_start_matches("http://"));
+    let store = rt.block_on(etcd.store("/ha"));
+    let dir = common::temp_dir();
+    let key: PathBuf = dir.path().join("data0").join("secrets.key");
+
+    let (s0, api0) = start_server(dir.path(), 0, &url, None);
+    let (s1, api1) = start_server(dir.path(), 1, &url, Some(&key));
+    common::wait_until(Duration::from_secs(10), "someone leads", || {
+        leader(&rt, &store).is_some()
+    });
+    // A few campaign rounds later the leader is still the same one: exactly one leads.
+    let (first, rev) = leader(&rt, &store).expect("a leader");
+    std::thread::sleep(RETRY * 3);
+    assert_eq!(
+        leader(&rt, &store),
+        Some((first.clone(), rev)),
+        "one leader, unchanged"
+    );
+    let (dead, survivor, api_survivor) = if first == api0 {
+        (s0, s1, api1)
+    } else {
+        assert_eq!(first, api1);
+        (s1, s0, api0)
+    };
+
+    // kill -9 of the leader: the other leads within the TTL plus one retry.
+    dead.kill9();
+    let took = until_leads(&rt, &store, &api_survivor, TTL + RETRY * 3, &[&survivor]);
+    println!("failover after kill -9: {took:?}");
+    assert!(
+        took <= TTL + RETRY + Duration::from_millis(1500),
+        "{took:?}"
+    );
+
+    // A third server joins as a follower; the leader is paused past its lease.
+    let (s2, api2) = start_server(dir.path(), 2, &url, Some(&key));
+    let paused_from = rt.block_on(store.revision()).expect("revision");
+    survivor.signal(Signal::SIGSTOP);
+    let took = until_leads(&rt, &store, &api2, TTL + RETRY * 3, &[&s2]);
+    println!("failover after SIGSTOP: {took:?}");
+    std::thread::sleep(RETRY * 2);
+    survivor.signal(Signal::SIGCONT);
+    common::wait_until(
+        Duration::from_secs(10),
+        "the resumed server steps down",
+        || survivor.stderr_text().contains("no longer leading"),
+    );
+    std::thread::sleep(RETRY * 3);
+    assert_eq!(leader(&rt, &store).map(|l| l.0), Some(api2.clone()));
+    // The store's history since the pause: no write of the old leader's to the leader key.
+    let events = rt.block_on(async {
+        let now = store.revision().await.expect("revision");
+        let mut w = store
+            .watch("/leader", paused_from + 1)
+            .await
+            .expect("watch");
+        let mut events = Vec::new();
+        while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_millis(500), w.recv()).await
+        {
+            let done = e.revision >= now;
+            events.push(e);
+            if done {
+                break;
+            }
+        }
+        events
+    });
+    for e in &events {
+        let v: serde_json::Value = serde_json::from_slice(&e.kv.value).unwrap_or_default();
+        assert_ne!(
+            v["api"].as_str(),
+            Some(api_survivor.as_str()),
+            "the resumed leader wrote the leader key again: {events:?}"
+        );
+    }
+    assert!(s2.try_exit().is_none() && survivor.try_exit().is_none());
+
+    // A graceful stop resigns: the resumed server leads within about one retry, not a TTL.
+    s2.signal(Signal::SIGTERM);
+    let took = until_leads(&rt, &store, &api_survivor, RETRY * 3, &[&survivor]);
+    println!("failover after SIGTERM: {took:?}");
+    s2.wait_exit(Duration::from_secs(20));
+}
