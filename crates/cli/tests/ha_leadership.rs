@@ -175,3 +175,87 @@ fn one_server_leads_a_killed_or_paused_leader_is_replaced_and_a_stop_resigns() {
     println!("failover after SIGTERM: {took:?}");
     s2.wait_exit(Duration::from_secs(20));
 }
+
+/// Token `name` (`admin.token`, `join.token`) of server `i`'s data directory.
+fn token(dir: &Path, i: usize, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("data{i}")).join(name))
+        .expect("a token file")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_first_servers_admin_and_join_tokens_work_on_every_replica() {
+    let rt = runtime();
+    let etcd = rt.block_on(etcd::Etcd::start());
+    let url = format!("etcd://{}", etcd.endpoints[0].trim_start_matches("http://"));
+    let dir = common::temp_dir();
+    let key: PathBuf = dir.path().join("data0").join("secrets.key");
+    let (_s0, api0) = start_server(dir.path(), 0, &url, None);
+    let (_s1, api1) = start_server(dir.path(), 1, &url, Some(&key));
+    let addr = |api: &str| -> SocketAddr {
+        api.trim_start_matches("http://")
+            .parse()
+            .expect("an address")
+    };
+    let (a0, a1) = (addr(&api0), addr(&api1));
+    let admin0 = token(dir.path(), 0, "admin.token");
+    let admin1 = token(dir.path(), 1, "admin.token");
+    assert_ne!(admin0, admin1, "each data directory got its own file");
+
+    let status = |a: SocketAddr, t: &str| {
+        common::http::get_auth(a, "/v1/nodes", t)
+            .expect("GET")
+            .status
+    };
+    assert_eq!(
+        status(a1, &admin0),
+        200,
+        "the first server's admin token on the second"
+    );
+    assert_eq!(
+        status(a1, &admin1),
+        200,
+        "the second's own still works there"
+    );
+    assert_eq!(status(a0, &admin0), 200);
+    assert_eq!(status(a1, "wrongwrongwrongwrongwrong"), 401);
+    // The store holds hashes only: no token in the clear.
+    let all = rt.block_on(async { rt_range(&etcd).await });
+    for t in [&admin0, &admin1, &token(dir.path(), 0, "join.token")] {
+        assert!(
+            !all.iter()
+                .any(|v| v.windows(t.len()).any(|w| w == t.as_bytes())),
+            "a token in the clear in the store"
+        );
+    }
+
+    // The first server's join token registers a node through the second.
+    let join0 = token(dir.path(), 0, "join.token");
+    let body = serde_json::json!({
+        "name": "n1",
+        "resources": {"cpu_millis": 1000, "memory_bytes": 1_000_000_000u64},
+        "drivers": [],
+        "address": "127.0.0.1"
+    })
+    .to_string();
+    let auth = format!("Bearer {join0}");
+    let r = common::http::request(
+        a1,
+        "POST",
+        "/v1/nodes/register",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .expect("POST");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+async fn rt_range(etcd: &etcd::Etcd) -> Vec<Vec<u8>> {
+    let store = etcd.store("/ha").await;
+    let all = store.range("").await.expect("range");
+    all.kvs.into_iter().map(|kv| kv.value).collect()
+}

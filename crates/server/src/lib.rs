@@ -109,6 +109,10 @@ pub struct Shared {
     pub view: live::LiveView,
     pub admin: auth::TokenHash,
     pub join: auth::TokenHash,
+    /// The cluster's admin and join token hashes when they differ from this server's own
+    /// (a replica that is not the first on its store; see [`auth::cluster_token`]).
+    pub cluster_admin: Option<auth::TokenHash>,
+    pub cluster_join: Option<auth::TokenHash>,
     /// Seals and opens secret values (see [`seal`]).
     pub keyring: seal::Keyring,
     pub clock: Clock,
@@ -212,14 +216,20 @@ impl Shared {
         let view = view::View::load(config.store.as_ref())
             .await
             .map_err(StartError::State)?;
+        let (admin_hash, join_hash) = (auth::TokenHash::of(&admin), auth::TokenHash::of(&join));
+        let cluster_admin =
+            auth::cluster_token(config.store.as_ref(), "admin", &admin_hash).await?;
+        let cluster_join = auth::cluster_token(config.store.as_ref(), "join", &join_hash).await?;
         let started_ms = config.clock.now_ms();
         let known = liveness::Known::load(config.store.as_ref()).await?;
         Ok(Arc::new(Shared {
             store: config.store,
             leadership,
             view: live::LiveView::new(view),
-            admin: auth::TokenHash::of(&admin),
-            join: auth::TokenHash::of(&join),
+            admin: admin_hash,
+            join: join_hash,
+            cluster_admin,
+            cluster_join,
             keyring,
             clock: config.clock,
             kick: Notify::new(),

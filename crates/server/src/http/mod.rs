@@ -234,12 +234,20 @@ impl FromRequestParts<Arc<Shared>> for Caller {
 /// The caller a token names, if it is one the server holds in memory: the admin or join token,
 /// or a node token already checked against the store.
 fn known_caller(shared: &Shared, token: &str) -> Option<Caller> {
-    if shared.admin.matches(token) {
+    if shared.admin.matches(token)
+        || shared
+            .cluster_admin
+            .as_ref()
+            .is_some_and(|h| h.matches(token))
+    {
         return Some(Caller::Admin);
     }
-    if shared
-        .join
-        .matches(berth_api::join::JoinToken::secret_of(token))
+    let secret = berth_api::join::JoinToken::secret_of(token);
+    if shared.join.matches(secret)
+        || shared
+            .cluster_join
+            .as_ref()
+            .is_some_and(|h| h.matches(secret))
     {
         return Some(Caller::Joining);
     }
