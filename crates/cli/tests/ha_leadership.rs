@@ -259,3 +259,75 @@ async fn rt_range(etcd: &etcd::Etcd) -> Vec<Vec<u8>> {
     let all = store.range("").await.expect("range");
     all.kvs.into_iter().map(|kv| kv.value).collect()
 }
+
+#[test]
+fn berth_servers_lists_the_replicas_and_marks_the_leader() {
+    let rt = runtime();
+    let etcd = rt.block_on(etcd::Etcd::start());
+    let url = format!("etcd://{}", etcd.endpoints[0].trim_start_matches("http://"));
+    let store = rt.block_on(etcd.store("/ha"));
+    let dir = common::temp_dir();
+    let key: PathBuf = dir.path().join("data0").join("secrets.key");
+    let (_s0, api0) = start_server(dir.path(), 0, &url, None);
+    let (s1, api1) = start_server(dir.path(), 1, &url, Some(&key));
+    let admin0 = token(dir.path(), 0, "admin.token");
+    let servers = |api: &str, json: bool| {
+        let mut cmd = common::command(["servers"]);
+        if json {
+            cmd.args(["--output", "json"]);
+        }
+        cmd.env("BERTH_SERVER", api).env("BERTH_TOKEN", &admin0);
+        common::run_command(cmd, Duration::from_secs(30))
+    };
+    common::wait_until(Duration::from_secs(10), "someone leads", || {
+        leader(&rt, &store).is_some()
+    });
+    let (leading, _) = leader(&rt, &store).expect("a leader");
+    // Asked through either replica: both listed, the leader key's one marked.
+    for api in [&api0, &api1] {
+        let mut listed = Vec::new();
+        common::wait_until(Duration::from_secs(15), "both servers listed", || {
+            let out = servers(api, true);
+            common::assert_exit(&out, 0);
+            listed = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("json");
+            listed.len() == 2
+        });
+        let apis: Vec<&str> = listed.iter().filter_map(|s| s["api"].as_str()).collect();
+        assert!(
+            apis.contains(&api0.as_str()) && apis.contains(&api1.as_str()),
+            "{listed:?}"
+        );
+        let leaders: Vec<&serde_json::Value> =
+            listed.iter().filter(|s| s["leader"] == true).collect();
+        assert_eq!(leaders.len(), 1, "{listed:?}");
+        assert_eq!(leaders[0]["api"], leading.as_str());
+        assert!(
+            leaders[0]["leader_since_ms"].as_u64().is_some(),
+            "{listed:?}"
+        );
+        assert!(listed
+            .iter()
+            .all(|s| s["version"].as_str().is_some_and(|v| !v.is_empty())));
+    }
+    let table = servers(&api0, false);
+    common::assert_exit(&table, 0);
+    let text = common::stdout(&table);
+    assert!(text.contains("SERVER") && text.contains("LEADER"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&leading) && l.contains("yes, for")),
+        "{text}"
+    );
+
+    // After the other leads, the listing follows.
+    if leading == api1 {
+        s1.signal(Signal::SIGTERM);
+        s1.wait_exit(Duration::from_secs(20));
+        until_leads(&rt, &store, &api0, RETRY * 3, &[]);
+        let out = servers(&api0, true);
+        let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+        let lead: Vec<_> = listed.iter().filter(|s| s["leader"] == true).collect();
+        assert_eq!(lead.len(), 1);
+        assert_eq!(lead[0]["api"], api0.as_str());
+    }
+}

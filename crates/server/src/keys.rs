@@ -100,6 +100,14 @@ pub fn cluster_token(name: &str) -> String {
     format!("{CLUSTER_TOKENS}{name}")
 }
 
+/// Prefix of the control-plane servers' records (`berth servers`).
+pub const SERVERS: &str = "/servers/";
+
+/// Server `id`'s record.
+pub fn server(id: &str) -> String {
+    format!("{SERVERS}{id}")
+}
+
 /// Prefix of every node credential's hash.
 pub const NODE_TOKENS: &str = "/node-tokens/";
 

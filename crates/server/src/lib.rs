@@ -67,6 +67,7 @@ pub mod routers;
 pub mod routing;
 pub mod seal;
 pub mod secrets;
+pub mod servers;
 pub mod state;
 pub mod table;
 pub mod traffic;
@@ -113,6 +114,8 @@ pub struct Shared {
     /// (a replica that is not the first on its store; see [`auth::cluster_token`]).
     pub cluster_admin: Option<auth::TokenHash>,
     pub cluster_join: Option<auth::TokenHash>,
+    /// This server as `berth servers` shows it, set once its API address is known.
+    pub me: std::sync::OnceLock<servers::ServerRecord>,
     /// Seals and opens secret values (see [`seal`]).
     pub keyring: seal::Keyring,
     pub clock: Clock,
@@ -230,6 +233,7 @@ impl Shared {
             join: join_hash,
             cluster_admin,
             cluster_join,
+            me: std::sync::OnceLock::new(),
             keyring,
             clock: config.clock,
             kick: Notify::new(),

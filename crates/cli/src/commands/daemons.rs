@@ -587,7 +587,7 @@ async fn start_server(
         Arc::new(berth_server::leadership::EtcdLeadership::new(
             etcd,
             berth_server::leadership::LeaderRecord {
-                id: url.clone(),
+                id: api.to_string(),
                 api: url.clone(),
                 since_ms: 0,
             },
@@ -601,8 +601,16 @@ async fn start_server(
     let shared = berth_server::Shared::with_leadership(config, leadership)
         .await
         .context("the server cannot start")?;
+    let _ = shared.me.set(berth_server::servers::ServerRecord::of(
+        &api.to_string(),
+        &url,
+        Clock::system().now_ms(),
+    ));
     let mut stop = stop;
     let election_stop = stop.clone();
+    let report = election
+        .is_some()
+        .then(|| tokio::spawn(berth_server::servers::report(shared.clone(), stop.clone())));
     let task = tokio::spawn(async move {
         let campaign = async move {
             if let Some(e) = election {
@@ -610,11 +618,17 @@ async fn start_server(
                 e.run(election_stop, move || clock.now_ms()).await;
             }
         };
-        let (served, ()) = tokio::join!(
+        let report = async move {
+            if let Some(r) = report {
+                let _ = r.await;
+            }
+        };
+        let (served, (), ()) = tokio::join!(
             berth_server::serve_shared(listener, shared, tls_config, async move {
                 let _ = stop.wait_for(|s| *s).await;
             }),
-            campaign
+            campaign,
+            report
         );
         served.context("the server stopped")
     });

@@ -42,6 +42,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/health", get(status::health))
         .route("/v1/nodes", get(nodes::list))
+        .route("/v1/servers", get(crate::servers::list))
         .route("/v1/nodes/register", post(nodes::register))
         .route("/v1/nodes/{name}", delete(nodes::remove))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
