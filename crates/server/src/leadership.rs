@@ -58,6 +58,12 @@ pub trait Leadership: Send + Sync {
     fn leading(&self) -> watch::Receiver<bool>;
     /// The compare every controller transaction carries; `None` when no fence is needed.
     fn fence(&self) -> Option<Compare>;
+    /// When this server took the lead it holds now (ms since the epoch); `None` when it does
+    /// not lead or has always led. Node liveness gives nodes one TTL from then (see
+    /// [`crate::liveness::grace_from`]).
+    fn leading_since_ms(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The leadership of a server with an embedded store: always the leader, nothing to fence.
@@ -100,6 +106,7 @@ impl Leadership for SoleLeader {
 struct Held {
     revision: i64,
     valid_until: Instant,
+    since_ms: u64,
 }
 
 /// Leadership through an etcd lease: one leader per store prefix.
@@ -222,8 +229,9 @@ impl EtcdLeadership {
             }
             return;
         }
+        let since_ms = now_ms();
         let record = LeaderRecord {
-            since_ms: now_ms(),
+            since_ms,
             ..self.me.clone()
         };
         let value = serde_json::to_vec(&record).unwrap_or_default();
@@ -233,6 +241,7 @@ impl EtcdLeadership {
                 self.set_held(Some(Held {
                     revision,
                     valid_until,
+                    since_ms,
                 }));
             }
             Ok(None) => {}
@@ -258,6 +267,10 @@ impl Leadership for EtcdLeadership {
             .filter(|h| crate::clock::instant_now() < h.valid_until)
             .map_or(-1, |h| h.revision);
         Some(Compare::mod_revision(LEADER_KEY, revision))
+    }
+
+    fn leading_since_ms(&self) -> Option<u64> {
+        self.held().map(|h| h.since_ms)
     }
 }
 
