@@ -331,3 +331,59 @@ fn berth_servers_lists_the_replicas_and_marks_the_leader() {
         assert_eq!(lead[0]["api"], api0.as_str());
     }
 }
+
+#[test]
+fn an_export_of_a_led_cluster_imports_without_its_leader_key_so_a_server_there_leads() {
+    let rt = runtime();
+    let etcd = rt.block_on(etcd::Etcd::start());
+    let url = format!("etcd://{}", etcd.endpoints[0].trim_start_matches("http://"));
+    let store = rt.block_on(etcd.store("/ha"));
+    let dir = common::temp_dir();
+    let (s0, _api0) = start_server(dir.path(), 0, &url, None);
+    common::wait_until(Duration::from_secs(10), "it leads", || {
+        leader(&rt, &store).is_some()
+    });
+    let data0 = dir.path().join("data0");
+    let mut cmd = common::command(["store", "export", "--store", &url, "--etcd-prefix", "/ha"]);
+    cmd.arg("--data-dir").arg(&data0);
+    let out = common::run_command(cmd, Duration::from_secs(30));
+    common::assert_exit(&out, 0);
+    assert!(
+        common::stdout(&out).contains("\"/leader\""),
+        "the export has the live leader key"
+    );
+    let dump = common::write_file(dir.path(), "dump.json", &out.stdout);
+    let mut cmd = common::command([
+        "store",
+        "import",
+        &dump,
+        "--store",
+        &url,
+        "--etcd-prefix",
+        "/moved",
+    ]);
+    cmd.arg("--data-dir").arg(&data0);
+    let out = common::run_command(cmd, Duration::from_secs(30));
+    common::assert_exit(&out, 0);
+    let moved = rt.block_on(etcd.store("/moved"));
+    assert!(rt.block_on(moved.get("/leader")).expect("get").is_none());
+    s0.signal(Signal::SIGTERM);
+    s0.wait_exit(Duration::from_secs(20));
+    // A server on the imported prefix (the same data directory: its secrets key) leads.
+    let api = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let mut cmd = common::command(["server", "--data-dir"]);
+    cmd.arg(&data0).args([
+        "--api",
+        &api.to_string(),
+        "--store",
+        &url,
+        "--etcd-prefix",
+        "/moved",
+    ]);
+    let s = Proc::spawn(cmd, "berth-server-moved", dir.path());
+    s.wait_until(
+        Duration::from_secs(15),
+        "the server on the imported prefix leads",
+        || leader(&rt, &moved).is_some_and(|(a, _)| a == format!("http://{api}")),
+    );
+}
