@@ -220,9 +220,22 @@ impl Shared {
             .await
             .map_err(StartError::State)?;
         let (admin_hash, join_hash) = (auth::TokenHash::of(&admin), auth::TokenHash::of(&join));
-        let cluster_admin =
-            auth::cluster_token(config.store.as_ref(), "admin", &admin_hash).await?;
-        let cluster_join = auth::cluster_token(config.store.as_ref(), "join", &join_hash).await?;
+        // Not fatal: a store that refuses writes now (a full disk) must not keep the server
+        // from starting; this server's own tokens work, and the next start records them.
+        let mut cluster = Vec::new();
+        for (name, local) in [("admin", &admin_hash), ("join", &join_hash)] {
+            cluster.push(
+                match auth::cluster_token(config.store.as_ref(), name, local).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot record or read the cluster's {name} token; only this server's own works here");
+                        None
+                    }
+                },
+            );
+        }
+        let cluster_join = cluster.pop().flatten();
+        let cluster_admin = cluster.pop().flatten();
         let started_ms = config.clock.now_ms();
         let known = liveness::Known::load(config.store.as_ref()).await?;
         Ok(Arc::new(Shared {
