@@ -109,6 +109,26 @@ pub enum NodeState {
     Down,
 }
 
+/// A control-plane server as `berth servers` shows it (issue 14: several servers on etcd).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerView {
+    /// The server's id (its API address).
+    pub id: String,
+    /// Its API URL.
+    pub api: String,
+    /// The berth version it runs.
+    pub version: String,
+    /// When it last reported itself (ms since the epoch).
+    pub last_seen_ms: u64,
+    /// How long ago that was, by the answering server's clock.
+    pub last_seen_ms_ago: u64,
+    /// Whether it leads (runs the controllers) now.
+    pub leader: bool,
+    /// Since when it leads (ms since the epoch), when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_since_ms: Option<u64>,
+}
+
 /// A node as `berth nodes` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {

@@ -64,6 +64,8 @@ enum Command {
     Events(commands::events::Args),
     /// The nodes of the cluster.
     Nodes,
+    /// The control-plane servers: API address, version, last seen, which one leads and since when.
+    Servers,
     /// Manage one node: `berth node rm NAME` removes it from the cluster.
     #[command(subcommand)]
     Node(commands::node::Node),
@@ -139,6 +141,7 @@ fn main() {
         Command::Rollout(which) => commands::rollout::run(which, g),
         Command::Events(args) => commands::events::run(args, g),
         Command::Nodes => commands::nodes::run(g),
+        Command::Servers => commands::servers::run(g),
         Command::Node(which) => commands::node::run(which, g),
         Command::Drain(args) => commands::drain::run(args, true, g),
         Command::Undrain(args) => commands::drain::run(args, false, g),

@@ -189,6 +189,11 @@ impl Client {
         self.get(&["v1", "nodes"], &[]).await
     }
 
+    /// `GET /v1/servers`: the control-plane servers, which one leads and since when.
+    pub async fn servers(&self) -> Result<Vec<berth_api::control::ServerView>, ClientError> {
+        self.get(&["v1", "servers"], &[]).await
+    }
+
     /// `POST /v1/nodes/{node}/drain` or `/undrain` (admin): a draining node takes no new
     /// instances and its instances move elsewhere with zero downtime.
     pub async fn set_draining(&self, node: &str, draining: bool) -> Result<NodeView, ClientError> {

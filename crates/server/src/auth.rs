@@ -171,6 +171,46 @@ pub fn load_or_create(dir: &Path, name: &str) -> Result<String, TokenError> {
     }
 }
 
+/// The cluster's hash of its `name` token (`admin`, `join`), so tokens belong to the cluster,
+/// not to one server: the first server on a store records its own token's hash (`local`);
+/// every later one reads it. Returns the cluster's hash when it differs from `local` (a
+/// replica with its own token file accepts both), `None` when they are the same.
+pub async fn cluster_token(
+    store: &dyn berth_store::Store,
+    name: &str,
+    local: &TokenHash,
+) -> Result<Option<TokenHash>, berth_store::StoreError> {
+    use berth_store::{Compare, Op, Txn};
+    let key = crate::keys::cluster_token(name);
+    // Create only if absent: two replicas starting at once agree on the first one's.
+    store
+        .txn(Txn {
+            compares: vec![Compare::absent(key.as_str())],
+            success: vec![Op::put(key.as_str(), local.to_hex().into_bytes())],
+            failure: vec![],
+        })
+        .await?;
+    let stored = store.get(&key).await?;
+    let Some(cluster) = stored
+        .as_ref()
+        .and_then(|kv| std::str::from_utf8(&kv.value).ok())
+        .and_then(TokenHash::from_hex)
+    else {
+        tracing::warn!(
+            %key,
+            "the store's cluster token hash is unreadable; only this server's {name}.token works here"
+        );
+        return Ok(None);
+    };
+    if cluster.0 == local.0 {
+        return Ok(None);
+    }
+    tracing::info!(
+        "this server's {name}.token is not the cluster's: both work here, and the cluster's (from the first server's data directory) works on every server"
+    );
+    Ok(Some(cluster))
+}
+
 /// Writes a secret file atomically with mode 0600 from the start (never briefly world-readable).
 pub(crate) fn write_secret(path: &Path, content: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");

@@ -92,6 +92,24 @@ pub fn node_seen(name: &str) -> String {
     format!("{NODE_SEEN}{name}")
 }
 
+/// Prefix of the cluster's admin and join token hashes (`/cluster-tokens/admin`,
+/// `/cluster-tokens/join`): written by the first server, so every replica on the same store
+/// accepts the tokens in that server's data directory.
+pub const CLUSTER_TOKENS: &str = "/cluster-tokens/";
+
+/// The hash of the cluster's token `name` (`admin` or `join`).
+pub fn cluster_token(name: &str) -> String {
+    format!("{CLUSTER_TOKENS}{name}")
+}
+
+/// Prefix of the control-plane servers' records (`berth servers`).
+pub const SERVERS: &str = "/servers/";
+
+/// Server `id`'s record.
+pub fn server(id: &str) -> String {
+    format!("{SERVERS}{id}")
+}
+
 /// Prefix of every node credential's hash.
 pub const NODE_TOKENS: &str = "/node-tokens/";
 

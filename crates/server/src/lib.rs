@@ -68,6 +68,7 @@ pub mod routers;
 pub mod routing;
 pub mod seal;
 pub mod secrets;
+pub mod servers;
 pub mod state;
 pub mod table;
 pub mod traffic;
@@ -110,6 +111,12 @@ pub struct Shared {
     pub view: live::LiveView,
     pub admin: auth::TokenHash,
     pub join: auth::TokenHash,
+    /// The cluster's admin and join token hashes when they differ from this server's own
+    /// (a replica that is not the first on its store; see [`auth::cluster_token`]).
+    pub cluster_admin: Option<auth::TokenHash>,
+    pub cluster_join: Option<auth::TokenHash>,
+    /// This server as `berth servers` shows it, set once its API address is known.
+    pub me: std::sync::OnceLock<servers::ServerRecord>,
     /// Seals and opens secret values (see [`seal`]).
     pub keyring: seal::Keyring,
     pub clock: Clock,
@@ -173,8 +180,18 @@ pub enum StartError {
 }
 
 impl Shared {
-    /// Loads (or creates) the tokens and prepares the shared state.
+    /// Loads (or creates) the tokens and prepares the shared state, always leading (the
+    /// embedded store: one server).
     pub async fn new(config: ServerConfig) -> Result<Arc<Shared>, StartError> {
+        Shared::with_leadership(config, Arc::new(leadership::SoleLeader::new())).await
+    }
+
+    /// [`Shared::new`] with the controllers run only while `leadership` leads (several
+    /// servers on etcd: [`leadership::EtcdLeadership`]).
+    pub async fn with_leadership(
+        config: ServerConfig,
+        leadership: Arc<dyn leadership::Leadership>,
+    ) -> Result<Arc<Shared>, StartError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -203,14 +220,34 @@ impl Shared {
         let view = view::View::load(config.store.as_ref())
             .await
             .map_err(StartError::State)?;
+        let (admin_hash, join_hash) = (auth::TokenHash::of(&admin), auth::TokenHash::of(&join));
+        // Not fatal: a store that refuses writes now (a full disk) must not keep the server
+        // from starting; this server's own tokens work, and the next start records them.
+        let mut cluster = Vec::new();
+        for (name, local) in [("admin", &admin_hash), ("join", &join_hash)] {
+            cluster.push(
+                match auth::cluster_token(config.store.as_ref(), name, local).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot record or read the cluster's {name} token; only this server's own works here");
+                        None
+                    }
+                },
+            );
+        }
+        let cluster_join = cluster.pop().flatten();
+        let cluster_admin = cluster.pop().flatten();
         let started_ms = config.clock.now_ms();
         let known = liveness::Known::load(config.store.as_ref()).await?;
         Ok(Arc::new(Shared {
             store: config.store,
-            leadership: Arc::new(leadership::SoleLeader::new()),
+            leadership,
             view: live::LiveView::new(view),
-            admin: auth::TokenHash::of(&admin),
-            join: auth::TokenHash::of(&join),
+            admin: admin_hash,
+            join: join_hash,
+            cluster_admin,
+            cluster_join,
+            me: std::sync::OnceLock::new(),
             keyring,
             clock: config.clock,
             kick: Notify::new(),

@@ -22,14 +22,39 @@ pub fn is_up(last_seen: Option<u64>, started_ms: u64, now_ms: u64) -> bool {
     now_ms.saturating_sub(last_seen.unwrap_or(started_ms)) <= NODE_TTL_MS
 }
 
-/// [`is_up`] for `node`, from the server's in-memory last-seen times.
+/// [`is_up`] across a failover: a node not marked down counts as heard at `grace_from` (when
+/// this server started or took the lead, see [`grace_from`]) if it was not heard since, so a
+/// new leader gives every live node one TTL to call in (its heartbeats went to the old
+/// leader) instead of marking it down and replacing its instances. A node marked down in the
+/// store gets no grace: it is down until it calls in.
+pub fn is_up_with_grace(
+    last_seen: Option<u64>,
+    marked: bool,
+    grace_from: u64,
+    now_ms: u64,
+) -> bool {
+    if marked {
+        return is_up(last_seen, grace_from, now_ms);
+    }
+    let heard = last_seen.map_or(grace_from, |l| l.max(grace_from));
+    now_ms.saturating_sub(heard) <= NODE_TTL_MS
+}
+
+/// Since when this server's liveness grace runs: its start, or when it took the lead if later.
+pub fn grace_from(shared: &Shared) -> u64 {
+    shared
+        .started_ms
+        .max(shared.leadership.leading_since_ms().unwrap_or(0))
+}
+
+/// [`is_up_with_grace`] for `node`, from the server's in-memory last-seen times.
 pub fn node_is_up(shared: &Shared, node: &str, now_ms: u64) -> bool {
     let last = shared
         .heartbeats
         .lock()
         .ok()
         .and_then(|h| h.get(node).copied());
-    is_up(last, shared.started_ms, now_ms)
+    is_up_with_grace(last, is_marked(shared, node), grace_from(shared), now_ms)
 }
 
 /// What a starting server reads back about nodes: the last-seen time of every node marked down
@@ -100,6 +125,39 @@ pub fn is_marked(shared: &Shared, node: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_leader_gives_nodes_it_has_not_heard_one_ttl_but_marked_ones_none() {
+        // Heard 10 s before this server took the lead at 20 s (its beats then went elsewhere).
+        let lead = 20_000;
+        assert!(is_up_with_grace(
+            Some(10_000),
+            false,
+            lead,
+            lead + NODE_TTL_MS
+        ));
+        assert!(!is_up_with_grace(
+            Some(10_000),
+            false,
+            lead,
+            lead + NODE_TTL_MS + 1
+        ));
+        assert!(is_up_with_grace(None, false, lead, lead + NODE_TTL_MS));
+        // Heard after the lead was taken: its own time counts.
+        assert!(is_up_with_grace(
+            Some(lead + 500),
+            false,
+            lead,
+            lead + 500 + NODE_TTL_MS
+        ));
+        // A node marked down stays down through the grace.
+        assert!(!is_up_with_grace(Some(10_000), true, lead, lead + 1));
+        // Without a failover (grace from the start), the plain rule.
+        assert_eq!(
+            is_up_with_grace(Some(1_000), false, 0, 1_001 + NODE_TTL_MS),
+            is_up(Some(1_000), 0, 1_001 + NODE_TTL_MS)
+        );
+    }
 
     #[test]
     fn a_node_is_up_within_the_ttl_and_a_new_server_gives_one_ttl_of_grace() {

@@ -140,6 +140,7 @@ use Scope as S;
 pub const POLICY: &[Rule] = &[
     rule("GET", "/v1/health", C::Public, S::None, false),
     rule("GET", "/v1/nodes", C::Read, S::None, false),
+    rule("GET", "/v1/servers", C::Read, S::None, false),
     rule("POST", "/v1/nodes/register", C::AdminNodes, S::None, true),
     rule("DELETE", "/v1/nodes/{name}", C::AdminNodes, S::None, true),
     rule(

@@ -21,7 +21,8 @@
 use async_trait::async_trait;
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, EventType,
-    GetOptions, KvClient, MaintenanceClient, TxnOp, TxnOpResponse, WatchClient, WatchOptions,
+    GetOptions, KvClient, LeaseClient, MaintenanceClient, PutOptions, TxnOp, TxnOpResponse,
+    WatchClient, WatchOptions,
 };
 use tokio::sync::mpsc;
 
@@ -47,6 +48,8 @@ pub struct EtcdStore {
     kv: KvClient,
     watch: WatchClient,
     maintenance: MaintenanceClient,
+    /// Leases, for leader election (see [`EtcdStore::campaign`]).
+    lease: LeaseClient,
     /// The etcd key prefix, without a trailing `/`.
     prefix: String,
     /// The endpoints, for messages.
@@ -97,6 +100,23 @@ pub fn normalize_prefix(prefix: &str) -> Result<String, String> {
     Ok(trimmed.to_string())
 }
 
+/// How long one lease or campaign request may take: past it etcd counts as unreachable, so a
+/// leader with a cut-off etcd notices within its lease instead of hanging.
+const LEASE_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `f`, failed with a timeout after [`LEASE_REQUEST_TIMEOUT`].
+async fn bounded<T>(
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, etcd_client::Error> {
+    match tokio::time::timeout(LEASE_REQUEST_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(etcd_client::Error::IoError(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer within 2 s",
+        ))),
+    }
+}
+
 fn unavailable(endpoints: &str, what: &str, e: etcd_client::Error) -> StoreError {
     StoreError::Unavailable(format!(
         "etcd at {endpoints}: {what} failed: {e}; check that etcd runs there and --store names its client URLs"
@@ -127,6 +147,7 @@ impl EtcdStore {
                 .watch_client()
                 .max_decoding_message_size(MAX_DECODING_BYTES),
             maintenance: client.maintenance_client(),
+            lease: client.lease_client(),
             prefix,
             endpoints: names,
         };
@@ -190,6 +211,68 @@ impl EtcdStore {
                 Some(DeleteOptions::new().with_prefix()),
             ),
         })
+    }
+
+    /// Grants a lease of `ttl_secs` seconds: keys put under it vanish when it is neither kept
+    /// alive nor revoked for that long (a crashed or paused server's leader key).
+    pub async fn grant_lease(&self, ttl_secs: i64) -> Result<i64, StoreError> {
+        let mut lease = self.lease.clone();
+        let resp = bounded(lease.grant(ttl_secs, None))
+            .await
+            .map_err(|e| unavailable(&self.endpoints, "granting a lease", e))?;
+        Ok(resp.id())
+    }
+
+    /// Renews lease `id` once; `false` when it is gone (expired or revoked: whatever was put
+    /// under it was deleted).
+    pub async fn keep_alive_once(&self, id: i64) -> Result<bool, StoreError> {
+        let mut lease = self.lease.clone();
+        // etcd-client's keep_alive sends one renewal and reads its answer; a TTL of 0 in it
+        // (the lease is gone) comes back as this error.
+        match bounded(lease.keep_alive(id)).await {
+            Ok(_) => Ok(true),
+            Err(etcd_client::Error::LeaseKeepAliveError(e)) if e == "lease not found" => Ok(false),
+            Err(e) => Err(unavailable(&self.endpoints, "renewing a lease", e)),
+        }
+    }
+
+    /// Revokes lease `id` at once, deleting its keys (a graceful stop resigns this way).
+    pub async fn revoke_lease(&self, id: i64) -> Result<(), StoreError> {
+        let mut lease = self.lease.clone();
+        bounded(lease.revoke(id))
+            .await
+            .map_err(|e| unavailable(&self.endpoints, "revoking a lease", e))?;
+        Ok(())
+    }
+
+    /// Campaigns for berth key `key`: puts `value` under lease `lease` only if `key` does not
+    /// exist. Returns `Some(mod_revision)` of the new key when this call won (the revision a
+    /// leader's writes compare as their fence), `None` when someone else holds it.
+    pub async fn campaign(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let full = self.full_key(key)?;
+        let request = etcd_client::Txn::new()
+            .when([EtcdCompare::create_revision(
+                full.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                full,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let mut kv = self.kv.clone();
+        let resp = bounded(kv.txn(request))
+            .await
+            .map_err(|e| unavailable(&self.endpoints, "a leader campaign", e))?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
     }
 
     /// Compacts etcd's history up to `revision` (physically), as an operator's

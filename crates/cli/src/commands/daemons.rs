@@ -355,6 +355,16 @@ pub(crate) async fn open_store(
     spec: Option<&str>,
     etcd_prefix: &str,
 ) -> anyhow::Result<Arc<dyn berth_store::Store>> {
+    Ok(open_store_parts(data_dir, spec, etcd_prefix).await?.0)
+}
+
+/// [`open_store`], and the etcd store itself when it is one (the server elects its leader
+/// through it).
+async fn open_store_parts(
+    data_dir: &Path,
+    spec: Option<&str>,
+    etcd_prefix: &str,
+) -> anyhow::Result<(Arc<dyn berth_store::Store>, Option<berth_store::EtcdStore>)> {
     let path = match spec {
         None => data_dir.join("state.redb"),
         Some(s) if s.starts_with("etcd://") => {
@@ -363,7 +373,7 @@ pub(crate) async fn open_store(
             let store = berth_store::EtcdStore::connect(&endpoints, etcd_prefix)
                 .await
                 .with_context(|| format!("cannot open the store {s}"))?;
-            return Ok(Arc::new(store));
+            return Ok((Arc::new(store.clone()), Some(store)));
         }
         Some(s) => match s.strip_prefix("embedded:") {
             Some(p) => PathBuf::from(p),
@@ -375,7 +385,7 @@ pub(crate) async fn open_store(
     let store = EmbeddedStore::open(&path)
         .await
         .with_context(|| format!("cannot open the store {}", path.display()))?;
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), None))
 }
 
 /// How long `berth up` and `berth server` wait for their parts to stop after SIGTERM or
@@ -521,7 +531,7 @@ async fn start_server(
     let tls = tls_wanted(api, tls_opts, !own_cert.is_empty())?;
     secure_data_dir(data_dir)?;
     let secrets_key_file = store_opts.secrets_key_file;
-    let store = open_store(data_dir, store_opts.spec, store_opts.etcd_prefix).await?;
+    let (store, etcd) = open_store_parts(data_dir, store_opts.spec, store_opts.etcd_prefix).await?;
     let listener = TcpListener::bind(api).await.with_context(|| {
         format!("cannot listen on {api} for the API: is another berth running? pick another --api")
     })?;
@@ -570,20 +580,61 @@ async fn start_server(
     // Opened here, not in the task: a wrong secrets key (or a store that cannot be read)
     // stops `berth server` with its reason before it says it is up.
     let tls_config = config.tls.clone();
-    let shared = berth_server::Shared::new(config)
+    // On etcd, one of the servers sharing its prefix leads (runs the controllers); the
+    // embedded store has one server, which always leads.
+    let url = api_url(api, tls);
+    let election = etcd.map(|etcd| {
+        Arc::new(berth_server::leadership::EtcdLeadership::new(
+            etcd,
+            berth_server::leadership::LeaderRecord {
+                id: api.to_string(),
+                api: url.clone(),
+                since_ms: 0,
+            },
+            berth_server::leadership::LEADER_TTL,
+        ))
+    });
+    let leadership: Arc<dyn berth_server::leadership::Leadership> = match &election {
+        Some(e) => e.clone(),
+        None => Arc::new(berth_server::leadership::SoleLeader::new()),
+    };
+    let shared = berth_server::Shared::with_leadership(config, leadership)
         .await
         .context("the server cannot start")?;
+    let _ = shared.me.set(berth_server::servers::ServerRecord::of(
+        &api.to_string(),
+        &url,
+        Clock::system().now_ms(),
+    ));
     let mut stop = stop;
+    let election_stop = stop.clone();
+    let report = election
+        .is_some()
+        .then(|| tokio::spawn(berth_server::servers::report(shared.clone(), stop.clone())));
     let task = tokio::spawn(async move {
-        berth_server::serve_shared(listener, shared, tls_config, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        .context("the server stopped")
+        let campaign = async move {
+            if let Some(e) = election {
+                let clock = Clock::system();
+                e.run(election_stop, move || clock.now_ms()).await;
+            }
+        };
+        let report = async move {
+            if let Some(r) = report {
+                let _ = r.await;
+            }
+        };
+        let (served, (), ()) = tokio::join!(
+            berth_server::serve_shared(listener, shared, tls_config, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }),
+            campaign,
+            report
+        );
+        served.context("the server stopped")
     });
     Ok(ApiStarted {
         task,
-        url: api_url(api, tls),
+        url,
         ca: tls.then(|| data_dir.join(berth_server::pki::PUBLIC_CA)),
         join,
     })

@@ -30,6 +30,7 @@ pub mod rollout_explain;
 pub mod rollout_status;
 pub mod router_tls;
 pub mod secret;
+pub mod servers;
 pub mod source;
 pub mod stack;
 pub mod status;

@@ -63,8 +63,13 @@ pub fn run(which: StoreCommand) -> anyhow::Result<()> {
             StoreCommand::Import { file, at } => {
                 let text = std::fs::read(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
-                let export = berth_store::export::parse(&text)
+                let mut export = berth_store::export::parse(&text)
                     .with_context(|| format!("{}", file.display()))?;
+                // The leader key belongs to a lease of the exported cluster: imported, it would
+                // outlive that lease and keep every server from ever leading.
+                export
+                    .keys
+                    .retain(|k| k.key != berth_server::leadership::LEADER_KEY);
                 let store = open(&at).await?;
                 let n = berth_store::export::import(store.as_ref(), &export).await?;
                 println!(

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 use berth_store::{Compare, Op, Txn};
 
-use crate::liveness::is_up;
+use crate::liveness::is_up_with_grace;
 use crate::Shared;
 
 /// How often nodes are checked for going down.
@@ -40,8 +40,8 @@ pub fn decide<'a>(
     let mut decision = Decision::default();
     for name in nodes {
         let last = last_seen.get(name).copied();
-        let up = is_up(last, started_ms, now_ms);
         let marked = marked_down.contains(name);
+        let up = is_up_with_grace(last, marked, started_ms, now_ms);
         if !up && !marked {
             decision
                 .mark_down
@@ -72,6 +72,10 @@ pub async fn run(shared: std::sync::Arc<Shared>, mut stop: tokio::sync::watch::R
 /// One pass: decide from the view and memory, then write the marks: one transaction for
 /// every node that went down, one for every node that came back.
 pub async fn pass(shared: &Shared) {
+    // Only the leader marks nodes (its writes are fenced too, for a leader deposed meanwhile).
+    if !shared.leadership.is_leading() {
+        return;
+    }
     // Held across the writes: `berth node rm` takes it too, so no mark is written for a node
     // being removed (and the view read below is not older than a removal).
     let _order = shared.liveness_marks.lock().await;
@@ -86,7 +90,7 @@ pub async fn pass(shared: &Shared) {
             view.nodes().keys().map(String::as_str),
             &last_seen,
             &marked,
-            shared.started_ms,
+            crate::liveness::grace_from(shared),
             now,
         );
         let revisions: Vec<i64> = decision
@@ -117,11 +121,14 @@ async fn mark_down(shared: &Shared, nodes: &[(String, u64)], revisions: &[i64], 
                 crate::state::encode(last),
             ));
         }
-        shared.store.txn(Txn {
-            compares,
-            success: ops,
-            failure: vec![],
-        })
+        shared.store.txn(crate::leadership::fenced(
+            shared.leadership.as_ref(),
+            Txn {
+                compares,
+                success: ops,
+                failure: vec![],
+            },
+        ))
     };
     let all: Vec<_> = nodes.iter().zip(revisions).collect();
     let written: Vec<&str> = match write(all.clone()).await {
@@ -158,13 +165,18 @@ async fn clear(shared: &Shared, nodes: &[String]) {
         .collect();
     let done = shared
         .store
-        .txn(Txn {
-            compares: vec![],
-            success: ops,
-            failure: vec![],
-        })
+        .txn(crate::leadership::fenced(
+            shared.leadership.as_ref(),
+            Txn {
+                compares: vec![],
+                success: ops,
+                failure: vec![],
+            },
+        ))
         .await;
     match done {
+        // A failed fence (no longer leading) clears nothing: the next leader decides again.
+        Ok(r) if !r.succeeded => {}
         Ok(_) => {
             if let Ok(mut m) = shared.marked_down.lock() {
                 for n in nodes {
@@ -303,6 +315,114 @@ mod tests {
         assert_eq!(revision().await, before + 2);
         assert_eq!(seen().await, 0);
         assert!(shared.marked_down.lock().expect("lock").is_empty());
+    }
+
+    /// A leader that took the lead at a time the test sets.
+    struct TookLead(
+        std::sync::atomic::AtomicU64,
+        tokio::sync::watch::Sender<bool>,
+    );
+
+    impl crate::leadership::Leadership for TookLead {
+        fn is_leading(&self) -> bool {
+            true
+        }
+        fn leading(&self) -> tokio::sync::watch::Receiver<bool> {
+            self.1.subscribe()
+        }
+        fn fence(&self) -> Option<berth_store::Compare> {
+            None
+        }
+        fn leading_since_ms(&self) -> Option<u64> {
+            Some(self.0.load(std::sync::atomic::Ordering::SeqCst))
+        }
+    }
+
+    /// Failover (issue 14 point 3): the node's heartbeats went to the old leader, so this
+    /// server last heard it long ago; taking the lead gives it one TTL to call in before it is
+    /// marked down (and its instances replaced), and then it is marked as before.
+    #[tokio::test]
+    async fn a_new_leader_waits_one_ttl_before_marking_a_node_it_has_not_heard_lately() {
+        use berth_store::Store;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = berth_store::EmbeddedStore::open(dir.path().join("state.redb"))
+            .await
+            .expect("store");
+        let record = crate::state::NodeRecord {
+            registration: berth_api::control::RegisterRequest {
+                name: "n1".into(),
+                labels: Default::default(),
+                resources: Default::default(),
+                drivers: vec![],
+                address: "127.0.0.1".into(),
+                router: None,
+                keep_labels: false,
+            },
+            registered_ms: 0,
+            draining: false,
+        };
+        store
+            .put(&crate::keys::node("n1"), crate::state::encode(&record))
+            .await
+            .expect("put");
+        let now = std::sync::Arc::new(AtomicU64::new(1_000_000));
+        let clock = {
+            let now = now.clone();
+            crate::Clock::from_fn(move || now.load(Ordering::SeqCst))
+        };
+        let lead = std::sync::Arc::new(TookLead(
+            AtomicU64::new(0),
+            tokio::sync::watch::channel(true).0,
+        ));
+        let store: std::sync::Arc<dyn berth_store::Store> = std::sync::Arc::new(store);
+        let shared = crate::Shared::with_leadership(
+            crate::ServerConfig {
+                data_dir: dir.path().to_path_buf(),
+                store: store.clone(),
+                clock,
+                tls: None,
+                secrets_key_file: None,
+            },
+            lead.clone(),
+        )
+        .await
+        .expect("shared");
+        let seen = || async {
+            store
+                .range(crate::keys::NODE_SEEN)
+                .await
+                .expect("range")
+                .kvs
+                .len()
+        };
+        // Heard once while this server followed; then its heartbeats went to the leader.
+        crate::liveness::mark_alive(&shared, "n1");
+        now.fetch_add(10_000, Ordering::SeqCst);
+        // The leader dies; this server takes the lead now.
+        lead.0.store(now.load(Ordering::SeqCst), Ordering::SeqCst);
+        pass(&shared).await;
+        assert_eq!(seen().await, 0, "not marked down within the grace");
+        assert!(crate::liveness::node_is_up(
+            &shared,
+            "n1",
+            now.load(Ordering::SeqCst)
+        ));
+        // It calls in within the grace: up, and stays up.
+        now.fetch_add(NODE_TTL_MS - 500, Ordering::SeqCst);
+        crate::liveness::mark_alive(&shared, "n1");
+        now.fetch_add(NODE_TTL_MS, Ordering::SeqCst);
+        pass(&shared).await;
+        assert_eq!(seen().await, 0);
+        // Silent past a TTL after that: marked, the grace is no shield for a lost node.
+        now.fetch_add(501, Ordering::SeqCst);
+        pass(&shared).await;
+        assert_eq!(seen().await, 1, "a lost node is still marked down");
+        assert!(!crate::liveness::node_is_up(
+            &shared,
+            "n1",
+            now.load(Ordering::SeqCst)
+        ));
     }
 
     #[test]

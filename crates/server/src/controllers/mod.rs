@@ -352,11 +352,12 @@ async fn apply(
     if batches.is_empty() {
         return Ok(());
     }
-    let fence: Vec<Compare> = shared.leadership.fence().into_iter().collect();
+    let fenced =
+        |batch: &Batch| crate::leadership::fenced(shared.leadership.as_ref(), batch.txn(&[]));
     let all = Batch {
         effects: batches.iter().flat_map(|b| b.effects.clone()).collect(),
     };
-    let resp = shared.store.txn(all.txn(&fence)).await?;
+    let resp = shared.store.txn(fenced(&all)).await?;
     let mut revision = resp.revision;
     if !resp.succeeded {
         if !shared.leadership.is_leading() {
@@ -367,7 +368,7 @@ async fn apply(
             if *stop.borrow() {
                 break;
             }
-            let resp = shared.store.txn(batch.txn(&fence)).await?;
+            let resp = shared.store.txn(fenced(batch)).await?;
             revision = revision.max(resp.revision);
             if !resp.succeeded {
                 tracing::debug!(

@@ -43,6 +43,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/health", get(status::health))
         .route("/v1/nodes", get(nodes::list))
+        .route("/v1/servers", get(crate::servers::list))
         .route("/v1/nodes/register", post(nodes::register))
         .route("/v1/nodes/{name}", delete(nodes::remove))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
@@ -244,12 +245,20 @@ impl FromRequestParts<Arc<Shared>> for Caller {
 /// The caller a token names, if it is one the server holds in memory: the admin or join token,
 /// or a node token already checked against the store.
 fn known_caller(shared: &Shared, token: &str) -> Option<Caller> {
-    if shared.admin.matches(token) {
+    if shared.admin.matches(token)
+        || shared
+            .cluster_admin
+            .as_ref()
+            .is_some_and(|h| h.matches(token))
+    {
         return Some(Caller::Admin);
     }
-    if shared
-        .join
-        .matches(berth_api::join::JoinToken::secret_of(token))
+    let secret = berth_api::join::JoinToken::secret_of(token);
+    if shared.join.matches(secret)
+        || shared
+            .cluster_join
+            .as_ref()
+            .is_some_and(|h| h.matches(secret))
     {
         return Some(Caller::Joining);
     }

@@ -491,7 +491,7 @@ fn node_views(shared: &Shared, only: Option<&str>) -> Vec<NodeView> {
             let reg = &n.value.registration;
             let last = beats.get(&reg.name).copied();
             // Down wins: a drained node that died must not look merely drained.
-            let state = if !liveness::is_up(last, shared.started_ms, now) {
+            let state = if !liveness::node_is_up(shared, &reg.name, now) {
                 NodeState::Down
             } else if n.value.draining {
                 NodeState::Draining
